@@ -1,0 +1,140 @@
+//! Opening the database, its schema version, and durability.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use crate::StoreError;
+
+/// The metadata layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const UUID_KEY: &[u8] = b"uuid";
+
+/// Per-namespace object trees. Keys in each are `<namespace>/<id>`; a namespace can be deleted
+/// only when none of them holds a key under it.
+pub(crate) const NAMESPACED_TREES: &[&str] = &[
+    "images",
+    "containers",
+    "leases",
+    "content",
+    "snapshots",
+    "sandboxes",
+];
+
+/// The metadata store. Cheap to clone; clones share the database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) db: sled::Db,
+    pub(crate) meta: sled::Tree,
+    pub(crate) namespaces: sled::Tree,
+    /// Guards namespace deletion against concurrent creation of objects in that namespace:
+    /// deleting takes it for writing, creating an object takes it for reading. A std lock because
+    /// it is never held across an await.
+    pub(crate) ns_guard: Arc<RwLock<()>>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, checking its schema version.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path.as_ref())
+            .flush_every_ms(Some(500))
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(SCHEMA_KEY)? {
+            None => {
+                meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+            }
+            Some(v) => {
+                let found = String::from_utf8_lossy(&v).into_owned();
+                if found != SCHEMA_VERSION.to_string() {
+                    return Err(StoreError::SchemaMismatch {
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        let namespaces = db.open_tree("namespaces")?;
+        for t in NAMESPACED_TREES {
+            db.open_tree(t)?;
+        }
+        let store = Store {
+            db,
+            meta,
+            namespaces,
+            ns_guard: Arc::new(RwLock::new(())),
+        };
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    /// Waits until every change so far is on disk (sled's flush: the log is synced).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Flushes synchronously; for shutdown paths outside an async runtime.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// This daemon's identity: a UUID generated on first start and kept for its lifetime.
+    pub fn server_uuid(&self) -> Result<String, StoreError> {
+        if let Some(v) = self.meta.get(UUID_KEY)? {
+            let s = String::from_utf8_lossy(&v).into_owned();
+            if uuid::Uuid::parse_str(&s).is_ok() {
+                return Ok(s);
+            }
+        }
+        let fresh = uuid::Uuid::new_v4().to_string();
+        // Another caller may race us: keep whichever UUID landed first.
+        match self
+            .meta
+            .compare_and_swap(UUID_KEY, None as Option<&[u8]>, Some(fresh.as_bytes()))?
+        {
+            Ok(()) => {
+                self.db.flush()?;
+                Ok(fresh)
+            }
+            Err(_) => {
+                let v = self.meta.get(UUID_KEY)?.unwrap_or_default();
+                Ok(String::from_utf8_lossy(&v).into_owned())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_persists_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = {
+            let s = Store::open(dir.path().join("db")).unwrap();
+            s.server_uuid().unwrap()
+        };
+        let s = Store::open(dir.path().join("db")).unwrap();
+        assert_eq!(s.server_uuid().unwrap(), a);
+        assert!(uuid::Uuid::parse_str(&a).is_ok());
+    }
+
+    #[test]
+    fn schema_mismatch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path().join("db")).unwrap();
+            s.meta.insert(SCHEMA_KEY, b"99".as_ref()).unwrap();
+            s.db.flush().unwrap();
+        }
+        match Store::open(dir.path().join("db")) {
+            Err(StoreError::SchemaMismatch { found, .. }) => assert_eq!(found, "99"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
