@@ -1,1 +1,62 @@
-fn main() {}
+//! `berthctl`: a ctr-style command line client of `berthd`, speaking only the containerd API.
+
+mod client;
+mod cmd;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "berthctl", version, about = "Command line client for berthd")]
+pub(crate) struct Cli {
+    /// Address of berthd's unix socket.
+    #[arg(short, long, global = true, env = "BERTH_ADDRESS", default_value = "/run/berth/berthd.sock")]
+    address: String,
+    /// Namespace to work in.
+    #[arg(short, long, global = true, env = "BERTH_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Timeout for connecting to berthd, in seconds.
+    #[arg(long, global = true, default_value_t = 10)]
+    connect_timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the client and server versions.
+    Version,
+    /// Manage namespaces.
+    #[command(alias = "ns", alias = "namespace")]
+    Namespaces(cmd::namespaces::Args),
+    /// Inspect the daemon's plugins.
+    #[command(alias = "plugin")]
+    Plugins(cmd::plugins::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthctl: starting runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        match e.downcast_ref::<tonic::Status>() {
+            Some(st) => eprintln!("berthctl: {} ({:?})", st.message(), st.code()),
+            None => eprintln!("berthctl: {e:#}"),
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = client::Conn::connect(&cli.address, &cli.namespace, cli.connect_timeout).await?;
+    match cli.command {
+        Command::Version => cmd::version::run(&conn).await,
+        Command::Namespaces(a) => cmd::namespaces::run(&conn, a).await,
+        Command::Plugins(a) => cmd::plugins::run(&conn, a).await,
+    }
+}

@@ -38,9 +38,9 @@ impl fmt::Display for FilterError {
             let mut chars = rest.chars();
             let at = chars.next().map(String::from).unwrap_or_default();
             let after: String = chars.collect();
-            write!(f, "filters: parse error: [{before} >|{at}|< {after}]: {}", self.msg)
+            write!(f, "parse error: [{before} >|{at}|< {after}]: {}", self.msg)
         } else {
-            write!(f, "filters: parse error: [{}]: {}", self.input, self.msg)
+            write!(f, "parse error: [{}]: {}", self.input, self.msg)
         }
     }
 }

@@ -17,12 +17,12 @@ pub fn validate(labels: &HashMap<String, String>) -> Result<(), StoreError> {
 
 pub(crate) fn check(k: &str, v: &str) -> Result<(), StoreError> {
     if k.is_empty() {
-        return Err(StoreError::InvalidArgument("label key must not be empty".into()));
+        return Err(StoreError::InvalidArgument("labels: label key must not be empty".into()));
     }
     if k.len() + v.len() > MAX_LABEL_SIZE {
         let short: String = k.chars().take(10).collect();
         return Err(StoreError::InvalidArgument(format!(
-            "label key and value length ({} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {short}...",
+            "labels: label key and value length ({} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {short}...",
             k.len() + v.len()
         )));
     }

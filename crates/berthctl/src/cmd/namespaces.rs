@@ -1,0 +1,108 @@
+//! `berthctl namespaces ls|create|rm|label`.
+
+use berth_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+use berth_api::containerd::services::namespaces::v1::{
+    CreateNamespaceRequest, DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest,
+    Namespace, UpdateNamespaceRequest,
+};
+
+use super::{format_labels, parse_labels};
+use crate::client::Conn;
+use crate::table::Table;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// List namespaces.
+    #[command(alias = "list")]
+    Ls {
+        /// Print only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Create a namespace, with optional `key=value` labels.
+    Create { name: String, labels: Vec<String> },
+    /// Remove empty namespaces.
+    #[command(alias = "remove", alias = "delete")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Set (`key=value`) or remove (`key`) labels; with none, print the labels.
+    Label { name: String, labels: Vec<String> },
+}
+
+pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
+    let mut c = NamespacesClient::new(conn.channel.clone());
+    match args.action {
+        Action::Ls { quiet } => {
+            let list = c
+                .list(conn.req(ListNamespacesRequest::default()))
+                .await?
+                .into_inner()
+                .namespaces;
+            if quiet {
+                for n in list {
+                    println!("{}", n.name);
+                }
+                return Ok(());
+            }
+            let mut t = Table::new(&["NAME", "LABELS"], 1);
+            for n in list {
+                t.row(vec![n.name.clone(), format_labels(&n.labels)]);
+            }
+            print!("{}", t.render());
+        }
+        Action::Create { name, labels } => {
+            let labels = parse_labels(&labels)?;
+            c.create(conn.req(CreateNamespaceRequest {
+                namespace: Some(Namespace { name, labels }),
+            }))
+            .await?;
+        }
+        Action::Rm { names } => {
+            let mut failed = 0;
+            for name in names {
+                match c.delete(conn.req(DeleteNamespaceRequest { name: name.clone() })).await {
+                    Ok(_) => println!("{name}"),
+                    Err(st) => {
+                        eprintln!("berthctl: unable to delete {name}: {} ({:?})", st.message(), st.code());
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} namespace(s) not removed");
+            }
+        }
+        Action::Label { name, labels } => {
+            if labels.is_empty() {
+                let ns = c
+                    .get(conn.req(GetNamespaceRequest { name }))
+                    .await?
+                    .into_inner()
+                    .namespace
+                    .unwrap_or_default();
+                let mut pairs: Vec<_> = ns.labels.into_iter().collect();
+                pairs.sort();
+                for (k, v) in pairs {
+                    println!("{k}={v}");
+                }
+                return Ok(());
+            }
+            let labels = parse_labels(&labels)?;
+            let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+            c.update(conn.req(UpdateNamespaceRequest {
+                namespace: Some(Namespace { name, labels }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            }))
+            .await?;
+        }
+    }
+    Ok(())
+}

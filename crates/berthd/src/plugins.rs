@@ -1,0 +1,43 @@
+//! What Berth is made of, described as containerd plugins for `Introspection.Plugins`.
+
+use std::collections::HashMap;
+
+use berth_api::containerd::services::introspection::v1::Plugin;
+
+use crate::config::Config;
+
+/// The plugin type of the metadata store.
+pub(crate) const METADATA: &str = "io.containerd.metadata.v1";
+/// The plugin type of gRPC services.
+pub(crate) const GRPC: &str = "io.containerd.grpc.v1";
+
+fn plugin(ty: &str, id: &str, requires: &[&str], exports: &[(&str, String)]) -> Plugin {
+    Plugin {
+        r#type: ty.to_string(),
+        id: id.to_string(),
+        requires: requires.iter().map(|s| s.to_string()).collect(),
+        platforms: Vec::new(),
+        exports: exports
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<HashMap<_, _>>(),
+        capabilities: Vec::new(),
+        init_err: None,
+    }
+}
+
+/// Every plugin this daemon runs, in initialisation order.
+pub(crate) fn registry(cfg: &Config) -> Vec<Plugin> {
+    vec![
+        plugin(
+            METADATA,
+            "sled",
+            &[],
+            &[("path", cfg.db_path().display().to_string())],
+        ),
+        plugin(GRPC, "version", &[], &[]),
+        plugin(GRPC, "namespaces", &[METADATA], &[]),
+        plugin(GRPC, "introspection", &[], &[]),
+        plugin(GRPC, "healthcheck", &[], &[]),
+    ]
+}

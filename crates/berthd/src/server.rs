@@ -1,0 +1,143 @@
+//! Daemon start-up and shutdown: directories, store, socket, gRPC server, signals.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use berth_api::containerd::services::{
+    introspection::v1::introspection_server::IntrospectionServer,
+    namespaces::v1::namespaces_server::NamespacesServer, version::v1::version_server::VersionServer,
+};
+use berth_store::Store;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::{plugins, services, telemetry};
+
+/// How long in-flight RPCs may run after SIGTERM before the daemon stops anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn make_dir(p: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(p)
+        .with_context(|| format!("creating {}", p.display()))
+}
+
+/// Binds the API socket: refuses to steal it from a live daemon, replaces a stale one, and sets
+/// its owner and mode (0660).
+fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
+    let path = &cfg.grpc.address;
+    if let Some(dir) = path.parent() {
+        make_dir(dir, 0o711)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("grpc.address: {} is in use by a running daemon", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::os::unix::fs::chown(path, Some(cfg.grpc.uid), Some(cfg.grpc.gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(&cfg)?;
+    let result = serve(&cfg).await;
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "berthd failed");
+    }
+    telemetry.shutdown();
+    result
+}
+
+async fn serve(cfg: &Config) -> anyhow::Result<()> {
+    make_dir(&cfg.root, 0o711)?;
+    make_dir(&cfg.state, 0o711)?;
+    let db_path = cfg.db_path();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+        .await?
+        .with_context(|| format!("opening metadata store {}", cfg.db_path().display()))?;
+
+    let plugins = plugins::registry(cfg);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let (recv, send) = (cfg.grpc.max_recv_message_size, cfg.grpc.max_send_message_size);
+    let router = tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .add_service(
+            VersionServer::new(services::Version)
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send),
+        )
+        .add_service(
+            NamespacesServer::new(services::Namespaces::new(store.clone()))
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send),
+        )
+        .add_service(
+            IntrospectionServer::new(services::Introspection::new(store.clone(), plugins))
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send),
+        )
+        .add_service(health_service);
+
+    let listener = bind_socket(cfg)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        UnixListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(
+        address = %cfg.grpc.address.display(),
+        root = %cfg.root.display(),
+        state = %cfg.state.display(),
+        version = services::version_string(),
+        "berthd serving"
+    );
+
+    let mut server = server;
+    let served = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
+        r = &mut server => Some(r),
+    };
+    if served.is_none() {
+        let _ = stop_tx.send(());
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+            Ok(r) => r??,
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish in {DRAIN_TIMEOUT:?}; stopping anyway");
+                server.abort();
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&cfg.grpc.address);
+    store.flush().await.context("flushing metadata store")?;
+    drop(store);
+    if let Some(r) = served {
+        r??;
+        bail!("gRPC server stopped unexpectedly");
+    }
+    tracing::info!("berthd stopped");
+    Ok(())
+}
