@@ -1,1 +1,224 @@
-//! e2e helpers
+//! Helpers for Berth's end-to-end tests: run `berthd` as a process in a temporary root, drive it
+//! with `ctr` and `berthctl`, and clean up everything a test started, by PID.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/e2e-<hash> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a hint if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        p.display()
+    );
+    p
+}
+
+/// A `berthd` process with its own root, state directory and socket.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Temporary directory holding root, state, socket and log.
+    pub dir: tempfile::TempDir,
+    /// The gRPC socket.
+    pub sock: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon with the embedded defaults and temporary paths.
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Starts a daemon with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("tempdir");
+        let sock = dir.path().join("berthd.sock");
+        let mut d = Daemon {
+            dir,
+            sock,
+            child: None,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// PID of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berthd.log"))
+            .expect("log file");
+        // An empty config file: the daemon runs on its embedded defaults plus our flags.
+        std::fs::write(self.dir.path().join("no-config.toml"), "").expect("config file");
+        let child = Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(self.dir.path().join("no-config.toml"))
+            .args(["--root", &self.root().display().to_string()])
+            .args(["--state", &self.dir.path().join("state").display().to_string()])
+            .args(["--address", &self.sock.display().to_string()])
+            .args(["--log-level", "debug"])
+            .args(&self.extra_args)
+            .env_remove("BERTH_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning berthd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("berthd exited with {st} before serving:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "berthd did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on the PID of our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("berthd did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs the daemon (a crash).
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the daemon again on the same root, state and socket.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        self.spawn();
+    }
+
+    /// Runs Debian's `ctr` against this daemon.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(args)
+            .env_remove("CONTAINERD_NAMESPACE")
+            .env_remove("CONTAINERD_ADDRESS")
+            .output()
+            .expect("running ctr (apt-get install containerd)")
+    }
+
+    /// Runs `berthctl` against this daemon.
+    pub fn berthctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("berthctl"))
+            .arg("--address")
+            .arg(&self.sock)
+            .args(args)
+            .env_remove("BERTH_NAMESPACE")
+            .env_remove("BERTH_ADDRESS")
+            .output()
+            .expect("running berthctl")
+    }
+
+    /// A gRPC channel to the daemon.
+    pub async fn channel(&self) -> Channel {
+        let path = self.sock.clone();
+        Endpoint::try_from("http://berthd.local")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .expect("connecting to berthd")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Stdout of a command that must succeed.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr of a command that must fail.
+pub fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "command unexpectedly succeeded:\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Adds the namespace header to a request.
+pub fn with_ns<T>(ns: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("containerd-namespace", ns.parse().expect("header value"));
+    r
+}

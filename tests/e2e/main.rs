@@ -1,1 +1,6 @@
+//! End-to-end tests. They need root, Debian's `containerd` (for `ctr` and
+//! `containerd-shim-runc-v2`), `runc` and `busybox-static`, and built workspace binaries
+//! (`cargo build --workspace --bins`).
 
+mod daemon;
+mod shim_interop;
