@@ -222,3 +222,41 @@ pub fn with_ns<T>(ns: &str, msg: T) -> tonic::Request<T> {
         .insert("containerd-namespace", ns.parse().expect("header value"));
     r
 }
+
+/// Applets linked into test root file systems.
+pub const BUSYBOX_APPLETS: &[&str] = &["sh", "true", "false", "echo", "sleep", "cat", "ls", "env", "id", "hostname"];
+
+/// Writes an OCI bundle at `bundle`: a busybox root file system (from Debian's busybox-static)
+/// and runc's default `config.json`, with `args` as the process and `cgroups_path` set.
+pub fn busybox_bundle(bundle: &Path, args: &[&str], cgroups_path: &str) {
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dirs");
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy /bin/busybox (apt-get install busybox-static)");
+    for a in BUSYBOX_APPLETS {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).expect("applet link");
+    }
+    let out = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(bundle)
+        .output()
+        .expect("runc spec (apt-get install runc)");
+    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("json");
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = args.iter().map(|s| serde_json::Value::from(*s)).collect();
+    spec["linux"]["cgroupsPath"] = cgroups_path.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("write config.json");
+}
+
+/// Removes a cgroup directory from every v1 hierarchy (and the v2 mount), if a test left one.
+pub fn remove_cgroup(path: &str) {
+    let rel = path.trim_start_matches('/');
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir(e.path().join(rel));
+        }
+    }
+}
