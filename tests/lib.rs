@@ -48,7 +48,10 @@ impl Daemon {
 
     /// Starts a daemon with extra command-line arguments.
     pub fn start_with(args: &[&str]) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let sock = dir.path().join("berthd.sock");
         let mut d = Daemon {
             dir,
@@ -87,7 +90,10 @@ impl Daemon {
             .arg("--config")
             .arg(self.dir.path().join("no-config.toml"))
             .args(["--root", &self.root().display().to_string()])
-            .args(["--state", &self.dir.path().join("state").display().to_string()])
+            .args([
+                "--state",
+                &self.dir.path().join("state").display().to_string(),
+            ])
             .args(["--address", &self.sock.display().to_string()])
             .args(["--log-level", "debug"])
             .args(&self.extra_args)
@@ -107,10 +113,18 @@ impl Daemon {
             if std::os::unix::net::UnixStream::connect(&self.sock).is_ok() {
                 return;
             }
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("berthd exited with {st} before serving:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "berthd did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "berthd did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -177,7 +191,11 @@ impl Daemon {
             .expect("endpoint")
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
             .expect("connecting to berthd")
@@ -224,7 +242,9 @@ pub fn with_ns<T>(ns: &str, msg: T) -> tonic::Request<T> {
 }
 
 /// Applets linked into test root file systems.
-pub const BUSYBOX_APPLETS: &[&str] = &["sh", "true", "false", "echo", "sleep", "cat", "ls", "env", "id", "hostname"];
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh", "true", "false", "echo", "sleep", "cat", "ls", "env", "id", "hostname",
+];
 
 /// Writes an OCI bundle at `bundle`: a busybox root file system (from Debian's busybox-static)
 /// and runc's default `config.json`, with `args` as the process and `cgroups_path` set.
@@ -233,7 +253,8 @@ pub fn busybox_bundle(bundle: &Path, args: &[&str], cgroups_path: &str) {
     for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dirs");
     }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy /bin/busybox (apt-get install busybox-static)");
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("copy /bin/busybox (apt-get install busybox-static)");
     for a in BUSYBOX_APPLETS {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).expect("applet link");
     }
@@ -242,13 +263,19 @@ pub fn busybox_bundle(bundle: &Path, args: &[&str], cgroups_path: &str) {
         .arg(bundle)
         .output()
         .expect("runc spec (apt-get install runc)");
-    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "runc spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("json");
     spec["process"]["terminal"] = false.into();
     spec["process"]["args"] = args.iter().map(|s| serde_json::Value::from(*s)).collect();
     spec["linux"]["cgroupsPath"] = cgroups_path.into();
-    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("write config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json"))
+        .expect("write config.json");
 }
 
 /// Removes a cgroup directory from every v1 hierarchy (and the v2 mount), if a test left one.

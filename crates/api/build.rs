@@ -131,7 +131,11 @@ impl TtrpcGen {
                 (false, true) => "ServerStreaming",
                 (true, true) => "Bidi",
             };
-            writeln!(kinds, "            \"{p}\" => Some({t}::MethodKind::{kind}),").unwrap();
+            writeln!(
+                kinds,
+                "            \"{p}\" => Some({t}::MethodKind::{kind}),"
+            )
+            .unwrap();
             let decode = format!(
                 "<{i} as ::prost::Message>::decode(payload).map_err(|e| {t}::Status::invalid_argument(format!(\"decoding {p} request: {{e}}\")))?"
             );

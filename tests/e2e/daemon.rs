@@ -25,30 +25,56 @@ fn ctr_version_namespaces_and_plugins() {
     ok(d.ctr(&["namespaces", "label", "e2e-two", "size="]));
     let ls = ok(d.ctr(&["namespaces", "ls"]));
     let lines: Vec<&str> = ls.lines().collect();
-    assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["NAME", "LABELS"]);
-    assert!(lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["e2e-one", "team=storage"]), "{ls}");
-    assert!(lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["e2e-two", "color=blue"]), "{ls}");
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "LABELS"]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["e2e-one", "team=storage"]),
+        "{ls}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["e2e-two", "color=blue"]),
+        "{ls}"
+    );
     assert_eq!(ok(d.ctr(&["namespaces", "ls", "-q"])), "e2e-one\ne2e-two\n");
 
     assert_eq!(ok(d.ctr(&["namespaces", "rm", "e2e-one"])), "e2e-one\n");
     // ctr treats NotFound on rm as done (it prints the name); the daemon must answer NotFound,
     // not an error ctr would report.
     let out = d.ctr(&["namespaces", "rm", "e2e-missing"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(ok(d.ctr(&["namespaces", "ls", "-q"])), "e2e-two\n");
     let e = fails(d.ctr(&["namespaces", "create", "bad/name"]));
     assert!(e.contains("must match"), "{e}");
 
     let plugins = ok(d.ctr(&["plugins", "ls"]));
-    let rows: Vec<Vec<&str>> = plugins.lines().map(|l| l.split_whitespace().collect()).collect();
+    let rows: Vec<Vec<&str>> = plugins
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(rows[0], ["TYPE", "ID", "PLATFORMS", "STATUS"]);
     for id in ["version", "namespaces", "introspection", "healthcheck"] {
-        assert!(rows.contains(&vec!["io.containerd.grpc.v1", id, "-", "ok"]), "{plugins}");
+        assert!(
+            rows.contains(&vec!["io.containerd.grpc.v1", id, "-", "ok"]),
+            "{plugins}"
+        );
     }
     let filtered = ok(d.ctr(&["plugins", "ls", "type==io.containerd.metadata.v1"]));
     assert_eq!(filtered.lines().count(), 2, "{filtered}");
     let detailed = ok(d.ctr(&["plugins", "ls", "-d", "id==namespaces"]));
-    assert!(detailed.contains("io.containerd.metadata.v1"), "requires shown: {detailed}");
+    assert!(
+        detailed.contains("io.containerd.metadata.v1"),
+        "requires shown: {detailed}"
+    );
 }
 
 #[test]
@@ -70,7 +96,10 @@ fn berthctl_version_namespaces_and_plugins() {
     let p = ok(d.berthctl(&["plugins", "ls", "id==namespaces"]));
     assert_eq!(p.lines().count(), 2, "{p}");
     let e = fails(d.berthctl(&["plugins", "ls", "id=="]));
-    assert!(e.contains("InvalidArgument") && e.contains("filters"), "{e}");
+    assert!(
+        e.contains("InvalidArgument") && e.contains("filters"),
+        "{e}"
+    );
     let e = fails(
         std::process::Command::new(berth_e2e::bin("berthctl"))
             .args(["-a", "/nonexistent/berthd.sock", "version"])
@@ -93,36 +122,86 @@ async fn grpc_codes_match_containerd() {
     let mut ns = NamespacesClient::new(d.channel().await);
 
     // Get of a missing namespace answers OK with empty labels.
-    let got = ns.get(GetNamespaceRequest { name: "ghost".into() }).await.unwrap().into_inner();
+    let got = ns
+        .get(GetNamespaceRequest {
+            name: "ghost".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.namespace.unwrap().name, "ghost");
 
-    assert_eq!(code(ns.delete(DeleteNamespaceRequest { name: "ghost".into() }).await), Code::NotFound);
+    assert_eq!(
+        code(
+            ns.delete(DeleteNamespaceRequest {
+                name: "ghost".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
     let create = |name: &str, labels: &[(&str, String)]| CreateNamespaceRequest {
         namespace: Some(Namespace {
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }),
     };
-    assert_eq!(code(ns.create(create("..", &[])).await), Code::InvalidArgument);
-    assert_eq!(code(ns.create(create(&"x".repeat(77), &[])).await), Code::InvalidArgument);
-    assert_eq!(code(ns.create(CreateNamespaceRequest { namespace: None }).await), Code::InvalidArgument);
+    assert_eq!(
+        code(ns.create(create("..", &[])).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(ns.create(create(&"x".repeat(77), &[])).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(ns.create(CreateNamespaceRequest { namespace: None }).await),
+        Code::InvalidArgument
+    );
     let big = "v".repeat(4096);
-    let st = ns.create(create("biglabels", &[("k", big.clone())])).await.unwrap_err();
+    let st = ns
+        .create(create("biglabels", &[("k", big.clone())]))
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);
     assert!(st.message().contains("labels"), "{}", st.message());
-    ns.create(create("real", &[("k", "v".into())])).await.unwrap();
-    assert_eq!(code(ns.create(create("real", &[])).await), Code::AlreadyExists);
+    ns.create(create("real", &[("k", "v".into())]))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(ns.create(create("real", &[])).await),
+        Code::AlreadyExists
+    );
     let st = ns
         .update(UpdateNamespaceRequest {
-            namespace: Some(Namespace { name: "real".into(), labels: Default::default() }),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["name".into()] }),
+            namespace: Some(Namespace {
+                name: "real".into(),
+                labels: Default::default(),
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
         })
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);
-    let st = ns.list(ListNamespacesRequest { filter: "name==".into() }).await.unwrap_err();
+    let st = ns
+        .list(ListNamespacesRequest {
+            filter: "name==".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);
-    let only = ns.list(ListNamespacesRequest { filter: "labels.k==v".into() }).await.unwrap().into_inner();
+    let only = ns
+        .list(ListNamespacesRequest {
+            filter: "labels.k==v".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(only.namespaces.len(), 1);
 
     // A malformed message: field 1 sent as a varint where a string is expected.
@@ -136,7 +215,9 @@ async fn grpc_codes_match_containerd() {
     let st = raw
         .unary::<Bogus, Bogus, _>(
             tonic::Request::new(Bogus { name: 7 }),
-            "/containerd.services.namespaces.v1.Namespaces/Create".parse().unwrap(),
+            "/containerd.services.namespaces.v1.Namespaces/Create"
+                .parse()
+                .unwrap(),
             tonic_prost::ProstCodec::default(),
         )
         .await
@@ -164,7 +245,9 @@ async fn grpc_codes_match_containerd() {
     let st = raw
         .unary::<Blob, Blob, _>(
             tonic::Request::new(Blob::default()),
-            "/containerd.services.nothing.v1.Nothing/Get".parse().unwrap(),
+            "/containerd.services.nothing.v1.Nothing/Get"
+                .parse()
+                .unwrap(),
             tonic_prost::ProstCodec::default(),
         )
         .await
@@ -193,50 +276,71 @@ async fn introspection_and_health() {
     assert_eq!(s.pid, u64::from(d.pid()));
     assert!(s.pidns > 0);
     let all = i
-        .plugins(berth_api::containerd::services::introspection::v1::PluginsRequest { filters: vec![] })
+        .plugins(
+            berth_api::containerd::services::introspection::v1::PluginsRequest { filters: vec![] },
+        )
         .await
         .unwrap()
         .into_inner()
         .plugins;
     assert!(all.len() >= 5);
     let or = i
-        .plugins(berth_api::containerd::services::introspection::v1::PluginsRequest {
-            filters: vec!["id==version".into(), "id==namespaces".into()],
-        })
+        .plugins(
+            berth_api::containerd::services::introspection::v1::PluginsRequest {
+                filters: vec!["id==version".into(), "id==namespaces".into()],
+            },
+        )
         .await
         .unwrap()
         .into_inner()
         .plugins;
     assert_eq!(or.len(), 2);
     let st = i
-        .plugin_info(berth_api::containerd::services::introspection::v1::PluginInfoRequest {
-            r#type: "io.containerd.grpc.v1".into(),
-            id: "nope".into(),
-            options: None,
-        })
+        .plugin_info(
+            berth_api::containerd::services::introspection::v1::PluginInfoRequest {
+                r#type: "io.containerd.grpc.v1".into(),
+                id: "nope".into(),
+                options: None,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound);
 
     let mut h = tonic_health::pb::health_client::HealthClient::new(d.channel().await);
     let r = h
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        r.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 #[tokio::test]
 async fn state_survives_restart_and_crash() {
     let mut d = Daemon::start();
-    let uuid = IntrospectionClient::new(d.channel().await).server(()).await.unwrap().into_inner().uuid;
+    let uuid = IntrospectionClient::new(d.channel().await)
+        .server(())
+        .await
+        .unwrap()
+        .into_inner()
+        .uuid;
     ok(d.ctr(&["namespaces", "create", "keep", "a=1"]));
     let st = d.stop();
     assert!(st.success(), "clean exit on SIGTERM: {st}\n{}", d.log());
     assert!(!d.sock.exists(), "socket removed on shutdown");
     d.restart();
-    let uuid2 = IntrospectionClient::new(d.channel().await).server(()).await.unwrap().into_inner().uuid;
+    let uuid2 = IntrospectionClient::new(d.channel().await)
+        .server(())
+        .await
+        .unwrap()
+        .into_inner()
+        .uuid;
     assert_eq!(uuid, uuid2, "UUID persists across restarts");
     ok(d.ctr(&["namespaces", "create", "crash"]));
     // An acknowledged change survives a crash: the daemon flushed before answering.
@@ -255,21 +359,38 @@ fn socket_mode_and_refusing_a_second_daemon() {
     // A second daemon on the same socket refuses to steal it.
     let out = std::process::Command::new(berth_e2e::bin("berthd"))
         .args(["--root", &d.dir.path().join("root2").display().to_string()])
-        .args(["--state", &d.dir.path().join("state2").display().to_string()])
+        .args([
+            "--state",
+            &d.dir.path().join("state2").display().to_string(),
+        ])
         .args(["--address", &d.sock.display().to_string()])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // ... and so does one on the same root (the database is locked).
     let out = std::process::Command::new(berth_e2e::bin("berthd"))
         .args(["--root", &d.root().display().to_string()])
-        .args(["--state", &d.dir.path().join("state3").display().to_string()])
-        .args(["--address", &d.dir.path().join("other.sock").display().to_string()])
+        .args([
+            "--state",
+            &d.dir.path().join("state3").display().to_string(),
+        ])
+        .args([
+            "--address",
+            &d.dir.path().join("other.sock").display().to_string(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("meta.sled"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("meta.sled"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(ok(d.ctr(&["version"])).contains("berth"));
 }
 
@@ -277,7 +398,10 @@ fn socket_mode_and_refusing_a_second_daemon() {
 fn bad_config_files_are_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
-    let default = ok(std::process::Command::new(berth_e2e::bin("berthd")).args(["config", "default"]).output().unwrap());
+    let default = ok(std::process::Command::new(berth_e2e::bin("berthd"))
+        .args(["config", "default"])
+        .output()
+        .unwrap());
     assert!(default.contains("root = \"/var/lib/berth\""));
     assert!(default.contains("address = \"/run/berth/berthd.sock\""));
     let truncated = &default[..default.find("[grpc]").unwrap() + 4];
@@ -299,12 +423,22 @@ fn bad_config_files_are_refused_with_a_clear_error() {
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{text:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("config file") && err.contains(needle), "{text:?}: {err}");
+        assert!(
+            err.contains("config file") && err.contains(needle),
+            "{text:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
-        assert!(!dir.path().join("root").exists(), "nothing created on a bad config");
+        assert!(
+            !dir.path().join("root").exists(),
+            "nothing created on a bad config"
+        );
     }
     std::fs::write(&cfg, [0xff, 0xfe, 0x00]).unwrap();
-    let out = std::process::Command::new(berth_e2e::bin("berthd")).arg("--config").arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(berth_e2e::bin("berthd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
     let out = std::process::Command::new(berth_e2e::bin("berthd"))
         .arg("--config")
@@ -324,7 +458,10 @@ fn json_logs() {
     assert!(!lines.is_empty());
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
-        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{l}");
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{l}"
+        );
     }
     assert!(log.contains("namespace created"), "{log}");
 }

@@ -80,7 +80,10 @@ fn open_log_fifo(bundle: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drive_containerd_shim_runc_v2_over_ttrpc() {
-    let tmp = tempfile::Builder::new().prefix("berth-shim-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-shim-")
+        .tempdir()
+        .unwrap();
     let t = tmp.path();
     let id = format!("shim-interop-{}", std::process::id());
     let cgroup = format!("/berth-e2e-{id}");
@@ -125,24 +128,50 @@ async fn drive_containerd_shim_runc_v2_over_ttrpc() {
         .expect("starting containerd-shim-runc-v2 (apt-get install containerd)");
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(&options.encode_to_vec()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&options.encode_to_vec())
+            .unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "shim start: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "shim start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let in_ns = address.strip_prefix("unix://").expect("a unix:// address");
-    let sock = t.join("run").join(in_ns.strip_prefix("/run/").expect("under /run"));
-    assert_eq!(std::fs::read_to_string(bundle.join("address")).unwrap().trim(), address);
+    let sock = t
+        .join("run")
+        .join(in_ns.strip_prefix("/run/").expect("under /run"));
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("address"))
+            .unwrap()
+            .trim(),
+        address
+    );
 
     let task = TaskClient::new(Client::connect(&sock).await.expect("dial the shim"));
-    let opts = CallOptions::with_timeout(Duration::from_secs(20)).metadata("containerd-namespace-ttrpc", NS);
+    let opts = CallOptions::with_timeout(Duration::from_secs(20))
+        .metadata("containerd-namespace-ttrpc", NS);
 
-    let c = task.connect(&opts, &ConnectRequest { id: id.clone() }).await.unwrap();
+    let c = task
+        .connect(&opts, &ConnectRequest { id: id.clone() })
+        .await
+        .unwrap();
     assert!(c.shim_pid > 0);
     cleanup.shim_pid = Some(c.shim_pid as i32);
 
     let st = task
-        .state(&opts, &StateRequest { id: "no-such-task".into(), exec_id: String::new() })
+        .state(
+            &opts,
+            &StateRequest {
+                id: "no-such-task".into(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
@@ -160,23 +189,69 @@ async fn drive_containerd_shim_runc_v2_over_ttrpc() {
         .await
         .unwrap();
     assert!(created.pid > 0);
-    let state = task.state(&opts, &StateRequest { id: id.clone(), exec_id: String::new() }).await.unwrap();
-    assert_eq!(state.status, berth_api::containerd::v1::types::Status::Created as i32);
+    let state = task
+        .state(
+            &opts,
+            &StateRequest {
+                id: id.clone(),
+                exec_id: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        state.status,
+        berth_api::containerd::v1::types::Status::Created as i32
+    );
 
     // Wait before Start, as ctr does: it must block until the process exits.
     let waiter = {
         let task = task.clone();
         let opts = opts.clone();
         let id = id.clone();
-        tokio::spawn(async move { task.wait(&opts, &WaitRequest { id, exec_id: String::new() }).await })
+        tokio::spawn(async move {
+            task.wait(
+                &opts,
+                &WaitRequest {
+                    id,
+                    exec_id: String::new(),
+                },
+            )
+            .await
+        })
     };
-    task.start(&opts, &StartRequest { id: id.clone(), exec_id: String::new() }).await.unwrap();
+    task.start(
+        &opts,
+        &StartRequest {
+            id: id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
     let waited = waiter.await.unwrap().unwrap();
     assert_eq!(waited.exit_status, 3);
-    let deleted = task.delete(&opts, &DeleteRequest { id: id.clone(), exec_id: String::new() }).await.unwrap();
+    let deleted = task
+        .delete(
+            &opts,
+            &DeleteRequest {
+                id: id.clone(),
+                exec_id: String::new(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(deleted.exit_status, 3);
     assert_eq!(deleted.pid, created.pid);
-    let _ = task.shutdown(&opts, &ShutdownRequest { id: id.clone(), now: false }).await;
+    let _ = task
+        .shutdown(
+            &opts,
+            &ShutdownRequest {
+                id: id.clone(),
+                now: false,
+            },
+        )
+        .await;
 
     // The Go shim forwards /tasks/create, start, exit and delete, in order, to our server.
     let mut topics = Vec::new();
@@ -190,13 +265,22 @@ async fn drive_containerd_shim_runc_v2_over_ttrpc() {
         let any = env.event.expect("event");
         if env.topic == "/tasks/exit" {
             assert_eq!(any.type_url, "containerd.events.TaskExit");
-            let exit = berth_api::containerd::events::TaskExit::decode(any.value.as_slice()).unwrap();
+            let exit =
+                berth_api::containerd::events::TaskExit::decode(any.value.as_slice()).unwrap();
             assert_eq!(exit.exit_status, 3);
             assert_eq!(exit.container_id, id);
         }
         topics.push(env.topic);
     }
-    assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]);
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ]
+    );
 
     // After Shutdown the shim exits; no process of ours is left behind.
     let pid = cleanup.shim_pid.unwrap();
@@ -208,6 +292,9 @@ async fn drive_containerd_shim_runc_v2_over_ttrpc() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(cleanup.shim_pid.is_none(), "shim {pid} still running after Shutdown");
+    assert!(
+        cleanup.shim_pid.is_none(),
+        "shim {pid} still running after Shutdown"
+    );
     events_server.shutdown(Duration::from_secs(2)).await;
 }

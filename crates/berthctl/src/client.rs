@@ -15,8 +15,15 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) async fn connect(address: &str, namespace: &str, timeout_secs: u64) -> anyhow::Result<Conn> {
-        let path = address.strip_prefix("unix://").unwrap_or(address).to_string();
+    pub(crate) async fn connect(
+        address: &str,
+        namespace: &str,
+        timeout_secs: u64,
+    ) -> anyhow::Result<Conn> {
+        let path = address
+            .strip_prefix("unix://")
+            .unwrap_or(address)
+            .to_string();
         let namespace = namespace
             .parse()
             .map_err(|_| anyhow::anyhow!("namespace {namespace:?} is not a valid header value"))?;
@@ -26,7 +33,9 @@ impl Conn {
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
                 }
             }))
             .await
@@ -37,7 +46,8 @@ impl Conn {
     /// Wraps a message in a request carrying the namespace header.
     pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("containerd-namespace", self.namespace.clone());
+        r.metadata_mut()
+            .insert("containerd-namespace", self.namespace.clone());
         r
     }
 }

@@ -10,10 +10,22 @@ use clap::{Parser, Subcommand};
 #[command(name = "berthctl", version, about = "Command line client for berthd")]
 pub(crate) struct Cli {
     /// Address of berthd's unix socket.
-    #[arg(short, long, global = true, env = "BERTH_ADDRESS", default_value = "/run/berth/berthd.sock")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "BERTH_ADDRESS",
+        default_value = "/run/berth/berthd.sock"
+    )]
     address: String,
     /// Namespace to work in.
-    #[arg(short, long, global = true, env = "BERTH_NAMESPACE", default_value = "default")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "BERTH_NAMESPACE",
+        default_value = "default"
+    )]
     namespace: String,
     /// Timeout for connecting to berthd, in seconds.
     #[arg(long, global = true, default_value_t = 10)]
@@ -36,7 +48,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berthctl: starting runtime: {e}");

@@ -50,6 +50,9 @@ mod tests {
         let mut t = Table::new(&["NAME", "LABELS"], 1);
         t.row(vec!["default".into(), "".into()]);
         t.row(vec!["k8s.io".into(), "a=b".into()]);
-        assert_eq!(t.render(), "NAME    LABELS \ndefault        \nk8s.io  a=b    \n");
+        assert_eq!(
+            t.render(),
+            "NAME    LABELS \ndefault        \nk8s.io  a=b    \n"
+        );
     }
 }

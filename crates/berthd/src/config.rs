@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 /// The default configuration, with comments; `berthd config default` prints it.
-pub(crate) const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+pub(crate) const DEFAULT_CONFIG: &str = include_str!("../../../deploy/config.toml");
 
 /// Where `berthd` looks for a configuration file when `--config` is not given.
 pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
@@ -76,7 +76,9 @@ impl Config {
     /// Parses a configuration file's text; keys it leaves out keep their defaults.
     pub(crate) fn parse(text: &str) -> anyhow::Result<Config> {
         let mut base: toml::Table = DEFAULT_CONFIG.parse().context("embedded default config")?;
-        let user: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+        let user: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
         merge(&mut base, user);
         let cfg: Config = toml::Value::Table(base)
             .try_into()
@@ -93,18 +95,24 @@ impl Config {
         };
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| anyhow::anyhow!("config file {}: not valid UTF-8", path.display()))?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    anyhow::anyhow!("config file {}: not valid UTF-8", path.display())
+                })?;
                 Config::parse(&text).with_context(|| format!("config file {}", path.display()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Config::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
             Err(e) => Err(e).with_context(|| format!("reading config file {}", path.display())),
         }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         if self.version != 1 {
-            bail!("version: unsupported config version {} (this berthd reads version 1)", self.version);
+            bail!(
+                "version: unsupported config version {} (this berthd reads version 1)",
+                self.version
+            );
         }
         self.check_overrides()?;
         if self.grpc.max_recv_message_size < 1024 || self.grpc.max_recv_message_size > 1 << 30 {
@@ -119,32 +127,46 @@ impl Config {
                 self.grpc.max_send_message_size
             );
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| anyhow::anyhow!("log.level: {:?} is not a valid filter: {e}", self.log.level))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!("log.level: {:?} is not a valid filter: {e}", self.log.level)
+        })?;
         if !(0.0..=1.0).contains(&self.otlp.sampling_ratio) {
-            bail!("otlp.sampling_ratio: {} is not between 0.0 and 1.0", self.otlp.sampling_ratio);
+            bail!(
+                "otlp.sampling_ratio: {} is not between 0.0 and 1.0",
+                self.otlp.sampling_ratio
+            );
         }
-        if !self.otlp.endpoint.is_empty()
-            && !(self.otlp.endpoint.starts_with("http://") || self.otlp.endpoint.starts_with("https://"))
-        {
-            bail!("otlp.endpoint: {:?} must start with http:// or https://", self.otlp.endpoint);
+        let ep = &self.otlp.endpoint;
+        if !ep.is_empty() && !ep.starts_with("http://") && !ep.starts_with("https://") {
+            bail!(
+                "otlp.endpoint: {:?} must start with http:// or https://",
+                self.otlp.endpoint
+            );
         }
         Ok(())
     }
 
     /// Checks what command-line flags can override: paths and the log level.
     pub(crate) fn check_overrides(&self) -> anyhow::Result<()> {
-        for (name, p) in [("root", &self.root), ("state", &self.state), ("grpc.address", &self.grpc.address)] {
+        for (name, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("grpc.address", &self.grpc.address),
+        ] {
             if !p.is_absolute() {
-                bail!("{name}: must be an absolute path, got {:?}", p.display().to_string());
+                bail!(
+                    "{name}: must be an absolute path, got {:?}",
+                    p.display().to_string()
+                );
             }
         }
         // The kernel's sun_path holds 108 bytes including the terminating NUL.
         if self.grpc.address.as_os_str().len() > 107 {
             bail!("grpc.address: unix socket path longer than 107 bytes");
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| anyhow::anyhow!("log.level: {:?} is not a valid filter: {e}", self.log.level))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!("log.level: {:?} is not a valid filter: {e}", self.log.level)
+        })?;
         Ok(())
     }
 

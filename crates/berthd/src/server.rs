@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use berth_api::containerd::services::{
     introspection::v1::introspection_server::IntrospectionServer,
-    namespaces::v1::namespaces_server::NamespacesServer, version::v1::version_server::VersionServer,
+    namespaces::v1::namespaces_server::NamespacesServer,
+    version::v1::version_server::VersionServer,
 };
 use berth_store::Store;
 use tokio::net::UnixListener;
@@ -37,11 +38,16 @@ fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("grpc.address: {} is in use by a running daemon", path.display());
+            bail!(
+                "grpc.address: {} is in use by a running daemon",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::os::unix::fs::chown(path, Some(cfg.grpc.uid), Some(cfg.grpc.gid))
         .with_context(|| format!("chown {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
@@ -74,7 +80,10 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
 
-    let (recv, send) = (cfg.grpc.max_recv_message_size, cfg.grpc.max_send_message_size);
+    let (recv, send) = (
+        cfg.grpc.max_recv_message_size,
+        cfg.grpc.max_send_message_size,
+    );
     let router = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(
@@ -126,7 +135,9 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
             Ok(r) => r??,
             Err(_) => {
-                tracing::warn!("in-flight calls did not finish in {DRAIN_TIMEOUT:?}; stopping anyway");
+                tracing::warn!(
+                    "in-flight calls did not finish in {DRAIN_TIMEOUT:?}; stopping anyway"
+                );
                 server.abort();
             }
         }

@@ -18,10 +18,8 @@ pub(crate) struct Telemetry {
 
 impl Telemetry {
     pub(crate) fn shutdown(self) {
-        if let Some(p) = self.provider {
-            if let Err(e) = p.shutdown() {
-                eprintln!("berthd: flushing traces: {e}");
-            }
+        if let Some(Err(e)) = self.provider.map(|p| p.shutdown()) {
+            eprintln!("berthd: flushing traces: {e}");
         }
     }
 }

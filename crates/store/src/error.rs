@@ -16,7 +16,9 @@ pub enum StoreError {
     #[error("{0}")]
     FailedPrecondition(String),
     /// The database was written by an incompatible version.
-    #[error("metadata schema version {found} is not supported (this berthd reads version {expected})")]
+    #[error(
+        "metadata schema version {found} is not supported (this berthd reads version {expected})"
+    )]
     SchemaMismatch {
         /// Version found on disk.
         found: String,

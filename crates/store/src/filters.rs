@@ -196,11 +196,17 @@ impl<'a> Scanner<'a> {
             return (start, Tok::Sep(c));
         }
         if matches!(c, '=' | '!' | '~' | '@') {
-            while self.peek_char().is_some_and(|c| matches!(c, '=' | '!' | '~' | '@')) {
+            while self
+                .peek_char()
+                .is_some_and(|c| matches!(c, '=' | '!' | '~' | '@'))
+            {
                 self.bump();
             }
             self.value_next = true;
-            return (start, Tok::Operator(self.input[start..self.pos].to_string()));
+            return (
+                start,
+                Tok::Operator(self.input[start..self.pos].to_string()),
+            );
         }
         if self.value_next {
             while self.peek_char().is_some_and(is_value_char) {
@@ -253,14 +259,18 @@ fn unquote(s: &str) -> Result<String, String> {
             continue;
         }
         let e = it.next().ok_or("quote syntax error")?;
-        let hex = |it: &mut std::iter::Peekable<std::str::Chars<'_>>, n: usize| -> Result<u32, String> {
-            let mut v = 0u32;
-            for _ in 0..n {
-                let d = it.next().and_then(|c| c.to_digit(16)).ok_or("invalid escape")?;
-                v = v * 16 + d;
-            }
-            Ok(v)
-        };
+        let hex =
+            |it: &mut std::iter::Peekable<std::str::Chars<'_>>, n: usize| -> Result<u32, String> {
+                let mut v = 0u32;
+                for _ in 0..n {
+                    let d = it
+                        .next()
+                        .and_then(|c| c.to_digit(16))
+                        .ok_or("invalid escape")?;
+                    v = v * 16 + d;
+                }
+                Ok(v)
+            };
         match e {
             'a' => out.push('\u{7}'),
             'b' => out.push('\u{8}'),
@@ -276,10 +286,17 @@ fn unquote(s: &str) -> Result<String, String> {
             '0'..='7' => {
                 let mut v = e.to_digit(8).unwrap_or(0);
                 for _ in 0..2 {
-                    let d = it.next().and_then(|c| c.to_digit(8)).ok_or("invalid escape")?;
+                    let d = it
+                        .next()
+                        .and_then(|c| c.to_digit(8))
+                        .ok_or("invalid escape")?;
                     v = v * 8 + d;
                 }
-                out.push(char::from_u32(v).filter(|_| v <= 255).ok_or("invalid escape")?);
+                out.push(
+                    char::from_u32(v)
+                        .filter(|_| v <= 255)
+                        .ok_or("invalid escape")?,
+                );
             }
             c if c == quote => out.push(c),
             _ => return Err("invalid escape".into()),
@@ -331,7 +348,9 @@ impl Parser<'_> {
         let (vpos, vtok) = self.sc.scan();
         let value = match vtok {
             Tok::Value(v) | Tok::Field(v) => v,
-            Tok::Quoted(q) => unquote(&q).map_err(|e| self.err(vpos, format!("unquoting failed: {e}")))?,
+            Tok::Quoted(q) => {
+                unquote(&q).map_err(|e| self.err(vpos, format!("unquoting failed: {e}")))?
+            }
             Tok::Eof => return Err(self.err(vpos, "unexpected end of input: expected value")),
             Tok::Illegal(m) => return Err(self.err(vpos, m)),
             _ => return Err(self.err(vpos, "expected value or quoted")),
@@ -362,7 +381,9 @@ impl Parser<'_> {
         let (pos, tok) = self.sc.scan();
         match tok {
             Tok::Field(f) => Ok(f),
-            Tok::Quoted(q) => unquote(&q).map_err(|e| self.err(pos, format!("unquoting failed: {e}"))),
+            Tok::Quoted(q) => {
+                unquote(&q).map_err(|e| self.err(pos, format!("unquoting failed: {e}")))
+            }
             Tok::Illegal(m) => Err(self.err(pos, m)),
             _ => Err(self.err(pos, "expected field or quoted")),
         }
@@ -426,7 +447,10 @@ mod tests {
         assert!(m("name@=oo", &o));
         assert!(m("labels.a", &o));
         assert!(!m("labels.b", &o));
-        assert!(m("labels.b!=1", &o), "absent != value matches, as in containerd");
+        assert!(
+            m("labels.b!=1", &o),
+            "absent != value matches, as in containerd"
+        );
         assert!(m(r#"labels."very complex.label"=="x y""#, &o));
         assert!(m("name==foo,labels.a==1", &o));
         assert!(!m("name==foo,labels.a==2", &o));

@@ -45,7 +45,14 @@ mod tests {
 
     #[test]
     fn accepts_containerd_identifiers() {
-        for ok in ["default", "k8s.io", "a", "A-b_c.d9", "moby", &"x".repeat(76)] {
+        for ok in [
+            "default",
+            "k8s.io",
+            "a",
+            "A-b_c.d9",
+            "moby",
+            &"x".repeat(76),
+        ] {
             assert!(validate(ok).is_ok(), "{ok}");
         }
     }
@@ -53,7 +60,18 @@ mod tests {
     #[test]
     fn rejects_bad_identifiers() {
         for bad in [
-            "", "-a", "a-", "a..b", "a/b", "..", "a b", "é", "a_-b", ".a", &"x".repeat(77), "a\0",
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            "a_-b",
+            ".a",
+            &"x".repeat(77),
+            "a\0",
         ] {
             assert!(validate(bad).is_err(), "{bad:?}");
         }

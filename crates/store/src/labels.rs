@@ -17,7 +17,9 @@ pub fn validate(labels: &HashMap<String, String>) -> Result<(), StoreError> {
 
 pub(crate) fn check(k: &str, v: &str) -> Result<(), StoreError> {
     if k.is_empty() {
-        return Err(StoreError::InvalidArgument("labels: label key must not be empty".into()));
+        return Err(StoreError::InvalidArgument(
+            "labels: label key must not be empty".into(),
+        ));
     }
     if k.len() + v.len() > MAX_LABEL_SIZE {
         let short: String = k.chars().take(10).collect();

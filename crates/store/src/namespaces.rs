@@ -40,10 +40,11 @@ impl Store {
         let rec = encode(&Record {
             labels: ns.labels.clone(),
         });
-        match self
-            .namespaces
-            .compare_and_swap(ns.name.as_bytes(), None as Option<&[u8]>, Some(rec))?
-        {
+        match self.namespaces.compare_and_swap(
+            ns.name.as_bytes(),
+            None as Option<&[u8]>,
+            Some(rec),
+        )? {
             Ok(()) => Ok(()),
             Err(_) => Err(StoreError::AlreadyExists(format!("namespace {}", ns.name))),
         }
@@ -86,7 +87,11 @@ impl Store {
     /// Updates labels with containerd's field-mask rules: no paths replaces all labels;
     /// `labels` replaces all labels; `labels.<key>` sets (or, with no value, removes) one label.
     /// A missing namespace is created, as containerd does. Returns the updated namespace.
-    pub fn update_namespace(&self, ns: &Namespace, paths: &[String]) -> Result<Namespace, StoreError> {
+    pub fn update_namespace(
+        &self,
+        ns: &Namespace,
+        paths: &[String],
+    ) -> Result<Namespace, StoreError> {
         identifiers::validate(&ns.name)?;
         for p in paths {
             if p != "labels" && !p.starts_with("labels.") {
@@ -139,7 +144,13 @@ impl Store {
         let prefix = format!("{name}/");
         let mut held = Vec::new();
         for t in NAMESPACED_TREES {
-            if self.db.open_tree(t)?.scan_prefix(prefix.as_bytes()).next().is_some() {
+            if self
+                .db
+                .open_tree(t)?
+                .scan_prefix(prefix.as_bytes())
+                .next()
+                .is_some()
+            {
                 held.push(*t);
             }
         }
@@ -167,7 +178,10 @@ mod tests {
     fn ns(name: &str, labels: &[(&str, &str)]) -> Namespace {
         Namespace {
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -176,22 +190,38 @@ mod tests {
         let (_d, s) = store();
         s.create_namespace(&ns("b", &[("x", "1")])).unwrap();
         s.create_namespace(&ns("a", &[])).unwrap();
-        assert!(matches!(s.create_namespace(&ns("a", &[])), Err(StoreError::AlreadyExists(_))));
-        let names: Vec<_> = s.list_namespaces().unwrap().into_iter().map(|n| n.name).collect();
+        assert!(matches!(
+            s.create_namespace(&ns("a", &[])),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        let names: Vec<_> = s
+            .list_namespaces()
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(s.get_namespace("b").unwrap().unwrap().labels["x"], "1");
         assert!(s.get_namespace("zz").unwrap().is_none());
         s.delete_namespace("a").unwrap();
-        assert!(matches!(s.delete_namespace("a"), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.delete_namespace("a"),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]
     fn update_follows_field_masks() {
         let (_d, s) = store();
-        s.create_namespace(&ns("n", &[("a", "1"), ("b", "2")])).unwrap();
-        let u = s.update_namespace(&ns("n", &[("c", "3")]), &["labels.c".into()]).unwrap();
+        s.create_namespace(&ns("n", &[("a", "1"), ("b", "2")]))
+            .unwrap();
+        let u = s
+            .update_namespace(&ns("n", &[("c", "3")]), &["labels.c".into()])
+            .unwrap();
         assert_eq!(u.labels.len(), 3);
-        let u = s.update_namespace(&ns("n", &[]), &["labels.a".into()]).unwrap();
+        let u = s
+            .update_namespace(&ns("n", &[]), &["labels.a".into()])
+            .unwrap();
         assert!(!u.labels.contains_key("a"));
         let u = s.update_namespace(&ns("n", &[("z", "9")]), &[]).unwrap();
         assert_eq!(u.labels, ns("", &[("z", "9")]).labels);
@@ -200,19 +230,29 @@ mod tests {
             Err(StoreError::InvalidArgument(_))
         ));
         // Updating a missing namespace creates it, as containerd does.
-        s.update_namespace(&ns("fresh", &[("k", "v")]), &["labels.k".into()]).unwrap();
+        s.update_namespace(&ns("fresh", &[("k", "v")]), &["labels.k".into()])
+            .unwrap();
         assert!(s.get_namespace("fresh").unwrap().is_some());
     }
 
     #[test]
     fn invalid_input_is_rejected_and_changes_nothing() {
         let (_d, s) = store();
-        assert!(matches!(s.create_namespace(&ns("bad/name", &[])), Err(StoreError::InvalidArgument(_))));
+        assert!(matches!(
+            s.create_namespace(&ns("bad/name", &[])),
+            Err(StoreError::InvalidArgument(_))
+        ));
         let big = "v".repeat(4096);
-        assert!(matches!(s.create_namespace(&ns("n", &[("k", &big)])), Err(StoreError::InvalidArgument(_))));
+        assert!(matches!(
+            s.create_namespace(&ns("n", &[("k", &big)])),
+            Err(StoreError::InvalidArgument(_))
+        ));
         assert!(s.get_namespace("n").unwrap().is_none());
         s.create_namespace(&ns("n", &[("a", "1")])).unwrap();
-        assert!(s.update_namespace(&ns("n", &[("k", &big)]), &["labels.k".into()]).is_err());
+        assert!(
+            s.update_namespace(&ns("n", &[("k", &big)]), &["labels.k".into()])
+                .is_err()
+        );
         assert_eq!(s.get_namespace("n").unwrap().unwrap().labels.len(), 1);
     }
 
@@ -220,7 +260,10 @@ mod tests {
     fn delete_refuses_non_empty_namespace() {
         let (_d, s) = store();
         s.create_namespace(&ns("n", &[])).unwrap();
-        s.db.open_tree("images").unwrap().insert("n/busybox", b"{}".as_ref()).unwrap();
+        s.db.open_tree("images")
+            .unwrap()
+            .insert("n/busybox", b"{}".as_ref())
+            .unwrap();
         match s.delete_namespace("n") {
             Err(StoreError::FailedPrecondition(m)) => assert!(m.contains("images"), "{m}"),
             other => panic!("unexpected {other:?}"),

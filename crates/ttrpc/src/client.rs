@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::context::Metadata;
 use crate::frame::{
-    FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, Incoming, MAX_DATA_LEN, MessageType,
-    encode_frame, read_frame,
+    Decoded, FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, FrameReader, MAX_DATA_LEN,
+    MessageType, encode_frame,
 };
 use crate::proto::{Request, Response};
 use crate::server::MethodKind;
@@ -137,7 +137,8 @@ impl Client {
 
     /// Wraps an already connected stream.
     pub fn new(stream: UnixStream) -> Client {
-        let (mut rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
+        let mut rd = FrameReader::new(rd);
         let sink = spawn_writer(wr);
         let inner = Arc::new(Inner {
             sink,
@@ -150,10 +151,10 @@ impl Client {
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             loop {
-                let incoming = read_frame(&mut rd).await;
+                let incoming = rd.next().await;
                 let Some(inner) = weak.upgrade() else { return };
                 match incoming {
-                    Ok(Some(Incoming::Frame(h, payload))) => match h.message_type {
+                    Ok(Some(Decoded::Frame(h, payload))) => match h.message_type {
                         MessageType::Response => match inner.remove(h.stream_id) {
                             Some(Slot::Unary(tx)) => {
                                 let _ = tx.send(decode_response(payload));
@@ -185,7 +186,7 @@ impl Client {
                         }
                         _ => {}
                     },
-                    Ok(Some(Incoming::TooLarge(h))) => {
+                    Ok(Some(Decoded::TooLarge(h))) => {
                         let st = too_large(h.length as usize);
                         match inner.remove(h.stream_id) {
                             Some(Slot::Unary(tx)) => {
@@ -271,7 +272,9 @@ impl Client {
         req: &Req,
         opts: &CallOptions,
     ) -> Result<Resp, Status> {
-        let body = self.call(service, method, req.encode_to_vec(), opts).await?;
+        let body = self
+            .call(service, method, req.encode_to_vec(), opts)
+            .await?;
         Resp::decode(body).map_err(|e| Status::decode_error("response payload", e))
     }
 
@@ -315,7 +318,9 @@ pub struct ClientStream {
 
 impl std::fmt::Debug for ClientStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientStream").field("id", &self.id).finish()
+        f.debug_struct("ClientStream")
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -323,7 +328,9 @@ impl ClientStream {
     /// Sends one marshalled message.
     pub fn send(&self, payload: &[u8]) -> Result<(), Status> {
         if self.send_closed {
-            return Err(Status::failed_precondition("ttrpc: stream send side is closed"));
+            return Err(Status::failed_precondition(
+                "ttrpc: stream send side is closed",
+            ));
         }
         if payload.len() > MAX_DATA_LEN {
             return Err(too_large(payload.len()));
@@ -409,7 +416,10 @@ impl ClientStream {
         self.close_send()?;
         match self.recv_msg().await? {
             Some(m) => Ok(m),
-            None => Err(Status::new(Code::Internal, "ttrpc: stream ended without a response")),
+            None => Err(Status::new(
+                Code::Internal,
+                "ttrpc: stream ended without a response",
+            )),
         }
     }
 }

@@ -97,48 +97,39 @@ pub(crate) fn encode_frame(stream_id: u32, ty: MessageType, flags: u8, payload: 
     out
 }
 
-/// What a reader got from the wire.
-#[derive(Debug)]
-pub(crate) enum Incoming {
-    /// A whole frame.
-    Frame(FrameHeader, Bytes),
-    /// A frame whose payload was over [`MAX_DATA_LEN`]; its bytes were read and dropped.
-    TooLarge(FrameHeader),
+/// Reads frames from a connection. Cancel-safe: all state lives in the reader, so a `select!`
+/// that drops a pending [`FrameReader::next`] loses no bytes.
+pub(crate) struct FrameReader<R> {
+    rd: R,
+    decoder: FrameDecoder,
+    scratch: Box<[u8]>,
 }
 
-/// Reads the next frame. `Ok(None)` is a clean end of stream between frames.
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Incoming>> {
-    let mut hb = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = r.read(&mut hb[got..]).await?;
-        if n == 0 {
-            if got == 0 {
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(rd: R) -> Self {
+        FrameReader {
+            rd,
+            decoder: FrameDecoder::new(),
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream between frames.
+    pub(crate) async fn next(&mut self) -> std::io::Result<Option<Decoded>> {
+        loop {
+            if let Some(d) = self.decoder.next_frame() {
+                return Ok(Some(d));
+            }
+            let n = self.rd.read(&mut self.scratch).await?;
+            if n == 0 {
+                if self.decoder.has_partial() {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
                 return Ok(None);
             }
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+            self.decoder.extend(&self.scratch[..n]);
         }
-        got += n;
     }
-    let header = FrameHeader::decode(&hb);
-    let len = header.length as usize;
-    if len > MAX_DATA_LEN {
-        // Discard the oversized payload so the connection stays usable.
-        let mut left = len as u64;
-        let mut sink = vec![0u8; 64 * 1024];
-        while left > 0 {
-            let want = left.min(sink.len() as u64) as usize;
-            let n = r.read(&mut sink[..want]).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            left -= n as u64;
-        }
-        return Ok(Some(Incoming::TooLarge(header)));
-    }
-    let mut buf = BytesMut::zeroed(len);
-    r.read_exact(&mut buf).await?;
-    Ok(Some(Incoming::Frame(header, buf.freeze())))
 }
 
 /// An incremental, synchronous frame decoder over a byte buffer.
@@ -176,6 +167,11 @@ impl FrameDecoder {
         self.buf.extend_from_slice(data);
     }
 
+    /// True while a frame has been started but not completed.
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty() || self.skipping > 0
+    }
+
     /// Returns the next complete item, or `None` if more bytes are needed.
     pub fn next_frame(&mut self) -> Option<Decoded> {
         if self.skipping > 0 || self.buf.len() < HEADER_LEN {
@@ -200,8 +196,6 @@ impl FrameDecoder {
         Some(Decoded::Frame(header, payload))
     }
 }
-
-
 
 #[cfg(test)]
 mod tests {
@@ -262,6 +256,38 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn reader_is_cancel_safe() {
+        use tokio::io::AsyncWriteExt;
+        let (mut w, r) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(r);
+        let writer = tokio::spawn(async move {
+            for i in 0..50u32 {
+                let f = encode_frame(2 * i + 1, MessageType::Request, 0, &[i as u8; 40]);
+                for b in f.chunks(3) {
+                    w.write_all(b).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let mut got = 0u32;
+        while got < 50 {
+            // A select that keeps dropping the pending read must not lose bytes.
+            tokio::select! {
+                r = reader.next() => match r.unwrap() {
+                    Some(Decoded::Frame(h, p)) => {
+                        assert_eq!(h.stream_id, 2 * got + 1);
+                        assert_eq!(&p[..], &[got as u8; 40][..]);
+                        got += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+                _ = tokio::task::yield_now() => {}
+            }
+        }
+        writer.await.unwrap();
     }
 
     #[test]

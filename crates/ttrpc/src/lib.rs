@@ -21,8 +21,8 @@ mod stream;
 pub use client::{CallOptions, Client, ClientStream};
 pub use context::{Context, Metadata};
 pub use frame::{
-    Decoded, FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, FrameDecoder, FrameHeader, HEADER_LEN,
-    MAX_DATA_LEN, MessageType,
+    Decoded, FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FLAG_REMOTE_OPEN, FrameDecoder, FrameHeader,
+    HEADER_LEN, MAX_DATA_LEN, MessageType,
 };
 pub use proto::{KeyValue, Request, Response, RpcStatus};
 pub use server::{MethodKind, PeerCheck, Server, ServerHandle, Service, ServiceCall};

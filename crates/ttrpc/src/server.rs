@@ -13,8 +13,8 @@ use tokio::task::JoinSet;
 use crate::BoxFuture;
 use crate::context::{Context, Metadata};
 use crate::frame::{
-    FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FrameHeader, Incoming, MAX_DATA_LEN, MessageType,
-    encode_frame, read_frame,
+    Decoded, FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FrameHeader, FrameReader, MAX_DATA_LEN,
+    MessageType, encode_frame,
 };
 use crate::proto::{Request, Response};
 use crate::status::{Code, Status};
@@ -95,8 +95,13 @@ impl PeerCheck {
         match self {
             PeerCheck::None => true,
             PeerCheck::SameUser => match s.peer_cred() {
-                // SAFETY: geteuid/getegid have no preconditions and cannot fail.
-                Ok(c) => c.uid() == unsafe { libc::geteuid() } && c.gid() == unsafe { libc::getegid() },
+                Ok(c) => {
+                    // SAFETY: geteuid has no preconditions and cannot fail.
+                    let uid = unsafe { libc::geteuid() };
+                    // SAFETY: getegid has no preconditions and cannot fail.
+                    let gid = unsafe { libc::getegid() };
+                    c.uid() == uid && c.gid() == gid
+                }
                 Err(_) => false,
             },
             PeerCheck::Custom(f) => match s.peer_cred() {
@@ -206,11 +211,17 @@ fn send_status(sink: &FrameSink, id: u32, st: &Status) {
         status: Some(st.to_proto()),
         payload: Vec::new(),
     };
-    let _ = sink.send(encode_frame(id, MessageType::Response, 0, &resp.encode_to_vec()));
+    let _ = sink.send(encode_frame(
+        id,
+        MessageType::Response,
+        0,
+        &resp.encode_to_vec(),
+    ));
 }
 
 async fn serve_conn(stream: UnixStream, services: Services, mut stop: watch::Receiver<bool>) {
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    let mut rd = FrameReader::new(rd);
     let sink = spawn_writer(wr);
     // std Mutex: held only to insert/remove/lookup, never across an await.
     let inbound: Inbound = Arc::new(Mutex::new(HashMap::new()));
@@ -218,13 +229,13 @@ async fn serve_conn(stream: UnixStream, services: Services, mut stop: watch::Rec
     let mut last_id = 0u32;
     loop {
         let incoming = tokio::select! {
-            r = read_frame(&mut rd) => r,
+            r = rd.next() => r,
             _ = stop.changed() => break,
             Some(_) = calls.join_next(), if !calls.is_empty() => continue,
         };
         let (h, payload) = match incoming {
-            Ok(Some(Incoming::Frame(h, p))) => (h, p),
-            Ok(Some(Incoming::TooLarge(h))) => {
+            Ok(Some(Decoded::Frame(h, p))) => (h, p),
+            Ok(Some(Decoded::TooLarge(h))) => {
                 send_status(&sink, h.stream_id, &too_large(h.length as usize));
                 continue;
             }
@@ -263,9 +274,17 @@ async fn serve_conn(stream: UnixStream, services: Services, mut stop: watch::Rec
 }
 
 async fn deliver_data(h: FrameHeader, payload: Bytes, sink: &FrameSink, inbound: &Inbound) {
-    let tx = inbound.lock().expect("inbound lock").get(&h.stream_id).cloned();
+    let tx = inbound
+        .lock()
+        .expect("inbound lock")
+        .get(&h.stream_id)
+        .cloned();
     let Some(tx) = tx else {
-        send_status(sink, h.stream_id, &Status::invalid_argument("StreamID is no longer active"));
+        send_status(
+            sink,
+            h.stream_id,
+            &Status::invalid_argument("StreamID is no longer active"),
+        );
         return;
     };
     if h.flags & FLAG_NO_DATA == 0 {
@@ -275,7 +294,11 @@ async fn deliver_data(h: FrameHeader, payload: Bytes, sink: &FrameSink, inbound:
     if h.flags & FLAG_REMOTE_CLOSED != 0 {
         inbound.lock().expect("inbound lock").remove(&h.stream_id);
         if h.flags & FLAG_NO_DATA == 0 && !payload.is_empty() {
-            send_status(sink, h.stream_id, &Status::invalid_argument("data close message cannot include data"));
+            send_status(
+                sink,
+                h.stream_id,
+                &Status::invalid_argument("data close message cannot include data"),
+            );
         }
     }
 }
@@ -291,16 +314,28 @@ fn start_call(
     let req = match Request::decode(payload) {
         Ok(r) => r,
         Err(e) => {
-            send_status(sink, id, &Status::invalid_argument(format!("unmarshal request error: {e}")));
+            send_status(
+                sink,
+                id,
+                &Status::invalid_argument(format!("unmarshal request error: {e}")),
+            );
             return None;
         }
     };
     let Some(svc) = services.get(req.service.as_str()).cloned() else {
-        send_status(sink, id, &Status::unimplemented(format!("service {}", req.service)));
+        send_status(
+            sink,
+            id,
+            &Status::unimplemented(format!("service {}", req.service)),
+        );
         return None;
     };
     let Some(kind) = svc.method_kind(&req.method) else {
-        send_status(sink, id, &Status::unimplemented(format!("method {}", req.method)));
+        send_status(
+            sink,
+            id,
+            &Status::unimplemented(format!("method {}", req.method)),
+        );
         return None;
     };
     let ctx = Context::new(
@@ -357,7 +392,12 @@ fn start_call(
                     status: Some(Status::new(Code::Ok, "").to_proto()),
                     payload: body,
                 };
-                let _ = sink.send(encode_frame(id, MessageType::Response, 0, &resp.encode_to_vec()));
+                let _ = sink.send(encode_frame(
+                    id,
+                    MessageType::Response,
+                    0,
+                    &resp.encode_to_vec(),
+                ));
             }
             (Err(st), _) => send_status(&sink, id, &st),
         }

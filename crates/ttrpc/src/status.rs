@@ -126,7 +126,10 @@ impl Status {
     }
 
     pub(crate) fn decode_error(what: &str, e: prost::DecodeError) -> Status {
-        Status::new(Code::Internal, format!("ttrpc: error unmarshalling {what}: {e}"))
+        Status::new(
+            Code::Internal,
+            format!("ttrpc: error unmarshalling {what}: {e}"),
+        )
     }
 }
 

@@ -123,16 +123,25 @@ async fn echo(c: &Client, method: &str, s: &str, opts: &CallOptions) -> Result<S
 async fn unary_round_trip_and_metadata() {
     let h = Harness::start(PeerCheck::SameUser);
     let c = h.client().await;
-    assert_eq!(echo(&c, "Echo", "hi", &CallOptions::default()).await.unwrap(), "hi");
+    assert_eq!(
+        echo(&c, "Echo", "hi", &CallOptions::default())
+            .await
+            .unwrap(),
+        "hi"
+    );
     let opts = CallOptions::with_timeout(Duration::from_secs(5))
         .metadata("containerd-namespace-ttrpc", "ns1")
         .metadata("Containerd-Namespace-TTRPC", "ns2");
     assert_eq!(
-        echo(&c, "Meta", "containerd-namespace-ttrpc", &opts).await.unwrap(),
+        echo(&c, "Meta", "containerd-namespace-ttrpc", &opts)
+            .await
+            .unwrap(),
         "ns1,ns2;true"
     );
     assert_eq!(
-        echo(&c, "Meta", "x", &CallOptions::default()).await.unwrap(),
+        echo(&c, "Meta", "x", &CallOptions::default())
+            .await
+            .unwrap(),
         ";false"
     );
 }
@@ -141,7 +150,9 @@ async fn unary_round_trip_and_metadata() {
 async fn unknown_service_and_method_are_unimplemented() {
     let h = Harness::start(PeerCheck::SameUser);
     let c = h.client().await;
-    let e = echo(&c, "Nope", "", &CallOptions::default()).await.unwrap_err();
+    let e = echo(&c, "Nope", "", &CallOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert_eq!(e.message(), "method Nope");
     let e = c
@@ -161,7 +172,12 @@ async fn deadlines_are_enforced_on_both_sides() {
     let e = echo(&c, "Sleep", "2000", &opts).await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded);
     // The connection is still usable afterwards.
-    assert_eq!(echo(&c, "Sleep", "1", &CallOptions::default()).await.unwrap(), "woke");
+    assert_eq!(
+        echo(&c, "Sleep", "1", &CallOptions::default())
+            .await
+            .unwrap(),
+        "woke"
+    );
 }
 
 #[tokio::test]
@@ -174,8 +190,18 @@ async fn many_concurrent_calls_on_one_connection() {
         tasks.push(tokio::spawn(async move {
             // Interleave slow and fast calls so answers come back out of order.
             let method = if i % 10 == 0 { "Sleep" } else { "Echo" };
-            let arg = if i % 10 == 0 { "20".to_string() } else { i.to_string() };
-            (i, method, echo(&c, method, &arg, &CallOptions::default()).await.unwrap())
+            let arg = if i % 10 == 0 {
+                "20".to_string()
+            } else {
+                i.to_string()
+            };
+            (
+                i,
+                method,
+                echo(&c, method, &arg, &CallOptions::default())
+                    .await
+                    .unwrap(),
+            )
         }));
     }
     for t in tasks {
@@ -195,7 +221,13 @@ async fn streaming_in_every_direction() {
     let opts = CallOptions::default();
 
     let mut s = c
-        .stream("test.Echo", "Count", MethodKind::ServerStreaming, Some(text("5").encode_to_vec()), &opts)
+        .stream(
+            "test.Echo",
+            "Count",
+            MethodKind::ServerStreaming,
+            Some(text("5").encode_to_vec()),
+            &opts,
+        )
         .await
         .unwrap();
     let mut got = Vec::new();
@@ -233,12 +265,21 @@ async fn oversized_messages_are_resource_exhausted() {
     let c = h.client().await;
     // Client refuses to send more than 4 MiB.
     let big = "y".repeat(5 << 20);
-    let e = echo(&c, "Echo", &big, &CallOptions::default()).await.unwrap_err();
+    let e = echo(&c, "Echo", &big, &CallOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     // Server refuses to answer with more than 4 MiB.
-    let e = echo(&c, "Big", "", &CallOptions::default()).await.unwrap_err();
+    let e = echo(&c, "Big", "", &CallOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
-    assert_eq!(echo(&c, "Echo", "still ok", &CallOptions::default()).await.unwrap(), "still ok");
+    assert_eq!(
+        echo(&c, "Echo", "still ok", &CallOptions::default())
+            .await
+            .unwrap(),
+        "still ok"
+    );
 }
 
 async fn raw_frame(s: &mut UnixStream, id: u32, ty: MessageType, flags: u8, payload: &[u8]) {
@@ -259,7 +300,10 @@ async fn read_status(s: &mut UnixStream) -> (u32, berth_ttrpc::Response) {
     assert_eq!(h.message_type, MessageType::Response);
     let mut p = vec![0u8; h.length as usize];
     s.read_exact(&mut p).await.unwrap();
-    (h.stream_id, berth_ttrpc::Response::decode(Bytes::from(p)).unwrap())
+    (
+        h.stream_id,
+        berth_ttrpc::Response::decode(Bytes::from(p)).unwrap(),
+    )
 }
 
 fn request(method: &str, v: &str) -> Vec<u8> {
@@ -280,7 +324,10 @@ async fn server_rejects_even_reused_ids_and_oversized_frames() {
 
     raw_frame(&mut s, 2, MessageType::Request, 0, &request("Echo", "a")).await;
     let (id, r) = read_status(&mut s).await;
-    assert_eq!((id, r.status.unwrap().code), (2, Code::InvalidArgument as i32));
+    assert_eq!(
+        (id, r.status.unwrap().code),
+        (2, Code::InvalidArgument as i32)
+    );
 
     raw_frame(&mut s, 5, MessageType::Request, 0, &request("Echo", "b")).await;
     let (id, r) = read_status(&mut s).await;
@@ -289,20 +336,36 @@ async fn server_rejects_even_reused_ids_and_oversized_frames() {
 
     raw_frame(&mut s, 3, MessageType::Request, 0, &request("Echo", "c")).await;
     let (id, r) = read_status(&mut s).await;
-    assert_eq!((id, r.status.unwrap().code), (3, Code::InvalidArgument as i32));
+    assert_eq!(
+        (id, r.status.unwrap().code),
+        (3, Code::InvalidArgument as i32)
+    );
 
     // A header announcing 4 MiB + 1: the payload is discarded and the call refused.
     let big = vec![0u8; (4 << 20) + 1];
     raw_frame(&mut s, 7, MessageType::Request, 0, &big).await;
     let (id, r) = read_status(&mut s).await;
-    assert_eq!((id, r.status.unwrap().code), (7, Code::ResourceExhausted as i32));
+    assert_eq!(
+        (id, r.status.unwrap().code),
+        (7, Code::ResourceExhausted as i32)
+    );
 
     // Garbage payload in a request.
     raw_frame(&mut s, 9, MessageType::Request, 0, &[0xff, 0xff, 0xff]).await;
     let (id, r) = read_status(&mut s).await;
-    assert_eq!((id, r.status.unwrap().code), (9, Code::InvalidArgument as i32));
+    assert_eq!(
+        (id, r.status.unwrap().code),
+        (9, Code::InvalidArgument as i32)
+    );
 
-    raw_frame(&mut s, 11, MessageType::Request, 0, &request("Echo", "alive")).await;
+    raw_frame(
+        &mut s,
+        11,
+        MessageType::Request,
+        0,
+        &request("Echo", "alive"),
+    )
+    .await;
     let (id, r) = read_status(&mut s).await;
     assert_eq!(id, 11);
     assert_eq!(Text::decode(Bytes::from(r.payload)).unwrap().value, "alive");
@@ -310,11 +373,18 @@ async fn server_rejects_even_reused_ids_and_oversized_frames() {
 
 #[tokio::test]
 async fn peer_check_rejects_other_users() {
-    let h = Harness::start(PeerCheck::Custom(std::sync::Arc::new(|uid, _, _| uid == 12345)));
+    let h = Harness::start(PeerCheck::Custom(std::sync::Arc::new(|uid, _, _| {
+        uid == 12345
+    })));
     let c = h.client().await;
-    let e = echo(&c, "Echo", "x", &CallOptions::with_timeout(Duration::from_secs(2)))
-        .await
-        .unwrap_err();
+    let e = echo(
+        &c,
+        "Echo",
+        "x",
+        &CallOptions::with_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
 }
 
@@ -323,13 +393,23 @@ async fn shutdown_finishes_in_flight_calls_then_closes() {
     let mut h = Harness::start(PeerCheck::SameUser);
     let c = h.client().await;
     let c2 = c.clone();
-    let slow = tokio::spawn(async move { echo(&c2, "Sleep", "200", &CallOptions::default()).await });
+    let slow =
+        tokio::spawn(async move { echo(&c2, "Sleep", "200", &CallOptions::default()).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    h.handle.take().unwrap().shutdown(Duration::from_secs(5)).await;
+    h.handle
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(5))
+        .await;
     assert_eq!(slow.await.unwrap().unwrap(), "woke");
-    let e = echo(&c, "Echo", "x", &CallOptions::with_timeout(Duration::from_secs(2)))
-        .await
-        .unwrap_err();
+    let e = echo(
+        &c,
+        "Echo",
+        "x",
+        &CallOptions::with_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(UnixStream::connect(&h.path).await.is_err() || c.is_closed());
 }

@@ -15,7 +15,11 @@ use tonic::transport::{Endpoint, Uri};
 struct TtrpcSink;
 
 impl ttrpc_events::events_ttrpc::Events for TtrpcSink {
-    async fn forward(&self, _ctx: Context, req: ttrpc_events::ForwardRequest) -> Result<(), Status> {
+    async fn forward(
+        &self,
+        _ctx: Context,
+        req: ttrpc_events::ForwardRequest,
+    ) -> Result<(), Status> {
         std::hint::black_box(req);
         Ok(())
     }
@@ -25,10 +29,16 @@ struct GrpcSink;
 
 #[tonic::async_trait]
 impl grpc_events::events_server::Events for GrpcSink {
-    async fn publish(&self, _: tonic::Request<grpc_events::PublishRequest>) -> Result<tonic::Response<()>, tonic::Status> {
+    async fn publish(
+        &self,
+        _: tonic::Request<grpc_events::PublishRequest>,
+    ) -> Result<tonic::Response<()>, tonic::Status> {
         Ok(tonic::Response::new(()))
     }
-    async fn forward(&self, req: tonic::Request<grpc_events::ForwardRequest>) -> Result<tonic::Response<()>, tonic::Status> {
+    async fn forward(
+        &self,
+        req: tonic::Request<grpc_events::ForwardRequest>,
+    ) -> Result<tonic::Response<()>, tonic::Status> {
         std::hint::black_box(req);
         Ok(tonic::Response::new(()))
     }
@@ -46,7 +56,10 @@ fn envelope() -> (ttrpc_events::ForwardRequest, grpc_events::ForwardRequest) {
         type_url: "containerd.events.TaskExit".into(),
         value: vec![7u8; 96],
     };
-    let ts = prost_types::Timestamp { seconds: 1_790_000_000, nanos: 42 };
+    let ts = prost_types::Timestamp {
+        seconds: 1_790_000_000,
+        nanos: 42,
+    };
     (
         ttrpc_events::ForwardRequest {
             envelope: Some(ttrpc_events::Envelope {
@@ -128,7 +141,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() -> anyhow::Result<()> {
-    let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let dur = Duration::from_secs(secs);
     let dir = tempfile::tempdir()?;
     let ttrpc_sock = dir.path().join("ttrpc.sock");
@@ -160,15 +176,24 @@ fn main() -> anyhow::Result<()> {
     let ttrpc = client_rt.block_on(Client::connect(&ttrpc_sock))?;
     let ttrpc = ttrpc_events::events_ttrpc::EventsClient::new(ttrpc);
     let channel = client_rt.block_on(
-        Endpoint::try_from("http://bench.local")?.connect_with_connector(tower::service_fn(move |_: Uri| {
-            let p = grpc_sock.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
-        })),
+        Endpoint::try_from("http://bench.local")?.connect_with_connector(tower::service_fn(
+            move |_: Uri| {
+                let p = grpc_sock.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            },
+        )),
     )?;
     let grpc = grpc_events::events_client::EventsClient::new(channel);
 
-    println!("unary Events.Forward over a unix socket, {secs} s per row; client and server on one thread each");
-    println!("{:<10} {:>11} {:>12} {:>10} {:>10}", "transport", "concurrency", "calls/s", "p50", "p99");
+    println!(
+        "unary Events.Forward over a unix socket, {secs} s per row; client and server on one thread each"
+    );
+    println!(
+        "{:<10} {:>11} {:>12} {:>10} {:>10}",
+        "transport", "concurrency", "calls/s", "p50", "p99"
+    );
     let mut ratios = Vec::new();
     for concurrency in [1usize, 16] {
         let t = {
@@ -177,7 +202,9 @@ fn main() -> anyhow::Result<()> {
             drive(&client_rt, dur, concurrency, move || {
                 let (c, r) = (c.clone(), r.clone());
                 async move {
-                    c.forward(&CallOptions::default(), &r).await.expect("ttrpc call");
+                    c.forward(&CallOptions::default(), &r)
+                        .await
+                        .expect("ttrpc call");
                 }
             })
         };
@@ -201,10 +228,16 @@ fn main() -> anyhow::Result<()> {
                 s.p99.as_secs_f64() * 1e6
             );
         }
-        ratios.push((concurrency, t.calls_per_sec / g.calls_per_sec, g.p50.as_secs_f64() / t.p50.as_secs_f64()));
+        ratios.push((
+            concurrency,
+            t.calls_per_sec / g.calls_per_sec,
+            g.p50.as_secs_f64() / t.p50.as_secs_f64(),
+        ));
     }
     for (c, thr, lat) in ratios {
-        println!("ratio ttrpc/grpc at concurrency {c}: {thr:.2}x calls/s, {lat:.2}x lower p50 latency");
+        println!(
+            "ratio ttrpc/grpc at concurrency {c}: {thr:.2}x calls/s, {lat:.2}x lower p50 latency"
+        );
     }
     Ok(())
 }

@@ -68,10 +68,17 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
         Action::Rm { names } => {
             let mut failed = 0;
             for name in names {
-                match c.delete(conn.req(DeleteNamespaceRequest { name: name.clone() })).await {
+                match c
+                    .delete(conn.req(DeleteNamespaceRequest { name: name.clone() }))
+                    .await
+                {
                     Ok(_) => println!("{name}"),
                     Err(st) => {
-                        eprintln!("berthctl: unable to delete {name}: {} ({:?})", st.message(), st.code());
+                        eprintln!(
+                            "berthctl: unable to delete {name}: {} ({:?})",
+                            st.message(),
+                            st.code()
+                        );
                         failed += 1;
                     }
                 }

@@ -25,12 +25,17 @@ impl Introspection {
 /// The inode of this process's pid namespace, as `stat -L /proc/self/ns/pid` shows it.
 fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0)
+    std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| m.ino())
+        .unwrap_or(0)
 }
 
 #[tonic::async_trait]
 impl introspection_server::Introspection for Introspection {
-    async fn plugins(&self, req: Request<PluginsRequest>) -> Result<Response<PluginsResponse>, Status> {
+    async fn plugins(
+        &self,
+        req: Request<PluginsRequest>,
+    ) -> Result<Response<PluginsResponse>, Status> {
         let filter = filters::parse_all(&req.into_inner().filters)
             .map_err(|e| Status::invalid_argument(format!("filters: {e}")))?;
         let plugins = self
@@ -68,7 +73,9 @@ impl introspection_server::Introspection for Introspection {
             .iter()
             .find(|p| p.r#type == req.r#type && p.id == req.id)
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("plugin {}.{}: not found", req.r#type, req.id)))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("plugin {}.{}: not found", req.r#type, req.id))
+            })?;
         Ok(Response::new(PluginInfoResponse {
             plugin: Some(plugin),
             extra: None,

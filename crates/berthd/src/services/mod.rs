@@ -24,7 +24,8 @@ pub(crate) fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
     if ns.is_empty() {
         return Err(Status::failed_precondition("namespace is required"));
     }
-    berth_store::validate_identifier(ns).map_err(|e| Status::invalid_argument(format!("namespace: {e}")))?;
+    berth_store::validate_identifier(ns)
+        .map_err(|e| Status::invalid_argument(format!("namespace: {e}")))?;
     Ok(ns.to_string())
 }
 
@@ -35,13 +36,24 @@ mod tests {
     #[test]
     fn namespace_header_is_required_and_validated() {
         let r = Request::new(());
-        assert_eq!(namespace(&r).unwrap_err().code(), tonic::Code::FailedPrecondition);
-        assert_eq!(namespace(&r).unwrap_err().message(), "namespace is required");
+        assert_eq!(
+            namespace(&r).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            namespace(&r).unwrap_err().message(),
+            "namespace is required"
+        );
         let mut r = Request::new(());
-        r.metadata_mut().insert(NAMESPACE_HEADER, "k8s.io".parse().unwrap());
+        r.metadata_mut()
+            .insert(NAMESPACE_HEADER, "k8s.io".parse().unwrap());
         assert_eq!(namespace(&r).unwrap(), "k8s.io");
         let mut r = Request::new(());
-        r.metadata_mut().insert(NAMESPACE_HEADER, "bad..name".parse().unwrap());
-        assert_eq!(namespace(&r).unwrap_err().code(), tonic::Code::InvalidArgument);
+        r.metadata_mut()
+            .insert(NAMESPACE_HEADER, "bad..name".parse().unwrap());
+        assert_eq!(
+            namespace(&r).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

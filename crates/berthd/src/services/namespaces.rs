@@ -99,10 +99,14 @@ impl namespaces_server::Namespaces for Namespaces {
             .namespace
             .ok_or_else(|| Status::invalid_argument("namespace: required"))?;
         checked_name(&ns.name)?;
-        self.store.create_namespace(&from_pb(ns.clone())).map_err(to_status)?;
+        self.store
+            .create_namespace(&from_pb(ns.clone()))
+            .map_err(to_status)?;
         self.flush().await?;
         tracing::info!(namespace = %ns.name, "namespace created");
-        Ok(Response::new(CreateNamespaceResponse { namespace: Some(ns) }))
+        Ok(Response::new(CreateNamespaceResponse {
+            namespace: Some(ns),
+        }))
     }
 
     async fn update(

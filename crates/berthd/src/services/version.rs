@@ -22,5 +22,10 @@ impl version_server::Version for Version {
 
 /// `<version> (<revision>)`, for `--version`.
 pub(crate) fn version_string() -> &'static str {
-    concat!("v1.7.24+berth.", env!("CARGO_PKG_VERSION"), " ", env!("BERTH_REVISION"))
+    concat!(
+        "v1.7.24+berth.",
+        env!("CARGO_PKG_VERSION"),
+        " ",
+        env!("BERTH_REVISION")
+    )
 }
