@@ -38,6 +38,7 @@ pub struct Daemon {
     pub sock: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    config: String,
 }
 
 impl Daemon {
@@ -48,6 +49,12 @@ impl Daemon {
 
     /// Starts a daemon with extra command-line arguments.
     pub fn start_with(args: &[&str]) -> Daemon {
+        Daemon::start_with_config("", args)
+    }
+
+    /// Starts a daemon with a configuration file's text and extra arguments. Paths given as flags
+    /// (root, state, address) override the file.
+    pub fn start_with_config(config: &str, args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
@@ -58,6 +65,7 @@ impl Daemon {
             sock,
             child: None,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            config: config.to_string(),
         };
         d.spawn();
         d
@@ -84,11 +92,11 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("berthd.log"))
             .expect("log file");
-        // An empty config file: the daemon runs on its embedded defaults plus our flags.
-        std::fs::write(self.dir.path().join("no-config.toml"), "").expect("config file");
+        // By default an empty config file: the daemon runs on its embedded defaults plus our flags.
+        std::fs::write(self.dir.path().join("config.toml"), &self.config).expect("config file");
         let child = Command::new(bin("berthd"))
             .arg("--config")
-            .arg(self.dir.path().join("no-config.toml"))
+            .arg(self.dir.path().join("config.toml"))
             .args(["--root", &self.root().display().to_string()])
             .args([
                 "--state",

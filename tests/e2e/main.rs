@@ -3,4 +3,5 @@
 //! (`cargo build --workspace --bins`).
 
 mod daemon;
+mod otlp;
 mod shim_interop;

@@ -1,8 +1,14 @@
 //! Daemon start-up and shutdown: directories, store, socket, gRPC server, signals.
 
+use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tonic::codegen::http;
 
 use anyhow::{Context, bail};
 use berth_api::containerd::services::{
@@ -55,6 +61,68 @@ fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Counts RPCs in flight, so shutdown can wait for calls rather than for idle connections.
+#[derive(Debug, Clone, Default)]
+struct InFlight(Arc<AtomicUsize>);
+
+struct InFlightGuard(Arc<AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl InFlight {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl<S> tower::Layer<S> for InFlight {
+    type Service = InFlightService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlightService {
+            inner,
+            count: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct InFlightService<S> {
+    inner: S,
+    count: Arc<AtomicUsize>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for InFlightService<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlightGuard(self.count.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(guard);
+            r
+        })
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     let telemetry = telemetry::init(&cfg)?;
@@ -84,7 +152,9 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         cfg.grpc.max_recv_message_size,
         cfg.grpc.max_send_message_size,
     );
+    let in_flight = InFlight::default();
     let router = tonic::transport::Server::builder()
+        .layer(in_flight.clone())
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(
             VersionServer::new(services::Version)
@@ -132,15 +202,19 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
-            Ok(r) => r??,
-            Err(_) => {
+        // Wait for calls in flight, not for idle client connections, which may stay open.
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while !server.is_finished() && in_flight.count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
-                    "in-flight calls did not finish in {DRAIN_TIMEOUT:?}; stopping anyway"
+                    calls = in_flight.count(),
+                    "calls in flight did not finish in {DRAIN_TIMEOUT:?}; stopping anyway"
                 );
-                server.abort();
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        server.abort();
     }
     let _ = std::fs::remove_file(&cfg.grpc.address);
     store.flush().await.context("flushing metadata store")?;

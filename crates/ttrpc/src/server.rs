@@ -13,8 +13,8 @@ use tokio::task::JoinSet;
 use crate::BoxFuture;
 use crate::context::{Context, Metadata};
 use crate::frame::{
-    Decoded, FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FrameHeader, FrameReader, MAX_DATA_LEN,
-    MessageType, encode_frame,
+    Decoded, FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FrameHeader, FrameReader, MAX_DATA_LEN, MessageType,
+    encode_frame,
 };
 use crate::proto::{Request, Response};
 use crate::status::{Code, Status};
