@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config
         .out_dir(&out)
         .include_file("_includes.rs")
+        .enable_type_names()
         .service_generator(Box::new(Both {
             tonic: tonic_gen,
             ttrpc: TtrpcGen,

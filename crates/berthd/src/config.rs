@@ -161,13 +161,22 @@ impl Config {
             }
         }
         // The kernel's sun_path holds 108 bytes including the terminating NUL.
-        if self.grpc.address.as_os_str().len() > 107 {
-            bail!("grpc.address: unix socket path longer than 107 bytes");
+        if self.grpc.address.as_os_str().len() > 101 {
+            bail!(
+                "grpc.address: unix socket path longer than 101 bytes (the .ttrpc socket next to it must fit 107)"
+            );
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level: {:?} is not a valid filter: {e}", self.log.level)
         })?;
         Ok(())
+    }
+
+    /// The ttrpc socket shims forward events to: the gRPC address plus `.ttrpc`, as containerd.
+    pub(crate) fn ttrpc_address(&self) -> PathBuf {
+        let mut s = self.grpc.address.clone().into_os_string();
+        s.push(".ttrpc");
+        PathBuf::from(s)
     }
 
     /// Path of the metadata database.

@@ -10,11 +10,13 @@ pub(crate) fn to_status(e: StoreError) -> Status {
         StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
         StoreError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         StoreError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+        StoreError::Unavailable(_) => Status::unavailable(e.to_string()),
+        StoreError::OutOfRange(_) => Status::out_of_range(e.to_string()),
         StoreError::SchemaMismatch { .. } | StoreError::Corrupt { .. } => {
             tracing::error!(error = %e, "metadata store");
             Status::data_loss(e.to_string())
         }
-        StoreError::Db(_) => {
+        StoreError::Db(_) | StoreError::Content(_) => {
             tracing::error!(error = %e, "metadata store");
             Status::internal(e.to_string())
         }

@@ -2,10 +2,13 @@
 
 mod config;
 mod errors;
+mod events;
+mod gc;
 mod plugins;
 mod server;
 mod services;
 mod telemetry;
+mod ttrpc_events;
 
 use std::path::PathBuf;
 

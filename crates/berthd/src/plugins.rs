@@ -8,6 +8,14 @@ use crate::config::Config;
 
 /// The plugin type of the metadata store.
 pub(crate) const METADATA: &str = "io.containerd.metadata.v1";
+/// The plugin type of the blob store.
+pub(crate) const CONTENT: &str = "io.containerd.content.v1";
+/// The plugin type of the events exchange.
+pub(crate) const EVENT: &str = "io.containerd.event.v1";
+/// The plugin type of the garbage collector.
+pub(crate) const GC: &str = "io.containerd.gc.v1";
+/// The plugin type of ttrpc services.
+pub(crate) const TTRPC: &str = "io.containerd.ttrpc.v1";
 /// The plugin type of gRPC services.
 pub(crate) const GRPC: &str = "io.containerd.grpc.v1";
 
@@ -35,7 +43,25 @@ pub(crate) fn registry(cfg: &Config) -> Vec<Plugin> {
             &[],
             &[("path", cfg.db_path().display().to_string())],
         ),
+        plugin(
+            CONTENT,
+            "content",
+            &[],
+            &[("root", cfg.root.join("content").display().to_string())],
+        ),
+        plugin(EVENT, "exchange", &[], &[]),
+        plugin(GC, "scheduler", &[METADATA], &[]),
         plugin(GRPC, "version", &[], &[]),
+        plugin(GRPC, "content", &[METADATA, CONTENT], &[]),
+        plugin(GRPC, "images", &[METADATA, GC], &[]),
+        plugin(GRPC, "leases", &[METADATA, GC], &[]),
+        plugin(GRPC, "events", &[EVENT], &[]),
+        plugin(
+            TTRPC,
+            "events",
+            &[EVENT],
+            &[("address", cfg.ttrpc_address().display().to_string())],
+        ),
         plugin(GRPC, "namespaces", &[METADATA], &[]),
         plugin(GRPC, "introspection", &[], &[]),
         plugin(GRPC, "healthcheck", &[], &[]),

@@ -12,8 +12,10 @@ use tonic::codegen::http;
 
 use anyhow::{Context, bail};
 use berth_api::containerd::services::{
+    content::v1::content_server::ContentServer, events::v1::events_server::EventsServer,
+    images::v1::images_server::ImagesServer,
     introspection::v1::introspection_server::IntrospectionServer,
-    namespaces::v1::namespaces_server::NamespacesServer,
+    leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
     version::v1::version_server::VersionServer,
 };
 use berth_store::Store;
@@ -22,7 +24,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
-use crate::{plugins, services, telemetry};
+use crate::events::Exchange;
+use crate::gc::Collector;
+use crate::{plugins, services, telemetry, ttrpc_events};
 
 /// How long in-flight RPCs may run after SIGTERM before the daemon stops anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,23 +42,34 @@ fn make_dir(p: &Path, mode: u32) -> anyhow::Result<()> {
 /// Binds the API socket: refuses to steal it from a live daemon, replaces a stale one, and sets
 /// its owner and mode (0660).
 fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
-    let path = &cfg.grpc.address;
+    bind_unix(
+        &cfg.grpc.address,
+        cfg.grpc.uid,
+        cfg.grpc.gid,
+        "grpc.address",
+    )
+}
+
+/// Binds a unix socket at `path` as [`bind_socket`] does.
+pub(crate) fn bind_unix(
+    path: &Path,
+    uid: u32,
+    gid: u32,
+    what: &str,
+) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         make_dir(dir, 0o711)?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "grpc.address: {} is in use by a running daemon",
-                path.display()
-            );
+            bail!("{what}: {} is in use by a running daemon", path.display());
         }
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::os::unix::fs::chown(path, Some(cfg.grpc.uid), Some(cfg.grpc.gid))
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .with_context(|| format!("chown {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", path.display()))?;
@@ -137,10 +152,14 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
 async fn serve(cfg: &Config) -> anyhow::Result<()> {
     make_dir(&cfg.root, 0o711)?;
     make_dir(&cfg.state, 0o711)?;
-    let db_path = cfg.db_path();
-    let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+    let root = cfg.root.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&root))
         .await?
         .with_context(|| format!("opening metadata store {}", cfg.db_path().display()))?;
+    let events = Arc::new(Exchange::default());
+    let gc = Collector::start(store.clone());
+    // Whatever a crash left behind (blobs without records, stale ingests) goes at start-up.
+    gc.schedule();
 
     let plugins = plugins::registry(cfg);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -162,7 +181,35 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
                 .max_encoding_message_size(send),
         )
         .add_service(
-            NamespacesServer::new(services::Namespaces::new(store.clone()))
+            NamespacesServer::new(services::Namespaces::new(store.clone(), events.clone()))
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send),
+        )
+        .add_service(
+            ContentServer::new(services::Content::new(
+                store.clone(),
+                events.clone(),
+                gc.clone(),
+            ))
+            .max_decoding_message_size(recv)
+            .max_encoding_message_size(send),
+        )
+        .add_service(
+            ImagesServer::new(services::Images::new(
+                store.clone(),
+                events.clone(),
+                gc.clone(),
+            ))
+            .max_decoding_message_size(recv)
+            .max_encoding_message_size(send),
+        )
+        .add_service(
+            LeasesServer::new(services::Leases::new(store.clone(), gc.clone()))
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send),
+        )
+        .add_service(
+            EventsServer::new(services::Events::new(events.clone()))
                 .max_decoding_message_size(recv)
                 .max_encoding_message_size(send),
         )
@@ -174,6 +221,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         .add_service(health_service);
 
     let listener = bind_socket(cfg)?;
+    let ttrpc = ttrpc_events::start(&cfg.ttrpc_address(), events.clone())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -216,7 +264,9 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         }
         server.abort();
     }
+    ttrpc.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_file(&cfg.grpc.address);
+    let _ = std::fs::remove_file(cfg.ttrpc_address());
     store.flush().await.context("flushing metadata store")?;
     drop(store);
     if let Some(r) = served {

@@ -15,6 +15,15 @@ pub enum StoreError {
     /// The request conflicts with the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Try again later (e.g. an ingest ref held by another writer).
+    #[error("{0}")]
+    Unavailable(String),
+    /// An offset outside what is allowed.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The blob store failed (I/O).
+    #[error("content store: {0}")]
+    Content(String),
     /// The database was written by an incompatible version.
     #[error(
         "metadata schema version {found} is not supported (this berthd reads version {expected})"

@@ -30,3 +30,35 @@ pub(crate) fn check(k: &str, v: &str) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// Applies containerd's label field-mask rules to `current`: `labels` replaces all labels,
+/// `labels.<key>` sets that key from `new` (or removes it when `new` has no non-empty value).
+/// Paths that are not about labels are left to the caller. With no label path at all (and
+/// `replace_if_unmasked`), `new` replaces everything.
+pub(crate) fn apply_paths(
+    current: &mut HashMap<String, String>,
+    new: &HashMap<String, String>,
+    paths: &[String],
+    replace_if_unmasked: bool,
+) {
+    if paths.is_empty() {
+        if replace_if_unmasked {
+            *current = new.clone();
+        }
+        return;
+    }
+    for p in paths {
+        if p == "labels" {
+            *current = new.clone();
+        } else if let Some(k) = p.strip_prefix("labels.") {
+            match new.get(k) {
+                Some(v) if !v.is_empty() => {
+                    current.insert(k.to_string(), v.clone());
+                }
+                _ => {
+                    current.remove(k);
+                }
+            }
+        }
+    }
+}

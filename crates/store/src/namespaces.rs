@@ -61,6 +61,17 @@ impl Store {
             .is_ok())
     }
 
+    /// Creates `name` if needed and holds it: it cannot be deleted until the guard is dropped.
+    /// Object creation keeps the guard while it inserts, so a namespace is never deleted under it.
+    pub(crate) fn hold_namespace(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::RwLockReadGuard<'_, ()>, StoreError> {
+        let guard = self.ns_guard.read().unwrap_or_else(|e| e.into_inner());
+        self.ensure_namespace(name)?;
+        Ok(guard)
+    }
+
     /// The namespace, or `None`.
     pub fn get_namespace(&self, name: &str) -> Result<Option<Namespace>, StoreError> {
         match self.namespaces.get(name.as_bytes())? {
@@ -108,21 +119,7 @@ impl Store {
                     .map_err(sled::transaction::ConflictableTransactionError::Abort)?,
                 None => Record::default(),
             };
-            if paths.is_empty() || paths.iter().any(|p| p == "labels") {
-                rec.labels = ns.labels.clone();
-            }
-            for p in paths {
-                if let Some(k) = p.strip_prefix("labels.") {
-                    match ns.labels.get(k) {
-                        Some(v) if !v.is_empty() => {
-                            rec.labels.insert(k.to_string(), v.clone());
-                        }
-                        _ => {
-                            rec.labels.remove(k);
-                        }
-                    }
-                }
-            }
+            labels::apply_paths(&mut rec.labels, &ns.labels, paths, true);
             labels::validate(&rec.labels)
                 .map_err(sled::transaction::ConflictableTransactionError::Abort)?;
             tx.insert(key, encode(&rec))?;
@@ -171,7 +168,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path().join("db")).unwrap();
+        let s = Store::open(d.path()).unwrap();
         (d, s)
     }
 

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use berth_content::ContentStore;
+
 use crate::StoreError;
 
 /// The metadata layout version this build reads and writes.
@@ -26,6 +28,11 @@ pub(crate) const NAMESPACED_TREES: &[&str] = &[
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) db: sled::Db,
+    /// The blob store behind the content records.
+    pub(crate) blobs: ContentStore,
+    /// Held for reading by writers that add references, for writing by the garbage collector.
+    /// A std lock: held only around synchronous store calls, never across an await.
+    pub(crate) gc_lock: Arc<RwLock<()>>,
     pub(crate) meta: sled::Tree,
     pub(crate) namespaces: sled::Tree,
     /// Guards namespace deletion against concurrent creation of objects in that namespace:
@@ -35,10 +42,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`, checking its schema version.
-    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+    /// Opens (or creates) the store under `root`: the database `root/meta.sled` (its schema
+    /// version checked) and the blob store `root/content`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = root.as_ref();
+        let blobs =
+            ContentStore::open(&root.join("content")).map_err(crate::content::content_error)?;
         let db = sled::Config::new()
-            .path(path.as_ref())
+            .path(root.join("meta.sled"))
             .flush_every_ms(Some(500))
             .open()?;
         let meta = db.open_tree("meta")?;
@@ -62,10 +73,13 @@ impl Store {
         }
         let store = Store {
             db,
+            blobs,
+            gc_lock: Arc::new(RwLock::new(())),
             meta,
             namespaces,
             ns_guard: Arc::new(RwLock::new(())),
         };
+        store.repair()?;
         store.db.flush()?;
         Ok(store)
     }
@@ -80,6 +94,41 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Drops what a crash can leave half-done on the metadata side: content records whose blob
+    /// is not on disk. (Blobs without records are the garbage collector's.)
+    fn repair(&self) -> Result<(), StoreError> {
+        let content = self.db.open_tree("content")?;
+        for k in content.iter().keys() {
+            let k = k?;
+            let Some(slash) = k.iter().position(|&b| b == b'/') else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(&k[slash + 1..]).into_owned();
+            let missing = match berth_content::Digest::parse(&id) {
+                Ok(d) => !self.blobs.exists(&d),
+                Err(_) => true,
+            };
+            if missing {
+                tracing::warn!(record = %String::from_utf8_lossy(&k), "removing a content record whose blob is missing");
+                content.remove(&k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &ContentStore {
+        &self.blobs
+    }
+
+    pub(crate) fn gc_read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gc_lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn gc_write(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gc_lock.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// This daemon's identity: a UUID generated on first start and kept for its lifetime.
@@ -116,10 +165,10 @@ mod tests {
     fn uuid_persists_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let a = {
-            let s = Store::open(dir.path().join("db")).unwrap();
+            let s = Store::open(dir.path()).unwrap();
             s.server_uuid().unwrap()
         };
-        let s = Store::open(dir.path().join("db")).unwrap();
+        let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.server_uuid().unwrap(), a);
         assert!(uuid::Uuid::parse_str(&a).is_ok());
     }
@@ -128,11 +177,11 @@ mod tests {
     fn schema_mismatch_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path().join("db")).unwrap();
+            let s = Store::open(dir.path()).unwrap();
             s.meta.insert(SCHEMA_KEY, b"99".as_ref()).unwrap();
             s.db.flush().unwrap();
         }
-        match Store::open(dir.path().join("db")) {
+        match Store::open(dir.path()) {
             Err(StoreError::SchemaMismatch { found, .. }) => assert_eq!(found, "99"),
             other => panic!("unexpected {other:?}"),
         }

@@ -1,10 +1,18 @@
 //! gRPC services: thin adapters that validate requests, call the core and map errors.
 
+mod content;
+mod events;
+mod images;
 mod introspection;
+mod leases;
 mod namespaces;
 mod version;
 
+pub(crate) use content::Content;
+pub(crate) use events::Events;
+pub(crate) use images::Images;
 pub(crate) use introspection::Introspection;
+pub(crate) use leases::Leases;
 pub(crate) use namespaces::Namespaces;
 pub(crate) use version::{Version, version_string};
 
@@ -13,8 +21,43 @@ use tonic::{Request, Status};
 /// gRPC metadata key carrying the namespace of a call.
 pub(crate) const NAMESPACE_HEADER: &str = "containerd-namespace";
 
+/// gRPC metadata key attaching a call's new resources to a lease.
+pub(crate) const LEASE_HEADER: &str = "containerd-lease";
+
+/// The lease a call runs under, if any.
+pub(crate) fn lease<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// A store timestamp as a protobuf one.
+pub(crate) fn ts(t: berth_store::Timestamp) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: t.seconds,
+        nanos: t.nanos as i32,
+    })
+}
+
+/// A system time as a protobuf timestamp.
+pub(crate) fn sys_ts(t: std::time::SystemTime) -> Option<prost_types::Timestamp> {
+    ts(berth_store::Timestamp::from(t))
+}
+
+/// Parses the `filters` of a List call.
+pub(crate) fn parse_filters(filters: &[String]) -> Result<berth_store::filters::Filter, Status> {
+    berth_store::filters::parse_all(filters)
+        .map_err(|e| Status::invalid_argument(format!("filters: {e}")))
+}
+
+/// Parses a digest field.
+pub(crate) fn digest(field: &str, s: &str) -> Result<berth_store::Digest, Status> {
+    berth_store::Digest::parse(s).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
 /// The namespace of a namespaced call, validated as an identifier.
-#[allow(dead_code)] // used by the namespaced services (images, content, containers, ...)
 pub(crate) fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
     let ns = req
         .metadata()

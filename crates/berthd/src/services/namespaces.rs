@@ -10,15 +10,19 @@ use berth_store::{Store, validate_identifier};
 use tonic::{Request, Response, Status};
 
 use crate::errors::to_status;
+use crate::events::Exchange;
+use berth_api::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
+use std::sync::Arc;
 
 #[derive(Debug)]
 pub(crate) struct Namespaces {
     store: Store,
+    events: Arc<Exchange>,
 }
 
 impl Namespaces {
-    pub(crate) fn new(store: Store) -> Self {
-        Namespaces { store }
+    pub(crate) fn new(store: Store, events: Arc<Exchange>) -> Self {
+        Namespaces { store, events }
     }
 
     async fn flush(&self) -> Result<(), Status> {
@@ -104,6 +108,14 @@ impl namespaces_server::Namespaces for Namespaces {
             .map_err(to_status)?;
         self.flush().await?;
         tracing::info!(namespace = %ns.name, "namespace created");
+        self.events.publish(
+            &ns.name,
+            "/namespaces/create",
+            &NamespaceCreate {
+                name: ns.name.clone(),
+                labels: ns.labels.clone(),
+            },
+        );
         Ok(Response::new(CreateNamespaceResponse {
             namespace: Some(ns),
         }))
@@ -124,6 +136,14 @@ impl namespaces_server::Namespaces for Namespaces {
             .update_namespace(&from_pb(ns), &paths)
             .map_err(to_status)?;
         self.flush().await?;
+        self.events.publish(
+            &updated.name,
+            "/namespaces/update",
+            &NamespaceUpdate {
+                name: updated.name.clone(),
+                labels: updated.labels.clone(),
+            },
+        );
         Ok(Response::new(UpdateNamespaceResponse {
             namespace: Some(to_pb(updated)),
         }))
@@ -135,6 +155,11 @@ impl namespaces_server::Namespaces for Namespaces {
         self.store.delete_namespace(&name).map_err(to_status)?;
         self.flush().await?;
         tracing::info!(namespace = %name, "namespace deleted");
+        self.events.publish(
+            &name,
+            "/namespaces/delete",
+            &NamespaceDelete { name: name.clone() },
+        );
         Ok(Response::new(()))
     }
 }

@@ -1,0 +1,182 @@
+//! Garbage collection, containerd's model: mark everything reachable from the roots, sweep the
+//! rest.
+//!
+//! Roots, per namespace: images (their targets and `containerd.io/gc.ref.content*` labels),
+//! unexpired leases (their resources), and content labelled `containerd.io/gc.root`. References
+//! are followed through content labels `containerd.io/gc.ref.content` and
+//! `containerd.io/gc.ref.content.<anything>`. Swept: expired leases, unreachable content records,
+//! blobs no namespace references, and stale ingests no lease holds.
+//!
+//! Writers that add references (commits, image and label updates, lease resources) hold the GC
+//! lock for reading; a collection holds it for writing, so it never sees a half-made reference.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use berth_content::Digest;
+
+use crate::images::Image;
+use crate::leases::{LABEL_FLAT, Lease};
+use crate::records::list;
+use crate::time::Timestamp;
+use crate::{Store, StoreError};
+
+/// Label making content a root.
+pub const LABEL_ROOT: &str = "containerd.io/gc.root";
+/// Prefix of labels referencing content.
+pub const LABEL_REF_CONTENT: &str = "containerd.io/gc.ref.content";
+
+/// What a collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcStats {
+    /// Expired leases deleted.
+    pub leases: usize,
+    /// Content records removed from namespaces.
+    pub content_records: usize,
+    /// Blob files deleted from disk.
+    pub blobs: usize,
+    /// Ingests removed.
+    pub ingests: usize,
+    /// Time the store was locked.
+    pub duration: Duration,
+}
+
+fn content_refs(labels: &HashMap<String, String>) -> impl Iterator<Item = Digest> + '_ {
+    labels.iter().filter_map(|(k, v)| {
+        let is_ref = k == LABEL_REF_CONTENT
+            || k.strip_prefix(LABEL_REF_CONTENT)
+                .is_some_and(|r| r.starts_with('.'));
+        if is_ref { Digest::parse(v).ok() } else { None }
+    })
+}
+
+impl Store {
+    /// Runs one collection. Ingests untouched for `ingest_max_age` and held by no lease go too.
+    pub fn collect_garbage(&self, ingest_max_age: Duration) -> Result<GcStats, StoreError> {
+        let _gc = self.gc_write();
+        let start = Instant::now();
+        let mut stats = GcStats::default();
+        let now = Timestamp::now();
+
+        // Expired leases first: what only they held becomes unreachable in this same pass.
+        for ns in self.list_namespaces()? {
+            for lease in self.list_leases(&ns.name)? {
+                if lease.expired(now) {
+                    self.delete_lease(&ns.name, &lease.id)?;
+                    stats.leases += 1;
+                }
+            }
+        }
+
+        let content = self.db.open_tree("content")?;
+        let mut leased_ingests: HashSet<String> = HashSet::new();
+        let mut live_blobs: HashSet<Digest> = HashSet::new();
+        let resources = self.all_lease_resources()?;
+        for ns in self.list_namespaces()? {
+            let ns = ns.name;
+            let records: HashMap<Digest, HashMap<String, String>> =
+                list::<ContentRecordLabels>(&content, "content", &ns)?
+                    .into_iter()
+                    .filter_map(|(id, r)| Digest::parse(&id).ok().map(|d| (d, r.labels)))
+                    .collect();
+            // (digest, follow its references)
+            let mut queue: VecDeque<(Digest, bool)> = VecDeque::new();
+            for img in self.list_images(&ns)? {
+                let Image { target, labels, .. } = img;
+                if let Ok(d) = Digest::parse(&target.digest) {
+                    queue.push_back((d, true));
+                }
+                queue.extend(content_refs(&labels).map(|d| (d, true)));
+            }
+            let leases: HashMap<String, Lease> = self
+                .list_leases(&ns)?
+                .into_iter()
+                .map(|l| (l.id.clone(), l))
+                .collect();
+            for (rns, lease, r) in &resources {
+                if *rns != ns {
+                    continue;
+                }
+                let flat = leases
+                    .get(lease)
+                    .is_some_and(|l| l.labels.contains_key(LABEL_FLAT));
+                match r.r#type.as_str() {
+                    "content" => {
+                        if let Ok(d) = Digest::parse(&r.id) {
+                            queue.push_back((d, !flat));
+                        }
+                    }
+                    "ingests" => {
+                        leased_ingests.insert(format!("{ns}/{}", r.id));
+                    }
+                    _ => {}
+                }
+            }
+            for (d, labels) in &records {
+                if labels.get(LABEL_ROOT).is_some_and(|v| !v.is_empty()) {
+                    queue.push_back((d.clone(), true));
+                }
+            }
+            let mut marked: HashMap<Digest, bool> = HashMap::new();
+            while let Some((d, follow)) = queue.pop_front() {
+                match marked.get(&d) {
+                    Some(true) => continue,
+                    Some(false) if !follow => continue,
+                    _ => {}
+                }
+                marked.insert(d.clone(), follow);
+                if follow {
+                    if let Some(labels) = records.get(&d) {
+                        queue.extend(content_refs(labels).map(|c| (c, true)));
+                    }
+                }
+            }
+            let mut batch = sled::Batch::default();
+            for d in records.keys() {
+                if marked.contains_key(d) {
+                    live_blobs.insert(d.clone());
+                } else {
+                    batch.remove(crate::records::key(&ns, d.as_str()));
+                    stats.content_records += 1;
+                }
+            }
+            content.apply_batch(batch)?;
+        }
+        // Records in namespaces that no longer exist cannot be reached either; but a namespace
+        // with content cannot be deleted, so every record belongs to a listed namespace.
+        self.db.flush()?;
+
+        for blob in self.blobs.list().map_err(crate::content::content_error)? {
+            if !live_blobs.contains(&blob.digest) {
+                match self.blobs.delete(&blob.digest) {
+                    Ok(()) => stats.blobs += 1,
+                    Err(berth_content::ContentError::NotFound(_)) => {}
+                    Err(e) => return Err(crate::content::content_error(e)),
+                }
+            }
+        }
+        for st in self
+            .blobs
+            .list_statuses()
+            .map_err(crate::content::content_error)?
+        {
+            if leased_ingests.contains(&st.r#ref) {
+                continue;
+            }
+            let age = std::time::SystemTime::now()
+                .duration_since(st.updated_at)
+                .unwrap_or_default();
+            if age >= ingest_max_age && self.blobs.abort(&st.r#ref).is_ok() {
+                stats.ingests += 1;
+            }
+        }
+        stats.duration = start.elapsed();
+        Ok(stats)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ContentRecordLabels {
+    #[serde(default)]
+    labels: HashMap<String, String>,
+}
