@@ -50,7 +50,10 @@ pub fn content_error(e: ContentError) -> StoreError {
         ContentError::InvalidArgument(m) => StoreError::InvalidArgument(m),
         e @ ContentError::OutOfRange { .. } => StoreError::OutOfRange(e.to_string()),
         ContentError::FailedPrecondition(m) => StoreError::FailedPrecondition(m),
-        e @ ContentError::Io { .. } => StoreError::Content(e.to_string()),
+        e @ ContentError::Io { .. } => {
+            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            StoreError::Content(format!("{e}{cause}"))
+        }
     }
 }
 
