@@ -295,3 +295,151 @@ pub fn remove_cgroup(path: &str) {
         }
     }
 }
+
+/// sha256 digest string of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// A test image written as an OCI image layout archive.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    /// The name it is imported under (`io.containerd.image.name`).
+    pub name: String,
+    /// Manifest digest (the image target).
+    pub manifest: String,
+    /// Manifest size.
+    pub manifest_size: i64,
+    /// Config digest.
+    pub config: String,
+    /// Layer digests, in order.
+    pub layers: Vec<String>,
+    /// Total of manifest, config and layer sizes (what `ctr images ls` shows).
+    pub total_size: i64,
+}
+
+fn tar_file(b: &mut tar::Builder<impl std::io::Write>, path: &str, data: &[u8], mode: u32) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, path, data).expect("tar entry");
+}
+
+/// A gzip layer holding busybox and applet links, plus `extra` files.
+pub fn busybox_layer(extra: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+    let mut raw = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut raw);
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_mtime(0);
+        dir.set_size(0);
+        b.append_data(&mut dir.clone(), "bin/", std::io::empty()).expect("dir");
+        let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+        tar_file(&mut b, "bin/busybox", &bb, 0o755);
+        for a in BUSYBOX_APPLETS {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_mtime(0);
+            h.set_size(0);
+            b.append_link(&mut h, format!("bin/{a}"), "busybox").expect("link");
+        }
+        for (p, d) in extra {
+            tar_file(&mut b, p, d, 0o644);
+        }
+        b.finish().expect("tar");
+    }
+    let diff_id = sha256(&raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).expect("gzip");
+    (gz.finish().expect("gzip"), diff_id)
+}
+
+/// Writes an OCI layout archive of a busybox image named `name` at `path`. `extra` files go in a
+/// second layer (so images can differ and share the busybox layer).
+pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> TestImage {
+    let mut layers = vec![busybox_layer(&[])];
+    if !extra.is_empty() {
+        let mut raw = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut raw);
+            for (p, d) in extra {
+                tar_file(&mut b, p, d, 0o644);
+            }
+            b.finish().expect("tar");
+        }
+        let diff_id = sha256(&raw);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).expect("gzip");
+        layers.push((gz.finish().expect("gzip"), diff_id));
+    }
+    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
+    let config = serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.1.clone()).collect::<Vec<_>>()},
+    });
+    let config = serde_json::to_vec(&config).expect("json");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": layers.iter().map(|(l, _)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(l), "size": l.len()
+        })).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec(&manifest).expect("json");
+    let tag = name.rsplit_once(':').map(|(_, t)| t).unwrap_or("latest");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256(&manifest), "size": manifest.len(),
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    let file = std::fs::File::create(path).expect("archive file");
+    let mut b = tar::Builder::new(file);
+    tar_file(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644);
+    tar_file(&mut b, "index.json", &serde_json::to_vec(&index).expect("json"), 0o644);
+    let mut blobs: Vec<&[u8]> = vec![&manifest, &config];
+    blobs.extend(layers.iter().map(|(l, _)| l.as_slice()));
+    for blob in blobs {
+        let d = sha256(blob);
+        tar_file(&mut b, &format!("blobs/sha256/{}", &d[7..]), blob, 0o644);
+    }
+    b.finish().expect("archive");
+    TestImage {
+        name: name.to_string(),
+        manifest: sha256(&manifest),
+        manifest_size: manifest.len() as i64,
+        config: sha256(&config),
+        total_size: (manifest.len() + config.len() + layers.iter().map(|l| l.0.len()).sum::<usize>()) as i64,
+        layers: layers.iter().map(|(l, _)| sha256(l)).collect(),
+    }
+}
+
+/// Every blob file in a daemon root's content store: digest → size, each checked against its name.
+pub fn blobs_on_disk(root: &Path) -> std::collections::BTreeMap<String, u64> {
+    let dir = root.join("content/blobs/sha256");
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let data = std::fs::read(e.path()).expect("read blob");
+            let d = sha256(&data);
+            assert_eq!(d, format!("sha256:{name}"), "blob file {} holds other bytes", e.path().display());
+            out.insert(d, data.len() as u64);
+        }
+    }
+    out
+}

@@ -2,6 +2,8 @@
 //! `containerd-shim-runc-v2`), `runc` and `busybox-static`, and built workspace binaries
 //! (`cargo build --workspace --bins`).
 
+mod crash;
 mod daemon;
 mod otlp;
 mod shim_interop;
+mod storage;

@@ -43,6 +43,16 @@ impl Conn {
         Ok(Conn { channel, namespace })
     }
 
+    /// As [`Conn::req`], also attaching the call to a lease.
+    pub(crate) fn req_lease<T>(&self, msg: T, lease: &str) -> anyhow::Result<tonic::Request<T>> {
+        let mut r = self.req(msg);
+        r.metadata_mut().insert(
+            "containerd-lease",
+            lease.parse().map_err(|_| anyhow::anyhow!("lease id {lease:?} is not a valid header value"))?,
+        );
+        Ok(r)
+    }
+
     /// Wraps a message in a request carrying the namespace header.
     pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);

@@ -44,6 +44,17 @@ enum Command {
     /// Inspect the daemon's plugins.
     #[command(alias = "plugin")]
     Plugins(cmd::plugins::Args),
+    /// Manage blobs in the content store.
+    Content(cmd::content::Args),
+    /// Manage images.
+    #[command(alias = "image", alias = "i")]
+    Images(cmd::images::Args),
+    /// Manage leases.
+    #[command(alias = "lease")]
+    Leases(cmd::leases::Args),
+    /// Print events as they happen.
+    #[command(alias = "event")]
+    Events(cmd::events::Args),
 }
 
 fn main() {
@@ -73,5 +84,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version => cmd::version::run(&conn).await,
         Command::Namespaces(a) => cmd::namespaces::run(&conn, a).await,
         Command::Plugins(a) => cmd::plugins::run(&conn, a).await,
+        Command::Content(a) => cmd::content::run(&conn, a).await,
+        Command::Images(a) => cmd::images::run(&conn, a).await,
+        Command::Leases(a) => cmd::leases::run(&conn, a).await,
+        Command::Events(a) => cmd::events::run(&conn, a).await,
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::records::{decode, encode, key, list};
 use crate::time::{Timestamp, parse_rfc3339};
-use crate::{Store, StoreError, identifiers, labels};
+use crate::{Store, StoreError, labels};
 
 /// Label holding a lease's expiry (RFC 3339).
 pub const LABEL_EXPIRE: &str = "containerd.io/gc.expire";
@@ -93,8 +93,16 @@ impl Store {
         id: &str,
         labels: HashMap<String, String>,
     ) -> Result<Lease, StoreError> {
-        identifiers::validate(id)
-            .map_err(|e| StoreError::InvalidArgument(format!("lease.id: {e}")))?;
+        // Not an identifier: containerd's Go client makes ids like "<nanos>-<base64>", which may
+        // hold "--" or "_-". Any printable id without NUL, '/' or spaces works as a key.
+        if id.is_empty()
+            || id.len() > 256
+            || id.chars().any(|c| c.is_control() || c == '/' || c.is_whitespace())
+        {
+            return Err(StoreError::InvalidArgument(format!(
+                "lease.id: {id:?} must be 1 to 256 printable characters without '/' or spaces"
+            )));
+        }
         labels::validate(&labels)?;
         if let Some(v) = labels.get(LABEL_EXPIRE) {
             if parse_rfc3339(v).is_none() {

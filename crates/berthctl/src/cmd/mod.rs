@@ -1,5 +1,9 @@
 //! One module per sub-command.
 
+pub(crate) mod content;
+pub(crate) mod events;
+pub(crate) mod images;
+pub(crate) mod leases;
 pub(crate) mod namespaces;
 pub(crate) mod plugins;
 pub(crate) mod version;
@@ -24,4 +28,76 @@ pub(crate) fn format_labels(labels: &HashMap<String, String>) -> String {
     let mut pairs: Vec<_> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     pairs.sort();
     pairs.join(",")
+}
+
+/// Sizes as ctr prints them (decimal units, like docker's `units.HumanSize`).
+pub(crate) fn human_size(n: i64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    let s = format!("{v:.4}");
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    let digits: String = s.chars().take(if s.contains('.') { 5 } else { 4 }).collect();
+    format!("{}{}", digits.trim_end_matches('.'), units[i])
+}
+
+/// How long ago, roughly, as `12 seconds`, `3 minutes`, `2 hours`, `5 days`.
+pub(crate) fn age(t: Option<prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return String::new() };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let s = (now - t.seconds).max(0);
+    match s {
+        0..=59 => format!("{s} seconds"),
+        60..=3599 => format!("{} minutes", s / 60),
+        3600..=86_399 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Seconds since the epoch as RFC 3339 UTC (`2006-01-02T15:04:05Z`).
+pub(crate) fn rfc3339(secs: i64) -> String {
+    let (y, m, d) = civil(secs.div_euclid(86_400));
+    let r = secs.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", r / 3600, r % 3600 / 60, r % 60)
+}
+
+/// As [`rfc3339`], with nanoseconds.
+pub(crate) fn rfc3339_nanos(secs: i64, nanos: i32) -> String {
+    let s = rfc3339(secs);
+    format!("{}.{:09}Z", &s[..s.len() - 1], nanos.max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_times_print_like_ctr() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(1000), "1kB");
+        assert_eq!(human_size(1_234_567), "1.235MB");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_257_894_000), "2009-11-10T23:00:00Z");
+    }
 }
