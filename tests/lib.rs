@@ -340,8 +340,10 @@ pub fn busybox_layer(extra: &[(&str, &[u8])]) -> (Vec<u8>, String) {
         dir.set_mode(0o755);
         dir.set_mtime(0);
         dir.set_size(0);
-        b.append_data(&mut dir.clone(), "bin/", std::io::empty()).expect("dir");
-        let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+        b.append_data(&mut dir.clone(), "bin/", std::io::empty())
+            .expect("dir");
+        let bb =
+            std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
         tar_file(&mut b, "bin/busybox", &bb, 0o755);
         for a in BUSYBOX_APPLETS {
             let mut h = tar::Header::new_gnu();
@@ -349,7 +351,8 @@ pub fn busybox_layer(extra: &[(&str, &[u8])]) -> (Vec<u8>, String) {
             h.set_mode(0o777);
             h.set_mtime(0);
             h.set_size(0);
-            b.append_link(&mut h, format!("bin/{a}"), "busybox").expect("link");
+            b.append_link(&mut h, format!("bin/{a}"), "busybox")
+                .expect("link");
         }
         for (p, d) in extra {
             tar_file(&mut b, p, d, 0o644);
@@ -380,7 +383,11 @@ pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> 
         std::io::Write::write_all(&mut gz, &raw).expect("gzip");
         layers.push((gz.finish().expect("gzip"), diff_id));
     }
-    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "amd64"
+    };
     let config = serde_json::json!({
         "architecture": arch,
         "os": "linux",
@@ -409,8 +416,18 @@ pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> 
     });
     let file = std::fs::File::create(path).expect("archive file");
     let mut b = tar::Builder::new(file);
-    tar_file(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644);
-    tar_file(&mut b, "index.json", &serde_json::to_vec(&index).expect("json"), 0o644);
+    tar_file(
+        &mut b,
+        "oci-layout",
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+        0o644,
+    );
+    tar_file(
+        &mut b,
+        "index.json",
+        &serde_json::to_vec(&index).expect("json"),
+        0o644,
+    );
     let mut blobs: Vec<&[u8]> = vec![&manifest, &config];
     blobs.extend(layers.iter().map(|(l, _)| l.as_slice()));
     for blob in blobs {
@@ -423,7 +440,9 @@ pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> 
         manifest: sha256(&manifest),
         manifest_size: manifest.len() as i64,
         config: sha256(&config),
-        total_size: (manifest.len() + config.len() + layers.iter().map(|l| l.0.len()).sum::<usize>()) as i64,
+        total_size: (manifest.len()
+            + config.len()
+            + layers.iter().map(|l| l.0.len()).sum::<usize>()) as i64,
         layers: layers.iter().map(|(l, _)| sha256(l)).collect(),
     }
 }
@@ -437,7 +456,12 @@ pub fn blobs_on_disk(root: &Path) -> std::collections::BTreeMap<String, u64> {
             let name = e.file_name().to_string_lossy().into_owned();
             let data = std::fs::read(e.path()).expect("read blob");
             let d = sha256(&data);
-            assert_eq!(d, format!("sha256:{name}"), "blob file {} holds other bytes", e.path().display());
+            assert_eq!(
+                d,
+                format!("sha256:{name}"),
+                "blob file {} holds other bytes",
+                e.path().display()
+            );
             out.insert(d, data.len() as u64);
         }
     }

@@ -7,3 +7,4 @@ mod daemon;
 mod otlp;
 mod shim_interop;
 mod storage;
+mod storage_bad_input;

@@ -35,9 +35,21 @@ struct EventTail {
 impl EventTail {
     fn start(d: &Daemon, cmd: &str) -> EventTail {
         let mut child = if cmd == "ctr" {
-            Command::new("ctr").arg("--address").arg(&d.sock).arg("events").stdout(Stdio::piped()).spawn().unwrap()
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&d.sock)
+                .arg("events")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
         } else {
-            Command::new(berth_e2e::bin("berthctl")).arg("--address").arg(&d.sock).arg("events").stdout(Stdio::piped()).spawn().unwrap()
+            Command::new(berth_e2e::bin("berthctl"))
+                .arg("--address")
+                .arg(&d.sock)
+                .arg("events")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
         };
         let out = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -79,8 +91,23 @@ impl Drop for EventTail {
 }
 
 fn import_with_ctr(d: &Daemon, ns: &str, img: &TestImage, archive: &std::path::Path) {
-    let out = ok(ctr_ns(d, ns, &["images", "import", "--no-unpack", &archive.display().to_string()]));
-    assert!(out.contains(&img.name) || out.is_empty() || out.contains("unpacking") || out.contains("done"), "{out}");
+    let out = ok(ctr_ns(
+        d,
+        ns,
+        &[
+            "images",
+            "import",
+            "--no-unpack",
+            &archive.display().to_string(),
+        ],
+    ));
+    assert!(
+        out.contains(&img.name)
+            || out.is_empty()
+            || out.contains("unpacking")
+            || out.contains("done"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -94,23 +121,60 @@ fn ctr_images_content_leases_and_events() {
     // content ingest / label / rm: first, while no GC is pending (unreferenced content is collectable)
     let blob = b"hello from ctr content ingest\n".repeat(1000);
     let dg = sha256(&blob);
-    ok(ctr_stdin(&d, &["-n", "e2e", "content", "ingest", "--expected-size", &blob.len().to_string(), "--expected-digest", &dg, "my-ref"], &blob));
-    ok(ctr_ns(&d, "e2e", &["content", "label", &dg, "containerd.io/gc.root=yes", "a=b"]));
+    ok(ctr_stdin(
+        &d,
+        &[
+            "-n",
+            "e2e",
+            "content",
+            "ingest",
+            "--expected-size",
+            &blob.len().to_string(),
+            "--expected-digest",
+            &dg,
+            "my-ref",
+        ],
+        &blob,
+    ));
+    ok(ctr_ns(
+        &d,
+        "e2e",
+        &["content", "label", &dg, "containerd.io/gc.root=yes", "a=b"],
+    ));
     let ls = ok(ctr_ns(&d, "e2e", &["content", "ls"]));
-    let line = ls.lines().find(|l| l.starts_with(&dg)).unwrap_or_else(|| panic!("{ls}"));
-    assert!(line.contains("a=b") && line.contains("containerd.io/gc.root=yes"), "{line}");
+    let line = ls
+        .lines()
+        .find(|l| l.starts_with(&dg))
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(
+        line.contains("a=b") && line.contains("containerd.io/gc.root=yes"),
+        "{line}"
+    );
     assert!(line.contains("30kB") || line.contains("30 kB"), "{line}");
     ok(ctr_ns(&d, "e2e", &["content", "rm", &dg]));
     assert!(!ok(ctr_ns(&d, "e2e", &["content", "ls", "-q"])).contains(&dg));
 
     import_with_ctr(&d, "e2e", &img, &archive);
     let ls = ok(ctr_ns(&d, "e2e", &["images", "ls"]));
-    let row: Vec<&str> = ls.lines().find(|l| l.starts_with(&img.name)).unwrap_or_else(|| panic!("{ls}")).split_whitespace().collect();
+    let row: Vec<&str> = ls
+        .lines()
+        .find(|l| l.starts_with(&img.name))
+        .unwrap_or_else(|| panic!("{ls}"))
+        .split_whitespace()
+        .collect();
     assert_eq!(row[1], "application/vnd.oci.image.manifest.v1+json");
     assert_eq!(row[2], img.manifest);
     let mib = img.total_size as f64 / 1024.0 / 1024.0;
-    assert_eq!(format!("{} {}", row[3], row[4]), format!("{mib:.1} MiB"), "{ls}");
-    let arch = if cfg!(target_arch = "aarch64") { "linux/arm64" } else { "linux/amd64" };
+    assert_eq!(
+        format!("{} {}", row[3], row[4]),
+        format!("{mib:.1} MiB"),
+        "{ls}"
+    );
+    let arch = if cfg!(target_arch = "aarch64") {
+        "linux/arm64"
+    } else {
+        "linux/amd64"
+    };
     assert_eq!(row[5], arch, "{ls}");
 
     // Blobs are visible in the namespace, byte-identical.
@@ -125,17 +189,36 @@ fn ctr_images_content_leases_and_events() {
     let e = fails(ctr_ns(&d, "other", &["content", "get", &img.config]));
     assert!(e.contains("not found"), "{e}");
 
-    ok(ctr_ns(&d, "e2e", &["images", "tag", &img.name, "example.com/copy:1"]));
-    ok(ctr_ns(&d, "e2e", &["images", "label", "example.com/copy:1", "team=infra"]));
+    ok(ctr_ns(
+        &d,
+        "e2e",
+        &["images", "tag", &img.name, "example.com/copy:1"],
+    ));
+    ok(ctr_ns(
+        &d,
+        "e2e",
+        &["images", "label", "example.com/copy:1", "team=infra"],
+    ));
     let ls = ok(ctr_ns(&d, "e2e", &["images", "ls", "-q"]));
     assert_eq!(ls, format!("{}\nexample.com/copy:1\n", img.name));
     let ls = ok(ctr_ns(&d, "e2e", &["images", "ls", "labels.team==infra"]));
-    assert!(ls.contains("example.com/copy:1") && !ls.contains(&img.name), "{ls}");
+    assert!(
+        ls.contains("example.com/copy:1") && !ls.contains(&img.name),
+        "{ls}"
+    );
 
     // leases
-    ok(ctr_ns(&d, "e2e", &["leases", "create", "--id", "hold-1", "purpose=test"]));
+    ok(ctr_ns(
+        &d,
+        "e2e",
+        &["leases", "create", "--id", "hold-1", "purpose=test"],
+    ));
     let ls = ok(ctr_ns(&d, "e2e", &["leases", "ls"]));
-    assert!(ls.lines().any(|l| l.starts_with("hold-1") && l.contains("purpose=test")), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("hold-1") && l.contains("purpose=test")),
+        "{ls}"
+    );
     let e = fails(ctr_ns(&d, "e2e", &["leases", "create", "--id", "hold-1"]));
     assert!(e.contains("already exists"), "{e}");
     ok(ctr_ns(&d, "e2e", &["leases", "rm", "hold-1"]));
@@ -143,8 +226,18 @@ fn ctr_images_content_leases_and_events() {
 
     ok(ctr_ns(&d, "e2e", &["images", "rm", "example.com/copy:1"]));
     ok(d.ctr(&["namespaces", "create", "evns"]));
-    let seen = events.wait_for(&["/images/create", "/images/update", "/images/delete", "/content/delete", "/namespaces/create"]);
-    assert!(seen.iter().any(|l| l.contains("e2e") && l.contains("/images/create")), "{seen:#?}");
+    let seen = events.wait_for(&[
+        "/images/create",
+        "/images/update",
+        "/images/delete",
+        "/content/delete",
+        "/namespaces/create",
+    ]);
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("e2e") && l.contains("/images/create")),
+        "{seen:#?}"
+    );
 }
 
 #[test]
@@ -152,7 +245,11 @@ fn berthctl_images_content_leases_and_events() {
     let d = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("busybox.tar");
-    let img = busybox_oci_archive(&archive, "docker.io/library/busybox:bctl", &[("etc/motd", b"hi\n")]);
+    let img = busybox_oci_archive(
+        &archive,
+        "docker.io/library/busybox:bctl",
+        &[("etc/motd", b"hi\n")],
+    );
     let events = EventTail::start(&d, "berthctl");
     let b = |args: &[&str]| {
         let mut all = vec!["-n", "bns"];
@@ -160,30 +257,57 @@ fn berthctl_images_content_leases_and_events() {
         d.berthctl(&all)
     };
     let out = ok(b(&["images", "import", &archive.display().to_string()]));
-    assert!(out.contains(&img.name) && out.contains(&img.manifest), "{out}");
+    assert!(
+        out.contains(&img.name) && out.contains(&img.manifest),
+        "{out}"
+    );
     let ls = ok(b(&["images", "ls"]));
     assert!(ls.contains(&img.name) && ls.contains(&img.manifest), "{ls}");
     let mib = img.total_size as f64 / 1024.0 / 1024.0;
     assert!(ls.contains(&format!("{mib:.1} MiB")), "{ls}");
     // ctr agrees on what berthctl imported.
     let cls = ok(ctr_ns(&d, "bns", &["images", "ls"]));
-    assert!(cls.contains(&img.name) && cls.contains(&format!("{mib:.1} MiB")), "{cls}");
+    assert!(
+        cls.contains(&img.name) && cls.contains(&format!("{mib:.1} MiB")),
+        "{cls}"
+    );
 
     ok(b(&["images", "tag", &img.name, "example.com/bctl:2"]));
     ok(b(&["images", "label", "example.com/bctl:2", "x=y"]));
     assert!(ok(b(&["images", "ls", "labels.x==y"])).contains("example.com/bctl:2"));
     let exported = dir.path().join("out.tar");
-    ok(b(&["images", "export", &exported.display().to_string(), &img.name]));
+    ok(b(&[
+        "images",
+        "export",
+        &exported.display().to_string(),
+        &img.name,
+    ]));
     // A second daemon imports the export and sees the same image.
     let d2 = Daemon::start();
-    let out = ok(d2.berthctl(&["-n", "bns", "images", "import", &exported.display().to_string()]));
+    let out = ok(d2.berthctl(&[
+        "-n",
+        "bns",
+        "images",
+        "import",
+        &exported.display().to_string(),
+    ]));
     assert!(out.contains(&img.manifest), "{out}");
 
     let blob = vec![7u8; 3 << 20];
     // Unreferenced content is fair game for GC: hold it with a lease while the test works on it.
     ok(b(&["leases", "create", "--id", "hold"]));
     let mut child = Command::new(berth_e2e::bin("berthctl"))
-        .args(["--address", &d.sock.display().to_string(), "-n", "bns", "content", "ingest", "--lease", "hold", "r1"])
+        .args([
+            "--address",
+            &d.sock.display().to_string(),
+            "-n",
+            "bns",
+            "content",
+            "ingest",
+            "--lease",
+            "hold",
+            "r1",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -206,7 +330,12 @@ fn berthctl_images_content_leases_and_events() {
     ok(b(&["images", "rm", "--sync", "example.com/bctl:2"]));
     let e = fails(b(&["images", "rm", "nope"]));
     assert!(e.contains("NotFound"), "{e}");
-    events.wait_for(&["/images/create", "/images/update", "/images/delete", "/content/delete"]);
+    events.wait_for(&[
+        "/images/create",
+        "/images/update",
+        "/images/delete",
+        "/content/delete",
+    ]);
 }
 
 #[test]
@@ -220,13 +349,30 @@ fn skopeo_accepts_exported_archives() {
     let img = busybox_oci_archive(&archive, "docker.io/library/busybox:sk", &[]);
     import_with_ctr(&d, "sk", &img, &archive);
     let exported = dir.path().join("export.tar");
-    ok(ctr_ns(&d, "sk", &["images", "export", &exported.display().to_string(), &img.name]));
+    ok(ctr_ns(
+        &d,
+        "sk",
+        &[
+            "images",
+            "export",
+            &exported.display().to_string(),
+            &img.name,
+        ],
+    ));
     let layout = dir.path().join("layout");
     let out = Command::new("skopeo")
-        .args(["copy", &format!("oci-archive:{}", exported.display()), &format!("oci:{}:copy", layout.display())])
+        .args([
+            "copy",
+            &format!("oci-archive:{}", exported.display()),
+            &format!("oci:{}:copy", layout.display()),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let blob = std::fs::read(layout.join("blobs/sha256").join(&img.manifest[7..])).unwrap();
     assert_eq!(sha256(&blob), img.manifest);
 }
@@ -244,26 +390,60 @@ fn gc_removes_unreachable_blobs_on_disk() {
     let extra = b"unreferenced blob".to_vec();
     ok(ctr_ns(&d, "gc", &["leases", "create", "--id", "keep"]));
     let dg = sha256(&extra);
-    let out = ctr_stdin(&d, &["-n", "gc", "content", "ingest", "--expected-digest", &dg, "extra"], &extra);
+    let out = ctr_stdin(
+        &d,
+        &[
+            "-n",
+            "gc",
+            "content",
+            "ingest",
+            "--expected-digest",
+            &dg,
+            "extra",
+        ],
+        &extra,
+    );
     ok(out);
     let on_disk = blobs_on_disk(&d.root());
-    for x in [&one.manifest, &one.config, &two.manifest, &two.layers[1], &dg] {
+    for x in [
+        &one.manifest,
+        &one.config,
+        &two.manifest,
+        &two.layers[1],
+        &dg,
+    ] {
         assert!(on_disk.contains_key(x.as_str()), "{x} missing: {on_disk:?}");
     }
     // Without a lease or image, the ingested blob is unreachable: gone after a synchronous GC.
     ok(ctr_ns(&d, "gc", &["images", "rm", "--sync", &one.name]));
     let on_disk = blobs_on_disk(&d.root());
-    assert!(!on_disk.contains_key(&one.manifest), "one's manifest collected");
-    assert!(!on_disk.contains_key(&one.layers[1]), "one's own layer collected");
-    assert!(!on_disk.contains_key(&dg), "unleased, unreferenced blob collected");
+    assert!(
+        !on_disk.contains_key(&one.manifest),
+        "one's manifest collected"
+    );
+    assert!(
+        !on_disk.contains_key(&one.layers[1]),
+        "one's own layer collected"
+    );
+    assert!(
+        !on_disk.contains_key(&dg),
+        "unleased, unreferenced blob collected"
+    );
     // The shared busybox layer stays: two still needs it.
     for x in [&two.manifest, &two.config, &two.layers[0], &two.layers[1]] {
-        assert!(on_disk.contains_key(x.as_str()), "{x} (reachable) was removed");
+        assert!(
+            on_disk.contains_key(x.as_str()),
+            "{x} (reachable) was removed"
+        );
     }
     assert_eq!(one.layers[0], two.layers[0]);
     ok(ctr_ns(&d, "gc", &["images", "rm", "--sync", &two.name]));
     ok(ctr_ns(&d, "gc", &["leases", "rm", "keep"]));
     std::thread::sleep(Duration::from_millis(500));
-    assert!(blobs_on_disk(&d.root()).is_empty(), "{:?}", blobs_on_disk(&d.root()));
+    assert!(
+        blobs_on_disk(&d.root()).is_empty(),
+        "{:?}",
+        blobs_on_disk(&d.root())
+    );
     assert!(ok(ctr_ns(&d, "gc", &["content", "ls", "-q"])).is_empty());
 }

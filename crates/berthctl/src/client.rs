@@ -48,7 +48,9 @@ impl Conn {
         let mut r = self.req(msg);
         r.metadata_mut().insert(
             "containerd-lease",
-            lease.parse().map_err(|_| anyhow::anyhow!("lease id {lease:?} is not a valid header value"))?,
+            lease
+                .parse()
+                .map_err(|_| anyhow::anyhow!("lease id {lease:?} is not a valid header value"))?,
         );
         Ok(r)
     }

@@ -51,7 +51,9 @@ pub fn content_error(e: ContentError) -> StoreError {
         e @ ContentError::OutOfRange { .. } => StoreError::OutOfRange(e.to_string()),
         ContentError::FailedPrecondition(m) => StoreError::FailedPrecondition(m),
         e @ ContentError::Io { .. } => {
-            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
             StoreError::Content(format!("{e}{cause}"))
         }
     }

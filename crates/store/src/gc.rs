@@ -125,10 +125,8 @@ impl Store {
                     _ => {}
                 }
                 marked.insert(d.clone(), follow);
-                if follow {
-                    if let Some(labels) = records.get(&d) {
-                        queue.extend(content_refs(labels).map(|c| (c, true)));
-                    }
+                if let Some(labels) = records.get(&d).filter(|_| follow) {
+                    queue.extend(content_refs(labels).map(|c| (c, true)));
                 }
             }
             let mut batch = sled::Batch::default();

@@ -175,13 +175,11 @@ impl Store {
                 Some(v) => decode(TREE, &k, &v).map_err(Abort)?,
                 None => return Err(Abort(StoreError::NotFound(format!("image {name:?}")))),
             };
-            if let Some(t) = target {
-                if cur.target.digest != t {
-                    return Err(Abort(StoreError::FailedPrecondition(format!(
-                        "image {name:?} target is {}, not {t}",
-                        cur.target.digest
-                    ))));
-                }
+            if let Some(t) = target.filter(|t| cur.target.digest != *t) {
+                return Err(Abort(StoreError::FailedPrecondition(format!(
+                    "image {name:?} target is {}, not {t}",
+                    cur.target.digest
+                ))));
             }
             tx.remove(k.as_slice())?;
             Ok(cur)

@@ -97,19 +97,22 @@ impl Store {
         // hold "--" or "_-". Any printable id without NUL, '/' or spaces works as a key.
         if id.is_empty()
             || id.len() > 256
-            || id.chars().any(|c| c.is_control() || c == '/' || c.is_whitespace())
+            || id
+                .chars()
+                .any(|c| c.is_control() || c == '/' || c.is_whitespace())
         {
             return Err(StoreError::InvalidArgument(format!(
                 "lease.id: {id:?} must be 1 to 256 printable characters without '/' or spaces"
             )));
         }
         labels::validate(&labels)?;
-        if let Some(v) = labels.get(LABEL_EXPIRE) {
-            if parse_rfc3339(v).is_none() {
-                return Err(StoreError::InvalidArgument(format!(
-                    "labels: {LABEL_EXPIRE} {v:?} is not an RFC 3339 time"
-                )));
-            }
+        if let Some(v) = labels
+            .get(LABEL_EXPIRE)
+            .filter(|v| parse_rfc3339(v).is_none())
+        {
+            return Err(StoreError::InvalidArgument(format!(
+                "labels: {LABEL_EXPIRE} {v:?} is not an RFC 3339 time"
+            )));
         }
         let _ns = self.hold_namespace(ns)?;
         let lease = Lease {

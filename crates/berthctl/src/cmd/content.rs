@@ -59,7 +59,10 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
     let mut c = ContentClient::new(conn.channel.clone()).max_decoding_message_size(64 << 20);
     match args.action {
         Action::Ls { quiet, filters } => {
-            let mut stream = c.list(conn.req(ListContentRequest { filters })).await?.into_inner();
+            let mut stream = c
+                .list(conn.req(ListContentRequest { filters }))
+                .await?
+                .into_inner();
             let mut infos: Vec<Info> = Vec::new();
             while let Some(batch) = stream.next().await {
                 infos.extend(batch?.info);
@@ -72,19 +75,36 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
             }
             let mut t = Table::new(&["DIGEST", "SIZE", "AGE", "LABELS"], 1);
             for i in infos {
-                t.row(vec![i.digest, human_size(i.size), age(i.created_at), format_labels(&i.labels)]);
+                t.row(vec![
+                    i.digest,
+                    human_size(i.size),
+                    age(i.created_at),
+                    format_labels(&i.labels),
+                ]);
             }
             print!("{}", t.render());
         }
         Action::Get { digest } => {
-            let mut stream = c.read(conn.req(ReadContentRequest { digest, offset: 0, size: 0 })).await?.into_inner();
+            let mut stream = c
+                .read(conn.req(ReadContentRequest {
+                    digest,
+                    offset: 0,
+                    size: 0,
+                }))
+                .await?
+                .into_inner();
             let mut out = std::io::stdout().lock();
             while let Some(chunk) = stream.next().await {
                 out.write_all(&chunk?.data)?;
             }
             out.flush()?;
         }
-        Action::Ingest { r#ref, expected_size, expected_digest, lease } => {
+        Action::Ingest {
+            r#ref,
+            expected_size,
+            expected_digest,
+            lease,
+        } => {
             let handle = tokio::runtime::Handle::current();
             let conn = conn.clone();
             let (d, _) = tokio::task::spawn_blocking(move || {
@@ -103,7 +123,8 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
         }
         Action::Rm { digests } => {
             for d in digests {
-                c.delete(conn.req(DeleteContentRequest { digest: d.clone() })).await?;
+                c.delete(conn.req(DeleteContentRequest { digest: d.clone() }))
+                    .await?;
                 println!("{d}");
             }
         }
@@ -112,7 +133,11 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
             let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
             let info = c
                 .update(conn.req(UpdateRequest {
-                    info: Some(Info { digest: digest.clone(), labels, ..Default::default() }),
+                    info: Some(Info {
+                        digest: digest.clone(),
+                        labels,
+                        ..Default::default()
+                    }),
                     update_mask: Some(prost_types::FieldMask { paths }),
                 }))
                 .await?
@@ -146,7 +171,11 @@ pub(crate) fn ingest_blocking(
         Some(l) => conn.req_lease(stream, l)?,
         None => conn.req(stream),
     };
-    let send = |m: WriteContentRequest| handle.block_on(tx.send(m)).map_err(|_| anyhow::anyhow!("write stream closed"));
+    let send = |m: WriteContentRequest| {
+        handle
+            .block_on(tx.send(m))
+            .map_err(|_| anyhow::anyhow!("write stream closed"))
+    };
     send(WriteContentRequest {
         action: WriteAction::Stat as i32,
         r#ref: r#ref.to_string(),
@@ -156,13 +185,17 @@ pub(crate) fn ingest_blocking(
     })?;
     let mut responses = match handle.block_on(c.write(request)) {
         Ok(r) => r.into_inner(),
-        Err(st) if st.code() == tonic::Code::AlreadyExists => return Ok((expected.to_string(), total)),
+        Err(st) if st.code() == tonic::Code::AlreadyExists => {
+            return Ok((expected.to_string(), total));
+        }
         Err(st) => return Err(st.into()),
     };
     let mut next = || handle.block_on(responses.next());
     let stat = match next() {
         Some(Ok(s)) => s,
-        Some(Err(st)) if st.code() == tonic::Code::AlreadyExists => return Ok((expected.to_string(), total)),
+        Some(Err(st)) if st.code() == tonic::Code::AlreadyExists => {
+            return Ok((expected.to_string(), total));
+        }
         Some(Err(st)) => return Err(st.into()),
         None => anyhow::bail!("write stream closed before STAT answered"),
     };
@@ -171,7 +204,9 @@ pub(crate) fn ingest_blocking(
     if offset > 0 {
         let skipped = std::io::copy(&mut input.take(offset as u64), &mut std::io::sink())?;
         if skipped != offset as u64 {
-            anyhow::bail!("input is shorter ({skipped} bytes) than the ingest already stored ({offset} bytes)");
+            anyhow::bail!(
+                "input is shorter ({skipped} bytes) than the ingest already stored ({offset} bytes)"
+            );
         }
     }
     let mut pending = 0usize;
@@ -220,7 +255,9 @@ pub(crate) fn ingest_blocking(
         match r {
             Ok(resp) if resp.action == WriteAction::Commit as i32 => digest = resp.digest,
             Ok(_) => {}
-            Err(st) if st.code() == tonic::Code::AlreadyExists => return Ok((expected.to_string(), offset)),
+            Err(st) if st.code() == tonic::Code::AlreadyExists => {
+                return Ok((expected.to_string(), offset));
+            }
             Err(st) => return Err(st.into()),
         }
     }

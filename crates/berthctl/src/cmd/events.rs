@@ -16,12 +16,17 @@ pub(crate) struct Args {
 pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
     let mut c = EventsClient::new(conn.channel.clone());
     let mut stream = c
-        .subscribe(conn.req(SubscribeRequest { filters: args.filters }))
+        .subscribe(conn.req(SubscribeRequest {
+            filters: args.filters,
+        }))
         .await?
         .into_inner();
     while let Some(env) = stream.next().await {
         let env = env?;
-        let ts = env.timestamp.map(|t| rfc3339_nanos(t.seconds, t.nanos)).unwrap_or_default();
+        let ts = env
+            .timestamp
+            .map(|t| rfc3339_nanos(t.seconds, t.nanos))
+            .unwrap_or_default();
         let ty = env.event.map(|e| e.type_url).unwrap_or_default();
         println!("{ts} {} {} {ty}", env.namespace, env.topic);
     }

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use berth_api::containerd::services::content::v1::content_client::ContentClient;
-use berth_api::containerd::services::content::v1::{Info, InfoRequest, ReadContentRequest, UpdateRequest};
+use berth_api::containerd::services::content::v1::{
+    Info, InfoRequest, ReadContentRequest, UpdateRequest,
+};
 use berth_api::containerd::services::images::v1::images_client::ImagesClient;
 use berth_api::containerd::services::images::v1::{
     CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, ListImagesRequest,
@@ -89,7 +91,11 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
     let mut images = ImagesClient::new(conn.channel.clone());
     match args.action {
         Action::Ls { quiet, filters } => {
-            let list = images.list(conn.req(ListImagesRequest { filters })).await?.into_inner().images;
+            let list = images
+                .list(conn.req(ListImagesRequest { filters }))
+                .await?
+                .into_inner()
+                .images;
             if quiet {
                 for i in list {
                     println!("{}", i.name);
@@ -103,18 +109,51 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
                     Ok(v) => (binary_size(v.0), v.1.join(",")),
                     Err(_) => ("-".into(), "-".into()),
                 };
-                t.row(vec![i.name, target.media_type, target.digest, size, platforms, format_labels(&i.labels)]);
+                t.row(vec![
+                    i.name,
+                    target.media_type,
+                    target.digest,
+                    size,
+                    platforms,
+                    format_labels(&i.labels),
+                ]);
             }
             print!("{}", t.render());
         }
-        Action::Tag { source, targets, force } => {
-            let img = images.get(conn.req(GetImageRequest { name: source })).await?.into_inner().image.unwrap_or_default();
+        Action::Tag {
+            source,
+            targets,
+            force,
+        } => {
+            let img = images
+                .get(conn.req(GetImageRequest { name: source }))
+                .await?
+                .into_inner()
+                .image
+                .unwrap_or_default();
             for name in targets {
-                let new = Image { name: name.clone(), labels: img.labels.clone(), target: img.target.clone(), ..Default::default() };
-                match images.create(conn.req(CreateImageRequest { image: Some(new.clone()), source_date_epoch: None })).await {
+                let new = Image {
+                    name: name.clone(),
+                    labels: img.labels.clone(),
+                    target: img.target.clone(),
+                    ..Default::default()
+                };
+                match images
+                    .create(conn.req(CreateImageRequest {
+                        image: Some(new.clone()),
+                        source_date_epoch: None,
+                    }))
+                    .await
+                {
                     Ok(_) => {}
                     Err(st) if st.code() == tonic::Code::AlreadyExists && force => {
-                        images.update(conn.req(UpdateImageRequest { image: Some(new), update_mask: None, source_date_epoch: None })).await?;
+                        images
+                            .update(conn.req(UpdateImageRequest {
+                                image: Some(new),
+                                update_mask: None,
+                                source_date_epoch: None,
+                            }))
+                            .await?;
                     }
                     Err(st) => return Err(st.into()),
                 }
@@ -126,7 +165,13 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
             for (i, name) in names.into_iter().enumerate() {
                 // Collect once, after the last removal.
                 let sync = sync && i + 1 == n;
-                images.delete(conn.req(DeleteImageRequest { name: name.clone(), sync, target: None })).await?;
+                images
+                    .delete(conn.req(DeleteImageRequest {
+                        name: name.clone(),
+                        sync,
+                        target: None,
+                    }))
+                    .await?;
                 println!("{name}");
             }
         }
@@ -135,7 +180,11 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
             let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
             let img = images
                 .update(conn.req(UpdateImageRequest {
-                    image: Some(Image { name, labels, ..Default::default() }),
+                    image: Some(Image {
+                        name,
+                        labels,
+                        ..Default::default()
+                    }),
                     update_mask: Some(prost_types::FieldMask { paths }),
                     source_date_epoch: None,
                 }))
@@ -145,16 +194,37 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
                 .unwrap_or_default();
             println!("{}", format_labels(&img.labels));
         }
-        Action::Import { file, base_name, index_name, digests } => {
-            let opts = ImportOptions { base_name, index_name, digests };
+        Action::Import {
+            file,
+            base_name,
+            index_name,
+            digests,
+        } => {
+            let opts = ImportOptions {
+                base_name,
+                index_name,
+                digests,
+            };
             import(conn, &file, opts).await?;
         }
-        Action::Export { file, names, skip_missing } => {
+        Action::Export {
+            file,
+            names,
+            skip_missing,
+        } => {
             let mut list = Vec::new();
             for name in names {
-                let img = images.get(conn.req(GetImageRequest { name })).await?.into_inner().image.unwrap_or_default();
+                let img = images
+                    .get(conn.req(GetImageRequest { name }))
+                    .await?
+                    .into_inner()
+                    .image
+                    .unwrap_or_default();
                 let t = img.target.unwrap_or_default();
-                list.push(ExportImage { name: img.name, target: to_image_descriptor(&t)? });
+                list.push(ExportImage {
+                    name: img.name,
+                    target: to_image_descriptor(&t)?,
+                });
             }
             let handle = Handle::current();
             let conn = conn.clone();
@@ -182,14 +252,25 @@ fn to_image_descriptor(d: &Descriptor) -> anyhow::Result<berth_image::Descriptor
         media_type: d.media_type.clone(),
         digest: Digest::parse(&d.digest)?,
         size: d.size,
-        annotations: d.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),
+        annotations: d
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
     })
 }
 
 /// Reads a whole (small) blob.
 async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
     let mut c = ContentClient::new(conn.channel.clone());
-    let mut s = c.read(conn.req(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 })).await?.into_inner();
+    let mut s = c
+        .read(conn.req(ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        }))
+        .await?
+        .into_inner();
     let mut out = Vec::new();
     while let Some(chunk) = s.next().await {
         out.extend(chunk?.data);
@@ -198,15 +279,21 @@ async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn is_index(mt: &str) -> bool {
-    mt == "application/vnd.oci.image.index.v1+json" || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
+    mt == "application/vnd.oci.image.index.v1+json"
+        || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
 fn is_manifest(mt: &str) -> bool {
-    mt == "application/vnd.oci.image.manifest.v1+json" || mt == "application/vnd.docker.distribution.manifest.v2+json"
+    mt == "application/vnd.oci.image.manifest.v1+json"
+        || mt == "application/vnd.docker.distribution.manifest.v2+json"
 }
 
 fn platform_string(p: &Value) -> String {
-    let mut s = format!("{}/{}", p["os"].as_str().unwrap_or(""), p["architecture"].as_str().unwrap_or(""));
+    let mut s = format!(
+        "{}/{}",
+        p["os"].as_str().unwrap_or(""),
+        p["architecture"].as_str().unwrap_or("")
+    );
     if let Some(v) = p["variant"].as_str().filter(|v| !v.is_empty()) {
         s.push('/');
         s.push_str(v);
@@ -229,10 +316,11 @@ async fn describe(conn: &Conn, target: &Descriptor) -> anyhow::Result<(i64, Vec<
     let mut platforms = Vec::new();
     let mut stack = vec![(target.clone(), None::<String>)];
     while let Some((d, platform)) = stack.pop() {
-        if let Some(p) = &platform {
-            if !p.starts_with(host_platform()) {
-                continue;
-            }
+        if platform
+            .as_ref()
+            .is_some_and(|p| !p.starts_with(host_platform()))
+        {
+            continue;
         }
         size += d.size;
         if is_index(&d.media_type) {
@@ -294,23 +382,40 @@ struct ApiSink {
 impl BlobSink for ApiSink {
     fn has(&mut self, d: &Digest) -> bool {
         let mut c = ContentClient::new(self.conn.channel.clone());
-        self.handle.block_on(c.info(self.conn.req(InfoRequest { digest: d.to_string() }))).is_ok()
+        self.handle
+            .block_on(c.info(self.conn.req(InfoRequest {
+                digest: d.to_string(),
+            })))
+            .is_ok()
     }
 
-    fn put(&mut self, expected: Option<&Digest>, r: &mut dyn Read) -> Result<(Digest, u64), ImageError> {
+    fn put(
+        &mut self,
+        expected: Option<&Digest>,
+        r: &mut dyn Read,
+    ) -> Result<(Digest, u64), ImageError> {
         self.seq += 1;
         let r#ref = match expected {
             Some(d) => format!("import-{d}"),
             None => format!("import-{}-{}", self.lease, self.seq),
         };
         let exp = expected.map(|d| d.to_string()).unwrap_or_default();
-        let (d, size) = ingest_blocking(&self.handle, &self.conn, &r#ref, Some(&self.lease), 0, &exp, r)
-            .map_err(|e| ImageError::Io(std::io::Error::other(format!("{e:#}"))))?;
+        let (d, size) = ingest_blocking(
+            &self.handle,
+            &self.conn,
+            &r#ref,
+            Some(&self.lease),
+            0,
+            &exp,
+            r,
+        )
+        .map_err(|e| ImageError::Io(std::io::Error::other(format!("{e:#}"))))?;
         let d = Digest::parse(&d)?;
-        if let Some(e) = expected {
-            if *e != d {
-                return Err(ImageError::DigestMismatch { expected: e.clone(), actual: d });
-            }
+        if let Some(e) = expected.filter(|e| **e != d) {
+            return Err(ImageError::DigestMismatch {
+                expected: e.clone(),
+                actual: d,
+            });
         }
         Ok((d, size as u64))
     }
@@ -361,7 +466,9 @@ impl BlobSource for ApiSource {
         let mut c = ContentClient::new(self.conn.channel.clone());
         let info = self
             .handle
-            .block_on(c.info(self.conn.req(InfoRequest { digest: d.to_string() })))
+            .block_on(c.info(self.conn.req(InfoRequest {
+                digest: d.to_string(),
+            })))
             .map_err(|st| not_found(d, st))?;
         Ok(info.into_inner().info.unwrap_or_default().size as u64)
     }
@@ -370,10 +477,19 @@ impl BlobSource for ApiSource {
         let mut c = ContentClient::new(self.conn.channel.clone());
         let stream = self
             .handle
-            .block_on(c.read(self.conn.req(ReadContentRequest { digest: d.to_string(), offset: 0, size: 0 })))
+            .block_on(c.read(self.conn.req(ReadContentRequest {
+                digest: d.to_string(),
+                offset: 0,
+                size: 0,
+            })))
             .map_err(|st| not_found(d, st))?
             .into_inner();
-        Ok(Box::new(ApiReader { handle: self.handle.clone(), stream, buf: Vec::new(), pos: 0 }))
+        Ok(Box::new(ApiReader {
+            handle: self.handle.clone(),
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+        }))
     }
 }
 
@@ -386,18 +502,44 @@ async fn label_children(conn: &Conn, lease: &str, target: &Descriptor) -> anyhow
         let mut labels = HashMap::new();
         if is_index(&d.media_type) {
             let v: Value = serde_json::from_slice(&read_blob(conn, &d.digest).await?)?;
-            for (i, m) in v["manifests"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+            for (i, m) in v["manifests"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 let child = json_descriptor(m);
-                labels.insert(format!("containerd.io/gc.ref.content.m.{i}"), child.digest.clone());
-                if c.info(conn.req(InfoRequest { digest: child.digest.clone() })).await.is_ok() {
+                labels.insert(
+                    format!("containerd.io/gc.ref.content.m.{i}"),
+                    child.digest.clone(),
+                );
+                if c.info(conn.req(InfoRequest {
+                    digest: child.digest.clone(),
+                }))
+                .await
+                .is_ok()
+                {
                     stack.push(child);
                 }
             }
         } else if is_manifest(&d.media_type) {
             let v: Value = serde_json::from_slice(&read_blob(conn, &d.digest).await?)?;
-            labels.insert("containerd.io/gc.ref.content.config".into(), json_descriptor(&v["config"]).digest);
-            for (i, l) in v["layers"].as_array().cloned().unwrap_or_default().iter().enumerate() {
-                labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), json_descriptor(l).digest);
+            labels.insert(
+                "containerd.io/gc.ref.content.config".into(),
+                json_descriptor(&v["config"]).digest,
+            );
+            for (i, l) in v["layers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                labels.insert(
+                    format!("containerd.io/gc.ref.content.l.{i}"),
+                    json_descriptor(l).digest,
+                );
             }
         } else {
             continue;
@@ -405,7 +547,11 @@ async fn label_children(conn: &Conn, lease: &str, target: &Descriptor) -> anyhow
         let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
         c.update(conn.req_lease(
             UpdateRequest {
-                info: Some(Info { digest: d.digest.clone(), labels, ..Default::default() }),
+                info: Some(Info {
+                    digest: d.digest.clone(),
+                    labels,
+                    ..Default::default()
+                }),
                 update_mask: Some(prost_types::FieldMask { paths }),
             },
             lease,
@@ -431,37 +577,79 @@ async fn import(conn: &Conn, file: &str, opts: ImportOptions) -> anyhow::Result<
         .id;
     let result = import_leased(conn, file, opts, &lease).await;
     // The images now hold what they need; the lease goes either way.
-    let _ = leases.delete(conn.req(DeleteRequest { id: lease, sync: false })).await;
+    let _ = leases
+        .delete(conn.req(DeleteRequest {
+            id: lease,
+            sync: false,
+        }))
+        .await;
     result
 }
 
-async fn import_leased(conn: &Conn, file: &str, opts: ImportOptions, lease: &str) -> anyhow::Result<()> {
+async fn import_leased(
+    conn: &Conn,
+    file: &str,
+    opts: ImportOptions,
+    lease: &str,
+) -> anyhow::Result<()> {
     let handle = Handle::current();
     let (c2, l2, f2) = (conn.clone(), lease.to_string(), file.to_string());
-    let imported = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<berth_image::ImportedImage>> {
-        let mut sink = ApiSink { handle, conn: c2, lease: l2, seq: 0 };
-        let input: Box<dyn Read> = if f2 == "-" {
-            Box::new(std::io::stdin().lock())
-        } else {
-            Box::new(std::io::BufReader::new(std::fs::File::open(&f2).map_err(|e| anyhow::anyhow!("{f2}: {e}"))?))
-        };
-        Ok(berth_image::import(input, &mut sink, &opts)?)
-    })
-    .await??;
+    let imported =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<berth_image::ImportedImage>> {
+            let mut sink = ApiSink {
+                handle,
+                conn: c2,
+                lease: l2,
+                seq: 0,
+            };
+            let input: Box<dyn Read> = if f2 == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&f2).map_err(|e| anyhow::anyhow!("{f2}: {e}"))?,
+                ))
+            };
+            Ok(berth_image::import(input, &mut sink, &opts)?)
+        })
+        .await??;
     let mut images = ImagesClient::new(conn.channel.clone());
     for img in imported {
         let target = Descriptor {
             media_type: img.target.media_type.clone(),
             digest: img.target.digest.to_string(),
             size: img.target.size,
-            annotations: img.target.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            annotations: img
+                .target
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         label_children(conn, lease, &target).await?;
-        let record = Image { name: img.name.clone(), target: Some(target), ..Default::default() };
-        match images.create(conn.req_lease(CreateImageRequest { image: Some(record.clone()), source_date_epoch: None }, lease)?).await {
+        let record = Image {
+            name: img.name.clone(),
+            target: Some(target),
+            ..Default::default()
+        };
+        match images
+            .create(conn.req_lease(
+                CreateImageRequest {
+                    image: Some(record.clone()),
+                    source_date_epoch: None,
+                },
+                lease,
+            )?)
+            .await
+        {
             Ok(_) => {}
             Err(st) if st.code() == tonic::Code::AlreadyExists => {
-                images.update(conn.req(UpdateImageRequest { image: Some(record), update_mask: None, source_date_epoch: None })).await?;
+                images
+                    .update(conn.req(UpdateImageRequest {
+                        image: Some(record),
+                        update_mask: None,
+                        source_date_epoch: None,
+                    }))
+                    .await?;
             }
             Err(st) => return Err(st.into()),
         }

@@ -49,7 +49,9 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         return Ok(Duration::ZERO);
     }
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("expires: {s:?} is not a duration like 24h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("expires: {s:?} is not a duration like 24h"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
@@ -63,7 +65,11 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
     let mut c = LeasesClient::new(conn.channel.clone());
     match args.action {
         Action::Ls { quiet, filters } => {
-            let leases = c.list(conn.req(ListRequest { filters })).await?.into_inner().leases;
+            let leases = c
+                .list(conn.req(ListRequest { filters }))
+                .await?
+                .into_inner()
+                .leases;
             if quiet {
                 for l in leases {
                     println!("{}", l.id);
@@ -77,7 +83,11 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
             }
             print!("{}", t.render());
         }
-        Action::Create { id, expires, labels } => {
+        Action::Create {
+            id,
+            expires,
+            labels,
+        } => {
             let mut labels = parse_labels(&labels)?;
             let d = parse_duration(&expires)?;
             if !d.is_zero() {
@@ -86,7 +96,10 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
                 labels.insert("containerd.io/gc.expire".into(), rfc3339(secs));
             }
             let lease = c
-                .create(conn.req(CreateRequest { id: id.unwrap_or_default(), labels }))
+                .create(conn.req(CreateRequest {
+                    id: id.unwrap_or_default(),
+                    labels,
+                }))
                 .await?
                 .into_inner()
                 .lease
@@ -95,7 +108,11 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
         }
         Action::Rm { ids, sync } => {
             for id in ids {
-                c.delete(conn.req(DeleteRequest { id: id.clone(), sync })).await?;
+                c.delete(conn.req(DeleteRequest {
+                    id: id.clone(),
+                    sync,
+                }))
+                .await?;
                 println!("{id}");
             }
         }

@@ -40,8 +40,15 @@ pub(crate) fn human_size(n: i64) -> String {
         i += 1;
     }
     let s = format!("{v:.4}");
-    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
-    let digits: String = s.chars().take(if s.contains('.') { 5 } else { 4 }).collect();
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    let digits: String = s
+        .chars()
+        .take(if s.contains('.') { 5 } else { 4 })
+        .collect();
     format!("{}{}", digits.trim_end_matches('.'), units[i])
 }
 
@@ -78,7 +85,12 @@ fn civil(days: i64) -> (i64, i64, i64) {
 pub(crate) fn rfc3339(secs: i64) -> String {
     let (y, m, d) = civil(secs.div_euclid(86_400));
     let r = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", r / 3600, r % 3600 / 60, r % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        r / 3600,
+        r % 3600 / 60,
+        r % 60
+    )
 }
 
 /// As [`rfc3339`], with nanoseconds.
