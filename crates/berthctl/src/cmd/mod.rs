@@ -39,17 +39,11 @@ pub(crate) fn human_size(n: i64) -> String {
         v /= 1000.0;
         i += 1;
     }
-    let s = format!("{v:.4}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    };
-    let digits: String = s
-        .chars()
-        .take(if s.contains('.') { 5 } else { 4 })
-        .collect();
-    format!("{}{}", digits.trim_end_matches('.'), units[i])
+    // Go's %.4g: four significant digits, trailing zeros dropped.
+    let int_digits = if v < 1.0 { 1 } else { (v.log10().floor() as usize) + 1 };
+    let s = format!("{v:.*}", 4usize.saturating_sub(int_digits));
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    format!("{s}{}", units[i])
 }
 
 /// How long ago, roughly, as `12 seconds`, `3 minutes`, `2 hours`, `5 days`.
