@@ -30,6 +30,8 @@ impl Conn {
         // The URI is a placeholder: the connector below always dials the unix socket.
         let channel = Endpoint::try_from("http://berthd.local")?
             .connect_timeout(Duration::from_secs(timeout_secs))
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20))
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {

@@ -173,6 +173,10 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
     );
     let in_flight = InFlight::default();
     let router = tonic::transport::Server::builder()
+        // HTTP/2's default 64 KiB windows throttle blob streams on a local socket; let a client
+        // have several MiB in flight.
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
         .layer(in_flight.clone())
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(
