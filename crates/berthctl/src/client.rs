@@ -32,6 +32,7 @@ impl Conn {
             .connect_timeout(Duration::from_secs(timeout_secs))
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(32 << 20))
+            .max_frame_size(Some(1 << 20))
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {

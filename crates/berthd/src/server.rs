@@ -177,6 +177,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         // have several MiB in flight.
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(1 << 20))
         .layer(in_flight.clone())
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(

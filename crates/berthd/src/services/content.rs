@@ -180,7 +180,7 @@ impl content_server::Content for Content {
         } else {
             total.min(offset.saturating_add(req.size as u64))
         };
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(16);
         tokio::task::spawn_blocking(move || {
             let mut pos = offset;
             while pos < end {
