@@ -6,5 +6,6 @@ mod crash;
 mod daemon;
 mod otlp;
 mod shim_interop;
+mod snapshots;
 mod storage;
 mod storage_bad_input;

@@ -68,6 +68,7 @@ impl Collector {
             content_records = stats.content_records,
             blobs = stats.blobs,
             ingests = stats.ingests,
+            snapshots = stats.snapshots,
             duration_ms = stats.duration.as_millis() as u64,
             "garbage collected"
         );

@@ -10,6 +10,8 @@ use crate::config::Config;
 pub(crate) const METADATA: &str = "io.containerd.metadata.v1";
 /// The plugin type of the blob store.
 pub(crate) const CONTENT: &str = "io.containerd.content.v1";
+/// The plugin type of snapshotters.
+pub(crate) const SNAPSHOTTER: &str = "io.containerd.snapshotter.v1";
 /// The plugin type of the events exchange.
 pub(crate) const EVENT: &str = "io.containerd.event.v1";
 /// The plugin type of the garbage collector.
@@ -35,8 +37,8 @@ fn plugin(ty: &str, id: &str, requires: &[&str], exports: &[(&str, String)]) -> 
 }
 
 /// Every plugin this daemon runs, in initialisation order.
-pub(crate) fn registry(cfg: &Config) -> Vec<Plugin> {
-    vec![
+pub(crate) fn registry(cfg: &Config, store: &berth_store::Store) -> Vec<Plugin> {
+    let mut out = vec![
         plugin(
             METADATA,
             "sled",
@@ -55,6 +57,7 @@ pub(crate) fn registry(cfg: &Config) -> Vec<Plugin> {
         plugin(GRPC, "content", &[METADATA, CONTENT], &[]),
         plugin(GRPC, "images", &[METADATA, GC], &[]),
         plugin(GRPC, "leases", &[METADATA, GC], &[]),
+        plugin(GRPC, "snapshots", &[METADATA, SNAPSHOTTER], &[]),
         plugin(GRPC, "events", &[EVENT], &[]),
         plugin(
             TTRPC,
@@ -65,5 +68,30 @@ pub(crate) fn registry(cfg: &Config) -> Vec<Plugin> {
         plugin(GRPC, "namespaces", &[METADATA], &[]),
         plugin(GRPC, "introspection", &[], &[]),
         plugin(GRPC, "healthcheck", &[], &[]),
-    ]
+    ];
+    for sn in store.snapshotters() {
+        let mut p = plugin(
+            SNAPSHOTTER,
+            sn.name(),
+            &[],
+            &[("root", sn.root().display().to_string())],
+        );
+        p.capabilities = sn.capabilities();
+        p.platforms = vec![berth_api::containerd::types::Platform {
+            os: "linux".into(),
+            architecture: host_arch().into(),
+            ..Default::default()
+        }];
+        out.insert(1, p);
+    }
+    out
+}
+
+/// The host's architecture in OCI terms.
+pub(crate) fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }

@@ -16,7 +16,7 @@ use berth_api::containerd::services::{
     images::v1::images_server::ImagesServer,
     introspection::v1::introspection_server::IntrospectionServer,
     leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
-    version::v1::version_server::VersionServer,
+    snapshots::v1::snapshots_server::SnapshotsServer, version::v1::version_server::VersionServer,
 };
 use berth_store::Store;
 use tokio::net::UnixListener;
@@ -161,7 +161,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
     // Whatever a crash left behind (blobs without records, stale ingests) goes at start-up.
     gc.schedule();
 
-    let plugins = plugins::registry(cfg);
+    let plugins = plugins::registry(cfg, &store);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -201,6 +201,15 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         )
         .add_service(
             ImagesServer::new(services::Images::new(
+                store.clone(),
+                events.clone(),
+                gc.clone(),
+            ))
+            .max_decoding_message_size(recv)
+            .max_encoding_message_size(send),
+        )
+        .add_service(
+            SnapshotsServer::new(services::Snapshots::new(
                 store.clone(),
                 events.clone(),
                 gc.clone(),

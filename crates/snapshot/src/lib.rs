@@ -33,7 +33,10 @@ pub enum SnapshotError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io { path: path.to_path_buf(), source }
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The kind of a snapshot.
@@ -102,7 +105,12 @@ pub trait Snapshotter: Send + Sync + std::fmt::Debug {
         match std::fs::read_dir(&dir) {
             Ok(rd) => {
                 for e in rd {
-                    out.push(e.map_err(io(&dir))?.file_name().to_string_lossy().into_owned());
+                    out.push(
+                        e.map_err(io(&dir))?
+                            .file_name()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -132,7 +140,11 @@ fn du(p: &Path, u: &mut Usage) -> Result<(), SnapshotError> {
 fn mkdirs(dirs: &[PathBuf]) -> Result<(), SnapshotError> {
     use std::os::unix::fs::DirBuilderExt;
     for d in dirs {
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(d).map_err(io(d))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(d)
+            .map_err(io(d))?;
     }
     Ok(())
 }
@@ -183,7 +195,10 @@ impl Snapshotter for Overlay {
                 options: vec!["ro".into(), "rbind".into()],
             }];
         }
-        let lower: Vec<String> = parents.iter().map(|p| self.fs(p).display().to_string()).collect();
+        let lower: Vec<String> = parents
+            .iter()
+            .map(|p| self.fs(p).display().to_string())
+            .collect();
         let mut options = Vec::new();
         if kind == Kind::Active {
             let dir = self.root.join("snapshots").join(id);
@@ -191,7 +206,12 @@ impl Snapshotter for Overlay {
             options.push(format!("upperdir={}", dir.join("fs").display()));
         }
         options.push(format!("lowerdir={}", lower.join(":")));
-        vec![Mount { r#type: "overlay".into(), source: "overlay".into(), target: String::new(), options }]
+        vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options,
+        }]
     }
 }
 
@@ -263,15 +283,30 @@ mod tests {
     fn overlay_mounts_follow_containerd() {
         let d = tempfile::tempdir().unwrap();
         let o = Overlay::new(d.path());
-        let fs = |id: &str| d.path().join("snapshots").join(id).join("fs").display().to_string();
+        let fs = |id: &str| {
+            d.path()
+                .join("snapshots")
+                .join(id)
+                .join("fs")
+                .display()
+                .to_string()
+        };
         assert_eq!(o.mounts("1", Kind::Active, &[])[0].r#type, "bind");
         assert_eq!(o.mounts("1", Kind::Active, &[])[0].options, ["rw", "rbind"]);
         let m = &o.mounts("3", Kind::Active, &["2".into(), "1".into()])[0];
         assert_eq!(m.r#type, "overlay");
-        assert!(m.options.last().unwrap().ends_with(&format!("lowerdir={}:{}", fs("2"), fs("1"))));
+        assert!(
+            m.options
+                .last()
+                .unwrap()
+                .ends_with(&format!("lowerdir={}:{}", fs("2"), fs("1")))
+        );
         assert!(m.options.iter().any(|o| o.starts_with("upperdir=")));
         let v = &o.mounts("4", Kind::View, &["2".into()])[0];
-        assert_eq!((v.r#type.as_str(), v.source.as_str()), ("bind", fs("2").as_str()));
+        assert_eq!(
+            (v.r#type.as_str(), v.source.as_str()),
+            ("bind", fs("2").as_str())
+        );
         assert_eq!(v.options, ["ro", "rbind"]);
         let v = &o.mounts("5", Kind::View, &["2".into(), "1".into()])[0];
         assert_eq!(v.options, [format!("lowerdir={}:{}", fs("2"), fs("1"))]);
@@ -286,7 +321,10 @@ mod tests {
         std::os::unix::fs::symlink("f", n.fs("1").join("l")).unwrap();
         n.create("2", &["1".into()]).unwrap();
         assert_eq!(std::fs::read(n.fs("2").join("f")).unwrap().len(), 10_000);
-        assert_eq!(std::fs::read_link(n.fs("2").join("l")).unwrap(), Path::new("f"));
+        assert_eq!(
+            std::fs::read_link(n.fs("2").join("l")).unwrap(),
+            Path::new("f")
+        );
         let u = n.usage("2").unwrap();
         assert!(u.size >= 10_000 && u.inodes == 3, "{u:?}");
         let mut ids = n.ids_on_disk().unwrap();

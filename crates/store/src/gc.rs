@@ -37,6 +37,8 @@ pub struct GcStats {
     pub blobs: usize,
     /// Ingests removed.
     pub ingests: usize,
+    /// Snapshots removed.
+    pub snapshots: usize,
     /// Time the store was locked.
     pub duration: Duration,
 }
@@ -129,6 +131,7 @@ impl Store {
                     queue.extend(content_refs(labels).map(|c| (c, true)));
                 }
             }
+            stats.snapshots += self.sweep_snapshots(&ns, &resources, &records, &marked)?;
             let mut batch = sled::Batch::default();
             for d in records.keys() {
                 if marked.contains_key(d) {
@@ -170,6 +173,80 @@ impl Store {
         }
         stats.duration = start.elapsed();
         Ok(stats)
+    }
+}
+
+/// Prefix of labels referencing a snapshot: `containerd.io/gc.ref.snapshot.<snapshotter>[.<x>]`.
+pub const LABEL_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
+
+fn snapshot_refs<'a>(
+    labels: &'a HashMap<String, String>,
+    sn: &'a str,
+) -> impl Iterator<Item = String> + 'a {
+    labels.iter().filter_map(move |(k, v)| {
+        let rest = k.strip_prefix(LABEL_REF_SNAPSHOT)?;
+        let ok = rest == sn || rest.strip_prefix(sn).is_some_and(|r| r.starts_with('.'));
+        ok.then(|| v.clone())
+    })
+}
+
+impl Store {
+    /// Marks and sweeps the snapshots of one namespace, for every snapshotter. Roots: leases,
+    /// live content referencing them, and `containerd.io/gc.root`; parents are followed.
+    fn sweep_snapshots(
+        &self,
+        ns: &str,
+        resources: &[(String, String, crate::leases::Resource)],
+        content: &HashMap<Digest, HashMap<String, String>>,
+        live_content: &HashMap<Digest, bool>,
+    ) -> Result<usize, StoreError> {
+        let tree = self.db.open_tree("snapshots")?;
+        let mut removed = 0;
+        for (sn, backend) in self.snapshotters.iter() {
+            let prefix = format!("{ns}/{sn}");
+            let all: HashMap<String, crate::snapshots::Record> =
+                list(&tree, "snapshots", &prefix)?.into_iter().collect();
+            if all.is_empty() {
+                continue;
+            }
+            let mut queue: Vec<String> = Vec::new();
+            for (rns, _, r) in resources {
+                if rns == ns && r.r#type == format!("snapshots/{sn}") {
+                    queue.push(r.id.clone());
+                }
+            }
+            for (d, labels) in content {
+                if live_content.contains_key(d) {
+                    queue.extend(snapshot_refs(labels, sn));
+                }
+            }
+            for (name, r) in &all {
+                if r.labels.get(LABEL_ROOT).is_some_and(|v| !v.is_empty()) {
+                    queue.push(name.clone());
+                }
+            }
+            let mut marked = HashSet::new();
+            while let Some(name) = queue.pop() {
+                let Some(r) = all.get(&name) else { continue };
+                if !marked.insert(name.clone()) {
+                    continue;
+                }
+                if !r.parent.is_empty() {
+                    queue.push(r.parent.clone());
+                }
+                queue.extend(snapshot_refs(&r.labels, sn));
+            }
+            for (name, r) in &all {
+                if !marked.contains(name) {
+                    tree.remove(format!("{prefix}/{name}").as_bytes())?;
+                    backend
+                        .remove(&r.id)
+                        .map_err(|e| StoreError::Content(e.to_string()))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 }
 

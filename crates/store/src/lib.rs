@@ -15,18 +15,21 @@ mod labels;
 mod leases;
 mod namespaces;
 mod records;
+mod snapshots;
 mod store;
 mod time;
 
 pub use berth_content::{BlobInfo, BlobReader, ContentStore, Digest, IngestStatus};
+pub use berth_snapshot::{Kind as SnapshotKind, Mount, Usage};
 pub use content::{ContentInfo, NsWriter, content_error};
 pub use error::StoreError;
-pub use gc::{GcStats, LABEL_REF_CONTENT, LABEL_ROOT};
+pub use gc::{GcStats, LABEL_REF_CONTENT, LABEL_REF_SNAPSHOT, LABEL_ROOT};
 pub use identifiers::validate as validate_identifier;
 pub use images::{Descriptor, Image};
 pub use labels::{MAX_LABEL_SIZE, validate as validate_labels};
 pub use leases::{LABEL_EXPIRE, LABEL_FLAT, Lease, Resource};
 pub use namespaces::Namespace;
+pub use snapshots::{NewSnapshot, SnapshotInfo};
 pub use store::{SCHEMA_VERSION, Store};
 pub use time::{Timestamp, parse_rfc3339};
 

@@ -33,6 +33,9 @@ pub struct Store {
     /// Held for reading by writers that add references, for writing by the garbage collector.
     /// A std lock: held only around synchronous store calls, never across an await.
     pub(crate) gc_lock: Arc<RwLock<()>>,
+    /// Snapshotter backends by name (`overlayfs`, `native`).
+    pub(crate) snapshotters:
+        Arc<std::collections::BTreeMap<String, Arc<dyn berth_snapshot::Snapshotter>>>,
     pub(crate) meta: sled::Tree,
     pub(crate) namespaces: sled::Tree,
     /// Guards namespace deletion against concurrent creation of objects in that namespace:
@@ -71,10 +74,25 @@ impl Store {
         for t in NAMESPACED_TREES {
             db.open_tree(t)?;
         }
+        let mut snapshotters: std::collections::BTreeMap<
+            String,
+            Arc<dyn berth_snapshot::Snapshotter>,
+        > = std::collections::BTreeMap::new();
+        snapshotters.insert(
+            "overlayfs".into(),
+            Arc::new(berth_snapshot::Overlay::new(
+                root.join("snapshots/overlayfs"),
+            )),
+        );
+        snapshotters.insert(
+            "native".into(),
+            Arc::new(berth_snapshot::Native::new(root.join("snapshots/native"))),
+        );
         let store = Store {
             db,
             blobs,
             gc_lock: Arc::new(RwLock::new(())),
+            snapshotters: Arc::new(snapshotters),
             meta,
             namespaces,
             ns_guard: Arc::new(RwLock::new(())),

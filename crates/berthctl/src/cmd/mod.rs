@@ -40,9 +40,17 @@ pub(crate) fn human_size(n: i64) -> String {
         i += 1;
     }
     // Go's %.4g: four significant digits, trailing zeros dropped.
-    let int_digits = if v < 1.0 { 1 } else { (v.log10().floor() as usize) + 1 };
+    let int_digits = if v < 1.0 {
+        1
+    } else {
+        (v.log10().floor() as usize) + 1
+    };
     let s = format!("{v:.*}", 4usize.saturating_sub(int_digits));
-    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
     format!("{s}{}", units[i])
 }
 

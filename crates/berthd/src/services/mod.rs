@@ -6,6 +6,7 @@ mod images;
 mod introspection;
 mod leases;
 mod namespaces;
+mod snapshots;
 mod version;
 
 pub(crate) use content::Content;
@@ -14,6 +15,7 @@ pub(crate) use images::Images;
 pub(crate) use introspection::Introspection;
 pub(crate) use leases::Leases;
 pub(crate) use namespaces::Namespaces;
+pub(crate) use snapshots::Snapshots;
 pub(crate) use version::{Version, version_string};
 
 use tonic::{Request, Status};
