@@ -15,6 +15,7 @@
 //! their digests; only small JSON documents are held in memory, under fixed caps; entry paths
 //! that are absolute or climb with `..` are refused; nothing here ever writes a file.
 
+mod apply;
 mod archive;
 mod error;
 mod media;
@@ -27,6 +28,7 @@ use berth_content::Digest;
 pub use archive::{
     BlobSink, BlobSource, ExportImage, ExportOptions, ImportOptions, ImportedImage, export, import,
 };
+pub use apply::{Applied, apply_layer};
 pub use error::ImageError;
 
 /// A content descriptor, as in an OCI index or manifest: what a blob is, which blob, how big.
