@@ -9,3 +9,4 @@ mod shim_interop;
 mod snapshots;
 mod storage;
 mod storage_bad_input;
+mod unpack;

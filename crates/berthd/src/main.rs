@@ -4,6 +4,7 @@ mod config;
 mod errors;
 mod events;
 mod gc;
+mod mount;
 mod plugins;
 mod server;
 mod services;

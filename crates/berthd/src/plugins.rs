@@ -10,6 +10,8 @@ use crate::config::Config;
 pub(crate) const METADATA: &str = "io.containerd.metadata.v1";
 /// The plugin type of the blob store.
 pub(crate) const CONTENT: &str = "io.containerd.content.v1";
+/// The plugin type of differs.
+pub(crate) const DIFF: &str = "io.containerd.differ.v1";
 /// The plugin type of snapshotters.
 pub(crate) const SNAPSHOTTER: &str = "io.containerd.snapshotter.v1";
 /// The plugin type of the events exchange.
@@ -58,6 +60,8 @@ pub(crate) fn registry(cfg: &Config, store: &berth_store::Store) -> Vec<Plugin> 
         plugin(GRPC, "images", &[METADATA, GC], &[]),
         plugin(GRPC, "leases", &[METADATA, GC], &[]),
         plugin(GRPC, "snapshots", &[METADATA, SNAPSHOTTER], &[]),
+        plugin(DIFF, "walking", &[METADATA], &[]),
+        plugin(GRPC, "diff", &[DIFF], &[]),
         plugin(GRPC, "events", &[EVENT], &[]),
         plugin(
             TTRPC,

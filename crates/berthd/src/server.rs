@@ -12,8 +12,8 @@ use tonic::codegen::http;
 
 use anyhow::{Context, bail};
 use berth_api::containerd::services::{
-    content::v1::content_server::ContentServer, events::v1::events_server::EventsServer,
-    images::v1::images_server::ImagesServer,
+    content::v1::content_server::ContentServer, diff::v1::diff_server::DiffServer,
+    events::v1::events_server::EventsServer, images::v1::images_server::ImagesServer,
     introspection::v1::introspection_server::IntrospectionServer,
     leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
     snapshots::v1::snapshots_server::SnapshotsServer, version::v1::version_server::VersionServer,
@@ -216,6 +216,11 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             ))
             .max_decoding_message_size(recv)
             .max_encoding_message_size(send),
+        )
+        .add_service(
+            DiffServer::new(services::Diff::new(store.clone(), cfg.state.join("diff")))
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send),
         )
         .add_service(
             LeasesServer::new(services::Leases::new(store.clone(), gc.clone()))

@@ -56,7 +56,12 @@ fn clean(p: &Path) -> Result<PathBuf, ImageError> {
         match c {
             Component::Normal(s) => out.push(s),
             Component::CurDir | Component::RootDir => {}
-            Component::ParentDir => return Err(bad(format!("layer entry {:?} climbs out with '..'", p.display().to_string()))),
+            Component::ParentDir => {
+                return Err(bad(format!(
+                    "layer entry {:?} climbs out with '..'",
+                    p.display().to_string()
+                )));
+            }
             Component::Prefix(_) => return Err(bad("layer entry with a path prefix")),
         }
     }
@@ -67,7 +72,10 @@ fn clean(p: &Path) -> Result<PathBuf, ImageError> {
 /// creating missing directories. Returns the real path, always under `root`.
 fn resolve_dir(root: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
     let mut stack: Vec<OsString> = Vec::new();
-    let mut queue: VecDeque<OsString> = rel.components().map(|c| c.as_os_str().to_os_string()).collect();
+    let mut queue: VecDeque<OsString> = rel
+        .components()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
     let mut links = 0;
     while let Some(c) = queue.pop_front() {
         if c == OsStr::new("..") {
@@ -90,7 +98,10 @@ fn resolve_dir(root: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
             Ok(md) if md.file_type().is_symlink() => {
                 links += 1;
                 if links > 255 {
-                    return Err(bad(format!("too many symlinks resolving {}", rel.display())));
+                    return Err(bad(format!(
+                        "too many symlinks resolving {}",
+                        rel.display()
+                    )));
                 }
                 let target = std::fs::read_link(&here)?;
                 if target.is_absolute() {
@@ -101,7 +112,10 @@ fn resolve_dir(root: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
                 }
             }
             Ok(_) => {
-                return Err(bad(format!("layer needs {} to be a directory, but it is a file", rel.display())));
+                return Err(bad(format!(
+                    "layer needs {} to be a directory, but it is a file",
+                    rel.display()
+                )));
             }
         }
     }
@@ -135,17 +149,33 @@ fn lchown(p: &Path, uid: u64, gid: u64) -> Result<(), ImageError> {
 
 fn set_mtime(p: &Path, secs: u64) -> Result<(), ImageError> {
     let c = cpath(p)?;
-    let t = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 };
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
     let times = [t, t];
     // SAFETY: valid path and a two-element timespec array, as utimensat requires.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if r != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
 }
 
-fn mknod(p: &Path, kind: libc::mode_t, mode: u32, major: u32, minor: u32) -> Result<(), ImageError> {
+fn mknod(
+    p: &Path,
+    kind: libc::mode_t,
+    mode: u32,
+    major: u32,
+    minor: u32,
+) -> Result<(), ImageError> {
     let c = cpath(p)?;
     let dev = libc::makedev(major, minor);
     // SAFETY: valid path; mknod creates a node and retains nothing.
@@ -157,10 +187,20 @@ fn mknod(p: &Path, kind: libc::mode_t, mode: u32, major: u32, minor: u32) -> Res
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let (Ok(c), Ok(n)) = (cpath(p), CString::new(name)) else { return };
+    let (Ok(c), Ok(n)) = (cpath(p), CString::new(name)) else {
+        return;
+    };
     // SAFETY: valid NUL-terminated path and name, and a value pointer/length pair.
     // Best effort: file systems without xattrs answer ENOTSUP, which a layer must survive.
-    let _ = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    let _ = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
 }
 
 /// Applies the layer read from `r` onto `root`; returns the uncompressed digest and size.
@@ -174,7 +214,11 @@ pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
     } else {
         Box::new(buffered)
     };
-    let mut hashing = Hashing { inner: decompressed, hasher: sha2::Sha256::new(), size: 0 };
+    let mut hashing = Hashing {
+        inner: decompressed,
+        hasher: sha2::Sha256::new(),
+        size: 0,
+    };
     {
         let mut archive = tar::Archive::new(&mut hashing);
         let mut created: HashSet<PathBuf> = HashSet::new();
@@ -182,7 +226,11 @@ pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
         for entry in archive.entries()? {
             let mut entry = entry?;
             let path = clean(&entry.path()?)?;
-            let Some(name) = path.file_name().map(|n| n.to_os_string()) else { continue };
+            let at =
+                |e: std::io::Error| ImageError::InvalidArchive(format!("{}: {e}", path.display()));
+            let Some(name) = path.file_name().map(|n| n.to_os_string()) else {
+                continue;
+            };
             let parent = resolve_dir(root, path.parent().unwrap_or(Path::new("")))?;
             let name_bytes = name.as_bytes();
             if name_bytes == b".wh..wh..opq" {
@@ -201,8 +249,9 @@ pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
             }
             let dest = parent.join(&name);
             let header = entry.header().clone();
-            let mode = header.mode()?;
-            let (uid, gid) = (header.uid()?, header.gid()?);
+            // Empty numeric fields read as 0, as Go's archive/tar (which wrote most layers) does.
+            let mode = header.mode().unwrap_or(0o644);
+            let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
             let mtime = header.mtime().unwrap_or(0);
             let ty = header.entry_type();
             let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions()? {
@@ -220,50 +269,70 @@ pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
                     match std::fs::symlink_metadata(&dest) {
                         Ok(md) if md.is_dir() => {}
                         Ok(_) => {
-                            remove_any(&dest)?;
-                            std::fs::create_dir(&dest)?;
+                            remove_any(&dest).map_err(at)?;
+                            std::fs::create_dir(&dest).map_err(at)?;
                         }
-                        Err(_) => std::fs::create_dir(&dest)?,
+                        Err(_) => std::fs::create_dir(&dest).map_err(at)?,
                     }
-                    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
+                    std::fs::set_permissions(
+                        &dest,
+                        std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+                    )
+                    .map_err(at)?;
                     dir_times.push((dest.clone(), mtime));
                 }
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    remove_any(&dest)?;
+                    remove_any(&dest).map_err(at)?;
                     let mut f = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .mode(0o600)
                         .custom_flags(libc::O_NOFOLLOW)
-                        .open(&dest)?;
-                    std::io::copy(&mut entry, &mut f)?;
+                        .open(&dest)
+                        .map_err(at)?;
+                    std::io::copy(&mut entry, &mut f).map_err(at)?;
                     drop(f);
                     lchown(&dest, uid, gid)?;
-                    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))?;
+                    std::fs::set_permissions(
+                        &dest,
+                        std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+                    )
+                    .map_err(at)?;
                 }
                 tar::EntryType::Symlink => {
-                    let target = entry.link_name()?.ok_or_else(|| bad(format!("symlink {} without a target", path.display())))?;
-                    remove_any(&dest)?;
-                    std::os::unix::fs::symlink(target.as_ref(), &dest)?;
+                    let target = entry.link_name()?.ok_or_else(|| {
+                        bad(format!("symlink {} without a target", path.display()))
+                    })?;
+                    remove_any(&dest).map_err(at)?;
+                    std::os::unix::fs::symlink(target.as_ref(), &dest).map_err(at)?;
                 }
                 tar::EntryType::Link => {
-                    let target = entry.link_name()?.ok_or_else(|| bad(format!("hard link {} without a target", path.display())))?;
+                    let target = entry.link_name()?.ok_or_else(|| {
+                        bad(format!("hard link {} without a target", path.display()))
+                    })?;
                     let target = clean(&target)?;
-                    let tname = target.file_name().ok_or_else(|| bad("hard link to the root"))?;
+                    let tname = target
+                        .file_name()
+                        .ok_or_else(|| bad("hard link to the root"))?;
                     let tparent = resolve_dir(root, target.parent().unwrap_or(Path::new("")))?;
                     let src = tparent.join(tname);
-                    let md = std::fs::symlink_metadata(&src)
-                        .map_err(|_| bad(format!("hard link {} to missing {}", path.display(), target.display())))?;
+                    let md = std::fs::symlink_metadata(&src).map_err(|_| {
+                        bad(format!(
+                            "hard link {} to missing {}",
+                            path.display(),
+                            target.display()
+                        ))
+                    })?;
                     if md.is_dir() {
                         return Err(bad(format!("hard link {} to a directory", path.display())));
                     }
-                    remove_any(&dest)?;
-                    std::fs::hard_link(&src, &dest)?;
+                    remove_any(&dest).map_err(at)?;
+                    std::fs::hard_link(&src, &dest).map_err(at)?;
                     created.insert(dest);
                     continue;
                 }
                 tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                    remove_any(&dest)?;
+                    remove_any(&dest).map_err(at)?;
                     let kind = match ty {
                         tar::EntryType::Char => libc::S_IFCHR,
                         tar::EntryType::Block => libc::S_IFBLK,
@@ -295,7 +364,10 @@ pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
     // The digest covers the whole stream, including the tar's end blocks and any padding.
     std::io::copy(&mut hashing, &mut std::io::sink())?;
     let digest = Digest::from_sha256_bytes(&hashing.hasher.finalize());
-    Ok(Applied { digest, size: hashing.size })
+    Ok(Applied {
+        digest,
+        size: hashing.size,
+    })
 }
 
 #[cfg(test)]
@@ -307,7 +379,11 @@ mod tests {
         for (p, ty, data, link) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*ty);
-            h.set_mode(if *ty == tar::EntryType::Directory { 0o755 } else { 0o644 });
+            h.set_mode(if *ty == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
             h.set_size(data.len() as u64);
             h.set_mtime(1_000_000);
             h.set_uid(0);
@@ -330,21 +406,44 @@ mod tests {
     fn applies_files_links_and_whiteouts() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        let l1 = layer(&[("etc/", D, b"", None), ("etc/a", F, b"A", None), ("etc/b", F, b"B", None), ("lib", S, b"", Some("usr/lib")), ("usr/lib/x", F, b"X", None), ("d/old", F, b"o", None)]);
+        let l1 = layer(&[
+            ("etc/", D, b"", None),
+            ("etc/a", F, b"A", None),
+            ("etc/b", F, b"B", None),
+            ("lib", S, b"", Some("usr/lib")),
+            ("usr/lib/x", F, b"X", None),
+            ("d/old", F, b"o", None),
+        ]);
         let a1 = apply_layer(&l1[..], r).unwrap();
         assert_eq!(a1.size, l1.len() as u64);
         assert_eq!(a1.digest, Digest::of(&l1));
-        let l2 = layer(&[("etc/.wh.a", F, b"", None), ("lib/y", F, b"Y", None), ("d/.wh..wh..opq", F, b"", None), ("d/new", F, b"n", None), ("etc/c", H, b"", Some("etc/b"))]);
+        let l2 = layer(&[
+            ("etc/.wh.a", F, b"", None),
+            ("lib/y", F, b"Y", None),
+            ("d/.wh..wh..opq", F, b"", None),
+            ("d/new", F, b"n", None),
+            ("etc/c", H, b"", Some("etc/b")),
+        ]);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &l2).unwrap();
         let a2 = apply_layer(&gz.finish().unwrap()[..], r).unwrap();
         assert_eq!(a2.digest, Digest::of(&l2));
         assert!(!r.join("etc/a").exists());
-        assert_eq!(std::fs::read(r.join("usr/lib/y")).unwrap(), b"Y", "written through the in-root symlink");
+        assert_eq!(
+            std::fs::read(r.join("usr/lib/y")).unwrap(),
+            b"Y",
+            "written through the in-root symlink"
+        );
         assert!(!r.join("d/old").exists() && r.join("d/new").exists());
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::metadata(r.join("etc/c")).unwrap().ino(), std::fs::metadata(r.join("etc/b")).unwrap().ino());
-        assert_eq!(std::fs::metadata(r.join("etc/b")).unwrap().mtime(), 1_000_000);
+        assert_eq!(
+            std::fs::metadata(r.join("etc/c")).unwrap().ino(),
+            std::fs::metadata(r.join("etc/b")).unwrap().ino()
+        );
+        assert_eq!(
+            std::fs::metadata(r.join("etc/b")).unwrap().mtime(),
+            1_000_000
+        );
     }
 
     #[test]
@@ -362,15 +461,26 @@ mod tests {
             layer(&[("h", H, b"", Some("../../etc/passwd"))]),
             // Replace a symlink with a file: the symlink is removed, not written through.
             layer(&[("s", S, b"", Some("../outside-file")), ("s", F, b"x", None)]),
-            b"garbage that is not a tar stream at all, but long enough to look like one ...".repeat(20),
+            b"garbage that is not a tar stream at all, but long enough to look like one ..."
+                .repeat(20),
         ];
         for l in cases {
             let _ = apply_layer(&l[..], &root);
         }
-        let mut names: Vec<_> = std::fs::read_dir(outer.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(outer.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort();
-        assert_eq!(names, [OsString::from("root")], "nothing written beside the root");
-        assert!(root.join("evil").exists(), "the symlinked path resolved inside the root");
+        assert_eq!(
+            names,
+            [OsString::from("root")],
+            "nothing written beside the root"
+        );
+        assert!(
+            root.join("evil").exists(),
+            "the symlinked path resolved inside the root"
+        );
         assert!(root.join("evil2").exists());
         assert!(!outer.path().join("outside-file").exists());
         assert!(root.join("s").symlink_metadata().unwrap().is_file());

@@ -25,10 +25,10 @@ use std::collections::BTreeMap;
 
 use berth_content::Digest;
 
+pub use apply::{Applied, apply_layer};
 pub use archive::{
     BlobSink, BlobSource, ExportImage, ExportOptions, ImportOptions, ImportedImage, export, import,
 };
-pub use apply::{Applied, apply_layer};
 pub use error::ImageError;
 
 /// A content descriptor, as in an OCI index or manifest: what a blob is, which blob, how big.

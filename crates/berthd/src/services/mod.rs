@@ -1,6 +1,7 @@
 //! gRPC services: thin adapters that validate requests, call the core and map errors.
 
 mod content;
+mod diff;
 mod events;
 mod images;
 mod introspection;
@@ -10,6 +11,7 @@ mod snapshots;
 mod version;
 
 pub(crate) use content::Content;
+pub(crate) use diff::Diff;
 pub(crate) use events::Events;
 pub(crate) use images::Images;
 pub(crate) use introspection::Introspection;
