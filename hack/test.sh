@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: ctr + containerd-shim-runc-v2 (interop), runc (bundles, interop),
 # busybox-static (test root file systems). Idempotent: apt-get only runs when one is missing.
-packages=(containerd runc busybox-static skopeo)
+packages=(containerd runc busybox-static skopeo docker-registry)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,6 +5,7 @@
 mod crash;
 mod daemon;
 mod otlp;
+mod pull;
 mod shim_interop;
 mod snapshots;
 mod storage;
