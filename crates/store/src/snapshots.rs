@@ -386,3 +386,57 @@ impl Store {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(key: &str, parent: &str) -> NewSnapshot<'static> {
+        let (key, parent) = (
+            Box::leak(key.to_string().into_boxed_str()),
+            Box::leak(parent.to_string().into_boxed_str()),
+        );
+        NewSnapshot {
+            key,
+            parent,
+            kind: Kind::Active,
+            labels: HashMap::new(),
+            lease: None,
+        }
+    }
+
+    #[test]
+    fn repair_drops_half_made_snapshots() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.prepare_snapshot("ns", "overlayfs", new("a", "")).unwrap();
+            s.commit_snapshot("ns", "overlayfs", "a-c", "a", HashMap::new(), None)
+                .unwrap();
+            s.prepare_snapshot("ns", "overlayfs", new("b", "a-c"))
+                .unwrap();
+            s.prepare_snapshot("ns", "native", new("n", "")).unwrap();
+            // As if a crash came between the record and its directory...
+            let id = s
+                .snapshot_record("ns", "overlayfs", "b")
+                .unwrap()
+                .unwrap()
+                .id;
+            std::fs::remove_dir_all(d.path().join("snapshots/overlayfs/snapshots").join(id))
+                .unwrap();
+            // ... and between a directory and its record.
+            std::fs::create_dir_all(d.path().join("snapshots/native/snapshots/999/fs")).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let names: Vec<_> = s
+            .list_snapshots("ns", "overlayfs")
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(names, ["a-c"]);
+        assert!(!d.path().join("snapshots/native/snapshots/999").exists());
+        assert_eq!(s.list_snapshots("ns", "native").unwrap().len(), 1);
+    }
+}

@@ -114,9 +114,31 @@ impl Store {
         Ok(())
     }
 
-    /// Drops what a crash can leave half-done on the metadata side: content records whose blob
-    /// is not on disk. (Blobs without records are the garbage collector's.)
+    /// Drops what a crash can leave half-done: content records whose blob is not on disk,
+    /// snapshot records whose directory is gone, and snapshot directories no record names.
+    /// (Blobs without records are the garbage collector's.)
     fn repair(&self) -> Result<(), StoreError> {
+        let snapshots = self.db.open_tree("snapshots")?;
+        for kv in snapshots.iter() {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let sn = key.split('/').nth(1).unwrap_or("");
+            let rec: Option<crate::snapshots::Record> = serde_json::from_slice(&v).ok();
+            let present = match (self.snapshotters.get(sn), &rec) {
+                (Some(b), Some(r)) => b.fs(&r.id).exists(),
+                _ => false,
+            };
+            if !present {
+                tracing::warn!(record = %key, "removing a snapshot record whose directory is missing");
+                snapshots.remove(&k)?;
+            }
+        }
+        for sn in self.snapshotters.keys() {
+            let n = self.cleanup_snapshots(sn)?;
+            if n > 0 {
+                tracing::warn!(snapshotter = %sn, removed = n, "removed snapshot directories without records");
+            }
+        }
         let content = self.db.open_tree("content")?;
         for k in content.iter().keys() {
             let k = k?;
