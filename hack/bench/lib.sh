@@ -28,24 +28,35 @@ wait_sock() {
   return 1
 }
 
-# start_berthd: release build, temp root; sets BERTH_SOCK.
+# start_berthd [suffix]: release build, temp root; sets BERTH_SOCK and BERTH_PID.
 start_berthd() {
+  local sfx="${1:-}"
   (cd "$ROOT_DIR" && cargo build --release -q --bin berthd --bin berthctl)
-  BERTH_SOCK="$BENCH_TMP/berthd.sock"
-  "$ROOT_DIR/target/release/berthd" --root "$BENCH_TMP/berth-root" --state "$BENCH_TMP/berth-state" \
-    --address "$BERTH_SOCK" --log-level warn 2>"$BENCH_TMP/berthd.log" &
-  BENCH_PIDS+=("$!")
+  BERTH_SOCK="$BENCH_TMP/berthd$sfx.sock"
+  "$ROOT_DIR/target/release/berthd" --root "$BENCH_TMP/berth-root$sfx" --state "$BENCH_TMP/berth-state$sfx" \
+    --address "$BERTH_SOCK" --log-level warn 2>"$BENCH_TMP/berthd$sfx.log" &
+  BERTH_PID=$!
+  BENCH_PIDS+=("$BERTH_PID")
   wait_sock "$BERTH_SOCK"
 }
 
-# start_containerd: Debian's containerd with its own root/state/sockets; sets CTRD_SOCK.
+# stop_pid PID: SIGTERM, then wait for it.
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
+# start_containerd [suffix]: Debian's containerd with its own root/state/sockets; sets CTRD_SOCK
+# and CTRD_PID.
 start_containerd() {
-  CTRD_SOCK="$BENCH_TMP/containerd.sock"
+  local sfx="${1:-}"
+  CTRD_SOCK="$BENCH_TMP/containerd$sfx.sock"
   mkdir -p "$BENCH_TMP/run"
-  cat >"$BENCH_TMP/containerd.toml" <<TOML
+  cat >"$BENCH_TMP/containerd$sfx.toml" <<TOML
 version = 2
-root = "$BENCH_TMP/containerd-root"
-state = "$BENCH_TMP/containerd-state"
+root = "$BENCH_TMP/containerd-root$sfx"
+state = "$BENCH_TMP/containerd-state$sfx"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$CTRD_SOCK"
@@ -53,9 +64,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "$CTRD_SOCK.ttrpc"
 TOML
   unshare --mount --propagation private sh -c \
-    "mount --bind '$BENCH_TMP/run' /run && exec containerd --config '$BENCH_TMP/containerd.toml'" \
-    2>"$BENCH_TMP/containerd.log" &
-  BENCH_PIDS+=("$!")
+    "mount --bind '$BENCH_TMP/run' /run && exec containerd --config '$BENCH_TMP/containerd$sfx.toml'" \
+    2>"$BENCH_TMP/containerd$sfx.log" &
+  CTRD_PID=$!
+  BENCH_PIDS+=("$CTRD_PID")
   wait_sock "$CTRD_SOCK"
 }
 
