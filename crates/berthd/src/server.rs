@@ -171,6 +171,13 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         cfg.grpc.max_recv_message_size,
         cfg.grpc.max_send_message_size,
     );
+    // Every service gets the configured message size limits.
+    macro_rules! limits {
+        ($svc:expr) => {
+            $svc.max_decoding_message_size(recv)
+                .max_encoding_message_size(send)
+        };
+    }
     let in_flight = InFlight::default();
     let router = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB windows throttle blob streams on a local socket; let a client
@@ -180,63 +187,40 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         .max_frame_size(Some(1 << 20))
         .layer(in_flight.clone())
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .add_service(
-            VersionServer::new(services::Version)
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        )
-        .add_service(
-            NamespacesServer::new(services::Namespaces::new(store.clone(), events.clone()))
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        )
-        .add_service(
-            ContentServer::new(services::Content::new(
-                store.clone(),
-                events.clone(),
-                gc.clone(),
-            ))
-            .max_decoding_message_size(recv)
-            .max_encoding_message_size(send),
-        )
-        .add_service(
-            ImagesServer::new(services::Images::new(
-                store.clone(),
-                events.clone(),
-                gc.clone(),
-            ))
-            .max_decoding_message_size(recv)
-            .max_encoding_message_size(send),
-        )
-        .add_service(
-            SnapshotsServer::new(services::Snapshots::new(
-                store.clone(),
-                events.clone(),
-                gc.clone(),
-            ))
-            .max_decoding_message_size(recv)
-            .max_encoding_message_size(send),
-        )
-        .add_service(
-            DiffServer::new(services::Diff::new(store.clone(), cfg.state.join("diff")))
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        )
-        .add_service(
-            LeasesServer::new(services::Leases::new(store.clone(), gc.clone()))
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        )
-        .add_service(
-            EventsServer::new(services::Events::new(events.clone()))
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        )
-        .add_service(
-            IntrospectionServer::new(services::Introspection::new(store.clone(), plugins))
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        )
+        .add_service(limits!(VersionServer::new(services::Version)))
+        .add_service(limits!(NamespacesServer::new(services::Namespaces::new(
+            store.clone(),
+            events.clone()
+        ))))
+        .add_service(limits!(ContentServer::new(services::Content::new(
+            store.clone(),
+            events.clone(),
+            gc.clone(),
+        ))))
+        .add_service(limits!(ImagesServer::new(services::Images::new(
+            store.clone(),
+            events.clone(),
+            gc.clone(),
+        ))))
+        .add_service(limits!(SnapshotsServer::new(services::Snapshots::new(
+            store.clone(),
+            events.clone(),
+            gc.clone(),
+        ))))
+        .add_service(limits!(DiffServer::new(services::Diff::new(
+            store.clone(),
+            cfg.state.join("diff")
+        ))))
+        .add_service(limits!(LeasesServer::new(services::Leases::new(
+            store.clone(),
+            gc.clone()
+        ))))
+        .add_service(limits!(EventsServer::new(services::Events::new(
+            events.clone()
+        ))))
+        .add_service(limits!(IntrospectionServer::new(
+            services::Introspection::new(store.clone(), plugins)
+        )))
         .add_service(health_service);
 
     let listener = bind_socket(cfg)?;

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{digest, lease, namespace, parse_filters, sys_ts, ts};
+use super::{blocking, digest, lease, namespace, parse_filters, sys_ts, ts};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
@@ -61,15 +61,6 @@ fn status_to_pb(s: IngestStatus) -> berth_api::containerd::services::content::v1
         total: s.total,
         expected: s.expected.map(|d| d.to_string()).unwrap_or_default(),
     }
-}
-
-/// Runs blocking store work on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("blocking task: {e}")))?
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

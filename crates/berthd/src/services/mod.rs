@@ -50,6 +50,15 @@ pub(crate) fn sys_ts(t: std::time::SystemTime) -> Option<prost_types::Timestamp>
     ts(berth_store::Timestamp::from(t))
 }
 
+/// Runs blocking store work (file I/O, directory walks, fsync) on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("blocking task: {e}")))?
+}
+
 /// Parses the `filters` of a List call.
 pub(crate) fn parse_filters(filters: &[String]) -> Result<berth_store::filters::Filter, Status> {
     berth_store::filters::parse_all(filters)

@@ -15,7 +15,7 @@ use berth_store::filters::label_field;
 use berth_store::{NewSnapshot, SnapshotInfo, SnapshotKind, Store};
 use tonic::{Request, Response, Status};
 
-use super::{lease, namespace, parse_filters, ts};
+use super::{blocking, lease, namespace, parse_filters, ts};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
@@ -73,15 +73,6 @@ fn info_pb(i: SnapshotInfo) -> Info {
         updated_at: ts(i.updated_at),
         labels: i.labels,
     }
-}
-
-/// Blocking store work (directory copies, usage walks) off the reactor.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("blocking task: {e}")))?
 }
 
 #[tonic::async_trait]
