@@ -108,18 +108,8 @@ impl ContentStore {
     /// Every committed blob, in no particular order. Files in the blob directory whose names are
     /// not digests are ignored.
     pub fn list(&self) -> Result<Vec<BlobInfo>, ContentError> {
-        let dir = &self.inner.blobs;
         let mut out = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_at(dir))? {
-            let entry = entry.map_err(io_at(dir))?;
-            let Some(name) = entry
-                .file_name()
-                .to_str()
-                .filter(|n| is_sha256_hex(n))
-                .map(str::to_string)
-            else {
-                continue;
-            };
+        for (name, _) in hex_entries(&self.inner.blobs)? {
             let Ok(d) = Digest::parse(&format!("sha256:{name}")) else {
                 continue;
             };
@@ -220,19 +210,9 @@ impl ContentStore {
 
     /// The ingest directories, by key. Entries that are not ours are ignored.
     fn ingest_dirs(&self) -> Result<Vec<(String, IngestDir)>, ContentError> {
-        let root = &self.inner.ingest;
         let mut out = Vec::new();
-        for entry in fs::read_dir(root).map_err(io_at(root))? {
-            let entry = entry.map_err(io_at(root))?;
-            let Some(key) = entry
-                .file_name()
-                .to_str()
-                .filter(|n| is_sha256_hex(n))
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            out.push((key, IngestDir::new(entry.path())));
+        for (key, path) in hex_entries(&self.inner.ingest)? {
+            out.push((key, IngestDir::new(path)));
         }
         Ok(out)
     }
@@ -245,4 +225,17 @@ pub(crate) fn blob_error(path: &Path, d: &Digest, e: io::Error) -> ContentError 
     } else {
         io_at(path)(e)
     }
+}
+
+/// The entries of `dir` named by 64 lowercase hex digits (blob files, ingest directories);
+/// anything else there is not ours and is ignored.
+fn hex_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, ContentError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        if let Some(name) = entry.file_name().to_str().filter(|n| is_sha256_hex(n)) {
+            out.push((name.to_string(), entry.path()));
+        }
+    }
+    Ok(out)
 }
