@@ -40,18 +40,23 @@ enum Command {
     Version,
     /// Manage namespaces.
     #[command(alias = "ns", alias = "namespace")]
-    Namespaces(cmd::namespaces::Args),
+    #[command(subcommand)]
+    Namespaces(cmd::namespaces::Action),
     /// Inspect the daemon's plugins.
     #[command(alias = "plugin")]
-    Plugins(cmd::plugins::Args),
+    #[command(subcommand)]
+    Plugins(cmd::plugins::Action),
     /// Manage blobs in the content store.
-    Content(cmd::content::Args),
+    #[command(subcommand)]
+    Content(cmd::content::Action),
     /// Manage images.
     #[command(alias = "image", alias = "i")]
-    Images(cmd::images::Args),
+    #[command(subcommand)]
+    Images(cmd::images::Action),
     /// Manage leases.
     #[command(alias = "lease")]
-    Leases(cmd::leases::Args),
+    #[command(subcommand)]
+    Leases(cmd::leases::Action),
     /// Print events as they happen.
     #[command(alias = "event")]
     Events(cmd::events::Args),

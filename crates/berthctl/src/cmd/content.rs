@@ -13,14 +13,8 @@ use super::{age, format_labels, human_size, parse_labels};
 use crate::client::Conn;
 use crate::table::Table;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    #[command(subcommand)]
-    action: Action,
-}
-
 #[derive(Debug, clap::Subcommand)]
-enum Action {
+pub(crate) enum Action {
     /// List blobs in the namespace.
     #[command(alias = "list")]
     Ls {
@@ -55,9 +49,9 @@ enum Action {
     Label { digest: String, labels: Vec<String> },
 }
 
-pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
     let mut c = ContentClient::new(conn.channel.clone()).max_decoding_message_size(64 << 20);
-    match args.action {
+    match action {
         Action::Ls { quiet, filters } => {
             let mut stream = c
                 .list(conn.req(ListContentRequest { filters }))

@@ -28,14 +28,8 @@ use super::{format_labels, parse_labels};
 use crate::client::Conn;
 use crate::table::Table;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    #[command(subcommand)]
-    action: Action,
-}
-
 #[derive(Debug, clap::Subcommand)]
-enum Action {
+pub(crate) enum Action {
     /// List images.
     #[command(alias = "list")]
     Ls {
@@ -87,9 +81,9 @@ enum Action {
     },
 }
 
-pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
     let mut images = ImagesClient::new(conn.channel.clone());
-    match args.action {
+    match action {
         Action::Ls { quiet, filters } => {
             let list = images
                 .list(conn.req(ListImagesRequest { filters }))

@@ -9,14 +9,8 @@ use super::{format_labels, parse_labels, rfc3339};
 use crate::client::Conn;
 use crate::table::Table;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    #[command(subcommand)]
-    action: Action,
-}
-
 #[derive(Debug, clap::Subcommand)]
-enum Action {
+pub(crate) enum Action {
     /// List leases.
     #[command(alias = "list")]
     Ls {
@@ -61,9 +55,9 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
     let mut c = LeasesClient::new(conn.channel.clone());
-    match args.action {
+    match action {
         Action::Ls { quiet, filters } => {
             let leases = c
                 .list(conn.req(ListRequest { filters }))

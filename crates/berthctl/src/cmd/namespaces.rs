@@ -10,14 +10,8 @@ use super::{format_labels, parse_labels};
 use crate::client::Conn;
 use crate::table::Table;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    #[command(subcommand)]
-    action: Action,
-}
-
 #[derive(Debug, clap::Subcommand)]
-enum Action {
+pub(crate) enum Action {
     /// List namespaces.
     #[command(alias = "list")]
     Ls {
@@ -37,9 +31,9 @@ enum Action {
     Label { name: String, labels: Vec<String> },
 }
 
-pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
     let mut c = NamespacesClient::new(conn.channel.clone());
-    match args.action {
+    match action {
         Action::Ls { quiet } => {
             let list = c
                 .list(conn.req(ListNamespacesRequest::default()))

@@ -6,14 +6,8 @@ use berth_api::containerd::services::introspection::v1::introspection_client::In
 use crate::client::Conn;
 use crate::table::Table;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    #[command(subcommand)]
-    action: Action,
-}
-
 #[derive(Debug, clap::Subcommand)]
-enum Action {
+pub(crate) enum Action {
     /// List plugins, optionally filtered (containerd filter syntax, e.g. `type==io.containerd.grpc.v1`).
     #[command(alias = "list")]
     Ls {
@@ -24,8 +18,8 @@ enum Action {
     },
 }
 
-pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
-    let Action::Ls { detailed, filters } = args.action;
+pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
+    let Action::Ls { detailed, filters } = action;
     let plugins = IntrospectionClient::new(conn.channel.clone())
         .plugins(conn.req(PluginsRequest { filters }))
         .await?
