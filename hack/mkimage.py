@@ -14,6 +14,13 @@ def sha(b):
 def layer(path):
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
+        # Parent directories first, as image builders write them.
+        parts = os.path.relpath(path, "/").split(os.sep)
+        for i in range(1, len(parts) + 1):
+            d = os.path.join("/", *parts[:i])
+            ti = t.gettarinfo(d, arcname=os.path.relpath(d, "/"))
+            ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "", ""
+            t.addfile(ti)
         for dirpath, dirs, files in os.walk(path):
             dirs.sort()
             for name in sorted(dirs) + sorted(files):

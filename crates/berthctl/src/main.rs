@@ -57,6 +57,8 @@ enum Command {
     #[command(alias = "lease")]
     #[command(subcommand)]
     Leases(cmd::leases::Action),
+    /// Pull an image from a registry (server-side, with progress), and unpack it.
+    Pull(cmd::pull::Args),
     /// Print events as they happen.
     #[command(alias = "event")]
     Events(cmd::events::Args),
@@ -93,5 +95,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Images(a) => cmd::images::run(&conn, a).await,
         Command::Leases(a) => cmd::leases::run(&conn, a).await,
         Command::Events(a) => cmd::events::run(&conn, a).await,
+        Command::Pull(a) => cmd::pull::run(&conn, a).await,
     }
 }

@@ -20,6 +20,28 @@ pub(crate) struct Config {
     pub(crate) grpc: Grpc,
     pub(crate) log: Log,
     pub(crate) otlp: Otlp,
+    pub(crate) registry: RegistryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegistryConfig {
+    pub(crate) config_path: PathBuf,
+    pub(crate) docker_config: PathBuf,
+    pub(crate) insecure: Vec<String>,
+    pub(crate) max_concurrent_downloads: usize,
+    pub(crate) stall_timeout_seconds: u64,
+    #[serde(default)]
+    pub(crate) auths: std::collections::BTreeMap<String, RegistryAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegistryAuth {
+    #[serde(default)]
+    pub(crate) username: String,
+    #[serde(default)]
+    pub(crate) password: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -115,6 +137,15 @@ impl Config {
             );
         }
         self.check_overrides()?;
+        if !(1..=64).contains(&self.registry.max_concurrent_downloads) {
+            bail!(
+                "registry.max_concurrent_downloads: {} is out of range (1 to 64)",
+                self.registry.max_concurrent_downloads
+            );
+        }
+        if self.registry.stall_timeout_seconds == 0 {
+            bail!("registry.stall_timeout_seconds: must be at least 1");
+        }
         if self.grpc.max_recv_message_size < 1024 || self.grpc.max_recv_message_size > 1 << 30 {
             bail!(
                 "grpc.max_recv_message_size: {} is out of range (1024 to 1073741824 bytes)",

@@ -16,7 +16,9 @@ use berth_api::containerd::services::{
     events::v1::events_server::EventsServer, images::v1::images_server::ImagesServer,
     introspection::v1::introspection_server::IntrospectionServer,
     leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
-    snapshots::v1::snapshots_server::SnapshotsServer, version::v1::version_server::VersionServer,
+    snapshots::v1::snapshots_server::SnapshotsServer,
+    streaming::v1::streaming_server::StreamingServer,
+    transfer::v1::transfer_server::TransferServer, version::v1::version_server::VersionServer,
 };
 use berth_store::Store;
 use tokio::net::UnixListener;
@@ -149,6 +151,31 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     result
 }
 
+/// The registry client, with credentials from the config file and a Docker config.json.
+fn registry_client(cfg: &Config) -> anyhow::Result<berth_image::registry::Registry> {
+    use berth_image::registry::{CredentialStore, Credentials, Registry, RegistryOptions};
+    let mut creds = CredentialStore::default();
+    if !cfg.registry.docker_config.as_os_str().is_empty() {
+        if let Err(e) = creds.load_docker_config(&cfg.registry.docker_config) {
+            tracing::warn!(error = %e, "ignoring the Docker config file");
+        }
+    }
+    for (host, a) in &cfg.registry.auths {
+        creds.insert(
+            host,
+            Credentials {
+                username: a.username.clone(),
+                secret: a.password.clone(),
+            },
+        );
+    }
+    let opts = RegistryOptions {
+        stall_timeout: Duration::from_secs(cfg.registry.stall_timeout_seconds),
+        ..RegistryOptions::default()
+    };
+    Ok(Registry::new(opts, creds))
+}
+
 async fn serve(cfg: &Config) -> anyhow::Result<()> {
     make_dir(&cfg.root, 0o711)?;
     make_dir(&cfg.state, 0o711)?;
@@ -157,11 +184,38 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("opening metadata store {}", cfg.db_path().display()))?;
     let events = Arc::new(Exchange::default());
+    let stale = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || crate::pull::Puller::remove_stale_leases(&store))
+            .await?
+            .context("removing the leases of interrupted pulls")?
+    };
+    if stale > 0 {
+        tracing::info!(
+            leases = stale,
+            "removed the leases of pulls interrupted by a restart"
+        );
+    }
     let gc = Collector::start(store.clone());
     // Whatever a crash left behind (blobs without records, stale ingests) goes at start-up.
     gc.schedule();
 
     let plugins = plugins::registry(cfg, &store);
+    let registry = registry_client(cfg)?;
+    let puller = crate::pull::Puller::new(
+        store.clone(),
+        registry,
+        events.clone(),
+        gc.clone(),
+        cfg.state.join("diff"),
+        cfg.registry.max_concurrent_downloads,
+    );
+    let streams = Arc::new(services::Streams::default());
+    let host_options = berth_image::registry::HostOptions {
+        dir: Some(cfg.registry.config_path.clone()),
+        default_scheme: None,
+        insecure: cfg.registry.insecure.clone(),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -214,6 +268,14 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         .add_service(limits!(LeasesServer::new(services::Leases::new(
             store.clone(),
             gc.clone()
+        ))))
+        .add_service(limits!(TransferServer::new(services::Transfer::new(
+            puller,
+            streams.clone(),
+            host_options
+        ))))
+        .add_service(limits!(StreamingServer::new(services::Streaming::new(
+            streams
         ))))
         .add_service(limits!(EventsServer::new(services::Events::new(
             events.clone()

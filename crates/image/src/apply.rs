@@ -70,7 +70,7 @@ fn clean(p: &Path) -> Result<PathBuf, ImageError> {
 
 /// Resolves `rel` (a directory path) inside `root`, following symlinks as if `root` were `/`,
 /// creating missing directories. Returns the real path, always under `root`.
-fn resolve_dir(root: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
+fn resolve_dir(root: &Path, rel: &Path, strict: bool) -> Result<PathBuf, ImageError> {
     let mut stack: Vec<OsString> = Vec::new();
     let mut queue: VecDeque<OsString> = rel
         .components()
@@ -90,6 +90,12 @@ fn resolve_dir(root: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
         here.push(&c);
         match std::fs::symlink_metadata(&here) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if strict {
+                    return Err(ImageError::NeedsLowerLayers(format!(
+                        "{} has no directory entry in this layer",
+                        rel.display()
+                    )));
+                }
                 std::fs::create_dir(&here)?;
                 stack.push(c);
             }
@@ -186,6 +192,25 @@ fn mknod(
     Ok(())
 }
 
+fn set_xattr_checked(p: &Path, name: &str, value: &[u8]) -> Result<(), ImageError> {
+    let c = cpath(p)?;
+    let n = CString::new(name).map_err(|_| bad("xattr name with a NUL byte"))?;
+    // SAFETY: valid NUL-terminated path and name, and a value pointer/length pair.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let (Ok(c), Ok(n)) = (cpath(p), CString::new(name)) else {
         return;
@@ -203,8 +228,32 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     };
 }
 
+/// How whiteouts are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// `root` is the mounted snapshot: whiteouts delete what they name.
+    #[default]
+    Delete,
+    /// `root` is an empty overlayfs upper directory, applied without its lower layers: a
+    /// whiteout becomes a 0:0 character device, an opaque marker the `trusted.overlay.opaque`
+    /// xattr. Anything that needs the lower layers (a parent directory the layer does not
+    /// list, a hard link to a lower file) fails with [`ImageError::NeedsLowerLayers`], and the
+    /// caller applies that layer onto the mounted snapshot instead.
+    Overlay,
+}
+
 /// Applies the layer read from `r` onto `root`; returns the uncompressed digest and size.
 pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
+    apply_layer_with(r, root, Whiteouts::Delete)
+}
+
+/// [`apply_layer`] with a choice of how whiteouts are written.
+pub fn apply_layer_with(
+    r: impl Read,
+    root: &Path,
+    whiteouts: Whiteouts,
+) -> Result<Applied, ImageError> {
+    let strict = whiteouts == Whiteouts::Overlay;
     let mut buffered = BufReader::with_capacity(1 << 20, r);
     let head = buffered.fill_buf()?.to_vec();
     let decompressed: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
@@ -231,8 +280,19 @@ pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
             let Some(name) = path.file_name().map(|n| n.to_os_string()) else {
                 continue;
             };
-            let parent = resolve_dir(root, path.parent().unwrap_or(Path::new("")))?;
+            let parent = resolve_dir(root, path.parent().unwrap_or(Path::new("")), strict)?;
             let name_bytes = name.as_bytes();
+            if strict && name_bytes == b".wh..wh..opq" {
+                set_xattr_checked(&parent, "trusted.overlay.opaque", b"y")?;
+                continue;
+            }
+            if strict && let Some(hidden) = name_bytes.strip_prefix(b".wh.") {
+                let target = parent.join(OsStr::from_bytes(hidden));
+                remove_any(&target)?;
+                mknod(&target, libc::S_IFCHR, 0, 0, 0)?;
+                created.insert(target);
+                continue;
+            }
             if name_bytes == b".wh..wh..opq" {
                 // Hide everything lower layers put in this directory.
                 for e in std::fs::read_dir(&parent)? {
@@ -314,9 +374,17 @@ pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
                     let tname = target
                         .file_name()
                         .ok_or_else(|| bad("hard link to the root"))?;
-                    let tparent = resolve_dir(root, target.parent().unwrap_or(Path::new("")))?;
+                    let tparent =
+                        resolve_dir(root, target.parent().unwrap_or(Path::new("")), strict)?;
                     let src = tparent.join(tname);
                     let md = std::fs::symlink_metadata(&src).map_err(|_| {
+                        if strict {
+                            return ImageError::NeedsLowerLayers(format!(
+                                "hard link {} to {}, which is not in this layer",
+                                path.display(),
+                                target.display()
+                            ));
+                        }
                         bad(format!(
                             "hard link {} to missing {}",
                             path.display(),

@@ -16,6 +16,9 @@ pub enum ImageError {
         /// The digest of the bytes actually read.
         actual: Digest,
     },
+    /// Applying a layer without its lower layers was not possible (see `Whiteouts::Overlay`).
+    #[error("layer needs its lower layers: {0}")]
+    NeedsLowerLayers(String),
     /// A blob that must be read is absent from storage.
     #[error("{0}: not found")]
     NotFound(String),

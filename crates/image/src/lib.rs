@@ -18,18 +18,20 @@
 mod apply;
 mod archive;
 mod error;
-mod media;
+pub mod media;
 mod reference;
+pub mod registry;
 
 use std::collections::BTreeMap;
 
 use berth_content::Digest;
 
-pub use apply::{Applied, apply_layer};
+pub use apply::{Applied, Whiteouts, apply_layer, apply_layer_with};
 pub use archive::{
     BlobSink, BlobSource, ExportImage, ExportOptions, ImportOptions, ImportedImage, export, import,
 };
 pub use error::ImageError;
+pub use reference::ImageRef;
 
 /// A content descriptor, as in an OCI index or manifest: what a blob is, which blob, how big.
 #[derive(Debug, Clone, PartialEq, Eq)]

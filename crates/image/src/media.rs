@@ -78,6 +78,8 @@ pub(crate) struct Platform {
     os: Option<String>,
     #[serde(default)]
     architecture: Option<String>,
+    #[serde(default)]
+    variant: Option<String>,
 }
 
 impl Platform {
@@ -280,4 +282,161 @@ pub(crate) fn shorten(s: &str) -> String {
         end -= 1;
     }
     format!("{:?}...", &s[..end])
+}
+
+/// A platform an image may be for: `os/architecture[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformSpec {
+    /// GOOS spelling (`linux`).
+    pub os: String,
+    /// GOARCH spelling (`amd64`, `arm64`).
+    pub architecture: String,
+    /// Architecture variant (`v7`, `v8`), empty if none.
+    pub variant: String,
+}
+
+impl PlatformSpec {
+    /// This host's platform.
+    pub fn host() -> PlatformSpec {
+        let architecture = normalize_arch(std::env::consts::ARCH).to_string();
+        let variant = match architecture.as_str() {
+            "arm64" => "v8",
+            _ => "",
+        };
+        PlatformSpec {
+            os: host_os().to_string(),
+            architecture,
+            variant: variant.to_string(),
+        }
+    }
+
+    /// Parses `os[/arch[/variant]]` (also `arch` alone, for this host's OS).
+    pub fn parse(s: &str) -> Result<PlatformSpec, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = || format!("invalid platform {s:?}: want os/arch[/variant]");
+        if parts.iter().any(|p| {
+            p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        }) {
+            return Err(bad());
+        }
+        let (os, arch, variant) = match parts.as_slice() {
+            [one] if *one == host_os() => (one.to_string(), PlatformSpec::host().architecture, ""),
+            [arch] => (host_os().to_string(), arch.to_string(), ""),
+            [os, arch] => (os.to_string(), arch.to_string(), ""),
+            [os, arch, variant] => (os.to_string(), arch.to_string(), *variant),
+            _ => return Err(bad()),
+        };
+        Ok(PlatformSpec {
+            os: os.to_lowercase(),
+            architecture: normalize_arch(&arch.to_lowercase()).to_string(),
+            variant: variant.to_lowercase(),
+        })
+    }
+
+    /// Whether an image built for `p` runs here. The variant must match when both sides name
+    /// one (`arm64` `v8` is the same as no variant).
+    pub(crate) fn matches(&self, p: &Platform) -> bool {
+        let os = p.os.as_deref().unwrap_or_default();
+        let arch = normalize_arch(p.architecture.as_deref().unwrap_or_default());
+        let norm = |arch: &str, v: &str| -> String {
+            if arch == "arm64" && v == "v8" {
+                String::new()
+            } else {
+                v.to_string()
+            }
+        };
+        let theirs = norm(arch, p.variant.as_deref().unwrap_or_default());
+        let ours = norm(&self.architecture, &self.variant);
+        os == self.os
+            && arch == self.architecture
+            && (theirs.is_empty() || ours.is_empty() || theirs == ours)
+    }
+}
+
+impl std::fmt::Display for PlatformSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if !self.variant.is_empty() {
+            write!(f, "/{}", self.variant)?;
+        }
+        Ok(())
+    }
+}
+
+/// Picks the manifest for `want` from an index's entries: the first that matches, preferring
+/// one whose variant is exactly the one asked for.
+pub fn select_manifest(
+    index: &[u8],
+    want: &PlatformSpec,
+) -> Result<Option<Descriptor>, ImageError> {
+    let entries = Links::parse(index, "index")?.manifests("index")?;
+    let exact = entries.iter().find(|e| {
+        e.platform.as_ref().is_some_and(|p| {
+            want.matches(p) && p.variant.as_deref().unwrap_or_default() == want.variant
+        })
+    });
+    let any = entries
+        .iter()
+        .find(|e| e.platform.as_ref().is_some_and(|p| want.matches(p)));
+    Ok(exact.or(any).map(|e| e.desc.clone()))
+}
+
+/// The config and layer descriptors of a manifest.
+pub fn manifest_parts(manifest: &[u8]) -> Result<(Descriptor, Vec<Descriptor>), ImageError> {
+    let mut all = Links::parse(manifest, "manifest")?.config_and_layers("manifest")?;
+    let config = all.remove(0).desc;
+    Ok((config, all.into_iter().map(|e| e.desc).collect()))
+}
+
+/// Whether a media type is an index (OCI or Docker list).
+pub fn is_index(media_type: &str) -> bool {
+    Kind::of(media_type) == Kind::Index
+}
+
+/// Whether a media type is a manifest (OCI or Docker schema2).
+pub fn is_manifest(media_type: &str) -> bool {
+    Kind::of(media_type) == Kind::Manifest
+}
+
+/// The diff ids (`rootfs.diff_ids`) of an image config.
+pub fn config_diff_ids(config: &[u8]) -> Result<Vec<Digest>, ImageError> {
+    #[derive(Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct Config {
+        rootfs: Option<RootFs>,
+    }
+    let c: Config = serde_json::from_slice(config).map_err(|source| ImageError::Json {
+        what: "image config".into(),
+        source,
+    })?;
+    c.rootfs
+        .map(|r| r.diff_ids)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            Digest::parse(d).map_err(|_| {
+                ImageError::InvalidArchive(format!("image config: invalid diff id {}", shorten(d)))
+            })
+        })
+        .collect()
+}
+
+/// containerd's chain ids: `chain[0] = diff[0]`, `chain[i] = sha256(chain[i-1] + " " + diff[i])`.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => Digest::of(format!("{prev} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
 }

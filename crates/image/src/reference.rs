@@ -177,6 +177,75 @@ fn valid_path_component(c: &str) -> bool {
 
 /// The OCI reference name containerd derives from a full image name: everything after the
 /// repository, i.e. `tag`, `tag@digest` or `@digest`; `None` when the name has neither.
+/// A parsed image reference: `domain/path[:tag][@digest]`, normalised the way Docker does it
+/// (`busybox` → `docker.io/library/busybox:latest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The registry host, with its port if any (`docker.io`, `127.0.0.1:5000`).
+    pub domain: String,
+    /// The repository path inside the registry (`library/busybox`).
+    pub path: String,
+    /// The tag, if the reference has one and no digest.
+    pub tag: Option<String>,
+    /// The digest, if the reference pins one.
+    pub digest: Option<Digest>,
+}
+
+impl ImageRef {
+    /// Parses and normalises `s`; the error says why the reference is invalid.
+    pub fn parse(s: &str) -> Result<ImageRef, String> {
+        let full = normalize(s)?;
+        let (rest, digest) = match full.split_once('@') {
+            Some((rest, d)) => (
+                rest,
+                Some(Digest::parse(d).map_err(|_| format!("invalid digest {d:?}"))?),
+            ),
+            None => (full.as_str(), None),
+        };
+        let last_slash = rest.rfind('/').unwrap_or(0);
+        let (name, tag) = match rest.rfind(':') {
+            Some(colon) if colon > last_slash => {
+                (&rest[..colon], Some(rest[colon + 1..].to_string()))
+            }
+            _ => (rest, None),
+        };
+        let Some((domain, path)) = name.split_once('/') else {
+            return Err(format!("invalid repository name {name:?}"));
+        };
+        Ok(ImageRef {
+            domain: domain.to_string(),
+            path: path.to_string(),
+            tag: if digest.is_some() { None } else { tag },
+            digest,
+        })
+    }
+
+    /// The repository name without tag or digest (`docker.io/library/busybox`).
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.domain, self.path)
+    }
+
+    /// What to ask the registry's manifest endpoint for: the digest, else the tag.
+    pub fn object(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => DEFAULT_TAG.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.domain, self.path)?;
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => write!(f, "@{d}"),
+            (None, Some(t)) => write!(f, ":{t}"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
 pub(crate) fn oci_ref_name(name: &str) -> Option<String> {
     let Some((_host, path)) = name.split_once('/') else {
         // containerd cannot parse a name without a host, and then uses the name itself.
@@ -212,6 +281,25 @@ mod tests {
     use super::*;
 
     const DIGEST: &str = "sha256:7cc4b5aefd1d0cadf8d97d4350462ba51c694ebca145b08d7d41b41acc8db5aa";
+
+    #[test]
+    fn image_refs_split_into_parts() {
+        let r = ImageRef::parse("127.0.0.1:5000/a/b:v1").unwrap();
+        assert_eq!(
+            (r.domain.as_str(), r.path.as_str()),
+            ("127.0.0.1:5000", "a/b")
+        );
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.object(), "v1");
+        assert_eq!(r.to_string(), "127.0.0.1:5000/a/b:v1");
+        let r = ImageRef::parse("busybox").unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
+        let r = ImageRef::parse(&format!("localhost/x:t@{DIGEST}")).unwrap();
+        assert_eq!(r.tag, None);
+        assert_eq!(r.object(), DIGEST);
+        assert!(ImageRef::parse("UPPER/x").is_err());
+        assert!(ImageRef::parse("x@sha256:zz").is_err());
+    }
 
     #[test]
     fn normalizes_like_docker() {

@@ -118,6 +118,12 @@ pub trait Snapshotter: Send + Sync + std::fmt::Debug {
         }
         Ok(out)
     }
+    /// Whether a snapshot's own directory is independent of its parents' (overlay layers are;
+    /// native copies are not), so that layers can be applied in parallel into parentless
+    /// snapshots and given their parent at commit.
+    fn independent_layers(&self) -> bool {
+        false
+    }
     /// The upper (own) directory of `id`.
     fn fs(&self, id: &str) -> PathBuf {
         self.root().join("snapshots").join(id).join("fs")
@@ -169,6 +175,9 @@ impl Snapshotter for Overlay {
     }
     fn root(&self) -> &Path {
         &self.root
+    }
+    fn independent_layers(&self) -> bool {
+        true
     }
     fn capabilities(&self) -> Vec<String> {
         Vec::new()

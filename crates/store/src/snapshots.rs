@@ -3,6 +3,7 @@
 //! only renames the record.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_snapshot::{Kind, Mount, Snapshotter, Usage};
@@ -227,6 +228,13 @@ impl Store {
         Ok(backend.mounts(&r.id, kind, &parents))
     }
 
+    /// The directory an active snapshot's own changes go to (the overlay upper directory).
+    pub fn snapshot_dir(&self, ns: &str, sn: &str, key: &str) -> Result<PathBuf, StoreError> {
+        let backend = self.snapshotter(sn)?;
+        let r = self.get_snapshot(ns, sn, key)?;
+        Ok(backend.fs(&r.id))
+    }
+
     /// Commits the active snapshot `key` as `name`.
     pub fn commit_snapshot(
         &self,
@@ -237,6 +245,36 @@ impl Store {
         new_labels: HashMap<String, String>,
         lease: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.commit_snapshot_onto(ns, sn, name, key, None, new_labels, lease)
+    }
+
+    /// [`Store::commit_snapshot`], and for a parentless active snapshot of a snapshotter with
+    /// independent layers, gives it `parent` (a committed snapshot) as it is committed: layers
+    /// applied in parallel are chained this way, each once the one below it is committed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_snapshot_onto(
+        &self,
+        ns: &str,
+        sn: &str,
+        name: &str,
+        key: &str,
+        parent: Option<&str>,
+        new_labels: HashMap<String, String>,
+        lease: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if let Some(p) = parent.filter(|p| !p.is_empty()) {
+            if !self.snapshotter(sn)?.independent_layers() {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "snapshotter {sn} cannot re-parent a snapshot"
+                )));
+            }
+            let pr = self.get_snapshot(ns, sn, p)?;
+            if kind_of(pr.kind) != Kind::Committed {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "parent {p:?} is not a committed snapshot"
+                )));
+            }
+        }
         if name.is_empty() {
             return Err(StoreError::InvalidArgument(
                 "name: must not be empty".into(),
@@ -262,6 +300,14 @@ impl Store {
                 return Err(Abort(StoreError::AlreadyExists(format!(
                     "snapshot {name:?}"
                 ))));
+            }
+            if let Some(p) = parent.filter(|p| !p.is_empty()) {
+                if !r.parent.is_empty() {
+                    return Err(Abort(StoreError::FailedPrecondition(format!(
+                        "snapshot {key:?} already has a parent"
+                    ))));
+                }
+                r.parent = p.to_string();
             }
             r.kind = kind_code(Kind::Committed);
             if !new_labels.is_empty() {

@@ -6,6 +6,7 @@ pub(crate) mod images;
 pub(crate) mod leases;
 pub(crate) mod namespaces;
 pub(crate) mod plugins;
+pub(crate) mod pull;
 pub(crate) mod version;
 
 use std::collections::HashMap;

@@ -8,6 +8,8 @@ mod introspection;
 mod leases;
 mod namespaces;
 mod snapshots;
+pub(crate) mod streaming;
+mod transfer;
 mod version;
 
 pub(crate) use content::Content;
@@ -17,7 +19,9 @@ pub(crate) use images::Images;
 pub(crate) use introspection::Introspection;
 pub(crate) use leases::Leases;
 pub(crate) use namespaces::Namespaces;
-pub(crate) use snapshots::Snapshots;
+pub(crate) use snapshots::{Snapshots, mounts_pb};
+pub(crate) use streaming::{Streaming, Streams};
+pub(crate) use transfer::Transfer;
 pub(crate) use version::{Version, version_string};
 
 use tonic::{Request, Status};

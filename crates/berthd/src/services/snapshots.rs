@@ -45,7 +45,7 @@ impl Snapshots {
     }
 }
 
-fn mounts_pb(m: Vec<berth_store::Mount>) -> Vec<Mount> {
+pub(crate) fn mounts_pb(m: Vec<berth_store::Mount>) -> Vec<Mount> {
     m.into_iter()
         .map(|m| Mount {
             r#type: m.r#type,
