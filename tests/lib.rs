@@ -475,11 +475,98 @@ pub struct Registry {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub host: String,
+    secure: Option<Secure>,
+}
+
+/// Credentials and certificates of a registry started with [`Registry::start_secure`].
+#[derive(Debug, Clone)]
+pub struct Secure {
+    /// User name accepted by the registry's htpasswd file.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// PEM file of the test CA that signed the registry's certificate.
+    pub ca: PathBuf,
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it, made with openssl.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca_key, ca, key, csr, cert, ext) = (
+        dir.join("ca.key"),
+        dir.join("ca.crt"),
+        dir.join("server.key"),
+        dir.join("server.csr"),
+        dir.join("server.crt"),
+        dir.join("ext.cnf"),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=berth test CA", "-keyout"])
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca),
+        "openssl CA",
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+        "openssl CSR",
+    );
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&cert)
+            .arg("-extfile")
+            .arg(&ext),
+        "openssl sign",
+    );
+    (ca, cert, key)
 }
 
 impl Registry {
     /// Starts a registry and waits until it answers.
     pub fn start() -> Registry {
+        Registry::spawn(None).0
+    }
+
+    /// Starts a registry that wants basic auth (htpasswd, bcrypt) over TLS with a test CA.
+    pub fn start_secure() -> (Registry, Secure) {
+        let (r, s) = Registry::spawn(Some(()));
+        (r, s.expect("secure registry"))
+    }
+
+    fn spawn(secure: Option<()>) -> (Registry, Option<Secure>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("free port")
@@ -488,14 +575,39 @@ impl Registry {
             .port();
         let host = format!("127.0.0.1:{port}");
         let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("registry config");
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        let mut sec = None;
+        if secure.is_some() {
+            let (ca, cert, key) = test_certificates(dir.path());
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+            let (user, password) = ("berth".to_string(), "s3cret-pw".to_string());
+            // bcrypt, which the registry requires, from the C library's crypt(3).
+            let hash = run_ok(
+                Command::new("python3").args([
+                    "-W",
+                    "ignore",
+                    "-c",
+                    "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                    &password,
+                ]),
+                "bcrypt hash",
+            );
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{}\n", hash.trim())).expect("htpasswd");
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+            sec = Some(Secure { user, password, ca });
+        }
+        std::fs::write(&cfg, yaml).expect("registry config");
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&cfg)
@@ -508,18 +620,26 @@ impl Registry {
             assert!(Instant::now() < deadline, "registry did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Registry {
-            _dir: dir,
-            child,
-            host,
-        }
+        (
+            Registry {
+                _dir: dir,
+                child,
+                host,
+                secure: sec.clone(),
+            },
+            sec,
+        )
     }
 
     /// Pushes an OCI archive as `<host>/<repo>`.
     pub fn push(&self, archive: &Path, repo: &str) -> String {
         let reference = format!("{}/{repo}", self.host);
-        let out = Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--dest-tls-verify=false"]);
+        if let Some(s) = &self.secure {
+            cmd.arg(format!("--dest-creds={}:{}", s.user, s.password));
+        }
+        let out = cmd
             .arg(format!("oci-archive:{}", archive.display()))
             .arg(format!("docker://{reference}"))
             .output()

@@ -93,3 +93,111 @@ fn berthctl_pull_unpacks_server_side() {
         berth_e2e::fails(d.berthctl(&["-n", "pull", "pull", &format!("{reference}-nope")]));
     assert!(missing.contains("not found"), "{missing}");
 }
+
+#[test]
+fn berthctl_pull_from_a_tls_registry_with_basic_auth() {
+    let (reg, sec) = Registry::start_secure();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    let img = busybox_oci_archive(&archive, "secure:1", &[("etc/motd", b"tls\n")]);
+    let reference = reg.push(&archive, "team/secure:1");
+    // hosts.toml trusts the test CA for this registry.
+    let certs = dir.path().join("certs.d");
+    let host_dir = certs.join(&reg.host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{}\"\nca = \"{}\"\n",
+            reg.host,
+            sec.ca.display()
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        "[registry]\nconfig_path = \"{}\"\ndocker_config = \"\"\n",
+        certs.display()
+    );
+    let d = Daemon::start_with_config(&config, &[]);
+    // No credentials: the registry's challenge is answered with a clear error.
+    let e = berth_e2e::fails(d.berthctl(&["-n", "s", "pull", "--plain", &reference]));
+    assert!(e.contains("user name and password"), "{e}");
+    let e = berth_e2e::fails(d.berthctl(&[
+        "-n",
+        "s",
+        "pull",
+        "--plain",
+        "--user",
+        "berth:wrong",
+        &reference,
+    ]));
+    assert!(e.contains("refused the credentials"), "{e}");
+    // Credentials over the Transfer auth stream.
+    let user = format!("{}:{}", sec.user, sec.password);
+    let out = ok(d.berthctl(&["-n", "s", "pull", "--plain", "--user", &user, &reference]));
+    assert!(out.contains("pulled and unpacked"), "{out}");
+    let ls = ok(d.ctr(&["-n", "s", "images", "ls"]));
+    assert!(ls.contains(&img.manifest), "{ls}");
+    // Without the CA the certificate is not trusted.
+    let empty = dir.path().join("no-ca");
+    std::fs::create_dir_all(empty.join(&reg.host)).unwrap();
+    std::fs::write(
+        empty.join(&reg.host).join("hosts.toml"),
+        format!("server = \"https://{}\"\n", reg.host),
+    )
+    .unwrap();
+    let e = berth_e2e::fails(d.berthctl(&[
+        "-n",
+        "s",
+        "pull",
+        "--plain",
+        "--user",
+        &user,
+        "--hosts-dir",
+        empty.to_str().unwrap(),
+        &reference,
+    ]));
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    drop(d);
+
+    // Credentials from the config file, and from a Docker config.json.
+    let docker = dir.path().join("docker.json");
+    let auth = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(user.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    std::fs::write(
+        &docker,
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"{}\"}}}}}}",
+            reg.host,
+            String::from_utf8_lossy(&auth.stdout)
+        ),
+    )
+    .unwrap();
+    for config in [
+        format!(
+            "[registry]\nconfig_path = \"{}\"\ndocker_config = \"{}\"\n",
+            certs.display(),
+            docker.display()
+        ),
+        format!(
+            "[registry]\nconfig_path = \"{}\"\ndocker_config = \"\"\n[registry.auths.\"{}\"]\nusername = \"{}\"\npassword = \"{}\"\n",
+            certs.display(),
+            reg.host,
+            sec.user,
+            sec.password
+        ),
+    ] {
+        let d = Daemon::start_with_config(&config, &[]);
+        let out = ok(d.berthctl(&["-n", "s", "pull", "--plain", &reference]));
+        assert!(out.contains("pulled and unpacked"), "{out}");
+    }
+}
