@@ -659,3 +659,101 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy on loopback that slows down (or stalls) what the upstream sends: for tests of
+/// interrupted, resumed and stalled downloads. Stops accepting when dropped.
+#[derive(Debug)]
+pub struct SlowProxy {
+    /// `127.0.0.1:<port>` to connect to instead of the upstream.
+    pub host: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowProxy {
+    /// Forwards to `upstream`, sending at most `bytes_per_sec` downstream per connection, and
+    /// nothing more after `stall_after` bytes of one response connection (if given).
+    pub fn start(upstream: &str, bytes_per_sec: u64, stall_after: Option<u64>) -> SlowProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let host = listener.local_addr().expect("addr").to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let upstream = upstream.to_string();
+        let stop2 = stop.clone();
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let (client, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let stop3 = stop2.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut sent = 0u64;
+                    let started = Instant::now();
+                    loop {
+                        if stop3.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if stall_after.is_some_and(|s| sent >= s) {
+                            // Hold the connection open, sending nothing.
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                        let n = match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        let due = Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        SlowProxy { host, stop }
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Builds an OCI archive with `hack/mkimage.py`, one gzip layer per directory.
+pub fn mkimage(out: &Path, name: &str, dirs: &[&Path]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/mkimage.py");
+    let status = Command::new("python3")
+        .arg(script)
+        .arg(out)
+        .arg(name)
+        .args(dirs)
+        .stdout(Stdio::null())
+        .status()
+        .expect("python3");
+    assert!(status.success(), "mkimage.py failed");
+}
