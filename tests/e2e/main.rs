@@ -6,6 +6,7 @@ mod crash;
 mod daemon;
 mod otlp;
 mod pull;
+mod pull_hostile;
 mod pull_resume;
 mod shim_interop;
 mod snapshots;
