@@ -383,6 +383,16 @@ pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> 
         std::io::Write::write_all(&mut gz, &raw).expect("gzip");
         layers.push((gz.finish().expect("gzip"), diff_id));
     }
+    let layers: Vec<(Vec<u8>, String, &str)> = layers
+        .into_iter()
+        .map(|(l, d)| (l, d, "application/vnd.oci.image.layer.v1.tar+gzip"))
+        .collect();
+    oci_archive(path, name, &layers)
+}
+
+/// Writes an OCI layout archive of an image named `name` made of `layers` (blob, diff id, media
+/// type), for this host's platform.
+pub fn oci_archive(path: &Path, name: &str, layers: &[(Vec<u8>, String, &str)]) -> TestImage {
     let arch = if cfg!(target_arch = "aarch64") {
         "arm64"
     } else {
@@ -399,8 +409,8 @@ pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> 
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": layers.iter().map(|(l, _)| serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(l), "size": l.len()
+        "layers": layers.iter().map(|(l, _, mt)| serde_json::json!({
+            "mediaType": mt, "digest": sha256(l), "size": l.len()
         })).collect::<Vec<_>>(),
     });
     let manifest = serde_json::to_vec(&manifest).expect("json");
@@ -429,7 +439,7 @@ pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> 
         0o644,
     );
     let mut blobs: Vec<&[u8]> = vec![&manifest, &config];
-    blobs.extend(layers.iter().map(|(l, _)| l.as_slice()));
+    blobs.extend(layers.iter().map(|(l, _, _)| l.as_slice()));
     for blob in blobs {
         let d = sha256(blob);
         tar_file(&mut b, &format!("blobs/sha256/{}", &d[7..]), blob, 0o644);
@@ -443,7 +453,7 @@ pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> 
         total_size: (manifest.len()
             + config.len()
             + layers.iter().map(|l| l.0.len()).sum::<usize>()) as i64,
-        layers: layers.iter().map(|(l, _)| sha256(l)).collect(),
+        layers: layers.iter().map(|(l, _, _)| sha256(l)).collect(),
     }
 }
 
@@ -756,4 +766,123 @@ pub fn mkimage(out: &Path, name: &str, dirs: &[&Path]) {
         .status()
         .expect("python3");
     assert!(status.success(), "mkimage.py failed");
+}
+
+/// Debian's containerd, private: its own root, state and socket, run in a private mount
+/// namespace with a temp dir over `/run` (containerd 1.6 insists on `/run/containerd`), the CRI
+/// plugin disabled. Stopped by PID.
+#[derive(Debug)]
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// Its gRPC socket.
+    pub sock: PathBuf,
+}
+
+impl Containerd {
+    /// Starts it and waits for its socket.
+    pub fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-containerd-")
+            .tempdir()
+            .expect("tempdir");
+        let p = dir.path();
+        let sock = p.join("containerd.sock");
+        std::fs::create_dir_all(p.join("run")).expect("run dir");
+        let cfg = p.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}.ttrpc\"\n",
+                p.join("root").display(),
+                p.join("state").display(),
+                sock.display(),
+                sock.display()
+            ),
+        )
+        .expect("containerd config");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind '{}' /run && exec containerd --config '{}'",
+                p.join("run").display(),
+                cfg.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(p.join("containerd.log")).expect("log"))
+            .spawn()
+            .expect("containerd (apt-get install containerd)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Containerd { dir, child, sock }
+    }
+
+    /// Runs `ctr` against it.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(args)
+            .env_remove("CONTAINERD_NAMESPACE")
+            .env_remove("CONTAINERD_ADDRESS")
+            .output()
+            .expect("running ctr")
+    }
+
+    /// Its root directory.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of a child we started and have not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A mount made by running a `mount` command line (as `ctr snapshots mounts` prints one),
+/// unmounted on drop.
+#[derive(Debug)]
+pub struct CmdMount {
+    target: PathBuf,
+}
+
+impl CmdMount {
+    /// Runs `cmdline` (a `mount ...` command) with `sh`; `target` is where it mounts.
+    pub fn run(cmdline: &str, target: &Path) -> CmdMount {
+        std::fs::create_dir_all(target).expect("mount point");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmdline)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{cmdline}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        CmdMount {
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for CmdMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.target).status();
+    }
 }

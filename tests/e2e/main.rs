@@ -7,6 +7,7 @@ mod daemon;
 mod otlp;
 mod pull;
 mod pull_hostile;
+mod pull_identical;
 mod pull_resume;
 mod shim_interop;
 mod snapshots;

@@ -626,12 +626,8 @@ impl Puller {
             .snapshotter(&sn)
             .map_err(to_status)?
             .independent_layers();
-        // A base layer has nothing below it: whiteouts are moot and every directory is its own.
-        let whiteouts = if parent.is_some() {
-            Whiteouts::Overlay
-        } else {
-            Whiteouts::Delete
-        };
+        // Written straight into the upper directory, as containerd's overlay applier does.
+        let whiteouts = Whiteouts::Overlay;
         let key = format!(
             "extract-{} {chain}",
             uuid::Uuid::new_v4()

@@ -70,7 +70,7 @@ fn clean(p: &Path) -> Result<PathBuf, ImageError> {
 
 /// Resolves `rel` (a directory path) inside `root`, following symlinks as if `root` were `/`,
 /// creating missing directories. Returns the real path, always under `root`.
-fn resolve_dir(root: &Path, rel: &Path, strict: bool) -> Result<PathBuf, ImageError> {
+fn resolve_dir(root: &Path, rel: &Path) -> Result<PathBuf, ImageError> {
     let mut stack: Vec<OsString> = Vec::new();
     let mut queue: VecDeque<OsString> = rel
         .components()
@@ -90,12 +90,8 @@ fn resolve_dir(root: &Path, rel: &Path, strict: bool) -> Result<PathBuf, ImageEr
         here.push(&c);
         match std::fs::symlink_metadata(&here) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if strict {
-                    return Err(ImageError::NeedsLowerLayers(format!(
-                        "{} has no directory entry in this layer",
-                        rel.display()
-                    )));
-                }
+                // Overlay mode creates the directory in the upper layer, hiding whatever a lower
+                // layer has there (a symlink is not followed), exactly as containerd does.
                 std::fs::create_dir(&here)?;
                 stack.push(c);
             }
@@ -234,11 +230,12 @@ pub enum Whiteouts {
     /// `root` is the mounted snapshot: whiteouts delete what they name.
     #[default]
     Delete,
-    /// `root` is an empty overlayfs upper directory, applied without its lower layers: a
-    /// whiteout becomes a 0:0 character device, an opaque marker the `trusted.overlay.opaque`
-    /// xattr. Anything that needs the lower layers (a parent directory the layer does not
-    /// list, a hard link to a lower file) fails with [`ImageError::NeedsLowerLayers`], and the
-    /// caller applies that layer onto the mounted snapshot instead.
+    /// `root` is an empty overlayfs upper directory, applied without its lower layers, as
+    /// containerd applies overlay layers: a whiteout becomes a 0:0 character device, an opaque
+    /// marker the `trusted.overlay.opaque` xattr, and a parent directory the layer does not
+    /// list is created in the upper directory. A hard link to a file of a lower layer fails
+    /// with [`ImageError::NeedsLowerLayers`], and the caller applies that layer onto the
+    /// mounted snapshot instead.
     Overlay,
 }
 
@@ -280,7 +277,7 @@ pub fn apply_layer_with(
             let Some(name) = path.file_name().map(|n| n.to_os_string()) else {
                 continue;
             };
-            let parent = resolve_dir(root, path.parent().unwrap_or(Path::new("")), strict)?;
+            let parent = resolve_dir(root, path.parent().unwrap_or(Path::new("")))?;
             let name_bytes = name.as_bytes();
             if strict && name_bytes == b".wh..wh..opq" {
                 set_xattr_checked(&parent, "trusted.overlay.opaque", b"y")?;
@@ -374,8 +371,7 @@ pub fn apply_layer_with(
                     let tname = target
                         .file_name()
                         .ok_or_else(|| bad("hard link to the root"))?;
-                    let tparent =
-                        resolve_dir(root, target.parent().unwrap_or(Path::new("")), strict)?;
+                    let tparent = resolve_dir(root, target.parent().unwrap_or(Path::new("")))?;
                     let src = tparent.join(tname);
                     let md = std::fs::symlink_metadata(&src).map_err(|_| {
                         if strict {
@@ -396,8 +392,15 @@ pub fn apply_layer_with(
                     }
                     remove_any(&dest).map_err(at)?;
                     std::fs::hard_link(&src, &dest).map_err(at)?;
-                    created.insert(dest);
-                    continue;
+                    // As containerd does: the link's header sets the (shared) inode's mode,
+                    // owner and times too.
+                    if !md.file_type().is_symlink() {
+                        std::fs::set_permissions(
+                            &dest,
+                            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+                        )
+                        .map_err(at)?;
+                    }
                 }
                 tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                     remove_any(&dest).map_err(at)?;
@@ -406,8 +409,8 @@ pub fn apply_layer_with(
                         tar::EntryType::Block => libc::S_IFBLK,
                         _ => libc::S_IFIFO,
                     };
-                    let major = header.device_major()?.unwrap_or(0);
-                    let minor = header.device_minor()?.unwrap_or(0);
+                    let major = header.device_major().ok().flatten().unwrap_or(0);
+                    let minor = header.device_minor().ok().flatten().unwrap_or(0);
                     mknod(&dest, kind, mode, major, minor)?;
                 }
                 // PAX/GNU metadata entries are consumed by the tar crate; anything else is skipped.
@@ -552,5 +555,55 @@ mod tests {
         assert!(root.join("evil2").exists());
         assert!(!outer.path().join("outside-file").exists());
         assert!(root.join("s").symlink_metadata().unwrap().is_file());
+    }
+}
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, ty, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*ty);
+            h.set_mode(0o755);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, p, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn overlay_mode_writes_overlay_whiteouts_and_refuses_lower_hard_links() {
+        use tar::EntryType::{Directory as D, Regular as F};
+        let root = tempfile::tempdir().unwrap();
+        let l = tar_of(&[
+            ("etc/", D, b""),
+            ("etc/.wh.gone", F, b""),
+            ("opt/", D, b""),
+            ("opt/.wh..wh..opq", F, b""),
+            ("opt/new", F, b"n"),
+        ]);
+        apply_layer_with(&l[..], root.path(), Whiteouts::Overlay).unwrap();
+        let wh = std::fs::symlink_metadata(root.path().join("etc/gone")).unwrap();
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+        assert!(root.path().join("opt/new").exists());
+        // A parent directory the layer does not list is created (containerd does the same).
+        let root = tempfile::tempdir().unwrap();
+        let l = tar_of(&[("lib/x", F, b"x")]);
+        apply_layer_with(&l[..], root.path(), Whiteouts::Overlay).unwrap();
+        assert!(root.path().join("lib").is_dir());
+        // A hard link to a file of a lower layer too.
+        let root = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "a", "b").unwrap();
+        let l = b.into_inner().unwrap();
+        let e = apply_layer_with(&l[..], root.path(), Whiteouts::Overlay).unwrap_err();
+        assert!(matches!(e, ImageError::NeedsLowerLayers(_)), "{e}");
     }
 }

@@ -297,7 +297,7 @@ mod tests {
         let r = ImageRef::parse(&format!("localhost/x:t@{DIGEST}")).unwrap();
         assert_eq!(r.tag, None);
         assert_eq!(r.object(), DIGEST);
-        assert!(ImageRef::parse("UPPER/x").is_err());
+        assert!(ImageRef::parse("x/UPPER").is_err());
         assert!(ImageRef::parse("x@sha256:zz").is_err());
     }
 

@@ -51,16 +51,56 @@ impl diff_server::Diff for Diff {
         if r.mounts.is_empty() {
             return Err(Status::invalid_argument("mounts: required"));
         }
+        // Fail early (NotFound) if the blob is missing.
         let reader = self.store.content_reader(&ns, &d).map_err(to_status)?;
+        let store = self.store.clone();
         let dir = self.mounts_dir.clone();
         let mounts = r.mounts;
         let applied =
             tokio::task::spawn_blocking(move || -> Result<berth_image::Applied, Status> {
+                // One overlay mount: write into its upper directory, as containerd does (whiteouts
+                // as overlay whiteouts), unless the layer needs its lower layers.
+                let mut reader = Some(reader);
+                if let Some(upper) = overlay_upper(&mounts) {
+                    let first = reader.take().expect("set above");
+                    match berth_image::apply_layer_with(
+                        std::io::BufReader::with_capacity(1 << 20, first),
+                        &upper,
+                        berth_image::Whiteouts::Overlay,
+                    ) {
+                        Ok(a) => {
+                            if r.sync_fs {
+                                // SAFETY: sync(2) has no arguments and cannot fail.
+                                unsafe { libc::sync() };
+                            }
+                            return Ok(a);
+                        }
+                        Err(berth_image::ImageError::NeedsLowerLayers(_)) => {
+                            empty_dir(&upper).map_err(|e| {
+                                Status::internal(format!("clearing {}: {e}", upper.display()))
+                            })?;
+                            reader = Some(store.content_reader(&ns, &d).map_err(to_status)?);
+                        }
+                        Err(e) => {
+                            return Err(Status::invalid_argument(format!(
+                                "applying {}: {}",
+                                desc.digest,
+                                chain(&e)
+                            )));
+                        }
+                    }
+                }
                 let m = Mounted::new(&dir, &mounts)
                     .map_err(|e| Status::internal(format!("mounting the snapshot: {e}")))?;
-                let applied = berth_image::apply_layer(reader, m.path()).map_err(|e| {
-                    Status::invalid_argument(format!("applying {}: {}", desc.digest, chain(&e)))
-                })?;
+                let applied =
+                    berth_image::apply_layer(reader.take().expect("a reader is open"), m.path())
+                        .map_err(|e| {
+                            Status::invalid_argument(format!(
+                                "applying {}: {}",
+                                desc.digest,
+                                chain(&e)
+                            ))
+                        })?;
                 if r.sync_fs {
                     // SAFETY: sync(2) has no arguments and cannot fail.
                     unsafe { libc::sync() };
@@ -84,6 +124,32 @@ impl diff_server::Diff for Diff {
             "Diff.Diff (creating a layer from two mount sets) is not implemented yet",
         ))
     }
+}
+
+/// The upper directory of a single overlay mount.
+fn overlay_upper(mounts: &[berth_api::containerd::types::Mount]) -> Option<PathBuf> {
+    let [m] = mounts else { return None };
+    if m.r#type != "overlay" {
+        return None;
+    }
+    m.options
+        .iter()
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+}
+
+/// Removes everything inside `dir`.
+fn empty_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if std::fs::symlink_metadata(&p)?.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
 }
 
 /// An error with its causes, `a: b: c`.
