@@ -5,6 +5,7 @@
 mod crash;
 mod daemon;
 mod otlp;
+mod proxy_snapshotter;
 mod pull;
 mod pull_hostile;
 mod pull_identical;

@@ -21,6 +21,25 @@ pub(crate) struct Config {
     pub(crate) log: Log,
     pub(crate) otlp: Otlp,
     pub(crate) registry: RegistryConfig,
+    /// External plugins by name, as containerd's `[proxy_plugins.<name>]`.
+    #[serde(default)]
+    pub(crate) proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyPlugin {
+    /// Only `snapshot` is supported.
+    pub(crate) r#type: String,
+    /// The plugin's unix socket.
+    pub(crate) address: PathBuf,
+    /// containerd also accepts a platform; it is not used here.
+    #[serde(default)]
+    pub(crate) platform: String,
+    /// The `snapshotter` field sent in requests (default: the plugin's name, as containerd
+    /// sends it); for remotes that serve several snapshotters, such as another berthd.
+    #[serde(default)]
+    pub(crate) snapshotter: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -137,6 +156,23 @@ impl Config {
             );
         }
         self.check_overrides()?;
+        for (name, p) in &self.proxy_plugins {
+            if p.r#type != "snapshot" {
+                bail!(
+                    "proxy_plugins.{name}.type: {:?} is not supported (only \"snapshot\")",
+                    p.r#type
+                );
+            }
+            if name == "overlayfs"
+                || name == "native"
+                || berth_store::validate_identifier(name).is_err()
+            {
+                bail!("proxy_plugins.{name}: the name must be a new identifier");
+            }
+            if !p.address.is_absolute() {
+                bail!("proxy_plugins.{name}.address: must be an absolute socket path");
+            }
+        }
         if !(1..=64).contains(&self.registry.max_concurrent_downloads) {
             bail!(
                 "registry.max_concurrent_downloads: {} is out of range (1 to 64)",

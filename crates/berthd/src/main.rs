@@ -6,6 +6,7 @@ mod events;
 mod gc;
 mod mount;
 mod plugins;
+mod proxy_snapshotter;
 mod pull;
 mod server;
 mod services;

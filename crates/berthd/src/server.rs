@@ -180,7 +180,13 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
     make_dir(&cfg.root, 0o711)?;
     make_dir(&cfg.state, 0o711)?;
     let root = cfg.root.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&root))
+    let mut proxies: Vec<(String, Arc<dyn berth_snapshot::Snapshotter>)> = Vec::new();
+    for (name, p) in &cfg.proxy_plugins {
+        let proxy = crate::proxy_snapshotter::Proxy::new(name, &p.snapshotter, &p.address)
+            .with_context(|| format!("proxy plugin {name}"))?;
+        proxies.push((name.clone(), Arc::new(proxy)));
+    }
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&root, proxies))
         .await?
         .with_context(|| format!("opening metadata store {}", cfg.db_path().display()))?;
     let events = Arc::new(Exchange::default());

@@ -30,6 +30,9 @@ pub enum SnapshotError {
         /// What `cp` said.
         reason: String,
     },
+    /// A remote (proxy) snapshotter failed or could not be reached.
+    #[error("remote snapshotter: {0}")]
+    Remote(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
@@ -80,10 +83,20 @@ pub trait Snapshotter: Send + Sync + std::fmt::Debug {
     fn root(&self) -> &Path;
     /// Capabilities advertised through Introspection.
     fn capabilities(&self) -> Vec<String>;
-    /// Creates the directories of snapshot `id`, whose parents (nearest first) are `parents`.
-    fn create(&self, id: &str, parents: &[String]) -> Result<(), SnapshotError>;
+    /// Creates snapshot `id` of `kind` (active or view), whose parents (nearest first) are
+    /// `parents`.
+    fn create(&self, id: &str, kind: Kind, parents: &[String]) -> Result<(), SnapshotError>;
     /// How to mount `id` of `kind` over `parents` (nearest first).
-    fn mounts(&self, id: &str, kind: Kind, parents: &[String]) -> Vec<Mount>;
+    fn mounts(&self, id: &str, kind: Kind, parents: &[String])
+    -> Result<Vec<Mount>, SnapshotError>;
+    /// Freezes active snapshot `id` (local backends have nothing to do).
+    fn commit(&self, _id: &str) -> Result<(), SnapshotError> {
+        Ok(())
+    }
+    /// Whether snapshot `id` exists in the backend (checked by the start-up repair).
+    fn exists(&self, id: &str) -> bool {
+        self.fs(id).exists()
+    }
     /// Removes the directories of `id` (idempotent).
     fn remove(&self, id: &str) -> Result<(), SnapshotError> {
         let dir = self.root().join("snapshots").join(id);
@@ -182,11 +195,22 @@ impl Snapshotter for Overlay {
     fn capabilities(&self) -> Vec<String> {
         Vec::new()
     }
-    fn create(&self, id: &str, _parents: &[String]) -> Result<(), SnapshotError> {
+    fn create(&self, id: &str, _kind: Kind, _parents: &[String]) -> Result<(), SnapshotError> {
         let dir = self.root.join("snapshots").join(id);
         mkdirs(&[dir.join("fs"), dir.join("work")])
     }
-    fn mounts(&self, id: &str, kind: Kind, parents: &[String]) -> Vec<Mount> {
+    fn mounts(
+        &self,
+        id: &str,
+        kind: Kind,
+        parents: &[String],
+    ) -> Result<Vec<Mount>, SnapshotError> {
+        Ok(self.overlay_mounts(id, kind, parents))
+    }
+}
+
+impl Overlay {
+    fn overlay_mounts(&self, id: &str, kind: Kind, parents: &[String]) -> Vec<Mount> {
         let ro = if kind == Kind::Active { "rw" } else { "ro" };
         if parents.is_empty() {
             return vec![Mount {
@@ -247,7 +271,7 @@ impl Snapshotter for Native {
     fn capabilities(&self) -> Vec<String> {
         Vec::new()
     }
-    fn create(&self, id: &str, parents: &[String]) -> Result<(), SnapshotError> {
+    fn create(&self, id: &str, _kind: Kind, parents: &[String]) -> Result<(), SnapshotError> {
         let fs = self.fs(id);
         match parents.first() {
             None => mkdirs(&[fs]),
@@ -273,14 +297,19 @@ impl Snapshotter for Native {
             }
         }
     }
-    fn mounts(&self, id: &str, kind: Kind, _parents: &[String]) -> Vec<Mount> {
+    fn mounts(
+        &self,
+        id: &str,
+        kind: Kind,
+        _parents: &[String],
+    ) -> Result<Vec<Mount>, SnapshotError> {
         let ro = if kind == Kind::Active { "rw" } else { "ro" };
-        vec![Mount {
+        Ok(vec![Mount {
             r#type: "bind".into(),
             source: self.fs(id).display().to_string(),
             target: String::new(),
             options: vec![ro.into(), "rbind".into()],
-        }]
+        }])
     }
 }
 
@@ -300,9 +329,14 @@ mod tests {
                 .display()
                 .to_string()
         };
-        assert_eq!(o.mounts("1", Kind::Active, &[])[0].r#type, "bind");
-        assert_eq!(o.mounts("1", Kind::Active, &[])[0].options, ["rw", "rbind"]);
-        let m = &o.mounts("3", Kind::Active, &["2".into(), "1".into()])[0];
+        assert_eq!(o.mounts("1", Kind::Active, &[]).unwrap()[0].r#type, "bind");
+        assert_eq!(
+            o.mounts("1", Kind::Active, &[]).unwrap()[0].options,
+            ["rw", "rbind"]
+        );
+        let m = &o
+            .mounts("3", Kind::Active, &["2".into(), "1".into()])
+            .unwrap()[0];
         assert_eq!(m.r#type, "overlay");
         assert!(
             m.options
@@ -311,13 +345,15 @@ mod tests {
                 .ends_with(&format!("lowerdir={}:{}", fs("2"), fs("1")))
         );
         assert!(m.options.iter().any(|o| o.starts_with("upperdir=")));
-        let v = &o.mounts("4", Kind::View, &["2".into()])[0];
+        let v = &o.mounts("4", Kind::View, &["2".into()]).unwrap()[0];
         assert_eq!(
             (v.r#type.as_str(), v.source.as_str()),
             ("bind", fs("2").as_str())
         );
         assert_eq!(v.options, ["ro", "rbind"]);
-        let v = &o.mounts("5", Kind::View, &["2".into(), "1".into()])[0];
+        let v = &o
+            .mounts("5", Kind::View, &["2".into(), "1".into()])
+            .unwrap()[0];
         assert_eq!(v.options, [format!("lowerdir={}:{}", fs("2"), fs("1"))]);
     }
 
@@ -325,10 +361,10 @@ mod tests {
     fn native_copies_the_parent_and_usage_counts() {
         let d = tempfile::tempdir().unwrap();
         let n = Native::new(d.path());
-        n.create("1", &[]).unwrap();
+        n.create("1", Kind::Active, &[]).unwrap();
         std::fs::write(n.fs("1").join("f"), vec![1u8; 10_000]).unwrap();
         std::os::unix::fs::symlink("f", n.fs("1").join("l")).unwrap();
-        n.create("2", &["1".into()]).unwrap();
+        n.create("2", Kind::Active, &["1".into()]).unwrap();
         assert_eq!(std::fs::read(n.fs("2").join("f")).unwrap().len(), 10_000);
         assert_eq!(
             std::fs::read_link(n.fs("2").join("l")).unwrap(),

@@ -196,7 +196,7 @@ impl Store {
         {
             return Err(StoreError::AlreadyExists(format!("snapshot {key:?}")));
         }
-        if let Err(e) = backend.create(&id, &parents) {
+        if let Err(e) = backend.create(&id, kind, &parents) {
             self.snapshots()?.remove(skey(ns, sn, key))?;
             let _ = backend.remove(&id);
             return Err(StoreError::Content(e.to_string()));
@@ -211,7 +211,9 @@ impl Store {
                 },
             )?;
         }
-        Ok(backend.mounts(&id, kind, &parents))
+        backend
+            .mounts(&id, kind, &parents)
+            .map_err(|e| StoreError::Content(e.to_string()))
     }
 
     /// The mounts of an active snapshot or view.
@@ -225,7 +227,9 @@ impl Store {
             )));
         }
         let parents = self.chain(ns, sn, &r.parent)?;
-        Ok(backend.mounts(&r.id, kind, &parents))
+        backend
+            .mounts(&r.id, kind, &parents)
+            .map_err(|e| StoreError::Content(e.to_string()))
     }
 
     /// The directory an active snapshot's own changes go to (the overlay upper directory).
@@ -281,10 +285,24 @@ impl Store {
             ));
         }
         labels::validate(&new_labels)?;
-        self.snapshotter(sn)?;
+        let backend = self.snapshotter(sn)?.clone();
         let _gc = self.gc_read();
         let tree = self.snapshots()?;
         let (from, to) = (skey(ns, sn, key), skey(ns, sn, name));
+        // The backend first (a remote snapshotter freezes its copy), once the commit is known
+        // to be possible.
+        let current = self.get_snapshot(ns, sn, key)?;
+        if kind_of(current.kind) != Kind::Active {
+            return Err(StoreError::FailedPrecondition(format!(
+                "snapshot {key:?} is not active"
+            )));
+        }
+        if tree.get(&to)?.is_some() {
+            return Err(StoreError::AlreadyExists(format!("snapshot {name:?}")));
+        }
+        backend
+            .commit(&current.id)
+            .map_err(|e| StoreError::Content(e.to_string()))?;
         tree.transaction(|tx| {
             use sled::transaction::ConflictableTransactionError::Abort;
             let mut r: Record = match tx.get(&from)? {

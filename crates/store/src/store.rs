@@ -48,6 +48,15 @@ impl Store {
     /// Opens (or creates) the store under `root`: the database `root/meta.sled` (its schema
     /// version checked) and the blob store `root/content`.
     pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        Store::open_with(root, Vec::new())
+    }
+
+    /// [`Store::open`], with more snapshotter backends (proxies to remote snapshotters) next to
+    /// `overlayfs` and `native`.
+    pub fn open_with(
+        root: impl AsRef<Path>,
+        extra: Vec<(String, Arc<dyn berth_snapshot::Snapshotter>)>,
+    ) -> Result<Store, StoreError> {
         let root = root.as_ref();
         let blobs =
             ContentStore::open(&root.join("content")).map_err(crate::content::content_error)?;
@@ -88,6 +97,9 @@ impl Store {
             "native".into(),
             Arc::new(berth_snapshot::Native::new(root.join("snapshots/native"))),
         );
+        for (name, b) in extra {
+            snapshotters.insert(name, b);
+        }
         let store = Store {
             db,
             blobs,
@@ -125,8 +137,11 @@ impl Store {
             let sn = key.split('/').nth(1).unwrap_or("");
             let rec: Option<crate::snapshots::Record> = serde_json::from_slice(&v).ok();
             let present = match (self.snapshotters.get(sn), &rec) {
-                (Some(b), Some(r)) => b.fs(&r.id).exists(),
-                _ => false,
+                (Some(b), Some(r)) => b.exists(&r.id),
+                // A snapshotter not configured now (a proxy left out of the config): keep its
+                // records for when it comes back.
+                (None, Some(_)) => true,
+                (_, None) => false,
             };
             if !present {
                 tracing::warn!(record = %key, "removing a snapshot record whose directory is missing");
@@ -134,7 +149,13 @@ impl Store {
             }
         }
         for sn in self.snapshotters.keys() {
-            let n = self.cleanup_snapshots(sn)?;
+            let n = match self.cleanup_snapshots(sn) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(snapshotter = %sn, error = %e, "snapshot cleanup at start-up");
+                    0
+                }
+            };
             if n > 0 {
                 tracing::warn!(snapshotter = %sn, removed = n, "removed snapshot directories without records");
             }
