@@ -201,3 +201,78 @@ fn berthctl_pull_from_a_tls_registry_with_basic_auth() {
         assert!(out.contains("pulled and unpacked"), "{out}");
     }
 }
+
+#[test]
+fn berthctl_push_then_pull_back() {
+    let reg = Registry::start();
+    let (secure, sec) = Registry::start_secure();
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("img.tar");
+    let img = busybox_oci_archive(&archive, "pushed:1", &[("etc/motd", b"round trip\n")]);
+    let reference = reg.push(&archive, "library/orig:1");
+    ok(d.berthctl(&["-n", "push", "pull", "--plain", &reference]));
+    // To another repository of the same registry, then back into a fresh namespace.
+    let copy = format!("{}/copies/pushed:2", reg.host);
+    let out = ok(d.berthctl(&["-n", "push", "push", "--plain", &reference, &copy]));
+    assert!(out.contains("pushed to"), "{out}");
+    let back = ok(d.berthctl(&["-n", "back", "pull", "--plain", &copy]));
+    assert!(back.contains("pulled and unpacked"), "{back}");
+    let ls = ok(d.ctr(&["-n", "back", "images", "ls"]));
+    assert!(ls.contains(&img.manifest), "same manifest digest: {ls}");
+    // Pushing again finds every blob there already.
+    ok(d.berthctl(&["-n", "push", "push", "--plain", &reference, &copy]));
+    // To the TLS registry with basic auth, trusting its CA through hosts.toml.
+    let certs = dir.path().join("certs.d");
+    std::fs::create_dir_all(certs.join(&secure.host)).unwrap();
+    std::fs::write(
+        certs.join(&secure.host).join("hosts.toml"),
+        format!(
+            "server = \"https://{}\"\nca = \"{}\"\n",
+            secure.host,
+            sec.ca.display()
+        ),
+    )
+    .unwrap();
+    let remote = format!("{}/team/pushed:3", secure.host);
+    let hosts = certs.to_str().unwrap();
+    let e = berth_e2e::fails(d.berthctl(&[
+        "-n",
+        "push",
+        "push",
+        "--plain",
+        "--hosts-dir",
+        hosts,
+        &reference,
+        &remote,
+    ]));
+    assert!(e.contains("user name and password"), "{e}");
+    let user = format!("{}:{}", sec.user, sec.password);
+    ok(d.berthctl(&[
+        "-n",
+        "push",
+        "push",
+        "--plain",
+        "--hosts-dir",
+        hosts,
+        "--user",
+        &user,
+        &reference,
+        &remote,
+    ]));
+    let back = ok(d.berthctl(&[
+        "-n",
+        "back2",
+        "pull",
+        "--plain",
+        "--hosts-dir",
+        hosts,
+        "--user",
+        &user,
+        &remote,
+    ]));
+    assert!(back.contains("pulled and unpacked"), "{back}");
+    // An image that does not exist here.
+    let e = berth_e2e::fails(d.berthctl(&["-n", "push", "push", "--plain", "nope:1", &copy]));
+    assert!(e.contains("not found"), "{e}");
+}

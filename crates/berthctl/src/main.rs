@@ -59,6 +59,8 @@ enum Command {
     Leases(cmd::leases::Action),
     /// Pull an image from a registry (server-side, with progress), and unpack it.
     Pull(cmd::pull::Args),
+    /// Push an image to a registry (server-side, with progress).
+    Push(cmd::pull::PushArgs),
     /// Print events as they happen.
     #[command(alias = "event")]
     Events(cmd::events::Args),
@@ -96,5 +98,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leases(a) => cmd::leases::run(&conn, a).await,
         Command::Events(a) => cmd::events::run(&conn, a).await,
         Command::Pull(a) => cmd::pull::run(&conn, a).await,
+        Command::Push(a) => cmd::pull::push(&conn, a).await,
     }
 }

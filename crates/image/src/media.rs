@@ -440,3 +440,12 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     }
     out
 }
+
+/// The manifests an index lists.
+pub fn index_manifests(index: &[u8]) -> Result<Vec<Descriptor>, ImageError> {
+    Ok(Links::parse(index, "index")?
+        .manifests("index")?
+        .into_iter()
+        .map(|e| e.desc)
+        .collect())
+}

@@ -96,14 +96,6 @@ pub(crate) async fn run(conn: &Conn, a: Args) -> anyhow::Result<()> {
         None => None,
     };
     let labels = super::parse_labels(&a.labels)?;
-    let credentials = match &a.user {
-        Some(u) => {
-            let (user, pass) = u.split_once(':').context("--user: want user:password")?;
-            Some((user.to_string(), pass.to_string()))
-        }
-        None => None,
-    };
-
     let started = Instant::now();
     let progress_id = stream_id("progress");
     let (_progress_tx, progress_rx) = open_stream(conn, &progress_id).await?;
@@ -120,26 +112,10 @@ pub(crate) async fn run(conn: &Conn, a: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut auth_task = None;
-    if let Some((user, pass)) = credentials {
-        let id = stream_id("auth");
-        let (tx, mut rx) = open_stream(conn, &id).await?;
+    if let Some(u) = &a.user {
+        let (id, task) = auth_stream(conn, u).await?;
         resolver.auth_stream = id;
-        auth_task = Some(tokio::spawn(async move {
-            while let Ok(Some(m)) = rx.message().await {
-                if !m.type_url.ends_with(AuthRequest::full_name().as_str()) {
-                    continue;
-                }
-                let reply = AuthResponse {
-                    auth_type: AuthType::Credentials as i32,
-                    username: user.clone(),
-                    secret: pass.clone(),
-                    expire_at: None,
-                };
-                if tx.send(any(&reply)).await.is_err() {
-                    break;
-                }
-            }
-        }));
+        auth_task = Some(task);
     }
     let platform_pb = platform.as_ref().map(|p| Platform {
         os: p.os.clone(),
@@ -286,4 +262,104 @@ async fn show_progress(mut rx: tonic::Streaming<Any>, tty: bool) {
             );
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PushArgs {
+    /// The image to push, by its name in this namespace.
+    image: String,
+    /// Where to push it (default: the image's own name).
+    remote: Option<String>,
+    /// Talk plain http to registries that have no hosts.toml.
+    #[arg(long)]
+    plain_http: bool,
+    /// Directory of per-registry hosts.toml files (default: the daemon's).
+    #[arg(long)]
+    hosts_dir: Option<String>,
+    /// Credentials, `user:password`.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Progress as plain lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
+}
+
+/// Opens the auth stream answering the daemon's credential requests with `user:password`.
+async fn auth_stream(
+    conn: &Conn,
+    user: &str,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let (user, pass) = user.split_once(':').context("--user: want user:password")?;
+    let (user, pass) = (user.to_string(), pass.to_string());
+    let id = stream_id("auth");
+    let (tx, mut rx) = open_stream(conn, &id).await?;
+    let task = tokio::spawn(async move {
+        while let Ok(Some(m)) = rx.message().await {
+            if !m.type_url.ends_with(AuthRequest::full_name().as_str()) {
+                continue;
+            }
+            let reply = AuthResponse {
+                auth_type: AuthType::Credentials as i32,
+                username: user.clone(),
+                secret: pass.clone(),
+                expire_at: None,
+            };
+            if tx.send(any(&reply)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok((id, task))
+}
+
+pub(crate) async fn push(conn: &Conn, a: PushArgs) -> anyhow::Result<()> {
+    let remote = a.remote.clone().unwrap_or_else(|| a.image.clone());
+    let reference = ImageRef::parse(&remote).map_err(|e| anyhow::anyhow!("remote: {e}"))?;
+    let started = Instant::now();
+    let progress_id = stream_id("progress");
+    let (_progress_tx, progress_rx) = open_stream(conn, &progress_id).await?;
+    let tty = std::io::stderr().is_terminal() && !a.plain;
+    let printer = tokio::spawn(show_progress(progress_rx, tty));
+    let mut resolver = RegistryResolver {
+        host_dir: a.hosts_dir.clone().unwrap_or_default(),
+        default_scheme: if a.plain_http {
+            "http".into()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    };
+    let mut auth_task = None;
+    if let Some(u) = &a.user {
+        let (id, task) = auth_stream(conn, u).await?;
+        resolver.auth_stream = id;
+        auth_task = Some(task);
+    }
+    let req = TransferRequest {
+        source: Some(any(&ImageStore {
+            name: a.image.clone(),
+            ..Default::default()
+        })),
+        destination: Some(any(&OciRegistry {
+            reference: reference.to_string(),
+            resolver: Some(resolver),
+        })),
+        options: Some(TransferOptions {
+            progress_stream: progress_id,
+        }),
+    };
+    let result = TransferClient::new(conn.channel.clone())
+        .transfer(conn.req(req))
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
+    if let Some(t) = auth_task {
+        t.abort();
+    }
+    result?;
+    println!(
+        "{}: pushed to {reference} in {:.1}s",
+        a.image,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -91,17 +91,123 @@ fn to_desc(d: &berth_image::Descriptor) -> Descriptor {
     }
 }
 
+impl Transfer {
+    /// Hosts, headers and credentials for a registry source or destination.
+    fn session(&self, ns: &str, source: &OciRegistry, field: &str) -> Result<Session, Status> {
+        let mut session = Session {
+            hosts: self.hosts.clone(),
+            credentials: None,
+            headers: Vec::new(),
+        };
+        if let Some(res) = &source.resolver {
+            if !res.host_dir.is_empty() {
+                session.hosts.dir = Some(res.host_dir.clone().into());
+            }
+            match res.default_scheme.as_str() {
+                "" => {}
+                "http" | "https" => session.hosts.default_scheme = Some(res.default_scheme.clone()),
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "{field}.resolver.default_scheme: {other:?} is not http or https"
+                    )));
+                }
+            }
+            session.headers = res
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !res.auth_stream.is_empty() {
+                let ends = self.streams.take(ns, &res.auth_stream).ok_or_else(|| {
+                    Status::not_found(format!(
+                        "{field}.resolver.auth_stream: no open stream {:?}",
+                        res.auth_stream
+                    ))
+                })?;
+                session.credentials = Some(credentials_over(ends, source.reference.clone()));
+            }
+        }
+        Ok(session)
+    }
+
+    /// Progress: forwards reports to the client's stream (if it opened one) until the sender
+    /// is dropped; returns the sink and the forwarding task to wait for.
+    fn progress(
+        &self,
+        ns: &str,
+        options: Option<&berth_api::containerd::services::transfer::v1::TransferOptions>,
+    ) -> Result<(ProgressSink, Option<tokio::task::JoinHandle<()>>), Status> {
+        // Progress: forward the pull's reports to the client's stream until the pull ends.
+        let (ptx, mut prx) = mpsc::unbounded_channel();
+        let forward = match options.map(|o| o.progress_stream.as_str()) {
+            Some(id) if !id.is_empty() => {
+                let ends = self.streams.take(ns, id).ok_or_else(|| {
+                    Status::not_found(format!("options.progress_stream: no open stream {id:?}"))
+                })?;
+                Some(tokio::spawn(async move {
+                    while let Some(p) = prx.recv().await {
+                        let p: crate::pull::Progress = p;
+                        let msg = Progress {
+                            event: p.event,
+                            name: p.name,
+                            parents: p.parents,
+                            progress: p.progress,
+                            total: p.total,
+                            desc: p.desc.as_ref().map(to_desc),
+                        };
+                        if ends.to_client.send(any(&msg)).await.is_err() {
+                            break;
+                        }
+                    }
+                }))
+            }
+            _ => None,
+        };
+        let progress = if forward.is_some() {
+            ProgressSink::new(ptx)
+        } else {
+            drop(ptx);
+            ProgressSink::default()
+        };
+        Ok((progress, forward))
+    }
+
+    async fn push(&self, ns: String, r: TransferRequest) -> Result<Response<()>, Status> {
+        let source: ImageStore = from_any(r.source.as_ref().expect("checked"), "source")?;
+        let dest: OciRegistry = from_any(r.destination.as_ref().expect("checked"), "destination")?;
+        if source.name.is_empty() {
+            return Err(Status::invalid_argument("source.name: required"));
+        }
+        let reference = ImageRef::parse(&dest.reference)
+            .map_err(|e| Status::invalid_argument(format!("destination.reference: {e}")))?;
+        let session = self.session(&ns, &dest, "destination")?;
+        let (progress, forward) = self.progress(&ns, r.options.as_ref())?;
+        let result = self
+            .puller
+            .push(&ns, &source.name, &reference, &session, progress)
+            .await;
+        if let Some(f) = forward {
+            let _ = f.await;
+        }
+        result.map(|_| Response::new(()))
+    }
+}
+
 #[tonic::async_trait]
 impl transfer_server::Transfer for Transfer {
     async fn transfer(&self, req: Request<TransferRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let (src, dst) = (type_name(&r.source), type_name(&r.destination));
+        if src == ImageStore::full_name() && dst == OciRegistry::full_name() {
+            return self.push(ns, r).await;
+        }
         if src != OciRegistry::full_name() || dst != ImageStore::full_name() {
             return Err(Status::unimplemented(format!(
-                "transfer from {src} to {dst} is not supported (supported: {} to {})",
-                OciRegistry::full_name(),
-                ImageStore::full_name()
+                "transfer from {src} to {dst} is not supported (supported: {reg} to {store} \
+                 (pull), {store} to {reg} (push))",
+                reg = OciRegistry::full_name(),
+                store = ImageStore::full_name()
             )));
         }
         let source: OciRegistry = from_any(r.source.as_ref().expect("checked above"), "source")?;
@@ -144,74 +250,11 @@ impl transfer_server::Transfer for Transfer {
                 Status::invalid_argument(format!("destination.unpacks: {}", e.message()))
             })?;
         }
-        let mut session = Session {
-            hosts: self.hosts.clone(),
-            credentials: None,
-            headers: Vec::new(),
-        };
-        if let Some(res) = &source.resolver {
-            if !res.host_dir.is_empty() {
-                session.hosts.dir = Some(res.host_dir.clone().into());
-            }
-            match res.default_scheme.as_str() {
-                "" => {}
-                "http" | "https" => session.hosts.default_scheme = Some(res.default_scheme.clone()),
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "source.resolver.default_scheme: {other:?} is not http or https"
-                    )));
-                }
-            }
-            session.headers = res
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if !res.auth_stream.is_empty() {
-                let ends = self.streams.take(&ns, &res.auth_stream).ok_or_else(|| {
-                    Status::not_found(format!(
-                        "source.resolver.auth_stream: no open stream {:?}",
-                        res.auth_stream
-                    ))
-                })?;
-                session.credentials = Some(credentials_over(ends, source.reference.clone()));
-            }
-        }
+        let session = self.session(&ns, &source, "source")?;
         let mut labels: HashMap<String, String> = dest.labels.clone().into_iter().collect();
         labels.retain(|k, _| !k.is_empty());
 
-        // Progress: forward the pull's reports to the client's stream until the pull ends.
-        let (ptx, mut prx) = mpsc::unbounded_channel();
-        let forward = match r.options.as_ref().map(|o| o.progress_stream.as_str()) {
-            Some(id) if !id.is_empty() => {
-                let ends = self.streams.take(&ns, id).ok_or_else(|| {
-                    Status::not_found(format!("options.progress_stream: no open stream {id:?}"))
-                })?;
-                Some(tokio::spawn(async move {
-                    while let Some(p) = prx.recv().await {
-                        let p: crate::pull::Progress = p;
-                        let msg = Progress {
-                            event: p.event,
-                            name: p.name,
-                            parents: p.parents,
-                            progress: p.progress,
-                            total: p.total,
-                            desc: p.desc.as_ref().map(to_desc),
-                        };
-                        if ends.to_client.send(any(&msg)).await.is_err() {
-                            break;
-                        }
-                    }
-                }))
-            }
-            _ => None,
-        };
-        let progress = if forward.is_some() {
-            ProgressSink::new(ptx)
-        } else {
-            drop(ptx);
-            ProgressSink::default()
-        };
+        let (progress, forward) = self.progress(&ns, r.options.as_ref())?;
         let spec = PullSpec {
             ns,
             reference,

@@ -617,9 +617,19 @@ impl Repository {
         Ok(resp.status().is_success())
     }
 
-    /// Uploads a blob in one request (POST to start, PUT with the digest).
+    /// Uploads a blob held in memory (checked against its descriptor first).
     pub async fn push_blob(&self, desc: &Descriptor, data: Bytes) -> Result<(), RegistryError> {
         verify(desc, &data)?;
+        self.push_blob_body(desc, reqwest::Body::from(data)).await
+    }
+
+    /// Uploads a blob in one streamed request (POST to start the upload, which also answers
+    /// any authentication challenge, then PUT with the digest). The registry checks the digest.
+    pub async fn push_blob_body(
+        &self,
+        desc: &Descriptor,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
         let hosts = self.hosts_with(|c| c.push);
         let Some(h) = hosts.first() else {
             return Err(RegistryError::Config(format!(
@@ -643,13 +653,26 @@ impl Repository {
         };
         put.push(if put.contains('?') { '&' } else { '?' });
         put.push_str(&format!("digest={}", desc.digest));
-        let headers = [(
-            CONTENT_TYPE.as_str(),
-            "application/octet-stream".to_string(),
-        )];
-        let resp = self
-            .send(h, Method::PUT, &put, &headers, Some(data), true)
-            .await?;
+        let client = self.client(h)?;
+        let mut req = client
+            .put(&put)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, desc.size.to_string())
+            .body(body);
+        for (k, v) in h.headers.iter().chain(&self.session.headers) {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let auth = self
+            .inner
+            .auth
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(h.authority.clone(), self.reference.path.clone(), true))
+            .cloned();
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let resp = req.send().await.map_err(|e| transport(&put, &e))?;
         check_status(resp, "PUT", &put, desc.digest.as_str()).await?;
         Ok(())
     }
