@@ -265,6 +265,9 @@ fn berthctl_images_content_leases_and_events() {
     assert!(ls.contains(&img.name) && ls.contains(&img.manifest), "{ls}");
     let mib = img.total_size as f64 / 1024.0 / 1024.0;
     assert!(ls.contains(&format!("{mib:.1} MiB")), "{ls}");
+    // berthctl import unpacks, as ctr import does.
+    let check = ok(ctr_ns(&d, "bns", &["images", "check"]));
+    assert!(check.trim_end().ends_with("true"), "{check}");
     // ctr agrees on what berthctl imported.
     let cls = ok(ctr_ns(&d, "bns", &["images", "ls"]));
     assert!(

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
+use anyhow::Context;
 use berth_api::containerd::services::content::v1::content_client::ContentClient;
 use berth_api::containerd::services::content::v1::{
     Info, InfoRequest, ReadContentRequest, UpdateRequest,
@@ -69,6 +70,12 @@ pub(crate) enum Action {
         /// Also name images by digest.
         #[arg(long)]
         digests: bool,
+        /// Only import the content; do not unpack the layers into snapshots.
+        #[arg(long)]
+        no_unpack: bool,
+        /// Snapshotter to unpack into.
+        #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+        snapshotter: String,
     },
     /// Export images as an OCI archive (`-` for stdout).
     Export {
@@ -193,13 +200,16 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
             base_name,
             index_name,
             digests,
+            no_unpack,
+            snapshotter,
         } => {
             let opts = ImportOptions {
                 base_name,
                 index_name,
                 digests,
             };
-            import(conn, &file, opts).await?;
+            let unpack = (!no_unpack).then_some(snapshotter);
+            import(conn, &file, opts, unpack.as_deref()).await?;
         }
         Action::Export {
             file,
@@ -555,7 +565,12 @@ async fn label_children(conn: &Conn, lease: &str, target: &Descriptor) -> anyhow
     Ok(())
 }
 
-async fn import(conn: &Conn, file: &str, opts: ImportOptions) -> anyhow::Result<()> {
+async fn import(
+    conn: &Conn,
+    file: &str,
+    opts: ImportOptions,
+    unpack: Option<&str>,
+) -> anyhow::Result<()> {
     let mut leases = LeasesClient::new(conn.channel.clone());
     let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
     let expire = super::rfc3339(expire.duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64);
@@ -569,7 +584,7 @@ async fn import(conn: &Conn, file: &str, opts: ImportOptions) -> anyhow::Result<
         .lease
         .unwrap_or_default()
         .id;
-    let result = import_leased(conn, file, opts, &lease).await;
+    let result = import_leased(conn, file, opts, &lease, unpack).await;
     // The images now hold what they need; the lease goes either way.
     let _ = leases
         .delete(conn.req(DeleteRequest {
@@ -585,6 +600,7 @@ async fn import_leased(
     file: &str,
     opts: ImportOptions,
     lease: &str,
+    unpack: Option<&str>,
 ) -> anyhow::Result<()> {
     let handle = Handle::current();
     let (c2, l2, f2) = (conn.clone(), lease.to_string(), file.to_string());
@@ -647,7 +663,170 @@ async fn import_leased(
             }
             Err(st) => return Err(st.into()),
         }
+        if let Some(sn) = unpack {
+            unpack_image(conn, lease, &img.target, sn)
+                .await
+                .with_context(|| format!("unpacking {}", img.name))?;
+        }
         println!("{} {}", img.name, img.target.digest);
+    }
+    Ok(())
+}
+
+/// Unpacks an imported image into `snapshotter` over the API, as ctr does: for each layer whose
+/// chain id is not yet a snapshot, Prepare over the one below, Diff.Apply, Commit as the chain
+/// id; then the labels containerd sets (`containerd.io/uncompressed` on layers,
+/// `containerd.io/gc.ref.snapshot.<snapshotter>` on the config).
+async fn unpack_image(
+    conn: &Conn,
+    lease: &str,
+    target: &berth_image::Descriptor,
+    snapshotter: &str,
+) -> anyhow::Result<()> {
+    use berth_api::containerd::services::diff::v1::ApplyRequest;
+    use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
+    use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+    use berth_api::containerd::services::snapshots::v1::{
+        CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    };
+    use berth_image::media::{
+        PlatformSpec, chain_ids, config_diff_ids, manifest_parts, select_manifest,
+    };
+
+    let mut manifest = target.digest.to_string();
+    if is_index(&target.media_type) {
+        let index = read_blob(conn, &manifest).await?;
+        let m = select_manifest(&index, &PlatformSpec::host())?
+            .context("no manifest for this platform in the index")?;
+        manifest = m.digest.to_string();
+    }
+    let (config, layers) = manifest_parts(&read_blob(conn, &manifest).await?)?;
+    let diff_ids = config_diff_ids(&read_blob(conn, config.digest.as_str()).await?)?;
+    anyhow::ensure!(
+        diff_ids.len() == layers.len(),
+        "the config lists {} diff ids for {} layers",
+        diff_ids.len(),
+        layers.len()
+    );
+    let chain = chain_ids(&diff_ids);
+    let mut snaps = SnapshotsClient::new(conn.channel.clone());
+    let mut diff = DiffClient::new(conn.channel.clone());
+    let mut content = ContentClient::new(conn.channel.clone());
+    for (i, layer) in layers.iter().enumerate() {
+        let name = chain[i].to_string();
+        let stat = snaps
+            .stat(conn.req(StatSnapshotRequest {
+                snapshotter: snapshotter.to_string(),
+                key: name.clone(),
+            }))
+            .await;
+        match stat {
+            Ok(_) => continue,
+            Err(st) if st.code() == tonic::Code::NotFound => {}
+            Err(st) => return Err(st.into()),
+        }
+        let key = format!("extract-{}-{i} {name}", std::process::id());
+        let labels = std::collections::HashMap::from([(
+            "containerd.io/snapshot.ref".to_string(),
+            name.clone(),
+        )]);
+        let mounts = snaps
+            .prepare(conn.req_lease(
+                PrepareSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key: key.clone(),
+                    parent: if i == 0 {
+                        String::new()
+                    } else {
+                        chain[i - 1].to_string()
+                    },
+                    labels: labels.clone(),
+                },
+                lease,
+            )?)
+            .await?
+            .into_inner()
+            .mounts;
+        let applied = diff
+            .apply(conn.req_lease(
+                ApplyRequest {
+                    diff: Some(Descriptor {
+                        media_type: layer.media_type.clone(),
+                        digest: layer.digest.to_string(),
+                        size: layer.size,
+                        annotations: Default::default(),
+                    }),
+                    mounts,
+                    payloads: Default::default(),
+                    sync_fs: false,
+                },
+                lease,
+            )?)
+            .await;
+        let ok = match &applied {
+            Ok(r) => r
+                .get_ref()
+                .applied
+                .as_ref()
+                .is_some_and(|d| d.digest == diff_ids[i].as_str()),
+            Err(_) => false,
+        };
+        if !ok {
+            let _ = snaps
+                .remove(conn.req(RemoveSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    key,
+                }))
+                .await;
+            applied?;
+            anyhow::bail!(
+                "layer {}: its content does not match the config's diff id {}",
+                layer.digest,
+                diff_ids[i]
+            );
+        }
+        snaps
+            .commit(conn.req_lease(
+                CommitSnapshotRequest {
+                    snapshotter: snapshotter.to_string(),
+                    name: name.clone(),
+                    key,
+                    labels,
+                    parent: String::new(),
+                },
+                lease,
+            )?)
+            .await?;
+        content
+            .update(conn.req(UpdateRequest {
+                info: Some(Info {
+                    digest: layer.digest.to_string(),
+                    labels: std::collections::HashMap::from([(
+                        "containerd.io/uncompressed".to_string(),
+                        diff_ids[i].to_string(),
+                    )]),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["labels.containerd.io/uncompressed".into()],
+                }),
+            }))
+            .await?;
+    }
+    if let Some(top) = chain.last() {
+        let key = format!("containerd.io/gc.ref.snapshot.{snapshotter}");
+        content
+            .update(conn.req(UpdateRequest {
+                info: Some(Info {
+                    digest: config.digest.to_string(),
+                    labels: std::collections::HashMap::from([(key.clone(), top.to_string())]),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![format!("labels.{key}")],
+                }),
+            }))
+            .await?;
     }
     Ok(())
 }
