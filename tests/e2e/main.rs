@@ -9,6 +9,7 @@ mod proxy_snapshotter;
 mod pull;
 mod pull_hostile;
 mod pull_identical;
+mod pull_platforms;
 mod pull_resume;
 mod shim_interop;
 mod snapshots;

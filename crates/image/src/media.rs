@@ -449,3 +449,84 @@ pub fn index_manifests(index: &[u8]) -> Result<Vec<Descriptor>, ImageError> {
         .map(|e| e.desc)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(entries: &[(&str, &str, &str)]) -> Vec<u8> {
+        let manifests: Vec<serde_json::Value> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (os, arch, variant))| {
+                let mut p = serde_json::json!({"os": os, "architecture": arch});
+                if !variant.is_empty() {
+                    p["variant"] = serde_json::json!(variant);
+                }
+                serde_json::json!({
+                    "mediaType": OCI_MANIFEST,
+                    "digest": Digest::of(format!("m{i}").as_bytes()).to_string(),
+                    "size": 10 + i,
+                    "platform": p,
+                })
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests}))
+            .unwrap()
+    }
+
+    fn pick(idx: &[u8], want: &str) -> Option<i64> {
+        select_manifest(idx, &PlatformSpec::parse(want).unwrap())
+            .unwrap()
+            .map(|d| d.size - 10)
+    }
+
+    #[test]
+    fn platforms_parse_and_match_like_containerd() {
+        let idx = index(&[
+            ("linux", "arm", "v6"),
+            ("linux", "arm", "v7"),
+            ("linux", "arm64", "v8"),
+            ("linux", "amd64", ""),
+            ("windows", "amd64", ""),
+            ("linux", "s390x", ""),
+        ]);
+        assert_eq!(pick(&idx, "linux/amd64"), Some(3));
+        assert_eq!(pick(&idx, "linux/arm/v7"), Some(1));
+        assert_eq!(pick(&idx, "linux/arm64"), Some(2));
+        assert_eq!(pick(&idx, "linux/aarch64"), Some(2));
+        assert_eq!(pick(&idx, "linux/arm64/v8"), Some(2));
+        assert_eq!(pick(&idx, "windows/amd64"), Some(4));
+        assert_eq!(pick(&idx, "linux/riscv64"), None);
+        assert_eq!(pick(&idx, "s390x"), Some(5));
+        let host = PlatformSpec::host();
+        assert_eq!(host.os, "linux");
+        assert!(PlatformSpec::parse("linux/").is_err());
+        assert!(PlatformSpec::parse("a/b/c/d").is_err());
+        assert!(PlatformSpec::parse("linux/am d64").is_err());
+        assert_eq!(
+            PlatformSpec::parse("linux/x86_64").unwrap().to_string(),
+            "linux/amd64"
+        );
+    }
+
+    #[test]
+    fn chain_ids_follow_containerd() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let c = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(c[0], a);
+        assert_eq!(c[1], Digest::of(format!("{a} {b}").as_bytes()));
+        assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn configs_give_diff_ids_or_clear_errors() {
+        let d = Digest::of(b"x");
+        let cfg = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{d}"]}}}}"#);
+        assert_eq!(config_diff_ids(cfg.as_bytes()).unwrap(), vec![d]);
+        assert!(config_diff_ids(br#"{"rootfs":{"diff_ids":["nope"]}}"#).is_err());
+        assert!(config_diff_ids(b"garbage").is_err());
+        assert!(config_diff_ids(b"{}").unwrap().is_empty());
+    }
+}
