@@ -30,7 +30,7 @@ fn active_bytes(d: &Daemon, ns: &str) -> u64 {
     out.lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|s| parse_size(s))
+        .filter_map(parse_size)
         .max()
         .unwrap_or(0)
 }

@@ -155,10 +155,10 @@ pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
 fn registry_client(cfg: &Config) -> anyhow::Result<berth_image::registry::Registry> {
     use berth_image::registry::{CredentialStore, Credentials, Registry, RegistryOptions};
     let mut creds = CredentialStore::default();
-    if !cfg.registry.docker_config.as_os_str().is_empty() {
-        if let Err(e) = creds.load_docker_config(&cfg.registry.docker_config) {
-            tracing::warn!(error = %e, "ignoring the Docker config file");
-        }
+    if !cfg.registry.docker_config.as_os_str().is_empty()
+        && let Err(e) = creds.load_docker_config(&cfg.registry.docker_config)
+    {
+        tracing::warn!(error = %e, "ignoring the Docker config file");
     }
     for (host, a) in &cfg.registry.auths {
         creds.insert(
