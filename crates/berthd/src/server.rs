@@ -12,6 +12,7 @@ use tonic::codegen::http;
 
 use anyhow::{Context, bail};
 use berth_api::containerd::services::{
+    containers::v1::containers_server::ContainersServer,
     content::v1::content_server::ContentServer, diff::v1::diff_server::DiffServer,
     events::v1::events_server::EventsServer, images::v1::images_server::ImagesServer,
     introspection::v1::introspection_server::IntrospectionServer,
@@ -253,6 +254,11 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             events.clone()
         ))))
         .add_service(limits!(ContentServer::new(services::Content::new(
+            store.clone(),
+            events.clone(),
+            gc.clone(),
+        ))))
+        .add_service(limits!(ContainersServer::new(services::Containers::new(
             store.clone(),
             events.clone(),
             gc.clone(),

@@ -2,6 +2,7 @@
 //! rest.
 //!
 //! Roots, per namespace: images (their targets and `containerd.io/gc.ref.content*` labels),
+//! containers (their snapshot, and content and snapshots their labels reference),
 //! unexpired leases (their resources), and content labelled `containerd.io/gc.root`. References
 //! are followed through content labels `containerd.io/gc.ref.content` and
 //! `containerd.io/gc.ref.content.<anything>`. Swept: expired leases, unreachable content records,
@@ -83,6 +84,10 @@ impl Store {
                     .collect();
             // (digest, follow its references)
             let mut queue: VecDeque<(Digest, bool)> = VecDeque::new();
+            let containers = self.list_containers(&ns)?;
+            for c in &containers {
+                queue.extend(content_refs(&c.labels).map(|d| (d, true)));
+            }
             for img in self.list_images(&ns)? {
                 let Image { target, labels, .. } = img;
                 if let Ok(d) = Digest::parse(&target.digest) {
@@ -131,7 +136,8 @@ impl Store {
                     queue.extend(content_refs(labels).map(|c| (c, true)));
                 }
             }
-            stats.snapshots += self.sweep_snapshots(&ns, &resources, &records, &marked)?;
+            stats.snapshots +=
+                self.sweep_snapshots(&ns, &resources, &records, &marked, &containers)?;
             let mut batch = sled::Batch::default();
             for d in records.keys() {
                 if marked.contains_key(d) {
@@ -199,6 +205,7 @@ impl Store {
         resources: &[(String, String, crate::leases::Resource)],
         content: &HashMap<Digest, HashMap<String, String>>,
         live_content: &HashMap<Digest, bool>,
+        containers: &[crate::containers::Container],
     ) -> Result<usize, StoreError> {
         let tree = self.db.open_tree("snapshots")?;
         let mut removed = 0;
@@ -224,6 +231,13 @@ impl Store {
                 if r.labels.get(LABEL_ROOT).is_some_and(|v| !v.is_empty()) {
                     queue.push(name.clone());
                 }
+            }
+            // A container holds its root file system and what its labels reference.
+            for c in containers {
+                if c.snapshotter == *sn && !c.snapshot_key.is_empty() {
+                    queue.push(c.snapshot_key.clone());
+                }
+                queue.extend(snapshot_refs(&c.labels, sn));
             }
             let mut marked = HashSet::new();
             while let Some(name) = queue.pop() {

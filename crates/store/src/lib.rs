@@ -5,6 +5,7 @@
 //! In the layers of `DESIGN.md` this is core: it knows nothing of gRPC. Every multi-key change is
 //! one sled transaction, and [`Store::flush`] is awaited before a mutating RPC answers.
 
+mod containers;
 mod content;
 mod error;
 pub mod filters;
@@ -21,6 +22,7 @@ mod time;
 
 pub use berth_content::{BlobInfo, BlobReader, ContentStore, Digest, IngestStatus};
 pub use berth_snapshot::{Kind as SnapshotKind, Mount, Usage};
+pub use containers::{AnyValue, Container};
 pub use content::{ContentInfo, NsWriter, content_error};
 pub use error::StoreError;
 pub use gc::{GcStats, LABEL_REF_CONTENT, LABEL_REF_SNAPSHOT, LABEL_ROOT};

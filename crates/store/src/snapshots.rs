@@ -492,7 +492,7 @@ mod tests {
             std::fs::create_dir_all(d.path().join("snapshots/native/snapshots/999/fs")).unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = Store::open(d.path()).unwrap();
+        let s = crate::store::reopen(d.path());
         let names: Vec<_> = s
             .list_snapshots("ns", "overlayfs")
             .unwrap()

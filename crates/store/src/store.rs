@@ -218,6 +218,22 @@ impl Store {
     }
 }
 
+/// Re-opens a store just closed in this process: sled's background flusher may hold the file
+/// lock for a moment after the last handle is dropped.
+#[cfg(test)]
+pub(crate) fn reopen(root: &Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(root) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,7 +245,7 @@ mod tests {
             let s = Store::open(dir.path()).unwrap();
             s.server_uuid().unwrap()
         };
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(s.server_uuid().unwrap(), a);
         assert!(uuid::Uuid::parse_str(&a).is_ok());
     }

@@ -1,5 +1,6 @@
 //! gRPC services: thin adapters that validate requests, call the core and map errors.
 
+mod containers;
 mod content;
 mod diff;
 mod events;
@@ -12,6 +13,7 @@ pub(crate) mod streaming;
 mod transfer;
 mod version;
 
+pub(crate) use containers::Containers;
 pub(crate) use content::Content;
 pub(crate) use diff::Diff;
 pub(crate) use events::Events;
