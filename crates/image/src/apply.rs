@@ -338,8 +338,15 @@ pub fn apply_layer(r: impl Read, root: &Path) -> Result<Applied, ImageError> {
                         tar::EntryType::Block => libc::S_IFBLK,
                         _ => libc::S_IFIFO,
                     };
-                    let major = header.device_major()?.unwrap_or(0);
-                    let minor = header.device_minor()?.unwrap_or(0);
+                    // A fifo has no device number: empty fields (some writers leave them) are fine.
+                    let (major, minor) = if ty == tar::EntryType::Fifo {
+                        (0, 0)
+                    } else {
+                        (
+                            header.device_major()?.unwrap_or(0),
+                            header.device_minor()?.unwrap_or(0),
+                        )
+                    };
                     mknod(&dest, kind, mode, major, minor)?;
                 }
                 // PAX/GNU metadata entries are consumed by the tar crate; anything else is skipped.
