@@ -4,6 +4,7 @@
 
 mod crash;
 mod daemon;
+mod diff;
 mod otlp;
 mod pull;
 mod shim_interop;
