@@ -314,7 +314,8 @@ fn ctr_snapshots_diff_makes_layers_that_apply_to_the_same_tree() {
     );
     assert_eq!(applied, plain);
     {
-        ok(d.ctr(&["-n", NS, "snapshots", "view", "work-v", "work-c"]));
+        // Not a view: ctr labels no view a GC root, and a collection could take it.
+        ok(d.ctr(&["-n", NS, "snapshots", "prepare", "work-v", "work-c"]));
         let view = dir.path().join("view");
         let _v = Mounted::snapshot(&d, "work-v", &view);
         let fresh2 = dir.path().join("fresh2");

@@ -67,7 +67,7 @@ enum Action {
         #[arg(long)]
         mounts: bool,
     },
-    /// Make a read-only view of a committed snapshot.
+    /// Make a read-only view of a committed snapshot (labelled a GC root, unlike ctr's views).
     View {
         key: String,
         parent: Option<String>,
