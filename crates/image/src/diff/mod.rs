@@ -143,7 +143,8 @@ impl Changes {
     /// Writes the layer to `out` and returns its digests and sizes. The source tree must not
     /// change meanwhile: a file that shrinks while it is read is an error, not a corrupt tar.
     pub fn write(&self, opts: &DiffOptions, out: impl Write) -> Result<Diffed, ImageError> {
-        let compressed = Hashing::new(out);
+        // A plain tar's digest is its diff id: hashed once, not twice.
+        let compressed = Hashing::new(out, opts.compression != Compression::None);
         let encoder = match opts.compression {
             Compression::None => Encoder::Plain(compressed),
             Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
@@ -152,11 +153,13 @@ impl Changes {
             )),
             Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(compressed, 3)?),
         };
-        let tar_out = Hashing::new(std::io::BufWriter::with_capacity(256 << 10, encoder));
+        let tar_out = Hashing::new(std::io::BufWriter::with_capacity(256 << 10, encoder), true);
         let tar_out = write::write_changes(&self.source, &self.list, opts, tar_out)?;
         let (diff_id, uncompressed_size, buffered) = tar_out.finish();
+        let diff_id = diff_id.ok_or_else(|| std::io::Error::other("diff id not computed"))?;
         let encoder = buffered.into_inner().map_err(|e| e.into_error())?;
         let (digest, size, mut out) = encoder.finish()?.finish();
+        let digest = digest.unwrap_or_else(|| diff_id.clone());
         out.flush()?;
         Ok(Diffed {
             digest,
@@ -167,24 +170,26 @@ impl Changes {
     }
 }
 
-/// A writer that hashes and counts what passes through it.
+/// A writer that counts, and hashes if asked to, what passes through it.
 struct Hashing<W> {
     inner: W,
-    hasher: sha2::Sha256,
+    hasher: Option<sha2::Sha256>,
     size: u64,
 }
 
 impl<W> Hashing<W> {
-    fn new(inner: W) -> Self {
+    fn new(inner: W, hash: bool) -> Self {
         Hashing {
             inner,
-            hasher: sha2::Sha256::new(),
+            hasher: hash.then(sha2::Sha256::new),
             size: 0,
         }
     }
 
-    fn finish(self) -> (Digest, u64, W) {
-        let d = Digest::from_sha256_bytes(&self.hasher.finalize());
+    fn finish(self) -> (Option<Digest>, u64, W) {
+        let d = self
+            .hasher
+            .map(|h| Digest::from_sha256_bytes(&h.finalize()));
         (d, self.size, self.inner)
     }
 }
@@ -192,7 +197,9 @@ impl<W> Hashing<W> {
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.size += n as u64;
         Ok(n)
     }
