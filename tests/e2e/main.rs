@@ -2,8 +2,10 @@
 //! `containerd-shim-runc-v2`), `runc` and `busybox-static`, and built workspace binaries
 //! (`cargo build --workspace --bins`).
 
+mod berthctl_snapshots;
 mod crash;
 mod daemon;
+mod diff;
 mod otlp;
 mod proxy_snapshotter;
 mod pull;

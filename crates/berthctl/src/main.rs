@@ -53,6 +53,9 @@ enum Command {
     #[command(alias = "image", alias = "i")]
     #[command(subcommand)]
     Images(cmd::images::Action),
+    /// Manage snapshots.
+    #[command(alias = "snapshot", alias = "snap")]
+    Snapshots(cmd::snapshots::Args),
     /// Manage leases.
     #[command(alias = "lease")]
     #[command(subcommand)]
@@ -96,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Content(a) => cmd::content::run(&conn, a).await,
         Command::Images(a) => cmd::images::run(&conn, a).await,
         Command::Leases(a) => cmd::leases::run(&conn, a).await,
+        Command::Snapshots(a) => cmd::snapshots::run(&conn, a).await,
         Command::Events(a) => cmd::events::run(&conn, a).await,
         Command::Pull(a) => cmd::pull::run(&conn, a).await,
         Command::Push(a) => cmd::pull::push(&conn, a).await,

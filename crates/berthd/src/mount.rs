@@ -1,5 +1,5 @@
 //! Mounting containerd-style mount lists (`bind`, `overlay`, ...) on a temporary directory, for
-//! work the daemon does on a snapshot's contents (applying layers).
+//! work the daemon does on a snapshot's contents (applying layers, computing diffs).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -102,6 +102,71 @@ impl Mounted {
     }
 }
 
+fn option<'a>(m: &'a Mount, key: &str) -> Option<&'a str> {
+    m.options.iter().find_map(|o| o.strip_prefix(key))
+}
+
+/// `mounts` made read-only, as containerd's `WithReadonlyTempMount` does: `ro` added, and an
+/// overlay's upper directory turned into its top lower layer (a read-only overlay needs no
+/// work directory, and the upper directory may be in use by a writable mount elsewhere).
+pub(crate) fn read_only(mounts: &[Mount]) -> Vec<Mount> {
+    mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if m.r#type == "overlay"
+                && let Some(upper) = option(&m, "upperdir=").map(str::to_string)
+            {
+                m.options.retain(|o| {
+                    !o.starts_with("upperdir=") && !o.starts_with("workdir=") && o != "rw"
+                });
+                for o in &mut m.options {
+                    if let Some(lower) = o.strip_prefix("lowerdir=") {
+                        *o = format!("lowerdir={upper}:{lower}");
+                    }
+                }
+                if option(&m, "lowerdir=").is_none() {
+                    m.options.push(format!("lowerdir={upper}"));
+                }
+            }
+            m.options.retain(|o| o != "rw");
+            m.options.push("ro".into());
+            m
+        })
+        .collect()
+}
+
+/// The layers (top first) a single mount shows, if it is a bind mount or an overlay.
+fn layers(m: &Mount) -> Option<Vec<&str>> {
+    match m.r#type.as_str() {
+        "bind" => Some(vec![m.source.as_str()]),
+        "overlay" => {
+            let mut out: Vec<&str> = option(m, "upperdir=").into_iter().collect();
+            out.extend(option(m, "lowerdir=")?.split(':').filter(|s| !s.is_empty()));
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// If `right` is one overlay mount with an upper directory whose lower layers are exactly what
+/// `left` shows (the usual diff of an active snapshot against its parent), that upper
+/// directory: the changes are all in it, and only it needs walking.
+pub(crate) fn overlay_upper(left: &[Mount], right: &[Mount]) -> Option<PathBuf> {
+    let ([l], [r]) = (left, right) else {
+        return None;
+    };
+    if r.r#type != "overlay" || !r.target.is_empty() || !l.target.is_empty() {
+        return None;
+    }
+    let upper = option(r, "upperdir=")?;
+    let lowers: Vec<&str> = option(r, "lowerdir=")?
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .collect();
+    (layers(l)? == lowers).then(|| PathBuf::from(upper))
+}
+
 fn tempdir_in(parent: &Path) -> std::io::Result<PathBuf> {
     for i in 0..1000u32 {
         let p = parent.join(format!(
@@ -131,5 +196,54 @@ impl Drop for Mounted {
             }
         }
         let _ = std::fs::remove_dir(&self.target);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(ty: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            r#type: ty.into(),
+            source: source.into(),
+            target: String::new(),
+            options: options.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn read_only_turns_the_upper_dir_into_a_lower_layer() {
+        let ro = read_only(&[m(
+            "overlay",
+            "overlay",
+            &["workdir=/w", "upperdir=/u", "lowerdir=/a:/b", "index=off"],
+        )]);
+        assert_eq!(ro[0].options, ["lowerdir=/u:/a:/b", "index=off", "ro"]);
+        let ro = read_only(&[m("bind", "/s", &["rbind", "rw"])]);
+        assert_eq!(ro[0].options, ["rbind", "ro"]);
+    }
+
+    #[test]
+    fn the_fast_path_needs_left_to_be_right_s_lower_layers() {
+        let right = [m(
+            "overlay",
+            "overlay",
+            &["workdir=/w", "upperdir=/u", "lowerdir=/a:/b"],
+        )];
+        let left = [m("overlay", "overlay", &["lowerdir=/a:/b"])];
+        assert_eq!(overlay_upper(&left, &right), Some(PathBuf::from("/u")));
+        let one = [m(
+            "overlay",
+            "overlay",
+            &["workdir=/w", "upperdir=/u", "lowerdir=/a"],
+        )];
+        let bind = [m("bind", "/a", &["ro", "rbind"])];
+        assert_eq!(overlay_upper(&bind, &one), Some(PathBuf::from("/u")));
+        // Not the same lower layers, not an overlay, or no upper directory: no fast path.
+        assert_eq!(overlay_upper(&bind, &right), None);
+        assert_eq!(overlay_upper(&left, &bind), None);
+        assert_eq!(overlay_upper(&left, &left), None);
+        assert_eq!(overlay_upper(&[], &right), None);
     }
 }

@@ -30,6 +30,9 @@ pub enum ImageError {
         /// The cap, in bytes.
         limit: u64,
     },
+    /// A file cannot be written in a layer (its name would read as a whiteout).
+    #[error("cannot be written in a layer: {0}")]
+    Unrepresentable(String),
     /// Reading the input or writing the output failed.
     #[error("i/o")]
     Io(#[from] std::io::Error),

@@ -1,9 +1,10 @@
 //! Berth's image library: how images travel in and out of the daemon.
 //!
-//! For now this is archive import and export, the work behind `ctr images import` and
-//! `ctr images export`: reading OCI image-layout and `docker save` tarballs (plain or gzipped)
-//! into content storage, and writing OCI image-layout tarballs back out. A registry client,
-//! platform matching and unpacking layers into snapshots come later, in this crate too.
+//! Archive import and export, the work behind `ctr images import` and `ctr images export`:
+//! reading OCI image-layout and `docker save` tarballs (plain or gzipped) into content storage,
+//! and writing OCI image-layout tarballs back out. Layers both ways: [`apply_layer`] unpacks one
+//! onto a directory (`Diff.Apply`), [`tree_changes`]/[`overlay_changes`] and [`Changes::write`]
+//! make one from two trees (`Diff.Diff`). A registry client and platform matching come later.
 //!
 //! In the layers of `DESIGN.md` this is core: it knows nothing of gRPC, and it does not know the
 //! content store either. It reaches storage only through two small traits, [`BlobSink`] (write
@@ -17,6 +18,7 @@
 
 mod apply;
 mod archive;
+mod diff;
 mod error;
 pub mod media;
 mod reference;
@@ -29,6 +31,10 @@ use berth_content::Digest;
 pub use apply::{Applied, Whiteouts, apply_layer, apply_layer_with};
 pub use archive::{
     BlobSink, BlobSource, ExportImage, ExportOptions, ImportOptions, ImportedImage, export, import,
+};
+pub use diff::{
+    Changes, Compression, DiffOptions, Diffed, MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_ZSTD, overlay_changes, tree_changes,
 };
 pub use error::ImageError;
 pub use reference::ImageRef;

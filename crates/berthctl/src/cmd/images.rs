@@ -1,4 +1,4 @@
-//! `berthctl images ls|tag|rm|label|import|export`. Import and export run client-side over the
+//! `berthctl images ls|tag|rm|label|import|export|check` (check lives in `images_check.rs`). Import and export run client-side over the
 //! containerd API, as `ctr` does: blobs through Content.Write/Read under a lease, GC labels on
 //! manifests and indexes, then Images.Create.
 
@@ -25,7 +25,7 @@ use tokio::runtime::Handle;
 use tokio_stream::StreamExt;
 
 use super::content::ingest_blocking;
-use super::{format_labels, parse_labels};
+use super::{binary_size, format_labels, parse_labels};
 use crate::client::Conn;
 use crate::table::Table;
 
@@ -76,6 +76,13 @@ pub(crate) enum Action {
         /// Snapshotter to unpack into.
         #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
         snapshotter: String,
+    },
+    /// Whether each image's content is all present and unpacked for a snapshotter.
+    Check {
+        /// Snapshotter to check for the unpacked layers.
+        #[arg(long, env = "BERTH_SNAPSHOTTER", default_value = "overlayfs")]
+        snapshotter: String,
+        filters: Vec<String>,
     },
     /// Export images as an OCI archive (`-` for stdout).
     Export {
@@ -211,6 +218,10 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
             let unpack = (!no_unpack).then_some(snapshotter);
             import(conn, &file, opts, unpack.as_deref()).await?;
         }
+        Action::Check {
+            snapshotter,
+            filters,
+        } => super::images_check::run(conn, &snapshotter, filters).await?,
         Action::Export {
             file,
             names,
@@ -265,7 +276,7 @@ fn to_image_descriptor(d: &Descriptor) -> anyhow::Result<berth_image::Descriptor
 }
 
 /// Reads a whole (small) blob.
-async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
     let mut c = ContentClient::new(conn.channel.clone());
     let mut s = c
         .read(conn.req(ReadContentRequest {
@@ -282,12 +293,12 @@ async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn is_index(mt: &str) -> bool {
+pub(super) fn is_index(mt: &str) -> bool {
     mt == "application/vnd.oci.image.index.v1+json"
         || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
-fn is_manifest(mt: &str) -> bool {
+pub(super) fn is_manifest(mt: &str) -> bool {
     mt == "application/vnd.oci.image.manifest.v1+json"
         || mt == "application/vnd.docker.distribution.manifest.v2+json"
 }
@@ -306,7 +317,7 @@ fn platform_string(p: &Value) -> String {
 }
 
 /// The host platform, as containerd's default matcher sees it.
-fn host_platform() -> &'static str {
+pub(super) fn host_platform() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "linux/amd64",
         "aarch64" => "linux/arm64",
@@ -354,25 +365,13 @@ async fn describe(conn: &Conn, target: &Descriptor) -> anyhow::Result<(i64, Vec<
     Ok((size, platforms))
 }
 
-fn json_descriptor(v: &Value) -> Descriptor {
+pub(super) fn json_descriptor(v: &Value) -> Descriptor {
     Descriptor {
         media_type: v["mediaType"].as_str().unwrap_or("").to_string(),
         digest: v["digest"].as_str().unwrap_or("").to_string(),
         size: v["size"].as_i64().unwrap_or(0),
         annotations: HashMap::new(),
     }
-}
-
-/// `1.2 MiB`, as ctr's `images ls` prints sizes.
-fn binary_size(n: i64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < units.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", units[i])
 }
 
 /// Writes blobs through Content.Write under the import's lease.

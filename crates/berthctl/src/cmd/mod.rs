@@ -3,10 +3,13 @@
 pub(crate) mod content;
 pub(crate) mod events;
 pub(crate) mod images;
+pub(crate) mod images_check;
 pub(crate) mod leases;
 pub(crate) mod namespaces;
 pub(crate) mod plugins;
 pub(crate) mod pull;
+pub(crate) mod snapshots;
+pub(crate) mod snapshots_diff;
 pub(crate) mod version;
 
 use std::collections::HashMap;
@@ -53,6 +56,18 @@ pub(crate) fn human_size(n: i64) -> String {
         s
     };
     format!("{s}{}", units[i])
+}
+
+/// `1.2 MiB`, as ctr prints sizes of images and snapshots (containerd's `progress.Bytes`).
+pub(crate) fn binary_size(n: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", units[i])
 }
 
 /// How long ago, roughly, as `12 seconds`, `3 minutes`, `2 hours`, `5 days`.
