@@ -35,9 +35,12 @@ fn berthctl_snapshots_and_images_check_match_ctr() {
     busybox_oci_archive(&a1, "one:1", &[("etc/motd", b"one\n")]);
     let a2 = dir.path().join("two.tar");
     let two = busybox_oci_archive(&a2, "two:1", &[("etc/motd", b"two\n")]);
-    // ctr unpacks what it imports; berthctl (for now) does not.
+    // Both unpack what they import unless told not to.
     ctr(&d, &["images", "import", &a1.display().to_string()]);
-    bctl(&d, &["images", "import", &a2.display().to_string()]);
+    bctl(
+        &d,
+        &["images", "import", "--no-unpack", &a2.display().to_string()],
+    );
 
     let check = bctl(&d, &["images", "check"]);
     assert_eq!(check, ctr(&d, &["images", "check"]));

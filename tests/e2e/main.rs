@@ -3,6 +3,7 @@
 //! (`cargo build --workspace --bins`).
 
 mod berthctl_snapshots;
+mod containers;
 mod crash;
 mod daemon;
 mod diff;
