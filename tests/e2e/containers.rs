@@ -22,7 +22,7 @@ fn ctr_containers_lifecycle_and_gc_roots() {
     let archive = dir.path().join("img.tar");
     let img = busybox_oci_archive(&archive, "docker.io/library/box:1", &[("etc/motd", b"c\n")]);
     ok(d.ctr(&["-n", "c", "images", "import", archive.to_str().unwrap()]));
-    let mut events = std::process::Command::new("ctr")
+    let events = std::process::Command::new("ctr")
         .arg("--address")
         .arg(&d.sock)
         .args(["events"])
