@@ -39,12 +39,43 @@ pub struct Daemon {
     child: Option<Child>,
     extra_args: Vec<String>,
     config: String,
+    /// Runs in a private mount namespace with `<dir>/run` bound over `/run` (for containerd's
+    /// Go shim, which insists on `/run/containerd`).
+    private_run: bool,
 }
 
 impl Daemon {
     /// Starts a daemon with the embedded defaults and temporary paths.
     pub fn start() -> Daemon {
         Daemon::start_with(&[])
+    }
+
+    /// Starts a daemon that runs containers: in a private mount namespace with a temporary
+    /// directory over `/run`, so shims and container mounts stay out of the host's.
+    pub fn start_for_tasks() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("run")).expect("run dir");
+        let sock = dir.path().join("berthd.sock");
+        let mut d = Daemon {
+            dir,
+            sock,
+            child: None,
+            extra_args: Vec::new(),
+            config: String::new(),
+            private_run: true,
+        };
+        d.spawn();
+        d
+    }
+
+    /// A directory for ctr's FIFOs (`--fifo-dir`).
+    pub fn fifo_dir(&self) -> PathBuf {
+        let p = self.dir.path().join("fifo");
+        std::fs::create_dir_all(&p).expect("fifo dir");
+        p
     }
 
     /// Starts a daemon with extra command-line arguments.
@@ -66,6 +97,7 @@ impl Daemon {
             child: None,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             config: config.to_string(),
+            private_run: false,
         };
         d.spawn();
         d
@@ -94,7 +126,19 @@ impl Daemon {
             .expect("log file");
         // By default an empty config file: the daemon runs on its embedded defaults plus our flags.
         std::fs::write(self.dir.path().join("config.toml"), &self.config).expect("config file");
-        let child = Command::new(bin("berthd"))
+        let mut cmd = if self.private_run {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(format!(
+                    "mount --bind '{}' /run && exec \"$0\" \"$@\"",
+                    self.dir.path().join("run").display()
+                ))
+                .arg(bin("berthd"));
+            c
+        } else {
+            Command::new(bin("berthd"))
+        };
+        let child = cmd
             .arg("--config")
             .arg(self.dir.path().join("config.toml"))
             .args(["--root", &self.root().display().to_string()])
@@ -210,11 +254,47 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// PIDs of the processes this daemon's tasks left: shims (their working directory is a
+    /// bundle under our state dir) and container inits (the bundles' `init.pid`).
+    pub fn leftover_pids(&self) -> Vec<i32> {
+        let bundles = self.dir.path().join("state/io.containerd.runtime.v2.task");
+        let mut pids = Vec::new();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                if std::fs::read_link(p.path().join("cwd")).is_ok_and(|c| c.starts_with(&bundles)) {
+                    pids.push(pid);
+                }
+            }
+        }
+        if let Ok(nss) = std::fs::read_dir(&bundles) {
+            for ns in nss.flatten() {
+                for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                    if let Ok(pid) = std::fs::read_to_string(b.path().join("init.pid")) {
+                        if let Ok(pid) = pid.trim().parse::<i32>() {
+                            pids.push(pid);
+                        }
+                    }
+                }
+            }
+        }
+        pids
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Whatever our tasks left running goes too (by PID, found through our own state dir).
+        for pid in self.leftover_pids() {
+            // SAFETY: kill(2) on a PID read from our own bundles or found working in them.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }

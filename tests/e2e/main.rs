@@ -18,4 +18,5 @@ mod shim_interop;
 mod snapshots;
 mod storage;
 mod storage_bad_input;
+mod tasks;
 mod unpack;

@@ -8,6 +8,7 @@ mod mount;
 mod plugins;
 mod proxy_snapshotter;
 mod pull;
+mod runtime;
 mod server;
 mod services;
 mod telemetry;

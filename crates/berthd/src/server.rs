@@ -18,7 +18,7 @@ use berth_api::containerd::services::{
     introspection::v1::introspection_server::IntrospectionServer,
     leases::v1::leases_server::LeasesServer, namespaces::v1::namespaces_server::NamespacesServer,
     snapshots::v1::snapshots_server::SnapshotsServer,
-    streaming::v1::streaming_server::StreamingServer,
+    streaming::v1::streaming_server::StreamingServer, tasks::v1::tasks_server::TasksServer,
     transfer::v1::transfer_server::TransferServer, version::v1::version_server::VersionServer,
 };
 use berth_store::Store;
@@ -218,6 +218,12 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         cfg.registry.max_concurrent_downloads,
     );
     let streams = Arc::new(services::Streams::default());
+    let runtimes = Arc::new(crate::runtime::Runtimes::new(
+        &cfg.state,
+        &cfg.grpc.address,
+        &cfg.ttrpc_address(),
+        events.clone(),
+    ));
     let host_options = berth_image::registry::HostOptions {
         dir: Some(cfg.registry.config_path.clone()),
         default_scheme: None,
@@ -281,6 +287,10 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             store.clone(),
             gc.clone()
         ))))
+        .add_service(limits!(TasksServer::new(services::Tasks::new(
+            store.clone(),
+            runtimes.clone()
+        ))))
         .add_service(limits!(TransferServer::new(services::Transfer::new(
             puller,
             streams.clone(),
@@ -299,6 +309,11 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
 
     let listener = bind_socket(cfg)?;
     let ttrpc = ttrpc_events::start(&cfg.ttrpc_address(), events.clone())?;
+    {
+        // Shims that outlived a previous daemon: reconnect (in parallel) or clean up.
+        let runtimes = runtimes.clone();
+        tokio::spawn(async move { runtimes.restore().await });
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

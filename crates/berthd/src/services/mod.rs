@@ -10,6 +10,7 @@ mod leases;
 mod namespaces;
 mod snapshots;
 pub(crate) mod streaming;
+mod tasks;
 mod transfer;
 mod version;
 
@@ -23,6 +24,7 @@ pub(crate) use leases::Leases;
 pub(crate) use namespaces::Namespaces;
 pub(crate) use snapshots::{Snapshots, mounts_pb};
 pub(crate) use streaming::{Streaming, Streams};
+pub(crate) use tasks::Tasks;
 pub(crate) use transfer::Transfer;
 pub(crate) use version::{Version, version_string};
 

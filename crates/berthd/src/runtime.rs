@@ -1,0 +1,568 @@
+//! The runtime manager: one shim process per task, started with the shim v2 binary protocol and
+//! driven over ttrpc (`containerd.task.v2.Task`).
+//!
+//! `io.containerd.<name>.<version>` runs `containerd-shim-<name>-<version>` from `$PATH` (so
+//! `io.containerd.runc.v2` is Debian's Go shim and `io.containerd.berth.v2` ours); an absolute
+//! path runs that binary. Bundles live in `<state>/io.containerd.runtime.v2.task/<ns>/<id>`
+//! (`config.json`, `rootfs/`, the `log` FIFO, and the `address` file the shim writes). Shims
+//! forward task events to the daemon's ttrpc Events endpoint. At start-up the manager
+//! reconnects to every live shim (in parallel) and cleans up after dead ones with the shim's
+//! `delete` action, publishing their exit.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_api::containerd::events::{TaskDelete, TaskExit};
+use berth_api::containerd::task::v2::task_ttrpc::TaskClient;
+use berth_api::containerd::task::v2::{ConnectRequest, DeleteRequest, ShutdownRequest};
+use berth_ttrpc::{CallOptions, Client};
+use prost::Message;
+use tonic::Status;
+
+use crate::events::Exchange;
+
+/// How long one call to a shim may take (Wait excepted): a hung shim never blocks the others.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shim's `start` or `delete` action may take.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running shim and its task.
+#[derive(Debug)]
+pub(crate) struct Shim {
+    pub(crate) ns: String,
+    pub(crate) id: String,
+    pub(crate) bundle: PathBuf,
+    pub(crate) client: TaskClient,
+    binary: PathBuf,
+}
+
+impl Shim {
+    /// Call options: the namespace header and a deadline (`None` for Wait).
+    pub(crate) fn opts(&self, timeout: Option<Duration>) -> CallOptions {
+        CallOptions {
+            timeout,
+            ..Default::default()
+        }
+        .metadata("containerd-namespace", self.ns.clone())
+    }
+}
+
+/// What a shim call failed with, as a gRPC status with the same code.
+pub(crate) fn shim_status(e: berth_ttrpc::Status) -> Status {
+    let code = tonic::Code::from_i32(e.code() as i32);
+    Status::new(code, e.message().to_string())
+}
+
+#[derive(Debug)]
+pub(crate) struct Runtimes {
+    root: PathBuf,
+    grpc_address: PathBuf,
+    ttrpc_address: PathBuf,
+    self_exe: PathBuf,
+    events: Arc<Exchange>,
+    shims: Mutex<HashMap<(String, String), Arc<Shim>>>,
+}
+
+/// `io.containerd.runc.v2` → `containerd-shim-runc-v2`, resolved in `$PATH`.
+pub(crate) fn shim_binary(runtime: &str) -> Result<PathBuf, Status> {
+    if runtime.starts_with('/') {
+        let p = PathBuf::from(runtime);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Status::not_found(format!(
+                "runtime {runtime:?}: no such file"
+            )))
+        };
+    }
+    let parts: Vec<&str> = runtime.split('.').collect();
+    if parts.len() < 2 || parts.iter().any(|p| p.is_empty() || p.contains('/')) {
+        return Err(Status::invalid_argument(format!(
+            "runtime {runtime:?}: want io.containerd.<name>.<version> or an absolute path"
+        )));
+    }
+    let name = format!(
+        "containerd-shim-{}-{}",
+        parts[parts.len() - 2],
+        parts[parts.len() - 1]
+    );
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(&name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(Status::not_found(format!(
+        "runtime {runtime:?}: {name} not found in PATH"
+    )))
+}
+
+/// The address a shim printed: a plain address, or JSON `{"version":2,"address":...}`.
+fn parse_start_output(out: &str) -> Result<PathBuf, String> {
+    let out = out.trim();
+    let address = if out.starts_with('{') {
+        #[derive(serde::Deserialize)]
+        struct Boot {
+            version: u32,
+            address: String,
+            #[serde(default)]
+            protocol: String,
+        }
+        let b: Boot = serde_json::from_str(out).map_err(|e| format!("start output: {e}"))?;
+        if b.version != 2 || (!b.protocol.is_empty() && b.protocol != "ttrpc") {
+            return Err(format!(
+                "unsupported shim version {} / protocol {:?} (berthd speaks task v2 over ttrpc)",
+                b.version, b.protocol
+            ));
+        }
+        b.address
+    } else {
+        out.to_string()
+    };
+    let path = address.strip_prefix("unix://").unwrap_or(&address);
+    if path.is_empty() || !path.starts_with('/') {
+        return Err(format!("start output {out:?} is not a unix socket address"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Creates the `log` FIFO of a bundle and copies what the shim writes there to our log.
+fn log_fifo(bundle: &Path, ns: &str, id: &str) -> std::io::Result<()> {
+    let fifo = bundle.join("log");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("NUL in path"))?;
+    // SAFETY: a valid NUL-terminated path; mkfifo retains nothing.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+    }
+    // O_RDWR never blocks on a FIFO, and keeps it open across shim restarts.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&fifo)?;
+    let (ns, id) = (ns.to_string(), id.to_string());
+    std::thread::Builder::new()
+        .name(format!("shim-log-{id}"))
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                    tracing::info!(namespace = %ns, id = %id, "shim: {line}");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+impl Runtimes {
+    pub(crate) fn new(
+        state: &Path,
+        grpc_address: &Path,
+        ttrpc_address: &Path,
+        events: Arc<Exchange>,
+    ) -> Runtimes {
+        Runtimes {
+            root: state.join("io.containerd.runtime.v2.task"),
+            grpc_address: grpc_address.to_path_buf(),
+            ttrpc_address: ttrpc_address.to_path_buf(),
+            self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("berthd")),
+            events,
+            shims: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn bundle(&self, ns: &str, id: &str) -> PathBuf {
+        self.root.join(ns).join(id)
+    }
+
+    /// The shim of task `id`, if it has one.
+    pub(crate) fn get(&self, ns: &str, id: &str) -> Option<Arc<Shim>> {
+        self.shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_string(), id.to_string()))
+            .cloned()
+    }
+
+    /// The shims of namespace `ns`.
+    pub(crate) fn list(&self, ns: &str) -> Vec<Arc<Shim>> {
+        let mut v: Vec<Arc<Shim>> = self
+            .shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| s.ns == ns)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    fn forget(&self, ns: &str, id: &str) {
+        self.shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(ns.to_string(), id.to_string()));
+    }
+
+    fn action(
+        &self,
+        binary: &Path,
+        ns: &str,
+        id: &str,
+        bundle: &Path,
+        action: &str,
+    ) -> std::process::Command {
+        let mut cmd = std::process::Command::new(binary);
+        cmd.arg("-namespace")
+            .arg(ns)
+            .arg("-address")
+            .arg(&self.grpc_address)
+            .arg("-publish-binary")
+            .arg(&self.self_exe)
+            .arg("-id")
+            .arg(id);
+        if action == "delete" {
+            cmd.arg("-bundle").arg(bundle);
+        }
+        cmd.arg(action)
+            .current_dir(bundle)
+            .env("TTRPC_ADDRESS", &self.ttrpc_address)
+            .env("GRPC_ADDRESS", &self.grpc_address)
+            .env("NAMESPACE", ns)
+            .env("MAX_SHIM_VERSION", "2");
+        cmd
+    }
+
+    /// Makes the bundle, starts the shim and connects to it. `spec` is the OCI spec JSON,
+    /// `options` the runtime options (an encoded `Any`, or empty).
+    pub(crate) async fn start_shim(
+        &self,
+        ns: &str,
+        id: &str,
+        runtime: &str,
+        spec: &[u8],
+        options: Option<prost_types::Any>,
+    ) -> Result<Arc<Shim>, Status> {
+        if self.get(ns, id).is_some() {
+            return Err(Status::already_exists(format!("task {id:?}")));
+        }
+        let binary = shim_binary(runtime)?;
+        let bundle = self.bundle(ns, id);
+        if bundle.exists() {
+            return Err(Status::already_exists(format!(
+                "task {id:?}: bundle {} exists",
+                bundle.display()
+            )));
+        }
+        std::fs::create_dir_all(bundle.join("rootfs"))
+            .map_err(|e| Status::internal(format!("bundle {}: {e}", bundle.display())))?;
+        let result = self.start_in(ns, id, &binary, &bundle, spec, options).await;
+        match result {
+            Ok(shim) => Ok(shim),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&bundle);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_in(
+        &self,
+        ns: &str,
+        id: &str,
+        binary: &Path,
+        bundle: &Path,
+        spec: &[u8],
+        options: Option<prost_types::Any>,
+    ) -> Result<Arc<Shim>, Status> {
+        std::fs::write(bundle.join("config.json"), spec)
+            .map_err(|e| Status::internal(format!("writing config.json: {e}")))?;
+        log_fifo(bundle, ns, id).map_err(|e| Status::internal(format!("log fifo: {e}")))?;
+        let stdin = options.map(|o| o.encode_to_vec()).unwrap_or_default();
+        let mut cmd = self.action(binary, ns, id, bundle, "start");
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = tokio::process::Command::from(cmd)
+            .spawn()
+            .map_err(|e| Status::internal(format!("starting {}: {e}", binary.display())))?;
+        if let Some(mut i) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            let _ = i.write_all(&stdin).await;
+        }
+        let out = tokio::time::timeout(ACTION_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("{} start: timed out", binary.display()))
+            })?
+            .map_err(|e| Status::internal(format!("{} start: {e}", binary.display())))?;
+        if !out.status.success() {
+            return Err(Status::internal(format!(
+                "{} start failed: {}",
+                binary.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let address = parse_start_output(&String::from_utf8_lossy(&out.stdout))
+            .map_err(|e| Status::internal(format!("{}: {e}", binary.display())))?;
+        let _ = std::fs::write(
+            bundle.join("shim-binary-path"),
+            binary.as_os_str().as_encoded_bytes(),
+        );
+        let shim = self.connect(ns, id, bundle, binary, &address).await?;
+        Ok(shim)
+    }
+
+    async fn connect(
+        &self,
+        ns: &str,
+        id: &str,
+        bundle: &Path,
+        binary: &Path,
+        address: &Path,
+    ) -> Result<Arc<Shim>, Status> {
+        let client = tokio::time::timeout(Duration::from_secs(5), Client::connect(address))
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!("shim {}: connect timed out", address.display()))
+            })?
+            .map_err(|e| Status::unavailable(format!("shim {}: {e}", address.display())))?;
+        let shim = Arc::new(Shim {
+            ns: ns.to_string(),
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            client: TaskClient::new(client),
+            binary: binary.to_path_buf(),
+        });
+        shim.client
+            .connect(
+                &shim.opts(Some(CALL_TIMEOUT)),
+                &ConnectRequest { id: id.to_string() },
+            )
+            .await
+            .map_err(shim_status)?;
+        self.shims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns.to_string(), id.to_string()), shim.clone());
+        Ok(shim)
+    }
+
+    /// Stops a task's shim after its task was deleted, and removes the bundle.
+    pub(crate) async fn stop_shim(&self, shim: &Shim) {
+        let _ = shim
+            .client
+            .shutdown(
+                &shim.opts(Some(Duration::from_secs(5))),
+                &ShutdownRequest {
+                    id: shim.id.clone(),
+                    now: false,
+                },
+            )
+            .await;
+        self.forget(&shim.ns, &shim.id);
+        self.cleanup_bundle(&shim.ns, &shim.id, &shim.bundle, &shim.binary)
+            .await;
+    }
+
+    /// Runs the shim's `delete` action (kills what is left, unmounts) and removes the bundle.
+    /// Returns the `DeleteResponse` it printed, if any.
+    async fn cleanup_bundle(
+        &self,
+        ns: &str,
+        id: &str,
+        bundle: &Path,
+        binary: &Path,
+    ) -> Option<berth_api::containerd::task::v2::DeleteResponse> {
+        let mut resp = None;
+        if bundle.join("rootfs").exists() || bundle.join("address").exists() {
+            let mut cmd = self.action(binary, ns, id, bundle, "delete");
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            if let Ok(child) = tokio::process::Command::from(cmd).spawn()
+                && let Ok(Ok(out)) =
+                    tokio::time::timeout(ACTION_TIMEOUT, child.wait_with_output()).await
+            {
+                resp =
+                    berth_api::containerd::task::v2::DeleteResponse::decode(out.stdout.as_slice())
+                        .ok();
+            }
+        }
+        // The rootfs may still be mounted if the shim could not unmount it.
+        let rootfs = bundle.join("rootfs");
+        if let Ok(c) = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid path; umount2 retains nothing.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir_all(bundle);
+        resp
+    }
+
+    /// Deletes the task of a shim (the init process), then stops the shim.
+    pub(crate) async fn delete_task(
+        &self,
+        shim: &Shim,
+    ) -> Result<berth_api::containerd::task::v2::DeleteResponse, Status> {
+        let r = shim
+            .client
+            .delete(
+                &shim.opts(Some(CALL_TIMEOUT)),
+                &DeleteRequest {
+                    id: shim.id.clone(),
+                    exec_id: String::new(),
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        self.stop_shim(shim).await;
+        Ok(r)
+    }
+
+    /// Start-up: reconnects to the shims of every bundle (in parallel); cleans up after those
+    /// that are gone and publishes their exit.
+    pub(crate) async fn restore(self: &Arc<Self>) {
+        let mut found = Vec::new();
+        let Ok(nss) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for ns in nss.flatten() {
+            let ns_name = ns.file_name().to_string_lossy().into_owned();
+            let Ok(ids) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for id in ids.flatten() {
+                found.push((
+                    ns_name.clone(),
+                    id.file_name().to_string_lossy().into_owned(),
+                    id.path(),
+                ));
+            }
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (ns, id, bundle) in found {
+            let me = self.clone();
+            set.spawn(async move { me.restore_one(&ns, &id, &bundle).await });
+        }
+        let (mut live, mut dead) = (0, 0);
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(true) => live += 1,
+                Ok(false) => dead += 1,
+                Err(_) => dead += 1,
+            }
+        }
+        if live + dead > 0 {
+            tracing::info!(live, dead, "reconnected to shims");
+        }
+    }
+
+    async fn restore_one(&self, ns: &str, id: &str, bundle: &Path) -> bool {
+        let binary = std::fs::read(bundle.join("shim-binary-path"))
+            .ok()
+            .map(|b| PathBuf::from(String::from_utf8_lossy(&b).into_owned()));
+        let address = std::fs::read_to_string(bundle.join("address"))
+            .ok()
+            .and_then(|a| parse_start_output(&a).ok());
+        if let (Some(binary), Some(address)) = (&binary, &address)
+            && self.connect(ns, id, bundle, binary, address).await.is_ok()
+        {
+            return true;
+        }
+        tracing::warn!(namespace = %ns, id = %id, "shim is gone; cleaning up its bundle");
+        let resp = match &binary {
+            Some(b) => self.cleanup_bundle(ns, id, bundle, b).await,
+            None => {
+                let _ = std::fs::remove_dir_all(bundle);
+                None
+            }
+        };
+        let (pid, status, exited_at) = match resp {
+            Some(r) => (r.pid, r.exit_status, r.exited_at),
+            None => (
+                0,
+                255,
+                crate::services::sys_ts(std::time::SystemTime::now()),
+            ),
+        };
+        self.events.publish(
+            ns,
+            "/tasks/exit",
+            &TaskExit {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid,
+                exit_status: status,
+                exited_at,
+            },
+        );
+        self.events.publish(
+            ns,
+            "/tasks/delete",
+            &TaskDelete {
+                container_id: id.to_string(),
+                pid,
+                exit_status: status,
+                exited_at: crate::services::sys_ts(std::time::SystemTime::now()),
+                id: id.to_string(),
+            },
+        );
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_output_forms() {
+        assert_eq!(
+            parse_start_output("unix:///run/containerd/s/abc\n").unwrap(),
+            PathBuf::from("/run/containerd/s/abc")
+        );
+        assert_eq!(
+            parse_start_output(r#"{"version":2,"address":"unix:///x/s","protocol":"ttrpc"}"#)
+                .unwrap(),
+            PathBuf::from("/x/s")
+        );
+        assert!(
+            parse_start_output(r#"{"version":3,"address":"unix:///x","protocol":"ttrpc"}"#)
+                .is_err()
+        );
+        assert!(parse_start_output("").is_err());
+        assert!(parse_start_output("relative/path").is_err());
+    }
+
+    #[test]
+    fn runtime_names_map_to_shim_binaries() {
+        let e = shim_binary("io.containerd.nosuch.v9").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert!(
+            e.message().contains("containerd-shim-nosuch-v9"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            shim_binary("bad").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            shim_binary("/no/such/shim").unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! Tasks through berthd's runtime manager and Debian's `containerd-shim-runc-v2` (with Debian's
+//! runc), driven by Debian's `ctr`: `run --rm`, exit codes, `-d` then exec, pause/resume, ps,
+//! metrics, kill, rm, a terminal, a daemon restart with live shims, and bad requests. berthd
+//! runs in a private mount namespace (the 1.6 Go shim insists on `/run/containerd`).
+
+use std::process::Command;
+use std::time::Duration;
+
+use berth_e2e::{Daemon, busybox_oci_archive, fails, ok};
+
+const IMAGE: &str = "docker.io/library/tasks:1";
+
+fn setup(d: &Daemon, ns: &str) {
+    let dir = d.dir.path().join("img.tar");
+    busybox_oci_archive(&dir, IMAGE, &[("etc/motd", b"tasks\n")]);
+    ok(d.ctr(&["-n", ns, "images", "import", dir.to_str().unwrap()]));
+}
+
+struct CgroupCleanup(&'static str);
+impl Drop for CgroupCleanup {
+    fn drop(&mut self) {
+        berth_e2e::remove_cgroup(&format!("/{}", self.0));
+    }
+}
+
+#[test]
+fn ctr_run_and_task_commands_through_the_go_shim() {
+    const NS: &str = "berth-e2e-tasks";
+    let _cg = CgroupCleanup(NS);
+    let d = Daemon::start_for_tasks();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["-n", NS, "run", "--fifo-dir", fifo];
+        all.extend_from_slice(args);
+        d.ctr(&all)
+    };
+    // run --rm prints the container's output; exit codes propagate.
+    let out = ok(run(&["--rm", IMAGE, "hello", "echo", "hi"]));
+    assert_eq!(out.trim(), "hi");
+    let st = run(&["--rm", IMAGE, "seven", "sh", "-c", "exit 7"]);
+    assert_eq!(st.status.code(), Some(7), "{st:?}");
+
+    // -d, then the task commands.
+    ok(run(&["-d", IMAGE, "bg", "sleep", "1000"]));
+    let task = |args: &[&str]| {
+        let mut all = vec!["-n", NS, "task"];
+        all.extend_from_slice(args);
+        d.ctr(&all)
+    };
+    let ls = ok(task(&["ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("bg ") && l.contains("RUNNING")),
+        "{ls}"
+    );
+    let out = ok(task(&[
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "e1",
+        "bg",
+        "cat",
+        "/etc/motd",
+    ]));
+    assert_eq!(out.trim(), "tasks");
+    let st = task(&[
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "e2",
+        "bg",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(st.status.code(), Some(3));
+    let e = fails(task(&[
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "e3",
+        "bg",
+        "/no/such/binary",
+    ]));
+    assert!(!e.is_empty());
+    ok(task(&["pause", "bg"]));
+    assert!(ok(task(&["ls"])).contains("PAUSED"));
+    ok(task(&["resume", "bg"]));
+    assert!(ok(task(&["ls"])).contains("RUNNING"));
+    let ps = ok(task(&["ps", "bg"]));
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+    let metrics = ok(task(&["metrics", "bg"]));
+    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+    // busybox sleep as pid 1 ignores SIGTERM; SIGKILL stops it.
+    ok(task(&["kill", "-s", "KILL", "bg"]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ok(task(&["ls"])).contains("STOPPED") {
+        assert!(std::time::Instant::now() < deadline, "never stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(task(&["rm", "bg"]));
+    ok(d.ctr(&["-n", NS, "containers", "rm", "bg"]));
+    assert!(ok(task(&["ls", "-q"])).trim().is_empty());
+    let e = fails(task(&["kill", "bg"]));
+    assert!(e.contains("not found"), "{e}");
+
+    // A terminal (ctr -t needs one itself: script(1) gives it a pty).
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "ctr --address {} -n {NS} run --rm -t --fifo-dir {fifo} {IMAGE} tty sh -c 'tty; echo on-a-tty'",
+            d.sock.display()
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("on-a-tty") && text.contains("/dev/"),
+        "{text}"
+    );
+
+    // Bad input: an unknown runtime, a container id without a container.
+    let e = fails(run(&[
+        "--rm",
+        "--runtime",
+        "io.containerd.nope.v1",
+        IMAGE,
+        "x",
+        "true",
+    ]));
+    assert!(e.contains("containerd-shim-nope-v1 not found"), "{e}");
+    assert!(
+        ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))
+            .trim()
+            .is_empty()
+    );
+
+    // Nothing left: no shim, no bundle.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    let bundles = d
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(NS);
+    assert_eq!(
+        std::fs::read_dir(&bundles).map(|r| r.count()).unwrap_or(0),
+        0
+    );
+}
+
+#[test]
+fn tasks_survive_a_daemon_restart() {
+    const NS: &str = "berth-e2e-restart";
+    let _cg = CgroupCleanup(NS);
+    let mut d = Daemon::start_for_tasks();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    for id in ["long", "short"] {
+        let cmd = if id == "long" {
+            "sleep 1000"
+        } else {
+            "sleep 1"
+        };
+        ok(d.ctr(&[
+            "-n",
+            NS,
+            "run",
+            "-d",
+            "--fifo-dir",
+            fifo,
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            cmd,
+        ]));
+    }
+    d.kill9();
+    // `short` exits while the daemon is down.
+    std::thread::sleep(Duration::from_secs(2));
+    d.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    let ls = ok(d.ctr(&["-n", NS, "task", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("long ") && l.contains("RUNNING")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("short ") && l.contains("STOPPED")),
+        "{ls}"
+    );
+    assert!(d.log().contains("reconnected to shims"), "{}", d.log());
+    // Still controllable.
+    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "long"]));
+    std::thread::sleep(Duration::from_millis(500));
+    for id in ["long", "short"] {
+        ok(d.ctr(&["-n", NS, "task", "rm", id]));
+        ok(d.ctr(&["-n", NS, "containers", "rm", id]));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+}
