@@ -273,10 +273,10 @@ impl Daemon {
         if let Ok(nss) = std::fs::read_dir(&bundles) {
             for ns in nss.flatten() {
                 for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-                    if let Ok(pid) = std::fs::read_to_string(b.path().join("init.pid")) {
-                        if let Ok(pid) = pid.trim().parse::<i32>() {
-                            pids.push(pid);
-                        }
+                    if let Ok(pid) = std::fs::read_to_string(b.path().join("init.pid"))
+                        && let Ok(pid) = pid.trim().parse::<i32>()
+                    {
+                        pids.push(pid);
                     }
                 }
             }
