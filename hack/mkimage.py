@@ -3,6 +3,7 @@
 layer per directory, reproducibly (sorted names, mtime 0, root owner). No network.
 
 Usage: hack/mkimage.py OUT.tar NAME DIR [DIR...]
+A DIR written @DIR is a root file system: its contents go at the image's root.
 """
 import gzip, hashlib, io, json, os, sys, tarfile
 
@@ -13,9 +14,12 @@ def sha(b):
 
 def layer(path):
     raw = io.BytesIO()
+    base = "/"
+    if path.startswith("@"):
+        path = base = path[1:]
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
         # Parent directories first, as image builders write them.
-        parts = os.path.relpath(path, "/").split(os.sep)
+        parts = [] if base == path else os.path.relpath(path, "/").split(os.sep)
         for i in range(1, len(parts) + 1):
             d = os.path.join("/", *parts[:i])
             ti = t.gettarinfo(d, arcname=os.path.relpath(d, "/"))
@@ -25,9 +29,9 @@ def layer(path):
             dirs.sort()
             for name in sorted(dirs) + sorted(files):
                 full = os.path.join(dirpath, name)
-                arc = os.path.relpath(full, "/")
+                arc = os.path.relpath(full, base)
                 ti = t.gettarinfo(full, arcname=arc)
-                if ti is None or not (ti.isfile() or ti.isdir() or ti.issym()):
+                if ti is None or not (ti.isfile() or ti.isdir() or ti.issym() or ti.islnk()):
                     continue
                 ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "", ""
                 if ti.isfile():

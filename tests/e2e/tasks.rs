@@ -211,3 +211,101 @@ fn tasks_survive_a_daemon_restart() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
 }
+
+#[test]
+fn berthctl_run() {
+    const NS: &str = "berth-e2e-brun";
+    let _cg = CgroupCleanup(NS);
+    let d = Daemon::start_for_tasks();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["-n", NS, "run", "--fifo-dir", fifo];
+        all.extend_from_slice(args);
+        d.berthctl(&all)
+    };
+    let out = ok(run(&["--rm", IMAGE, "one", "echo", "hello", "there"]));
+    assert_eq!(out.trim(), "hello there");
+    let st = run(&[
+        "--rm",
+        "--env",
+        "FOO=bar",
+        "--cwd",
+        "/etc",
+        IMAGE,
+        "two",
+        "sh",
+        "-c",
+        "echo $FOO $(pwd); exit 5",
+    ]);
+    assert_eq!(st.status.code(), Some(5), "{st:?}");
+    assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), "bar /etc");
+    // -d with limits: the cgroup has them; the task is listed by ctr.
+    ok(run(&[
+        "-d",
+        "--memory-limit",
+        "33554432",
+        "--cpus",
+        "0.5",
+        IMAGE,
+        "three",
+        "sleep",
+        "1000",
+    ]));
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{NS}/three/memory.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(limit.trim(), "33554432");
+    let quota = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/cpu,cpuacct/{NS}/three/cpu.cfs_quota_us"
+    ))
+    .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/{NS}/three/cpu.cfs_quota_us")))
+    .unwrap();
+    assert_eq!(quota.trim(), "50000");
+    assert!(ok(d.ctr(&["-n", NS, "task", "ls"])).contains("three"));
+    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "three"]));
+    std::thread::sleep(Duration::from_millis(500));
+    ok(d.ctr(&["-n", NS, "task", "rm", "three"]));
+    ok(d.ctr(&["-n", NS, "containers", "rm", "three"]));
+    // --rm left no container and no snapshot of its own.
+    assert!(
+        ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))
+            .trim()
+            .is_empty()
+    );
+    let snaps = ok(d.ctr(&["-n", NS, "snapshots", "ls"]));
+    assert!(!snaps.contains("one") && !snaps.contains("two"), "{snaps}");
+    // A terminal.
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --address {} -n {NS} run --rm -t --fifo-dir {fifo} {IMAGE} four sh -c 'tty; echo on-a-tty'",
+            berth_e2e::bin("berthctl").display(),
+            d.sock.display()
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("on-a-tty") && text.contains("/dev/pts"),
+        "{text}"
+    );
+    // Bad input.
+    let e = fails(run(&["--rm", "nope:1", "five", "true"]));
+    assert!(e.contains("not found"), "{e}");
+    let e = fails(run(&[
+        "--rm",
+        "--runtime",
+        "io.containerd.nope.v1",
+        IMAGE,
+        "six",
+        "true",
+    ]));
+    assert!(e.contains("containerd-shim-nope-v1"), "{e}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+}

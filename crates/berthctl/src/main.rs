@@ -62,6 +62,8 @@ enum Command {
     Leases(cmd::leases::Action),
     /// Pull an image from a registry (server-side, with progress), and unpack it.
     Pull(cmd::pull::Args),
+    /// Run a container from an image (`--rm`, `-d`, `-t`, `-i`, ...); exits with its status.
+    Run(cmd::run::Args),
     /// Push an image to a registry (server-side, with progress).
     Push(cmd::pull::PushArgs),
     /// Print events as they happen.
@@ -102,6 +104,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshots(a) => cmd::snapshots::run(&conn, a).await,
         Command::Events(a) => cmd::events::run(&conn, a).await,
         Command::Pull(a) => cmd::pull::run(&conn, a).await,
+        Command::Run(a) => {
+            let code = cmd::run::run(&conn, &cli.namespace, a).await?;
+            std::process::exit(code);
+        }
         Command::Push(a) => cmd::pull::push(&conn, a).await,
     }
 }

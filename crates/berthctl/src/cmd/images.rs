@@ -276,7 +276,7 @@ fn to_image_descriptor(d: &Descriptor) -> anyhow::Result<berth_image::Descriptor
 }
 
 /// Reads a whole (small) blob.
-pub(super) async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
     let mut c = ContentClient::new(conn.channel.clone());
     let mut s = c
         .read(conn.req(ReadContentRequest {

@@ -8,6 +8,7 @@ pub(crate) mod leases;
 pub(crate) mod namespaces;
 pub(crate) mod plugins;
 pub(crate) mod pull;
+pub(crate) mod run;
 pub(crate) mod snapshots;
 pub(crate) mod snapshots_diff;
 pub(crate) mod version;

@@ -1,0 +1,531 @@
+//! `berthctl run`: a container from an image, as `ctr run` makes one: an OCI spec from
+//! containerd's defaults and the image config, a snapshot over the image's top layer, the
+//! container record, then the task, with its stdio through FIFOs (or a terminal).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use berth_api::containerd::services::containers::v1::containers_client::ContainersClient;
+use berth_api::containerd::services::containers::v1::{
+    Container, CreateContainerRequest, DeleteContainerRequest, container::Runtime,
+};
+use berth_api::containerd::services::images::v1::GetImageRequest;
+use berth_api::containerd::services::images::v1::images_client::ImagesClient;
+use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
+use berth_api::containerd::services::leases::v1::{CreateRequest, DeleteRequest};
+use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use berth_api::containerd::services::snapshots::v1::{
+    PrepareSnapshotRequest, RemoveSnapshotRequest,
+};
+use berth_api::containerd::services::tasks::v1::tasks_client::TasksClient;
+use berth_api::containerd::services::tasks::v1::{
+    CreateTaskRequest, DeleteTaskRequest, ResizePtyRequest, StartRequest, WaitRequest,
+};
+use berth_image::media::{
+    PlatformSpec, chain_ids, config_diff_ids, manifest_parts, select_manifest,
+};
+use serde_json::{Value, json};
+
+use crate::client::Conn;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The image (its name in this namespace).
+    image: String,
+    /// The container id.
+    id: String,
+    /// The command and its arguments (default: the image's entrypoint and cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// Remove the container (and its snapshot) when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Start it and return (no stdio).
+    #[arg(short, long)]
+    detach: bool,
+    /// Give it a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Keep stdin open and copy ours to it.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Environment variables (`KEY=value`).
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Bind mounts: `type=bind,src=/host,dst=/container,options=rbind:ro`.
+    #[arg(long = "mount")]
+    mounts: Vec<String>,
+    /// Use the host's network namespace.
+    #[arg(long)]
+    net_host: bool,
+    /// Memory limit in bytes.
+    #[arg(long)]
+    memory_limit: Option<i64>,
+    /// CPUs (e.g. 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// User (`uid[:gid]`).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Runtime (`io.containerd.runc.v2`, `io.containerd.berth.v2`, or a shim path).
+    #[arg(long, default_value = "io.containerd.runc.v2")]
+    runtime: String,
+    /// Snapshotter.
+    #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
+    snapshotter: String,
+    /// Directory for the stdio FIFOs.
+    #[arg(long, default_value = "/run/berth/fifo")]
+    fifo_dir: PathBuf,
+}
+
+async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
+    super::images::read_blob(conn, digest).await
+}
+
+/// The image's config JSON and its top chain id.
+async fn image_config(conn: &Conn, name: &str) -> anyhow::Result<(Value, String)> {
+    let img = ImagesClient::new(conn.channel.clone())
+        .get(conn.req(GetImageRequest { name: name.into() }))
+        .await?
+        .into_inner()
+        .image
+        .context("no image in the answer")?;
+    let target = img.target.context("image without a target")?;
+    let mut manifest = target.digest.clone();
+    if berth_image::media::is_index(&target.media_type) {
+        let index = read_blob(conn, &manifest).await?;
+        manifest = select_manifest(&index, &PlatformSpec::host())?
+            .context("no manifest for this platform")?
+            .digest
+            .to_string();
+    }
+    let (config, _) = manifest_parts(&read_blob(conn, &manifest).await?)?;
+    let bytes = read_blob(conn, config.digest.as_str()).await?;
+    let chain = chain_ids(&config_diff_ids(&bytes)?);
+    let top = chain.last().context("image without layers")?.to_string();
+    Ok((serde_json::from_slice(&bytes)?, top))
+}
+
+fn parse_mount(s: &str) -> anyhow::Result<Value> {
+    let mut kv: HashMap<&str, &str> = HashMap::new();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("--mount {s:?}: want key=value pairs"))?;
+        kv.insert(k, v);
+    }
+    let dst = kv
+        .get("dst")
+        .or(kv.get("destination"))
+        .with_context(|| format!("--mount {s:?}: dst is required"))?;
+    let src = kv
+        .get("src")
+        .or(kv.get("source"))
+        .copied()
+        .unwrap_or("none");
+    let ty = kv.get("type").copied().unwrap_or("bind");
+    let options: Vec<&str> = kv
+        .get("options")
+        .map(|o| o.split(':').collect())
+        .unwrap_or_else(|| if ty == "bind" { vec!["rbind"] } else { vec![] });
+    Ok(json!({"destination": dst, "type": ty, "source": src, "options": options}))
+}
+
+/// containerd's default spec (`oci.WithDefaultSpec`), the image config, and the flags.
+fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
+    let cfg = image.get("config").cloned().unwrap_or(Value::Null);
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut args = a.args.clone();
+    if args.is_empty() {
+        args = strings(cfg.get("Entrypoint"));
+        args.extend(strings(cfg.get("Cmd")));
+    }
+    anyhow::ensure!(!args.is_empty(), "no command: give one, the image has none");
+    let mut env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    for e in strings(cfg.get("Env")) {
+        let key = e.split('=').next().unwrap_or_default().to_string();
+        env.retain(|x| !x.starts_with(&format!("{key}=")));
+        env.push(e);
+    }
+    for e in &a.env {
+        anyhow::ensure!(e.contains('='), "--env {e:?}: want KEY=value");
+        let key = e.split('=').next().unwrap_or_default().to_string();
+        env.retain(|x| !x.starts_with(&format!("{key}=")));
+        env.push(e.clone());
+    }
+    let cwd = a
+        .cwd
+        .clone()
+        .or_else(|| {
+            cfg.get("WorkingDir")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let user = a
+        .user
+        .clone()
+        .or_else(|| cfg.get("User").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    let (uid, gid) = if user.is_empty() {
+        (0, 0)
+    } else {
+        let (u, g) = user.split_once(':').unwrap_or((&user, ""));
+        let uid: u32 = u
+            .parse()
+            .with_context(|| format!("user {user:?}: only numeric uid[:gid] is supported"))?;
+        let gid: u32 = if g.is_empty() {
+            uid
+        } else {
+            g.parse().with_context(|| format!("user {user:?}: gid"))?
+        };
+        (uid, gid)
+    };
+    let caps = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if !a.net_host {
+        namespaces.push(json!({"type": "network"}));
+    }
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+    ];
+    if a.net_host {
+        for f in ["/etc/hosts", "/etc/resolv.conf"] {
+            if Path::new(f).exists() {
+                mounts.push(json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
+            }
+        }
+    }
+    for m in &a.mounts {
+        mounts.push(parse_mount(m)?);
+    }
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(m) = a.memory_limit {
+        anyhow::ensure!(m > 0, "--memory-limit: must be positive");
+        resources["memory"] = json!({"limit": m});
+    }
+    if let Some(c) = a.cpus {
+        anyhow::ensure!(c > 0.0, "--cpus: must be positive");
+        let period: u64 = 100_000;
+        resources["cpu"] = json!({"quota": (c * period as f64) as i64, "period": period});
+    }
+    Ok(json!({
+        "ociVersion": "1.1.0",
+        "process": {
+            "terminal": a.tty,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": if a.net_host { Value::Null } else { json!(a.id) },
+        "mounts": mounts,
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": format!("/{ns}/{}", a.id),
+            "namespaces": namespaces,
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    }))
+}
+
+fn mkfifo(p: &Path) -> anyhow::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid NUL-terminated path; mkfifo retains nothing.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mkfifo {}", p.display()));
+    }
+    Ok(())
+}
+
+/// Our terminal in raw mode until dropped.
+struct RawTerminal(Option<libc::termios>);
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a properly sized, initialised termios.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return RawTerminal(None);
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            RawTerminal(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            // SAFETY: restores the attributes read in `enter`.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        }
+    }
+}
+
+fn window_size() -> Option<(u32, u32)> {
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0)
+            .then_some((u32::from(ws.ws_col), u32::from(ws.ws_row)))
+    }
+}
+
+fn copy_out(path: PathBuf, mut to: impl Write + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        // Opened read-write so it never sees EOF before the writer comes; the writer closing is
+        // seen as the task exiting, after which the copy is stopped by the caller.
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        else {
+            return;
+        };
+        let mut buf = [0u8; 32 * 1024];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            let _ = to.flush();
+        }
+    })
+}
+
+pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        !(a.rm && a.detach),
+        "--rm and --detach cannot be used together"
+    );
+    let (config, top) = image_config(conn, &a.image).await?;
+    let spec = build_spec(&a, ns, &config)?;
+
+    // The snapshot and the container under a lease, so GC cannot take the snapshot in between.
+    let mut leases = LeasesClient::new(conn.channel.clone());
+    let lease = leases
+        .create(conn.req(CreateRequest {
+            id: format!("run-{}-{}", a.id, std::process::id()),
+            labels: Default::default(),
+        }))
+        .await?
+        .into_inner()
+        .lease
+        .context("no lease")?
+        .id;
+    let mut snaps = SnapshotsClient::new(conn.channel.clone());
+    let made = async {
+        snaps
+            .prepare(conn.req_lease(
+                PrepareSnapshotRequest {
+                    snapshotter: a.snapshotter.clone(),
+                    key: a.id.clone(),
+                    parent: top.clone(),
+                    labels: Default::default(),
+                },
+                &lease,
+            )?)
+            .await?;
+        ContainersClient::new(conn.channel.clone())
+            .create(conn.req(CreateContainerRequest {
+                container: Some(Container {
+                    id: a.id.clone(),
+                    image: a.image.clone(),
+                    runtime: Some(Runtime {
+                        name: a.runtime.clone(),
+                        options: None,
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                        value: serde_json::to_vec(&spec)?,
+                    }),
+                    snapshotter: a.snapshotter.clone(),
+                    snapshot_key: a.id.clone(),
+                    ..Default::default()
+                }),
+            }))
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = leases
+        .delete(conn.req(DeleteRequest {
+            id: lease,
+            sync: false,
+        }))
+        .await;
+    made?;
+
+    let result = run_task(conn, &a).await;
+    if a.rm {
+        let _ = ContainersClient::new(conn.channel.clone())
+            .delete(conn.req(DeleteContainerRequest { id: a.id.clone() }))
+            .await;
+        let _ = snaps
+            .remove(conn.req(RemoveSnapshotRequest {
+                snapshotter: a.snapshotter.clone(),
+                key: a.id.clone(),
+            }))
+            .await;
+    }
+    result
+}
+
+async fn run_task(conn: &Conn, a: &Args) -> anyhow::Result<i32> {
+    let mut tasks = TasksClient::new(conn.channel.clone());
+    let (mut stdin, mut stdout, mut stderr) = (String::new(), String::new(), String::new());
+    let fifo_dir = a.fifo_dir.join(format!("{}-{}", a.id, std::process::id()));
+    let mut copies = Vec::new();
+    if !a.detach {
+        std::fs::create_dir_all(&fifo_dir).with_context(|| format!("{}", fifo_dir.display()))?;
+        let out = fifo_dir.join("stdout");
+        mkfifo(&out)?;
+        stdout = out.display().to_string();
+        copies.push(copy_out(out, std::io::stdout()));
+        if !a.tty {
+            let err = fifo_dir.join("stderr");
+            mkfifo(&err)?;
+            stderr = err.display().to_string();
+            copies.push(copy_out(err, std::io::stderr()));
+        }
+        if a.interactive || a.tty {
+            let inp = fifo_dir.join("stdin");
+            mkfifo(&inp)?;
+            stdin = inp.display().to_string();
+            let p = inp.clone();
+            std::thread::spawn(move || {
+                if let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).open(&p) {
+                    let mut buf = [0u8; 4096];
+                    let mut input = std::io::stdin();
+                    while let Ok(n) = input.read(&mut buf) {
+                        if n == 0 || f.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    let created = tasks
+        .create(conn.req(CreateTaskRequest {
+            container_id: a.id.clone(),
+            stdin,
+            stdout,
+            stderr,
+            terminal: a.tty,
+            ..Default::default()
+        }))
+        .await;
+    let created = match created {
+        Ok(c) => c.into_inner(),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&fifo_dir);
+            return Err(e.into());
+        }
+    };
+    let mut waiter = tasks.clone();
+    let wait_req = conn.req(WaitRequest {
+        container_id: a.id.clone(),
+        exec_id: String::new(),
+    });
+    let wait = tokio::spawn(async move { waiter.wait(wait_req).await });
+    let _raw = a.tty.then(RawTerminal::enter);
+    tasks
+        .start(conn.req(StartRequest {
+            container_id: a.id.clone(),
+            exec_id: String::new(),
+        }))
+        .await?;
+    if a.detach {
+        println!("{} {}", a.id, created.pid);
+        return Ok(0);
+    }
+    if a.tty {
+        let conn2 = conn.clone();
+        let id = a.id.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut t = TasksClient::new(conn2.channel.clone());
+            loop {
+                let now = window_size();
+                if now.is_some() && now != last {
+                    last = now;
+                    let (w, h) = now.unwrap_or((80, 24));
+                    let _ = t
+                        .resize_pty(conn2.req(ResizePtyRequest {
+                            container_id: id.clone(),
+                            exec_id: String::new(),
+                            width: w,
+                            height: h,
+                        }))
+                        .await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
+    }
+    let status = wait.await??.into_inner().exit_status;
+    // Let the copies drain what the task wrote last.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(_raw);
+    let _ = tasks
+        .delete(conn.req(DeleteTaskRequest {
+            container_id: a.id.clone(),
+        }))
+        .await;
+    let _ = std::fs::remove_dir_all(&fifo_dir);
+    drop(copies);
+    Ok(status as i32)
+}
