@@ -265,10 +265,59 @@ fn berthctl_run() {
     .unwrap();
     assert_eq!(quota.trim(), "50000");
     assert!(ok(d.ctr(&["-n", NS, "task", "ls"])).contains("three"));
-    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "three"]));
-    std::thread::sleep(Duration::from_millis(500));
-    ok(d.ctr(&["-n", NS, "task", "rm", "three"]));
-    ok(d.ctr(&["-n", NS, "containers", "rm", "three"]));
+    // berthctl's containers and tasks commands on it.
+    let b = |args: &[&str]| {
+        let mut all = vec!["-n", NS];
+        all.extend_from_slice(args);
+        d.berthctl(&all)
+    };
+    assert_eq!(
+        ok(b(&["containers", "ls"])),
+        ok(d.ctr(&["-n", NS, "containers", "ls"]))
+    );
+    let info = ok(b(&["containers", "info", "three"]));
+    assert!(info.contains("\"SnapshotKey\": \"three\""), "{info}");
+    ok(b(&["containers", "label", "three", "role=test"]));
+    assert!(ok(b(&["containers", "ls", "-q", "labels.role==test"])).contains("three"));
+    assert!(
+        ok(b(&["tasks", "ls"]))
+            .lines()
+            .any(|l| l.starts_with("three") && l.contains("RUNNING"))
+    );
+    let out = ok(b(&[
+        "tasks",
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "x1",
+        "three",
+        "cat",
+        "/etc/motd",
+    ]));
+    assert_eq!(out.trim(), "tasks");
+    let st = b(&[
+        "tasks",
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "x2",
+        "three",
+        "sh",
+        "-c",
+        "exit 4",
+    ]);
+    assert_eq!(st.status.code(), Some(4));
+    ok(b(&["tasks", "pause", "three"]));
+    assert!(ok(b(&["tasks", "ls"])).contains("PAUSED"));
+    ok(b(&["tasks", "resume", "three"]));
+    assert_eq!(ok(b(&["tasks", "ps", "three"])).lines().count(), 2);
+    assert!(ok(b(&["tasks", "metrics", "three"])).contains("cgroups"));
+    let e = fails(b(&["tasks", "kill", "-s", "NOPE", "three"]));
+    assert!(e.contains("unknown signal"), "{e}");
+    ok(b(&["tasks", "rm", "-f", "three"]));
+    ok(b(&["containers", "rm", "three"]));
     // --rm left no container and no snapshot of its own.
     assert!(
         ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))

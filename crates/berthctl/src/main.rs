@@ -62,6 +62,14 @@ enum Command {
     Leases(cmd::leases::Action),
     /// Pull an image from a registry (server-side, with progress), and unpack it.
     Pull(cmd::pull::Args),
+    /// Manage containers.
+    #[command(alias = "container", alias = "c")]
+    #[command(subcommand)]
+    Containers(cmd::containers::ContainersAction),
+    /// Manage tasks (running containers).
+    #[command(alias = "task", alias = "t")]
+    #[command(subcommand)]
+    Tasks(cmd::containers::TasksAction),
     /// Run a container from an image (`--rm`, `-d`, `-t`, `-i`, ...); exits with its status.
     Run(cmd::run::Args),
     /// Push an image to a registry (server-side, with progress).
@@ -104,10 +112,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshots(a) => cmd::snapshots::run(&conn, a).await,
         Command::Events(a) => cmd::events::run(&conn, a).await,
         Command::Pull(a) => cmd::pull::run(&conn, a).await,
+        Command::Containers(a) => cmd::containers::containers(&conn, a).await,
+        Command::Tasks(a) => cmd::containers::tasks(&conn, a).await,
         Command::Run(a) => {
             let code = cmd::run::run(&conn, &cli.namespace, a).await?;
             std::process::exit(code);
         }
         Command::Push(a) => cmd::pull::push(&conn, a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

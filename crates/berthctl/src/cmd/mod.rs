@@ -1,5 +1,6 @@
 //! One module per sub-command.
 
+pub(crate) mod containers;
 pub(crate) mod content;
 pub(crate) mod events;
 pub(crate) mod images;

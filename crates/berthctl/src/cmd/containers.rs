@@ -1,0 +1,402 @@
+//! `berthctl containers ls|info|rm|label` and `berthctl tasks ls|kill|pause|resume|ps|metrics|
+//! exec|rm`, printing what ctr prints.
+
+use anyhow::Context;
+use berth_api::containerd::services::containers::v1::containers_client::ContainersClient;
+use berth_api::containerd::services::containers::v1::{
+    Container, DeleteContainerRequest, GetContainerRequest, ListContainersRequest,
+    UpdateContainerRequest,
+};
+use berth_api::containerd::services::snapshots::v1::RemoveSnapshotRequest;
+use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use berth_api::containerd::services::tasks::v1::tasks_client::TasksClient;
+use berth_api::containerd::services::tasks::v1::{
+    DeleteTaskRequest, ExecProcessRequest, KillRequest, ListPidsRequest, ListTasksRequest,
+    MetricsRequest, PauseTaskRequest, ResumeTaskRequest, StartRequest, WaitRequest,
+};
+
+use super::{format_labels, parse_labels};
+use crate::client::Conn;
+use crate::table::Table;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ContainersAction {
+    /// List containers.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+        filters: Vec<String>,
+    },
+    /// Show a container as JSON.
+    Info { id: String },
+    /// Delete containers (and their snapshots).
+    #[command(alias = "del", alias = "delete", alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Set (`key=value`) or remove (`key`) labels.
+    Label { id: String, labels: Vec<String> },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum TasksAction {
+    /// List tasks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Signal a task (default SIGTERM).
+    Kill {
+        id: String,
+        /// Signal number or name (`KILL`, `SIGTERM`, `9`).
+        #[arg(short, long, default_value = "SIGTERM")]
+        signal: String,
+        /// Every process of the container.
+        #[arg(long)]
+        all: bool,
+        /// An exec'd process instead of the init.
+        #[arg(long)]
+        exec_id: Option<String>,
+    },
+    /// Freeze a task.
+    Pause { id: String },
+    /// Thaw a task.
+    Resume { id: String },
+    /// A task's processes.
+    Ps { id: String },
+    /// A task's cgroup metrics (raw, as the shim reports them).
+    Metrics { id: String },
+    /// Run another process in a task; waits for it and exits with its status.
+    Exec {
+        id: String,
+        #[arg(long)]
+        exec_id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+        /// Directory for the stdio FIFOs.
+        #[arg(long, default_value = "/run/berth/fifo")]
+        fifo_dir: std::path::PathBuf,
+    },
+    /// Delete a stopped task (`-f`: kill it first).
+    #[command(alias = "del", alias = "delete", alias = "remove")]
+    Rm {
+        id: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+const STATUS: [&str; 6] = [
+    "UNKNOWN", "CREATED", "RUNNING", "STOPPED", "PAUSED", "PAUSING",
+];
+
+fn signal_number(s: &str) -> anyhow::Result<u32> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    let n = match name.as_str() {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        _ => anyhow::bail!("unknown signal {s:?}"),
+    };
+    Ok(n as u32)
+}
+
+async fn get(conn: &Conn, id: &str) -> anyhow::Result<Container> {
+    ContainersClient::new(conn.channel.clone())
+        .get(conn.req(GetContainerRequest { id: id.into() }))
+        .await?
+        .into_inner()
+        .container
+        .context("no container in the answer")
+}
+
+pub(crate) async fn containers(conn: &Conn, action: ContainersAction) -> anyhow::Result<()> {
+    let mut c = ContainersClient::new(conn.channel.clone());
+    match action {
+        ContainersAction::Ls { quiet, filters } => {
+            let list = c
+                .list(conn.req(ListContainersRequest { filters }))
+                .await?
+                .into_inner()
+                .containers;
+            if quiet {
+                for x in list {
+                    println!("{}", x.id);
+                }
+                return Ok(());
+            }
+            let mut t = Table::new(&["CONTAINER", "IMAGE", "RUNTIME"], 4);
+            for x in list {
+                let image = if x.image.is_empty() {
+                    "-".into()
+                } else {
+                    x.image
+                };
+                t.row(vec![
+                    x.id,
+                    image,
+                    x.runtime.map(|r| r.name).unwrap_or_default(),
+                ]);
+            }
+            print!("{}", t.render());
+        }
+        ContainersAction::Info { id } => {
+            let x = get(conn, &id).await?;
+            let spec: serde_json::Value = x
+                .spec
+                .as_ref()
+                .and_then(|s| serde_json::from_slice(&s.value).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let v = serde_json::json!({
+                "ID": x.id, "Labels": x.labels, "Image": x.image,
+                "Runtime": {"Name": x.runtime.as_ref().map(|r| r.name.clone())},
+                "SnapshotKey": x.snapshot_key, "Snapshotter": x.snapshotter,
+                "Spec": spec,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        ContainersAction::Rm { ids } => {
+            let mut failed = false;
+            for id in ids {
+                let r = async {
+                    let x = get(conn, &id).await?;
+                    c.clone()
+                        .delete(conn.req(DeleteContainerRequest { id: id.clone() }))
+                        .await?;
+                    if !x.snapshot_key.is_empty() {
+                        let _ = SnapshotsClient::new(conn.channel.clone())
+                            .remove(conn.req(RemoveSnapshotRequest {
+                                snapshotter: x.snapshotter,
+                                key: x.snapshot_key,
+                            }))
+                            .await;
+                    }
+                    anyhow::Ok(())
+                }
+                .await;
+                if let Err(e) = r {
+                    eprintln!("berthctl: {id}: {e:#}");
+                    failed = true;
+                }
+            }
+            anyhow::ensure!(!failed, "some containers were not removed");
+        }
+        ContainersAction::Label { id, labels } => {
+            let labels = parse_labels(&labels)?;
+            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let x = c
+                .update(conn.req(UpdateContainerRequest {
+                    container: Some(Container {
+                        id,
+                        labels,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                }))
+                .await?
+                .into_inner()
+                .container
+                .context("no container in the answer")?;
+            println!("{}", format_labels(&x.labels));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn tasks(conn: &Conn, action: TasksAction) -> anyhow::Result<()> {
+    let mut t = TasksClient::new(conn.channel.clone());
+    match action {
+        TasksAction::Ls { quiet } => {
+            let list = t
+                .list(conn.req(ListTasksRequest::default()))
+                .await?
+                .into_inner()
+                .tasks;
+            if quiet {
+                for p in list {
+                    println!("{}", p.id);
+                }
+                return Ok(());
+            }
+            let mut tbl = Table::new(&["TASK", "PID", "STATUS"], 4);
+            for p in list {
+                let st = STATUS.get(p.status as usize).copied().unwrap_or("UNKNOWN");
+                tbl.row(vec![p.id, p.pid.to_string(), st.to_string()]);
+            }
+            print!("{}", tbl.render());
+        }
+        TasksAction::Kill {
+            id,
+            signal,
+            all,
+            exec_id,
+        } => {
+            t.kill(conn.req(KillRequest {
+                container_id: id,
+                exec_id: exec_id.unwrap_or_default(),
+                signal: signal_number(&signal)?,
+                all,
+            }))
+            .await?;
+        }
+        TasksAction::Pause { id } => {
+            t.pause(conn.req(PauseTaskRequest { container_id: id }))
+                .await?;
+        }
+        TasksAction::Resume { id } => {
+            t.resume(conn.req(ResumeTaskRequest { container_id: id }))
+                .await?;
+        }
+        TasksAction::Ps { id } => {
+            let ps = t
+                .list_pids(conn.req(ListPidsRequest { container_id: id }))
+                .await?
+                .into_inner()
+                .processes;
+            let mut tbl = Table::new(&["PID", "INFO"], 4);
+            for p in ps {
+                tbl.row(vec![p.pid.to_string(), "-".into()]);
+            }
+            print!("{}", tbl.render());
+        }
+        TasksAction::Metrics { id } => {
+            let m = t
+                .metrics(conn.req(MetricsRequest {
+                    filters: vec![format!("id=={id}")],
+                }))
+                .await?
+                .into_inner()
+                .metrics;
+            let m = m
+                .into_iter()
+                .next()
+                .with_context(|| format!("task {id:?}: no metrics"))?;
+            let data = m.data.unwrap_or_default();
+            println!(
+                "ID    {}\nTYPE  {}\nBYTES {}",
+                m.id,
+                data.type_url,
+                data.value.len()
+            );
+        }
+        TasksAction::Exec {
+            id,
+            exec_id,
+            args,
+            fifo_dir,
+        } => {
+            let x = get(conn, &id).await?;
+            let spec: serde_json::Value = x
+                .spec
+                .as_ref()
+                .and_then(|s| serde_json::from_slice(&s.value).ok())
+                .context("the container's spec is not JSON")?;
+            let mut process = spec
+                .get("process")
+                .cloned()
+                .context("spec without a process")?;
+            process["args"] = serde_json::json!(args);
+            process["terminal"] = serde_json::json!(false);
+            let dir = fifo_dir.join(format!("{id}-{exec_id}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let out = dir.join("stdout");
+            let err = dir.join("stderr");
+            for p in [&out, &err] {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+                // SAFETY: a valid NUL-terminated path.
+                if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+            }
+            let copy = |p: std::path::PathBuf, mut to: Box<dyn std::io::Write + Send>| {
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    if let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).open(&p) {
+                        let mut buf = [0u8; 8192];
+                        while let Ok(n) = f.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            let _ = to.flush();
+                        }
+                    }
+                })
+            };
+            copy(out.clone(), Box::new(std::io::stdout()));
+            copy(err.clone(), Box::new(std::io::stderr()));
+            t.exec(conn.req(ExecProcessRequest {
+                container_id: id.clone(),
+                stdin: String::new(),
+                stdout: out.display().to_string(),
+                stderr: err.display().to_string(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: serde_json::to_vec(&process)?,
+                }),
+                exec_id: exec_id.clone(),
+            }))
+            .await?;
+            let mut w = t.clone();
+            let wreq = conn.req(WaitRequest {
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
+            });
+            let wait = tokio::spawn(async move { w.wait(wreq).await });
+            t.start(conn.req(StartRequest {
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
+            }))
+            .await?;
+            let status = wait.await??.into_inner().exit_status;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let _ = t
+                .delete_process(conn.req(
+                    berth_api::containerd::services::tasks::v1::DeleteProcessRequest {
+                        container_id: id,
+                        exec_id,
+                    },
+                ))
+                .await;
+            let _ = std::fs::remove_dir_all(&dir);
+            std::process::exit(status as i32);
+        }
+        TasksAction::Rm { id, force } => {
+            if force {
+                let _ = t
+                    .kill(conn.req(KillRequest {
+                        container_id: id.clone(),
+                        exec_id: String::new(),
+                        signal: libc::SIGKILL as u32,
+                        all: true,
+                    }))
+                    .await;
+                let _ = t
+                    .wait(conn.req(WaitRequest {
+                        container_id: id.clone(),
+                        exec_id: String::new(),
+                    }))
+                    .await;
+            }
+            let r = t
+                .delete(conn.req(DeleteTaskRequest { container_id: id }))
+                .await?
+                .into_inner();
+            println!("{} exited with {}", r.id, r.exit_status);
+        }
+    }
+    Ok(())
+}
