@@ -159,16 +159,23 @@ fn ctr_run_and_task_commands_through_the_go_shim() {
 #[test]
 fn tasks_survive_a_daemon_restart() {
     const NS: &str = "berth-e2e-restart";
+    const LIVE: usize = 40;
+    const EXITING: usize = 10;
     let _cg = CgroupCleanup(NS);
     let mut d = Daemon::start_for_tasks();
     setup(&d, NS);
     let fifo = d.fifo_dir();
     let fifo = fifo.to_str().unwrap();
-    for id in ["long", "short"] {
-        let cmd = if id == "long" {
-            "sleep 1000"
+    let ids: Vec<(String, bool)> = (0..LIVE)
+        .map(|i| (format!("live-{i}"), false))
+        .chain((0..EXITING).map(|i| (format!("exits-{i}"), true)))
+        .collect();
+    for (id, exits) in &ids {
+        // The exiting ones end 3 s after they start, while the daemon is down.
+        let cmd = if *exits {
+            "sleep 3; exit 42"
         } else {
-            "sleep 1"
+            "sleep 100000"
         };
         ok(d.ctr(&[
             "-n",
@@ -184,32 +191,137 @@ fn tasks_survive_a_daemon_restart() {
             cmd,
         ]));
     }
+    let shims_before = d.leftover_pids().len();
     d.kill9();
-    // `short` exits while the daemon is down.
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(4));
     d.restart();
-    std::thread::sleep(Duration::from_millis(500));
-    let ls = ok(d.ctr(&["-n", NS, "task", "ls"]));
-    assert!(
-        ls.lines()
-            .any(|l| l.starts_with("long ") && l.contains("RUNNING")),
-        "{ls}"
-    );
-    assert!(
-        ls.lines()
-            .any(|l| l.starts_with("short ") && l.contains("STOPPED")),
-        "{ls}"
-    );
-    assert!(d.log().contains("reconnected to shims"), "{}", d.log());
-    // Still controllable.
-    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "long"]));
-    std::thread::sleep(Duration::from_millis(500));
-    for id in ["long", "short"] {
-        ok(d.ctr(&["-n", NS, "task", "rm", id]));
-        ok(d.ctr(&["-n", NS, "containers", "rm", id]));
+    let events = Command::new("ctr")
+        .arg("--address")
+        .arg(&d.sock)
+        .args(["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls = ok(d.ctr(&["-n", NS, "task", "ls"]));
+        let running = ls
+            .lines()
+            .filter(|l| l.starts_with("live-") && l.contains("RUNNING"))
+            .count();
+        let stopped = ls
+            .lines()
+            .filter(|l| l.starts_with("exits-") && l.contains("STOPPED"))
+            .count();
+        if running == LIVE && stopped == EXITING {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "after restart: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.log().contains("reconnected to shims"), "{}", d.log());
+    // Exit statuses survived; every live task is still controllable.
+    for i in 0..EXITING {
+        let st = d.ctr(&["-n", NS, "task", "rm", &format!("exits-{i}")]);
+        assert!(st.status.success(), "{st:?}");
+        ok(d.ctr(&["-n", NS, "containers", "rm", &format!("exits-{i}")]));
+    }
+    for i in 0..LIVE {
+        ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", &format!("live-{i}")]));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..LIVE {
+        ok(d.ctr(&["-n", NS, "task", "rm", &format!("live-{i}")]));
+        ok(d.ctr(&["-n", NS, "containers", "rm", &format!("live-{i}")]));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on the PID of a child we started.
+    unsafe { libc::kill(events.id() as libc::pid_t, libc::SIGTERM) };
+    let out = events.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    // Each exit during the downtime is reported once, with its status.
+    for i in 0..EXITING {
+        let id = format!("\"container_id\":\"exits-{i}\"");
+        let reports: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("/tasks/exit") && l.contains(&id))
+            .collect();
+        assert_eq!(reports.len(), 1, "exits-{i}: {reports:?}\n{out}");
+        assert!(reports[0].contains("\"exit_status\":42"), "{}", reports[0]);
+    }
+    assert!(
+        shims_before >= LIVE + EXITING,
+        "one shim per task: {shims_before}"
+    );
+    assert!(
+        d.leftover_pids().is_empty(),
+        "no shim leaked: {:?}",
+        d.leftover_pids()
+    );
+    let bundles = d
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(NS);
+    assert_eq!(
+        std::fs::read_dir(&bundles).map(|r| r.count()).unwrap_or(0),
+        0
+    );
+}
+
+/// Run/rm cycles leave nothing behind: shims, bundles, containers, snapshots, mounts.
+#[test]
+fn churn_leaves_nothing_behind() {
+    const NS: &str = "berth-e2e-churn";
+    let cycles: usize = std::env::var("BERTH_CHURN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let _cg = CgroupCleanup(NS);
+    let d = Daemon::start_for_tasks();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let snaps_before = ok(d.ctr(&["-n", NS, "snapshots", "ls"]));
+    for i in 0..cycles {
+        ok(d.ctr(&[
+            "-n",
+            NS,
+            "run",
+            "--rm",
+            "--fifo-dir",
+            fifo,
+            IMAGE,
+            &format!("c{i}"),
+            "true",
+        ]));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    assert!(
+        ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))
+            .trim()
+            .is_empty()
+    );
+    assert_eq!(ok(d.ctr(&["-n", NS, "snapshots", "ls"])), snaps_before);
+    let bundles = d
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(NS);
+    assert_eq!(
+        std::fs::read_dir(&bundles).map(|r| r.count()).unwrap_or(0),
+        0
+    );
+    // No mount of ours is left in the daemon's mount namespace.
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", d.pid())).unwrap();
+    let state = d.dir.path().join("state");
+    assert!(
+        !mounts.contains(state.to_str().unwrap()),
+        "mounts left under the state dir"
+    );
+    let fifos = std::fs::read_dir(fifo).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(fifos, 0, "ctr's fifo dirs are its own to remove");
 }
 
 #[test]

@@ -33,7 +33,13 @@ pub(crate) struct Exchange {
     // std Mutex: publish holds it only to try_send to each subscriber; never across an await.
     // Holding it while sending keeps every subscriber's order identical to publish order.
     subscribers: Mutex<Vec<Subscriber>>,
+    /// Task exits already delivered (namespace, container, process id, pid), newest last:
+    /// an exit is published once, whether the shim or the daemon's restore reports it first.
+    exits: Mutex<std::collections::VecDeque<(String, String, String, u32)>>,
 }
+
+/// How many delivered exits are remembered for de-duplication.
+const EXITS_REMEMBERED: usize = 8192;
 
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,8 +92,42 @@ impl Exchange {
         });
     }
 
+    /// Whether this envelope is a task exit that was delivered already (recording it if not).
+    fn duplicate_exit(&self, env: &Envelope) -> bool {
+        if env.topic != "/tasks/exit" {
+            return false;
+        }
+        let Some(exit) = env
+            .event
+            .as_ref()
+            .filter(|a| a.type_url.rsplit('/').next() == Some("containerd.events.TaskExit"))
+            .and_then(|a| {
+                <berth_api::containerd::events::TaskExit as prost::Message>::decode(
+                    a.value.as_slice(),
+                )
+                .ok()
+            })
+        else {
+            return false;
+        };
+        let key = (env.namespace.clone(), exit.container_id, exit.id, exit.pid);
+        let mut seen = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() >= EXITS_REMEMBERED {
+            seen.pop_front();
+        }
+        seen.push_back(key);
+        false
+    }
+
     /// Delivers an envelope as it is (Publish and Forward from clients and shims).
     pub(crate) fn forward(&self, env: Envelope) {
+        if self.duplicate_exit(&env) {
+            tracing::debug!(namespace = %env.namespace, "dropping a task exit delivered already");
+            return;
+        }
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subs.retain(|s| {
             if s.tx.is_closed() {

@@ -27,6 +27,9 @@ use crate::events::Exchange;
 
 /// How long one call to a shim may take (Wait excepted): a hung shim never blocks the others.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Exits found at start-up are published this long after the daemon serves, so that event
+/// subscribers (kubelet, ctr events) have reconnected.
+const RECOVERED_EXIT_DELAY: Duration = Duration::from_secs(1);
 /// How long a shim's `start` or `delete` action may take.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -478,8 +481,39 @@ impl Runtimes {
             .ok()
             .and_then(|a| parse_start_output(&a).ok());
         if let (Some(binary), Some(address)) = (&binary, &address)
-            && self.connect(ns, id, bundle, binary, address).await.is_ok()
+            && let Ok(shim) = self.connect(ns, id, bundle, binary, address).await
         {
+            // An exit while we were down may not have reached us: report it (once; the
+            // exchange drops a second report), after subscribers have had a moment to return.
+            if let Ok(st) = shim
+                .client
+                .state(
+                    &shim.opts(Some(CALL_TIMEOUT)),
+                    &berth_api::containerd::task::v2::StateRequest {
+                        id: id.to_string(),
+                        exec_id: String::new(),
+                    },
+                )
+                .await
+                && st.status == berth_api::containerd::v1::types::Status::Stopped as i32
+            {
+                let events = self.events.clone();
+                let (ns, id) = (ns.to_string(), id.to_string());
+                tokio::spawn(async move {
+                    tokio::time::sleep(RECOVERED_EXIT_DELAY).await;
+                    events.publish(
+                        &ns,
+                        "/tasks/exit",
+                        &TaskExit {
+                            container_id: id.clone(),
+                            id,
+                            pid: st.pid,
+                            exit_status: st.exit_status,
+                            exited_at: st.exited_at,
+                        },
+                    );
+                });
+            }
             return true;
         }
         tracing::warn!(namespace = %ns, id = %id, "shim is gone; cleaning up its bundle");
