@@ -19,6 +19,16 @@ struct FakeRegistry {
 
 impl FakeRegistry {
     fn start(routes: HashMap<String, Route>) -> FakeRegistry {
+        FakeRegistry::start_with_token(routes, None)
+    }
+
+    /// With `token`, `/v2/` paths want `Authorization: Bearer <token>`; without it they answer
+    /// 401 with a Bearer challenge whose realm is this server's `/token`, which hands out the
+    /// token for a `repository:<name>:pull` scope.
+    fn start_with_token(
+        routes: HashMap<String, Route>,
+        token: Option<&'static str>,
+    ) -> FakeRegistry {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = l.local_addr().unwrap().to_string();
         let routes = Arc::new(routes);
@@ -206,4 +216,104 @@ fn lying_and_hostile_registries_are_clear_errors() {
     assert!(!root.join("snapshots").join("escaped-by-layer").exists());
     assert!(!root.parent().unwrap().join("escaped-by-layer").exists());
     assert!(!std::path::Path::new("/escaped-by-layer").exists());
+}
+
+#[test]
+fn bearer_tokens_and_mirrors() {
+    let mut routes = HashMap::new();
+    let (layer, diff_id) = tar_gz(&[("etc/hello", b"token\n")]);
+    image("auth/img", &layer, &diff_id, None, &mut routes);
+    let reg = FakeRegistry::start_with_token(routes.clone(), Some("t0k3n"));
+    let d = Daemon::start();
+    // The registry's challenge sends us to its token server; the token opens the repository.
+    let out = ok(d.berthctl(&[
+        "-n",
+        "b",
+        "pull",
+        "--plain",
+        &format!("{}/auth/img:1", reg.host),
+    ]));
+    assert!(out.contains("pulled and unpacked"), "{out}");
+
+    // A mirror in hosts.toml serves a registry that does not exist.
+    let mirror = FakeRegistry::start(routes);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("registry.invalid");
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!(
+            "server = \"https://registry.invalid\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.host
+        ),
+    )
+    .unwrap();
+    let out = ok(d.berthctl(&[
+        "-n",
+        "m",
+        "pull",
+        "--plain",
+        "--hosts-dir",
+        dir.path().to_str().unwrap(),
+        "registry.invalid/auth/img:1",
+    ]));
+    assert!(out.contains("pulled and unpacked"), "{out}");
+    // Without the mirror: a clear error naming the registry.
+    let empty = tempfile::tempdir().unwrap();
+    let e = fails(d.berthctl(&[
+        "-n",
+        "m",
+        "pull",
+        "--plain",
+        "--hosts-dir",
+        empty.path().to_str().unwrap(),
+        "registry.invalid/auth/img:2",
+    ]));
+    assert!(e.contains("registry.invalid"), "{e}");
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_share_the_work() {
+    let mut routes = HashMap::new();
+    let big: Vec<u8> = (0..4_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (layer, diff_id) = tar_gz(&[("data/big.bin", &big)]);
+    image("same/img", &layer, &diff_id, None, &mut routes);
+    let reg = FakeRegistry::start(routes);
+    let proxy = berth_e2e::SlowProxy::start(&reg.host, 4 << 20, None);
+    let d = Daemon::start();
+    let reference = format!("{}/same/img:1", proxy.host);
+    let pulls: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(berth_e2e::bin("berthctl"))
+                .args([
+                    "--address",
+                    d.sock.to_str().unwrap(),
+                    "-n",
+                    "c",
+                    "pull",
+                    "--plain",
+                    &reference,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in pulls {
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let snaps = ok(d.ctr(&["-n", "c", "snapshots", "ls"]));
+    assert_eq!(snaps.lines().count(), 2, "one layer, one snapshot: {snaps}");
+    assert!(!snaps.contains("extract"), "{snaps}");
+    let check = ok(d.ctr(&["-n", "c", "images", "check"]));
+    assert!(check.trim_end().ends_with("true"), "{check}");
+    assert!(ok(d.ctr(&["-n", "c", "content", "active"])).lines().count() <= 1);
 }

@@ -510,8 +510,20 @@ impl Puller {
         let labels = HashMap::from([ctx.source_label.clone()]);
         blocking(move || {
             let r = format!("{kind}-{d}");
-            match store.content_writer(&ns, &r, Some(b.len() as i64), Some(d.clone()), Some(&lease))
-            {
+            let open = || {
+                store.content_writer(&ns, &r, Some(b.len() as i64), Some(d.clone()), Some(&lease))
+            };
+            // Another pull writing the same document holds the ingest: wait for it (as
+            // containerd's clients retry a locked ref); it then answers AlreadyExists.
+            let mut writer = open();
+            for _ in 0..300 {
+                if !matches!(writer, Err(StoreError::Unavailable(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                writer = open();
+            }
+            match writer {
                 Ok(mut w) => {
                     w.inner()
                         .write_at(0, &b)
