@@ -42,22 +42,46 @@ impl FakeRegistry {
                     if r.read_line(&mut line).is_err() {
                         return;
                     }
+                    let mut auth = String::new();
                     loop {
                         let mut h = String::new();
                         if r.read_line(&mut h).is_err() || h.trim().is_empty() {
                             break;
                         }
+                        if let Some((k, v)) = h.split_once(':')
+                            && k.eq_ignore_ascii_case("authorization")
+                        {
+                            auth = v.trim().to_string();
+                        }
                     }
                     let mut parts = line.split_whitespace();
                     let method = parts.next().unwrap_or("").to_string();
                     let path = parts.next().unwrap_or("").to_string();
-                    let (status, ct, body) = routes.get(&path).cloned().unwrap_or((
-                        404,
-                        "text/plain".into(),
-                        b"nope".to_vec(),
-                    ));
+                    let host = conn.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    let mut extra = String::new();
+                    let (status, ct, body) = match token {
+                        Some(t) if path.starts_with("/token?") => {
+                            if path.contains("scope=repository%3Aauth%2Fimg%3Apull") {
+                                let body = format!("{{\"token\":\"{t}\"}}");
+                                (200, "application/json".to_string(), body.into_bytes())
+                            } else {
+                                (403, "text/plain".into(), b"bad scope".to_vec())
+                            }
+                        }
+                        Some(t) if path.starts_with("/v2/") && auth != format!("Bearer {t}") => {
+                            extra = format!(
+                                "WWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"fake\"\r\n"
+                            );
+                            (401, "text/plain".into(), b"auth first".to_vec())
+                        }
+                        _ => routes.get(&path).cloned().unwrap_or((
+                            404,
+                            "text/plain".into(),
+                            b"nope".to_vec(),
+                        )),
+                    };
                     let mut head = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        "HTTP/1.1 {status} X\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}",
                         body.len()
                     );
                     if path.contains("/manifests/") && status == 200 {
