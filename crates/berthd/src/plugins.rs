@@ -22,6 +22,10 @@ pub(crate) const GC: &str = "io.containerd.gc.v1";
 pub(crate) const TTRPC: &str = "io.containerd.ttrpc.v1";
 /// The plugin type of gRPC services.
 pub(crate) const GRPC: &str = "io.containerd.grpc.v1";
+/// Runtime plugins (the shim v2 task manager).
+pub(crate) const RUNTIME: &str = "io.containerd.runtime.v2";
+/// Transfer plugins.
+pub(crate) const TRANSFER: &str = "io.containerd.transfer.v1";
 
 fn plugin(ty: &str, id: &str, requires: &[&str], exports: &[(&str, String)]) -> Plugin {
     Plugin {
@@ -69,6 +73,34 @@ pub(crate) fn registry(cfg: &Config, store: &berth_store::Store) -> Vec<Plugin> 
             &[EVENT],
             &[("address", cfg.ttrpc_address().display().to_string())],
         ),
+        plugin(GRPC, "containers", &[METADATA, GC], &[]),
+        plugin(
+            RUNTIME,
+            "task",
+            &[EVENT, METADATA],
+            &[
+                (
+                    "root",
+                    cfg.state
+                        .join("io.containerd.runtime.v2.task")
+                        .display()
+                        .to_string(),
+                ),
+                (
+                    "shims",
+                    "containerd-shim-<name>-<version> in PATH".to_string(),
+                ),
+            ],
+        ),
+        plugin(GRPC, "tasks", &[RUNTIME, METADATA], &[]),
+        plugin(
+            TRANSFER,
+            "local",
+            &[CONTENT, METADATA, SNAPSHOTTER, DIFF],
+            &[],
+        ),
+        plugin(GRPC, "transfer", &[TRANSFER], &[]),
+        plugin(GRPC, "streaming", &[], &[]),
         plugin(GRPC, "namespaces", &[METADATA], &[]),
         plugin(GRPC, "introspection", &[], &[]),
         plugin(GRPC, "healthcheck", &[], &[]),
