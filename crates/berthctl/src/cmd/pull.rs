@@ -239,7 +239,12 @@ async fn show_progress(mut rx: tonic::Streaming<Any>, tty: bool) {
             if drawn > 0 {
                 let _ = write!(err, "\x1b[{drawn}A");
             }
+            let (mut done, mut total) = (0i64, 0i64);
             for (name, r) in rows.values() {
+                if name.starts_with("sha256:") {
+                    done += r.progress.min(r.total).max(0);
+                    total += r.total.max(0);
+                }
                 let _ = writeln!(
                     err,
                     "\x1b[2K{:<14} {:<12} {} {}/{}",
@@ -250,7 +255,16 @@ async fn show_progress(mut rx: tonic::Streaming<Any>, tty: bool) {
                     super::human_size(r.total)
                 );
             }
-            drawn = rows.len();
+            let _ = writeln!(
+                err,
+                "\x1b[2K{:<14} {:<12} {} {}/{}",
+                "total",
+                "",
+                bar(done, total),
+                super::human_size(done),
+                super::human_size(total)
+            );
+            drawn = rows.len() + 1;
         } else if prev_event.as_deref() != Some(p.event.as_str()) {
             let _ = writeln!(
                 err,
