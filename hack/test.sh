@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: ctr + containerd-shim-runc-v2 (interop), runc (bundles, interop),
-# busybox-static (test root file systems). Idempotent: apt-get only runs when one is missing.
-packages=(containerd runc busybox-static skopeo docker-registry)
+# busybox-static (test root file systems), skopeo + docker-registry (registry fixtures), openssl
+# (test CA), python3 (bcrypt via crypt(3), image building), util-linux (unshare, mount, script),
+# mount. Idempotent: apt-get only runs when one is missing.
+packages=(containerd runc busybox-static skopeo docker-registry openssl python3 util-linux mount)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
