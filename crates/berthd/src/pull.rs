@@ -454,35 +454,8 @@ impl Puller {
     /// Fetches a manifest, index or config (from the store if present), stores it, returns it.
     async fn small_blob(&self, ctx: &Ctx, desc: &ImgDesc) -> Result<Bytes, Status> {
         if self.store.content_info(&ctx.ns, &desc.digest).is_ok() {
-            let store = self.store.clone();
-            let (ns, d) = (ctx.ns.clone(), desc.digest.clone());
-            let lease = ctx.lease.clone();
-            let bytes = blocking(move || {
-                store
-                    .add_lease_resource(
-                        &ns,
-                        &lease,
-                        &berth_store::Resource {
-                            id: d.to_string(),
-                            r#type: "content".into(),
-                        },
-                    )
-                    .map_err(to_status)?;
-                let r = store.content_reader(&ns, &d).map_err(to_status)?;
-                let mut buf = vec![0u8; r.size() as usize];
-                let mut off = 0;
-                while off < buf.len() {
-                    let n = r
-                        .read_at(off as u64, &mut buf[off..])
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                    if n == 0 {
-                        break;
-                    }
-                    off += n;
-                }
-                Ok(Bytes::from(buf))
-            })
-            .await?;
+            self.hold(ctx, "content", desc.digest.as_str())?;
+            let bytes = self.read_small(&ctx.ns, &desc.digest).await?;
             ctx.progress.send(
                 "exists",
                 desc.digest.as_str(),

@@ -97,26 +97,6 @@ pub(crate) async fn run(conn: &Conn, a: Args) -> anyhow::Result<()> {
     };
     let labels = super::parse_labels(&a.labels)?;
     let started = Instant::now();
-    let progress_id = stream_id("progress");
-    let (_progress_tx, progress_rx) = open_stream(conn, &progress_id).await?;
-    let tty = std::io::stderr().is_terminal() && !a.plain;
-    let printer = tokio::spawn(show_progress(progress_rx, tty));
-
-    let mut resolver = RegistryResolver {
-        host_dir: a.hosts_dir.clone().unwrap_or_default(),
-        default_scheme: if a.plain_http {
-            "http".into()
-        } else {
-            String::new()
-        },
-        ..Default::default()
-    };
-    let mut auth_task = None;
-    if let Some(u) = &a.user {
-        let (id, task) = auth_stream(conn, u).await?;
-        resolver.auth_stream = id;
-        auth_task = Some(task);
-    }
     let platform_pb = platform.as_ref().map(|p| Platform {
         os: p.os.clone(),
         architecture: p.architecture.clone(),
@@ -137,26 +117,19 @@ pub(crate) async fn run(conn: &Conn, a: Args) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
-    let source = OciRegistry {
-        reference: name.clone(),
-        resolver: Some(resolver),
+    let registry = Registry {
+        hosts_dir: a.hosts_dir.as_deref(),
+        plain_http: a.plain_http,
+        user: a.user.as_deref(),
     };
-    let req = TransferRequest {
-        source: Some(any(&source)),
-        destination: Some(any(&dest)),
-        options: Some(TransferOptions {
-            progress_stream: progress_id,
-        }),
-    };
-    let result = TransferClient::new(conn.channel.clone())
-        .transfer(conn.req(req))
-        .await;
-    // The daemon closes the progress stream when the transfer ends.
-    let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
-    if let Some(t) = auth_task {
-        t.abort();
-    }
-    result?;
+    transfer(conn, &registry, a.plain, |resolver| {
+        let source = OciRegistry {
+            reference: name.clone(),
+            resolver: Some(resolver),
+        };
+        (any(&source), any(&dest))
+    })
+    .await?;
     println!(
         "{name}: {} in {:.1}s",
         if a.no_unpack {
@@ -326,17 +299,28 @@ async fn auth_stream(
     Ok((id, task))
 }
 
-pub(crate) async fn push(conn: &Conn, a: PushArgs) -> anyhow::Result<()> {
-    let remote = a.remote.clone().unwrap_or_else(|| a.image.clone());
-    let reference = ImageRef::parse(&remote).map_err(|e| anyhow::anyhow!("remote: {e}"))?;
-    let started = Instant::now();
+/// How to reach the registry side of a transfer.
+struct Registry<'a> {
+    hosts_dir: Option<&'a str>,
+    plain_http: bool,
+    user: Option<&'a str>,
+}
+
+/// Runs one Transfer: opens the progress stream (printed as it comes) and, with credentials,
+/// the auth stream; `ends` builds the source and destination around the registry resolver.
+async fn transfer(
+    conn: &Conn,
+    registry: &Registry<'_>,
+    plain: bool,
+    ends: impl FnOnce(RegistryResolver) -> (Any, Any),
+) -> anyhow::Result<()> {
     let progress_id = stream_id("progress");
     let (_progress_tx, progress_rx) = open_stream(conn, &progress_id).await?;
-    let tty = std::io::stderr().is_terminal() && !a.plain;
+    let tty = std::io::stderr().is_terminal() && !plain;
     let printer = tokio::spawn(show_progress(progress_rx, tty));
     let mut resolver = RegistryResolver {
-        host_dir: a.hosts_dir.clone().unwrap_or_default(),
-        default_scheme: if a.plain_http {
+        host_dir: registry.hosts_dir.unwrap_or_default().to_string(),
+        default_scheme: if registry.plain_http {
             "http".into()
         } else {
             String::new()
@@ -344,20 +328,15 @@ pub(crate) async fn push(conn: &Conn, a: PushArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut auth_task = None;
-    if let Some(u) = &a.user {
+    if let Some(u) = registry.user {
         let (id, task) = auth_stream(conn, u).await?;
         resolver.auth_stream = id;
         auth_task = Some(task);
     }
+    let (source, destination) = ends(resolver);
     let req = TransferRequest {
-        source: Some(any(&ImageStore {
-            name: a.image.clone(),
-            ..Default::default()
-        })),
-        destination: Some(any(&OciRegistry {
-            reference: reference.to_string(),
-            resolver: Some(resolver),
-        })),
+        source: Some(source),
+        destination: Some(destination),
         options: Some(TransferOptions {
             progress_stream: progress_id,
         }),
@@ -365,11 +344,36 @@ pub(crate) async fn push(conn: &Conn, a: PushArgs) -> anyhow::Result<()> {
     let result = TransferClient::new(conn.channel.clone())
         .transfer(conn.req(req))
         .await;
+    // The daemon closes the progress stream when the transfer ends.
     let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
     if let Some(t) = auth_task {
         t.abort();
     }
     result?;
+    Ok(())
+}
+
+pub(crate) async fn push(conn: &Conn, a: PushArgs) -> anyhow::Result<()> {
+    let remote = a.remote.clone().unwrap_or_else(|| a.image.clone());
+    let reference = ImageRef::parse(&remote).map_err(|e| anyhow::anyhow!("remote: {e}"))?;
+    let started = Instant::now();
+    let registry = Registry {
+        hosts_dir: a.hosts_dir.as_deref(),
+        plain_http: a.plain_http,
+        user: a.user.as_deref(),
+    };
+    transfer(conn, &registry, a.plain, |resolver| {
+        let source = ImageStore {
+            name: a.image.clone(),
+            ..Default::default()
+        };
+        let dest = OciRegistry {
+            reference: reference.to_string(),
+            resolver: Some(resolver),
+        };
+        (any(&source), any(&dest))
+    })
+    .await?;
     println!(
         "{}: pushed to {reference} in {:.1}s",
         a.image,
