@@ -1,6 +1,6 @@
 //! cgroup v2: one directory, controllers enabled through the ancestors' `cgroup.subtree_control`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::LinuxResources;
@@ -322,6 +322,7 @@ impl Cgroup for V2Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
 
     fn touch(dir: &Path, files: &[(&str, &str)]) {

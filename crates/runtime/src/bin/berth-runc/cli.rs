@@ -1,0 +1,195 @@
+//! runc's flags and sub-commands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub(crate) enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "berth-runc", version = concat!(env!("CARGO_PKG_VERSION"), "\nspec: 1.2.0"), about = "Berth's OCI runtime (runc-compatible)")]
+pub(crate) struct Cli {
+    /// Root directory for container state.
+    #[arg(long, global = true, default_value = "/run/berth-runc")]
+    pub(crate) root: PathBuf,
+    /// Log file for errors.
+    #[arg(long, global = true)]
+    pub(crate) log: Option<PathBuf>,
+    #[arg(long = "log-format", global = true, value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
+    #[arg(long, global = true)]
+    pub(crate) debug: bool,
+    /// Accepted for compatibility; the systemd driver is not supported.
+    #[arg(long = "systemd-cgroup", global = true)]
+    pub(crate) systemd_cgroup: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a container (its process waits for `start`).
+    Create(CreateArgs),
+    /// Start a created container.
+    Start { id: String },
+    /// Create and start a container.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        #[arg(short, long)]
+        detach: bool,
+        /// Keep the container's state after it exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run a new process in a running container.
+    Exec(ExecArgs),
+    /// Send a signal to the container's init (or all its processes).
+    Kill {
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container.
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// Output the state of a container.
+    State { id: String },
+    /// List containers.
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        format: Format,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Processes running in a container.
+    Ps {
+        #[arg(short, long, value_enum, default_value = "table")]
+        format: Format,
+        id: String,
+        /// Arguments for ps(1) in table format.
+        #[arg(trailing_var_arg = true)]
+        ps_args: Vec<String>,
+    },
+    /// Suspend every process of the container.
+    Pause { id: String },
+    /// Resume a paused container.
+    Resume { id: String },
+    /// Update resource limits.
+    Update(UpdateArgs),
+    /// Container events and statistics.
+    Events {
+        #[arg(long)]
+        stats: bool,
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Features of this runtime (runtime-spec features JSON).
+    Features,
+    /// Write a default config.json.
+    Spec {
+        #[arg(short, long)]
+        bundle: Option<PathBuf>,
+        #[arg(long)]
+        rootless: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    #[arg(short, long, default_value = ".")]
+    pub(crate) bundle: PathBuf,
+    #[arg(long = "pid-file")]
+    pub(crate) pid_file: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    pub(crate) console_socket: Option<PathBuf>,
+    #[arg(long = "no-pivot")]
+    pub(crate) no_pivot: bool,
+    #[arg(long = "no-new-keyring")]
+    pub(crate) no_new_keyring: bool,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub(crate) preserve_fds: u32,
+    pub(crate) id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExecArgs {
+    /// process.json (a runtime-spec Process).
+    #[arg(short, long)]
+    pub(crate) process: Option<PathBuf>,
+    #[arg(short, long)]
+    pub(crate) detach: bool,
+    #[arg(long = "pid-file")]
+    pub(crate) pid_file: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    pub(crate) console_socket: Option<PathBuf>,
+    #[arg(short, long)]
+    pub(crate) tty: bool,
+    #[arg(short, long)]
+    pub(crate) env: Vec<String>,
+    #[arg(long)]
+    pub(crate) cwd: Option<PathBuf>,
+    /// uid[:gid]
+    #[arg(short, long)]
+    pub(crate) user: Option<String>,
+    #[arg(long = "additional-gids", short = 'g')]
+    pub(crate) additional_gids: Vec<u32>,
+    #[arg(long = "no-new-privs")]
+    pub(crate) no_new_privs: bool,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    pub(crate) preserve_fds: u32,
+    pub(crate) id: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub(crate) args: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpdateArgs {
+    /// LinuxResources JSON file ("-" for stdin).
+    #[arg(short, long)]
+    pub(crate) resources: Option<PathBuf>,
+    #[arg(long)]
+    pub(crate) memory: Option<String>,
+    #[arg(long = "memory-swap")]
+    pub(crate) memory_swap: Option<String>,
+    #[arg(long = "memory-reservation")]
+    pub(crate) memory_reservation: Option<String>,
+    #[arg(long = "kernel-memory")]
+    pub(crate) kernel_memory: Option<String>,
+    #[arg(long = "cpu-shares")]
+    pub(crate) cpu_shares: Option<u64>,
+    #[arg(long = "cpu-quota", allow_hyphen_values = true)]
+    pub(crate) cpu_quota: Option<i64>,
+    #[arg(long = "cpu-period")]
+    pub(crate) cpu_period: Option<u64>,
+    #[arg(long = "cpu-rt-period")]
+    pub(crate) cpu_rt_period: Option<u64>,
+    #[arg(long = "cpu-rt-runtime", allow_hyphen_values = true)]
+    pub(crate) cpu_rt_runtime: Option<i64>,
+    #[arg(long = "cpuset-cpus")]
+    pub(crate) cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems")]
+    pub(crate) cpuset_mems: Option<String>,
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pub(crate) pids_limit: Option<i64>,
+    #[arg(long = "blkio-weight")]
+    pub(crate) blkio_weight: Option<u16>,
+    pub(crate) id: String,
+}
