@@ -272,7 +272,17 @@ impl Runtime {
             Err(e) => return Err(RuntimeError::path("create", dir, e)),
         }
         let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, child: None };
-        nix::unistd::mkfifo(&dir.join(EXEC_FIFO), nix::sys::stat::Mode::from_bits_truncate(0o600)).sys("mkfifo exec.fifo")?;
+        // 0622 as runc: root of a user namespace is another host uid; the 0700 directory still
+        // keeps everyone else out.
+        let fifo_path = dir.join(EXEC_FIFO);
+        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).sys("mkfifo exec.fifo")?;
+        std::fs::set_permissions(&fifo_path, std::os::unix::fs::PermissionsExt::from_mode(0o622)).at("chmod", &fifo_path)?;
+        let fifo = nix::fcntl::open(
+            &fifo_path,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .sys("open exec fifo")?;
         let state_dir = nix::fcntl::open(
             &dir,
             nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -309,6 +319,7 @@ impl Runtime {
                     no_pivot: o.no_pivot,
                     new_keyring: !o.no_new_keyring,
                     state_dir: &state_dir,
+                    fifo: &fifo,
                     cgroupns: plan.cgroupns,
                 },
                 process: &process,

@@ -34,8 +34,9 @@ pub(crate) enum Role<'a> {
         cgroup: Option<&'a CgroupPaths>,
         no_pivot: bool,
         new_keyring: bool,
-        /// O_PATH fd of the state directory (for the exec fifo).
+        /// O_PATH fds of the state directory and of the exec fifo in it.
         state_dir: &'a OwnedFd,
+        fifo: &'a OwnedFd,
         cgroupns: bool,
     },
     /// A process joining a running container.
@@ -115,7 +116,7 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         }
     }
     let mut fifo_dir = None;
-    if let Role::Init { id, spec, rootfs, bundle, cgroup, no_pivot, new_keyring, state_dir, cgroupns } = &a.role {
+    if let Role::Init { id, spec, rootfs, bundle, cgroup, no_pivot, new_keyring, state_dir, fifo, cgroupns } = &a.role {
         if *new_keyring {
             // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a NULL name makes an anonymous keyring.
             let rc = unsafe { libc::syscall(libc::SYS_keyctl, 1, std::ptr::null::<libc::c_char>()) };
@@ -146,7 +147,7 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
             mounts::remount_root_ro()?;
         }
-        fifo_dir = Some(*state_dir);
+        fifo_dir = Some((*state_dir, *fifo));
     }
     if let Some(sock) = &a.console {
         let (master, slave, path) = console::open_pty()?;
@@ -171,13 +172,7 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         // Created: tell the parent, then block until `start` opens the fifo for reading.
         prctl(libc::PR_SET_PDEATHSIG, 0, 0).map_err(|e| RuntimeError::sys("pdeathsig", e))?;
         a.sync.send(msg::READY).map_err(|e| RuntimeError::sys("sync", e))?;
-        let fifo = nix::fcntl::openat(
-            dir,
-            EXEC_FIFO,
-            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .sys("open exec fifo")?;
+        let fifo = open_fifo(dir)?;
         nix::unistd::write(&fifo, b"0").sys("write exec fifo")?;
         drop(fifo);
         finalize(a, facts, agent_payload.as_deref())?;
@@ -194,6 +189,22 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         a.sync.send(msg::READY).map_err(|e| RuntimeError::sys("sync", e))?;
     }
     Err(exec.exec())
+}
+
+/// Opens the exec fifo for writing (blocks until `start` reads). The parent opened it O_PATH;
+/// reopening through /proc/self/fd needs no search permission on the 0700 state dir, which
+/// matters when we are root of a user namespace (a different host uid). Without a /proc in the
+/// container, fall back to a lookup from the state dir fd (fine for host root).
+fn open_fifo(fds: (&OwnedFd, &OwnedFd)) -> Result<OwnedFd> {
+    let (dir, fifo) = fds;
+    let wr = nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC;
+    let via_proc = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    match nix::fcntl::open(via_proc.as_str(), wr, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(nix::errno::Errno::ENOENT) => nix::fcntl::openat(dir, EXEC_FIFO, wr, nix::sys::stat::Mode::empty())
+            .sys("open exec fifo"),
+        Err(e) => Err(RuntimeError::sys("open exec fifo", e)),
+    }
 }
 
 fn finalize(a: &ChildArgs<'_>, facts: HostFacts, agent_payload: Option<&[u8]>) -> Result<()> {

@@ -1,0 +1,167 @@
+//! create/start/state/kill/delete, run exit codes, hooks, pause/resume.
+
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::util::{Env, unique};
+
+#[test]
+fn create_start_kill_delete() {
+    let env = Env::new();
+    let b = env.bundle(&["sleep", "1000"]);
+    let id = unique("life");
+    let pid_file = env.tmp.path().join("pid");
+    env.track(&id);
+    env.ok(&["create", "--bundle", b.dir.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), &id]);
+    let raw = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(!raw.ends_with('\n'), "pid file has a newline: {raw:?}");
+    let st = env.state(&id);
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["pid"].as_i64().unwrap().to_string(), raw);
+    assert_eq!(st["id"], json!(id));
+    assert_eq!(st["bundle"], json!(b.dir.to_str().unwrap()));
+    assert!(st["created"].as_str().unwrap().ends_with('Z'));
+    // The created init is the process we asked for, not yet executed.
+    let err = env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(err.contains("container with given ID already exists"), "{err}");
+    env.ok(&["start", &id]);
+    assert_eq!(env.status(&id), "running");
+    let list = env.ok(&["list", "--format", "json"]);
+    assert!(list.contains(&id), "{list}");
+    let ps: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert_eq!(ps, vec![raw.parse::<i32>().unwrap()]);
+    let err = env.fail(&["delete", &id]);
+    assert!(err.contains("running"), "{err}");
+    env.ok(&["kill", &id, "KILL"]);
+    env.wait_status(&id, "stopped");
+    let err = env.fail(&["kill", &id, "TERM"]);
+    assert!(err.contains("container not running"), "{err}");
+    env.ok(&["delete", &id]);
+    let err = env.fail(&["state", &id]);
+    assert!(err.contains("container does not exist"), "{err}");
+    assert!(!b.cgroup_exists(), "cgroup left behind");
+    env.assert_no_mounts();
+    assert!(!env.root.join(&id).exists());
+}
+
+#[test]
+fn delete_created_and_force_running() {
+    let env = Env::new();
+    let b = env.bundle(&["sleep", "1000"]);
+    let id = unique("del");
+    env.create(&b, &id);
+    env.ok(&["delete", &id]);
+    assert!(env.fail(&["state", &id]).contains("container does not exist"));
+    let id2 = unique("del");
+    env.create(&b, &id2);
+    env.ok(&["start", &id2]);
+    env.ok(&["delete", "--force", &id2]);
+    assert!(!b.cgroup_exists());
+    // Forced delete of a missing container is not an error (as runc).
+    env.ok(&["delete", "--force", &id2]);
+}
+
+#[test]
+fn run_exit_codes() {
+    let env = Env::new();
+    let mut b = env.bundle(&["sh", "-c", "echo out; exit 7"]);
+    let (code, out) = env.run_fg(&b, &unique("exit"));
+    assert_eq!(code, 7);
+    assert_eq!(out, "out\n");
+    // Killed by a signal: 128 + 9.
+    b.args(&["sleep", "1000"]);
+    let id = unique("sig");
+    env.track(&id);
+    let mut child = env
+        .cmd(&["run", "--bundle", b.dir.to_str().unwrap(), &id])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_status(&id, "running");
+    env.ok(&["kill", &id, "9"]);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137));
+    // run removes the container once it exits.
+    assert!(env.fail(&["state", &id]).contains("container does not exist"));
+}
+
+#[test]
+fn hostname_env_cwd_and_detach() {
+    let env = Env::new();
+    let mut b = env.bundle(&["sh", "-c", "hostname; echo $FOO; pwd"]);
+    b.config["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
+    b.config["process"]["cwd"] = json!("/tmp/work");
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("env"));
+    assert_eq!(code, 0);
+    assert_eq!(out, "berth\nbar\n/tmp/work\n");
+    b.args(&["sleep", "1000"]);
+    let id = unique("detach");
+    env.track(&id);
+    env.ok(&["run", "--detach", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert_eq!(env.status(&id), "running");
+}
+
+#[test]
+fn pause_resume() {
+    let env = Env::new();
+    let b = env.bundle(&["sleep", "1000"]);
+    let id = unique("pause");
+    env.create(&b, &id);
+    env.ok(&["start", &id]);
+    env.ok(&["pause", &id]);
+    assert_eq!(env.status(&id), "paused");
+    assert_eq!(b.cgroup_file("freezer", "freezer.state"), "FROZEN");
+    env.ok(&["resume", &id]);
+    assert_eq!(env.status(&id), "running");
+    assert_eq!(b.cgroup_file("freezer", "freezer.state"), "THAWED");
+}
+
+#[test]
+fn hooks_get_state_on_stdin() {
+    let env = Env::new();
+    let mut b = env.bundle(&["true"]);
+    let out = env.tmp.path().join("hooks");
+    std::fs::create_dir_all(&out).unwrap();
+    let hook = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}.json", out.display())], "timeout": 5})
+    };
+    b.config["hooks"] = json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")]
+    });
+    b.save();
+    let id = unique("hooks");
+    env.create(&b, &id);
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    for name in ["prestart", "createRuntime"] {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json"))).unwrap()).unwrap();
+        assert_eq!(v["id"], json!(id), "{name}");
+        assert_eq!(v["pid"].as_i64(), Some(pid), "{name}");
+        assert_eq!(v["bundle"], json!(b.dir.to_str().unwrap()));
+    }
+    assert!(!out.join("poststart.json").exists());
+    env.ok(&["start", &id]);
+    assert!(out.join("poststart.json").exists());
+    env.wait_status(&id, "stopped");
+    env.ok(&["delete", &id]);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("poststop.json")).unwrap()).unwrap();
+    assert_eq!(v["id"], json!(id));
+}
+
+#[test]
+fn failing_hook_fails_create_and_cleans_up() {
+    let env = Env::new();
+    let mut b = env.bundle(&["true"]);
+    b.config["hooks"] = json!({"prestart": [{"path": "/bin/false"}]});
+    b.save();
+    let id = unique("badhook");
+    env.track(&id);
+    env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(env.fail(&["state", &id]).contains("container does not exist"));
+    assert!(!b.cgroup_exists());
+    env.assert_no_mounts();
+}
