@@ -19,6 +19,11 @@ pub fn bin() -> PathBuf {
 }
 
 
+/// True when `BERTH_RUNC_BIN` points the tests at another runtime.
+pub fn testing_other_runtime() -> bool {
+    std::env::var_os("BERTH_RUNC_BIN").is_some()
+}
+
 /// A unique name for ids and cgroups.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
