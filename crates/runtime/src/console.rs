@@ -23,7 +23,10 @@ pub(crate) fn open_pty() -> Result<(OwnedFd, OwnedFd, PathBuf)> {
         if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &mut unlock) < 0
             || libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) < 0
         {
-            return Err(RuntimeError::sys("pty ioctl", std::io::Error::last_os_error()));
+            return Err(RuntimeError::sys(
+                "pty ioctl",
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     // SAFETY: TIOCGPTPEER returns a new fd for the slave side.
@@ -35,7 +38,10 @@ pub(crate) fn open_pty() -> Result<(OwnedFd, OwnedFd, PathBuf)> {
         )
     };
     if sfd < 0 {
-        return Err(RuntimeError::sys("open pty slave", std::io::Error::last_os_error()));
+        return Err(RuntimeError::sys(
+            "open pty slave",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: a fresh fd from the kernel.
     let slave = unsafe { OwnedFd::from_raw_fd(sfd) };
@@ -51,7 +57,8 @@ pub(crate) fn set_size(fd: &OwnedFd, rows: u16, cols: u16) -> Result<()> {
         ws_ypixel: 0,
     };
     // SAFETY: ws is a valid winsize.
-    unsafe { tiocswinsz(fd.as_raw_fd(), &ws) }.map_err(|e| RuntimeError::sys("set console size", e))?;
+    unsafe { tiocswinsz(fd.as_raw_fd(), &ws) }
+        .map_err(|e| RuntimeError::sys("set console size", e))?;
     Ok(())
 }
 
@@ -60,12 +67,18 @@ pub(crate) fn become_tty(slave: &OwnedFd) -> Result<()> {
     nix::unistd::setsid().map_err(|e| RuntimeError::sys("setsid", e))?;
     // SAFETY: TIOCSCTTY takes an int; fd is our slave.
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
-        return Err(RuntimeError::sys("set controlling tty", std::io::Error::last_os_error()));
+        return Err(RuntimeError::sys(
+            "set controlling tty",
+            std::io::Error::last_os_error(),
+        ));
     }
     for target in 0..3 {
         // SAFETY: dup2 onto the standard fds.
         if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
-            return Err(RuntimeError::sys("dup2 tty", std::io::Error::last_os_error()));
+            return Err(RuntimeError::sys(
+                "dup2 tty",
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     Ok(())

@@ -21,12 +21,17 @@ mod seccomp;
 mod state;
 mod sys;
 
-pub use container::{CreateOptions, ExecOptions, Runtime};
 pub use container::kill_signal as parse_signal;
+pub use container::load_spec;
+pub use container::{CreateOptions, ExecOptions, Runtime};
 pub use error::{Result, RuntimeError};
 pub use init::process::known_capabilities;
-pub use seccomp::{Program as SeccompProgram, SeccompError, compile as compile_seccomp, supported_actions as seccomp_actions};
-pub use state::{ContainerState, OCI_VERSION, OciState, Status, now_rfc3339, validate_id, write_atomic};
 pub use protect::{protect_self_exe, self_exe_is_readonly};
+pub use seccomp::{
+    Program as SeccompProgram, SeccompError, compile as compile_seccomp,
+    supported_actions as seccomp_actions,
+};
+pub use state::{
+    ContainerState, OCI_VERSION, OciState, Status, now_rfc3339, validate_id, write_atomic,
+};
 pub use sys::recv_fd;
-pub use container::load_spec;

@@ -43,7 +43,8 @@ pub fn protect_self_exe() -> Result<()> {
             "re-executed but the runtime binary is still writable".into(),
         ));
     }
-    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| RuntimeError::path("readlink", "/proc/self/exe", e))?;
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map_err(|e| RuntimeError::path("readlink", "/proc/self/exe", e))?;
     if exe.as_os_str().as_bytes().ends_with(b" (deleted)") {
         return Err(RuntimeError::Init(format!(
             "the runtime binary {} was deleted; cannot protect it",
@@ -51,10 +52,22 @@ pub fn protect_self_exe() -> Result<()> {
         )));
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).sys("unshare mount namespace")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .sys("make / rslave")?;
-    mount(Some(&exe), &exe, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .sys(format!("bind {}", exe.display()))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .sys("make / rslave")?;
+    mount(
+        Some(&exe),
+        &exe,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .sys(format!("bind {}", exe.display()))?;
     mount(
         None::<&str>,
         &exe,
@@ -63,7 +76,8 @@ pub fn protect_self_exe() -> Result<()> {
         None::<&str>,
     )
     .sys(format!("remount {} read-only", exe.display()))?;
-    let path = CString::new(exe.as_os_str().as_bytes()).map_err(|_| RuntimeError::Init("exe path holds NUL".into()))?;
+    let path = CString::new(exe.as_os_str().as_bytes())
+        .map_err(|_| RuntimeError::Init("exe path holds NUL".into()))?;
     let argv: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
         .collect();
@@ -77,5 +91,8 @@ pub fn protect_self_exe() -> Result<()> {
         .collect();
     envp.push(CString::new(format!("{MARK}=1")).unwrap_or_default());
     let e = nix::unistd::execve(&path, &argv, &envp);
-    Err(RuntimeError::sys(format!("re-exec {}", exe.display()), e.err().unwrap_or(nix::errno::Errno::EINVAL)))
+    Err(RuntimeError::sys(
+        format!("re-exec {}", exe.display()),
+        e.err().unwrap_or(nix::errno::Errno::EINVAL),
+    ))
 }

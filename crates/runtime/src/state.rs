@@ -164,7 +164,11 @@ impl ContainerState {
         OciState {
             oci_version: OCI_VERSION.into(),
             id: self.id.clone(),
-            pid: if status == Status::Stopped { 0 } else { self.pid },
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.pid
+            },
             status,
             bundle: self.bundle.clone(),
             rootfs: self.rootfs.clone(),
@@ -273,7 +277,10 @@ mod tests {
             format_rfc3339(1_700_000_000, 120_000_000),
             "2023-11-14T22:13:20.12Z"
         );
-        assert_eq!(format_rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
+        assert_eq!(
+            format_rfc3339(951_782_400, 5),
+            "2000-02-29T00:00:00.000000005Z"
+        );
     }
 
     #[test]

@@ -132,7 +132,7 @@ const JMP_EXIT: u8 = 0x95;
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BpfInsn {
+pub(crate) struct BpfInsn {
     pub code: u8,
     /// dst in the low nibble, src in the high one.
     pub regs: u8,
@@ -151,7 +151,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> BpfInsn {
 
 /// Compiles rules to a `BPF_PROG_TYPE_CGROUP_DEVICE` program. As in v1, the last matching rule
 /// wins, and no match means deny; so rules are tested from last to first.
-pub fn compile_v2(rules: &[DeviceRule]) -> Vec<BpfInsn> {
+pub(crate) fn compile_v2(rules: &[DeviceRule]) -> Vec<BpfInsn> {
     // r2 = type, r3 = access, r4 = major, r5 = minor
     let mut p = vec![
         insn(LDX_W_MEM, 2, 1, 0, 0),
@@ -341,6 +341,9 @@ mod tests {
     fn v1_lines() {
         let r = DeviceRule::rule(true, 'c', Some(136), None, "rwm");
         assert_eq!(r.v1_line(), "c 136:* rwm");
-        assert_eq!(DeviceRule::rule(false, 'a', None, None, "rwm").v1_line(), "a");
+        assert_eq!(
+            DeviceRule::rule(false, 'a', None, None, "rwm").v1_line(),
+            "a"
+        );
     }
 }

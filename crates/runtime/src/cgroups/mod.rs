@@ -349,7 +349,10 @@ mod tests {
         let Layout::V1 { mounts, unified } = &l else {
             panic!("{l:?}")
         };
-        assert_eq!(unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
         assert!(mounts.contains_key("memory") && mounts.contains_key("name=systemd"));
         let own = "4:memory:/a/b\n1:cpu:/\n0::/u\n";
         let CgroupPaths::V1 { paths } = l.resolve("x/y", own).unwrap() else {

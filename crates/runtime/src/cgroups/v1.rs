@@ -13,8 +13,20 @@ use super::{
 };
 
 const CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb",
-    "net_cls", "net_prio", "perf_event", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "blkio",
+    "pids",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "rdma",
+    "misc",
 ];
 
 pub(crate) fn is_controller(s: &str) -> bool {
@@ -180,14 +192,30 @@ impl V1Cgroup {
             }
         }
         let throttles = [
-            (b.throttle_read_bps_device(), "blkio.throttle.read_bps_device"),
-            (b.throttle_write_bps_device(), "blkio.throttle.write_bps_device"),
-            (b.throttle_read_iops_device(), "blkio.throttle.read_iops_device"),
-            (b.throttle_write_iops_device(), "blkio.throttle.write_iops_device"),
+            (
+                b.throttle_read_bps_device(),
+                "blkio.throttle.read_bps_device",
+            ),
+            (
+                b.throttle_write_bps_device(),
+                "blkio.throttle.write_bps_device",
+            ),
+            (
+                b.throttle_read_iops_device(),
+                "blkio.throttle.read_iops_device",
+            ),
+            (
+                b.throttle_write_iops_device(),
+                "blkio.throttle.write_iops_device",
+            ),
         ];
         for (list, file) in throttles {
             for d in list.iter().flatten() {
-                write(dir, file, &format!("{}:{} {}", d.major(), d.minor(), d.rate()))?;
+                write(
+                    dir,
+                    file,
+                    &format!("{}:{} {}", d.major(), d.minor(), d.rate()),
+                )?;
             }
         }
         Ok(())
@@ -287,7 +315,9 @@ impl Cgroup for V1Cgroup {
         match read(dir, "freezer.state") {
             Ok(s) if s == "THAWED" => Ok(FreezerState::Thawed),
             Ok(_) => Ok(FreezerState::Frozen),
-            Err(CgroupError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(CgroupError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 Ok(FreezerState::Thawed)
             }
             Err(e) => Err(e),
@@ -410,7 +440,11 @@ pub(crate) fn hugepage_sizes() -> Vec<String> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let kb: u64 = name.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()?;
+            let kb: u64 = name
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
             Some(if kb >= 1 << 20 {
                 format!("{}GB", kb >> 20)
             } else if kb >= 1 << 10 {
@@ -455,11 +489,19 @@ mod tests {
         };
         let cg = Guard(V1Cgroup::from_paths(paths));
         // A child that sleeps, moved into the cgroup.
-        let mut child = std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         cg.0.apply(pid).unwrap();
         let res = LinuxResourcesBuilder::default()
-            .memory(LinuxMemoryBuilder::default().limit(64 << 20).build().unwrap())
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(64 << 20)
+                    .build()
+                    .unwrap(),
+            )
             .cpu(
                 LinuxCpuBuilder::default()
                     .shares(512u64)
@@ -489,7 +531,10 @@ mod tests {
             .unwrap();
         cg.0.set(&res).unwrap();
         let p = &cg.0.paths;
-        assert_eq!(read(&p["memory"], "memory.limit_in_bytes").unwrap(), (64u64 << 20).to_string());
+        assert_eq!(
+            read(&p["memory"], "memory.limit_in_bytes").unwrap(),
+            (64u64 << 20).to_string()
+        );
         assert_eq!(read(&p["cpu"], "cpu.shares").unwrap(), "512");
         assert_eq!(read(&p["cpu"], "cpu.cfs_quota_us").unwrap(), "20000");
         assert_eq!(read(&p["cpuset"], "cpuset.cpus").unwrap(), "0");

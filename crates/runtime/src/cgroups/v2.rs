@@ -140,7 +140,11 @@ impl V2Cgroup {
         let Some(b) = r.block_io() else { return Ok(()) };
         let dir = &self.path;
         if let Some(w) = b.weight() {
-            write(dir, "io.weight", &format!("default {}", blkio_to_io_weight(w)))?;
+            write(
+                dir,
+                "io.weight",
+                &format!("default {}", blkio_to_io_weight(w)),
+            )?;
         }
         for d in b.weight_device().iter().flatten() {
             if let Some(w) = d.weight() {
@@ -234,7 +238,9 @@ impl Cgroup for V2Cgroup {
         match read(&self.path, "cgroup.freeze") {
             Ok(s) if s == "1" => Ok(FreezerState::Frozen),
             Ok(_) => Ok(FreezerState::Thawed),
-            Err(CgroupError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(CgroupError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 Ok(FreezerState::Thawed)
             }
             Err(e) => Err(e),
@@ -290,7 +296,8 @@ impl Cgroup for V2Cgroup {
         }
         for size in super::v1::hugepage_sizes() {
             if let Ok(usage) = read_u64(dir, &format!("hugetlb.{size}.current")) {
-                let events = flat_keyed(&opt(&format!("hugetlb.{size}.events")).unwrap_or_default());
+                let events =
+                    flat_keyed(&opt(&format!("hugetlb.{size}.events")).unwrap_or_default());
                 s.hugetlb.insert(
                     size,
                     HugetlbStats {
@@ -322,8 +329,10 @@ impl Cgroup for V2Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oci_spec::runtime::{
+        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+    };
     use std::path::Path;
-    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
 
     fn touch(dir: &Path, files: &[(&str, &str)]) {
         std::fs::create_dir_all(dir).unwrap();
@@ -363,7 +372,10 @@ mod tests {
                     "cpu.stat",
                     "usage_usec 10\nuser_usec 6\nsystem_usec 4\nnr_periods 1\nnr_throttled 0\nthrottled_usec 0\n",
                 ),
-                ("io.stat", "8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n"),
+                (
+                    "io.stat",
+                    "8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n",
+                ),
             ],
         );
         (t, V2Cgroup::new(c))

@@ -12,7 +12,9 @@ use super::namespaces::{NsPlan, join_in_parent, plan_init};
 use crate::cgroups::{Cgroup, CgroupPaths, Layout, default_device_rules};
 use crate::error::{PathContext, Result, RuntimeError, SysContext};
 use crate::init::{ChildArgs, Role, child_main};
-use crate::state::{ContainerState, EXEC_FIFO, Status, now_rfc3339, proc_start_time, validate_id, write_atomic};
+use crate::state::{
+    ContainerState, EXEC_FIFO, Status, now_rfc3339, proc_start_time, validate_id, write_atomic,
+};
 use crate::sys::{SyncSocket, clone_fork, msg};
 
 /// Options of `create` (and `run`).
@@ -52,24 +54,40 @@ pub(crate) fn validate(spec: &Spec) -> Result<()> {
         return bad("process.args must not be empty".into());
     }
     if !process.cwd().is_absolute() {
-        return bad(format!("process.cwd {} is not absolute", process.cwd().display()));
+        return bad(format!(
+            "process.cwd {} is not absolute",
+            process.cwd().display()
+        ));
     }
     let Some(linux) = spec.linux() else {
         return bad("linux is required".into());
     };
-    let ns_types: Vec<_> = linux.namespaces().iter().flatten().map(|n| n.typ()).collect();
+    let ns_types: Vec<_> = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .map(|n| n.typ())
+        .collect();
     use oci_spec::runtime::LinuxNamespaceType as T;
     if ns_types.contains(&T::User)
         && (linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty())
             || linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty()))
-        && !linux.namespaces().iter().flatten().any(|n| n.typ() == T::User && n.path().is_some())
+        && !linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == T::User && n.path().is_some())
     {
         return bad("a new user namespace needs uidMappings and gidMappings".into());
     }
     for k in linux.sysctl().iter().flatten().map(|(k, _)| k) {
         let ok = if k.starts_with("net.") {
             ns_types.contains(&T::Network)
-        } else if k.starts_with("fs.mqueue.") || k.starts_with("kernel.msg") || k.starts_with("kernel.shm") || k == "kernel.sem" {
+        } else if k.starts_with("fs.mqueue.")
+            || k.starts_with("kernel.msg")
+            || k.starts_with("kernel.shm")
+            || k == "kernel.sem"
+        {
             ns_types.contains(&T::Ipc)
         } else if k == "kernel.hostname" || k == "kernel.domainname" {
             ns_types.contains(&T::Uts)
@@ -77,7 +95,9 @@ pub(crate) fn validate(spec: &Spec) -> Result<()> {
             false
         };
         if !ok || k.contains('/') || k.contains("..") {
-            return bad(format!("sysctl {k:?} is not in a namespace of the container"));
+            return bad(format!(
+                "sysctl {k:?} is not in a namespace of the container"
+            ));
         }
     }
     if (spec.hostname().is_some() || spec.domainname().is_some()) && !ns_types.contains(&T::Uts) {
@@ -85,7 +105,10 @@ pub(crate) fn validate(spec: &Spec) -> Result<()> {
     }
     for m in spec.mounts().iter().flatten() {
         if !m.destination().is_absolute() {
-            return bad(format!("mount destination {} is not absolute", m.destination().display()));
+            return bad(format!(
+                "mount destination {} is not absolute",
+                m.destination().display()
+            ));
         }
     }
     for (name, hooks) in spec.hooks().iter().flat_map(|h| {
@@ -100,7 +123,10 @@ pub(crate) fn validate(spec: &Spec) -> Result<()> {
     }) {
         for hook in hooks.iter().flatten() {
             if !hook.path().is_absolute() {
-                return bad(format!("{name} hook path {} is not absolute", hook.path().display()));
+                return bad(format!(
+                    "{name} hook path {} is not absolute",
+                    hook.path().display()
+                ));
             }
         }
     }
@@ -211,7 +237,11 @@ fn set_oom_score_adj(pid: i32, v: i32) -> Result<()> {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0);
-            if v < cur { Ok(()) } else { Err(RuntimeError::path("write", p, e)) }
+            if v < cur {
+                Ok(())
+            } else {
+                Err(RuntimeError::path("write", p, e))
+            }
         }
         Err(e) => Err(RuntimeError::path("write", p, e)),
     }
@@ -224,20 +254,40 @@ impl Runtime {
     }
 
     /// Like `create`, but the init stays our child (for `run`).
-    pub(crate) fn create_inner(&self, id: &str, o: &CreateOptions) -> Result<(i32, ContainerState)> {
+    pub(crate) fn create_inner(
+        &self,
+        id: &str,
+        o: &CreateOptions,
+    ) -> Result<(i32, ContainerState)> {
         validate_id(id)?;
         let bundle = std::fs::canonicalize(&o.bundle).at("open bundle", &o.bundle)?;
         let spec = load_spec(&bundle)?;
-        let root_cfg = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
-        let rootfs_path = if root_cfg.is_absolute() { root_cfg } else { bundle.join(root_cfg) };
+        let root_cfg = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_default();
+        let rootfs_path = if root_cfg.is_absolute() {
+            root_cfg
+        } else {
+            bundle.join(root_cfg)
+        };
         let rootfs = std::fs::canonicalize(&rootfs_path).at("open rootfs", &rootfs_path)?;
         if !rootfs.is_dir() {
-            return Err(RuntimeError::Spec(format!("rootfs {} is not a directory", rootfs.display())));
+            return Err(RuntimeError::Spec(format!(
+                "rootfs {} is not a directory",
+                rootfs.display()
+            )));
         }
-        let process = spec.process().clone().ok_or_else(|| RuntimeError::Spec("process is required".into()))?;
+        let process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| RuntimeError::Spec("process is required".into()))?;
         let terminal = process.terminal() == Some(true);
         let console = match (terminal, &o.console_socket) {
-            (true, Some(p)) => Some(OwnedFd::from(UnixStream::connect(p).at("connect console socket", p)?)),
+            (true, Some(p)) => Some(OwnedFd::from(
+                UnixStream::connect(p).at("connect console socket", p)?,
+            )),
             (true, None) => {
                 return Err(RuntimeError::Spec(
                     "cannot allocate tty if runc will detach without setting console socket".into(),
@@ -252,31 +302,55 @@ impl Runtime {
         };
         let linux = spec.linux().clone().unwrap_or_default();
         let seccomp = match linux.seccomp() {
-            Some(s) => Some(crate::seccomp::compile_cached(s, Some(&self.root.join(".cache")))?),
+            Some(s) => Some(crate::seccomp::compile_cached(
+                s,
+                Some(&self.root.join(".cache")),
+            )?),
             None => None,
         };
-        let seccomp_agent = match (&seccomp, linux.seccomp().as_ref().and_then(|s| s.listener_path().clone())) {
-            (Some(p), Some(path)) if p.notify => {
-                Some(OwnedFd::from(UnixStream::connect(&path).at("connect seccomp listener", &path)?))
-            }
+        let seccomp_agent = match (
+            &seccomp,
+            linux
+                .seccomp()
+                .as_ref()
+                .and_then(|s| s.listener_path().clone()),
+        ) {
+            (Some(p), Some(path)) if p.notify => Some(OwnedFd::from(
+                UnixStream::connect(&path).at("connect seccomp listener", &path)?,
+            )),
             _ => None,
         };
         let plan: NsPlan = plan_init(linux.namespaces().as_deref().unwrap_or(&[]))?;
 
         // From here on, failures undo what was made.
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root).at("create", &self.root)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .at("create", &self.root)?;
         let dir = self.dir(id);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(RuntimeError::Exists),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::Exists);
+            }
             Err(e) => return Err(RuntimeError::path("create", dir, e)),
         }
-        let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, child: None };
+        let mut undo = Undo {
+            dir: Some(dir.clone()),
+            cgroup: None,
+            child: None,
+        };
         // 0622 as runc: root of a user namespace is another host uid; the 0700 directory still
         // keeps everyone else out.
         let fifo_path = dir.join(EXEC_FIFO);
-        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622)).sys("mkfifo exec.fifo")?;
-        std::fs::set_permissions(&fifo_path, std::os::unix::fs::PermissionsExt::from_mode(0o622)).at("chmod", &fifo_path)?;
+        nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622))
+            .sys("mkfifo exec.fifo")?;
+        std::fs::set_permissions(
+            &fifo_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o622),
+        )
+        .at("chmod", &fifo_path)?;
         let fifo = nix::fcntl::open(
             &fifo_path,
             nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
@@ -285,7 +359,9 @@ impl Runtime {
         .sys("open exec fifo")?;
         let state_dir = nix::fcntl::open(
             &dir,
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .sys("open state dir")?;
@@ -305,7 +381,8 @@ impl Runtime {
         let domainname = spec.domainname().as_deref().filter(|_| plan.has_uts);
         // SAFETY: berth-runc is single-threaded here (no thread was spawned), so the child may
         // keep running Rust code after the fork-like clone.
-        let pid = unsafe { clone_fork(plan.clone.bits()) }.map_err(|e| RuntimeError::sys("clone", e))?;
+        let pid =
+            unsafe { clone_fork(plan.clone.bits()) }.map_err(|e| RuntimeError::sys("clone", e))?;
         if pid == 0 {
             drop(parent_sock);
             std::mem::forget(undo);
@@ -342,8 +419,16 @@ impl Runtime {
         drop(seccomp_agent);
 
         if plan.new_userns {
-            write_id_map(pid, "uid_map", linux.uid_mappings().as_deref().unwrap_or(&[]))?;
-            write_id_map(pid, "gid_map", linux.gid_mappings().as_deref().unwrap_or(&[]))?;
+            write_id_map(
+                pid,
+                "uid_map",
+                linux.uid_mappings().as_deref().unwrap_or(&[]),
+            )?;
+            write_id_map(
+                pid,
+                "gid_map",
+                linux.gid_mappings().as_deref().unwrap_or(&[]),
+            )?;
         }
         undo.cgroup = Some(cg_paths.open());
         cgroup.apply(pid)?;
@@ -365,7 +450,9 @@ impl Runtime {
             config: spec.clone(),
             started: false,
         };
-        parent_sock.send(msg::GO).map_err(|e| RuntimeError::sys("sync", e))?;
+        parent_sock
+            .send(msg::GO)
+            .map_err(|e| RuntimeError::sys("sync", e))?;
         if seccomp.as_ref().is_some_and(|p| p.notify) {
             let payload = serde_json::json!({
                 "ociVersion": crate::state::OCI_VERSION,
@@ -374,7 +461,9 @@ impl Runtime {
                 "metadata": linux.seccomp().as_ref().and_then(|s| s.listener_metadata().clone()).unwrap_or_default(),
                 "state": serde_json::from_slice::<serde_json::Value>(&st.hook_state(Status::Creating)).unwrap_or_default(),
             });
-            parent_sock.send(payload.to_string().as_bytes()).map_err(|e| RuntimeError::sys("sync", e))?;
+            parent_sock
+                .send(payload.to_string().as_bytes())
+                .map_err(|e| RuntimeError::sys("sync", e))?;
         }
         parent_sock.expect(msg::HOOKS)?;
         if let Some(h) = spec.hooks() {
@@ -382,7 +471,9 @@ impl Runtime {
             crate::hooks::run_all(h.prestart().as_ref(), &state)?;
             crate::hooks::run_all(h.create_runtime().as_ref(), &state)?;
         }
-        parent_sock.send(msg::HOOKS_DONE).map_err(|e| RuntimeError::sys("sync", e))?;
+        parent_sock
+            .send(msg::HOOKS_DONE)
+            .map_err(|e| RuntimeError::sys("sync", e))?;
         parent_sock.expect(msg::READY)?;
         st.pid_start = proc_start_time(pid).unwrap_or(st.pid_start);
         st.save(&self.root)?;

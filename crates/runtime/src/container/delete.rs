@@ -48,11 +48,16 @@ impl Runtime {
         if let Some(cg) = st.cgroup.as_ref().map(|c| c.open()) {
             cg.destroy()?;
         }
-        if let Some(h) = st.config.hooks().as_ref().and_then(|h| h.poststop().as_ref()) {
-            if let Err(e) = crate::hooks::run_all(Some(h), &st.hook_state(Status::Stopped)) {
-                eprintln!("warning: poststop hook: {e}");
-            }
+        let poststop = st
+            .config
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststop().as_ref());
+        // Poststop failures are logged, not fatal (runtime spec).
+        if let Err(e) = crate::hooks::run_all(poststop, &st.hook_state(Status::Stopped)) {
+            eprintln!("warning: poststop hook: {e}");
         }
-        std::fs::remove_dir_all(self.dir(id)).map_err(|e| RuntimeError::path("remove", self.dir(id), e))
+        std::fs::remove_dir_all(self.dir(id))
+            .map_err(|e| RuntimeError::path("remove", self.dir(id), e))
     }
 }

@@ -29,7 +29,11 @@ impl Runtime {
         let st = self.load(id)?;
         match st.status(&self.root) {
             Status::Running | Status::Created => {}
-            Status::Paused => return Err(RuntimeError::Init("cannot exec in a paused container".into())),
+            Status::Paused => {
+                return Err(RuntimeError::Init(
+                    "cannot exec in a paused container".into(),
+                ));
+            }
             _ => return Err(RuntimeError::NotRunning),
         }
         if o.process.args().as_ref().is_none_or(|a| a.is_empty()) {
@@ -37,17 +41,28 @@ impl Runtime {
         }
         let terminal = o.process.terminal() == Some(true);
         let console = match (terminal, &o.console_socket) {
-            (true, Some(p)) => Some(OwnedFd::from(UnixStream::connect(p).at("connect console socket", p)?)),
-            (true, None) => return Err(RuntimeError::Spec("a terminal needs --console-socket".into())),
+            (true, Some(p)) => Some(OwnedFd::from(
+                UnixStream::connect(p).at("connect console socket", p)?,
+            )),
+            (true, None) => {
+                return Err(RuntimeError::Spec(
+                    "a terminal needs --console-socket".into(),
+                ));
+            }
             (false, _) => None,
         };
         let linux = st.config.linux().clone().unwrap_or_default();
         let seccomp = match linux.seccomp() {
-            Some(s) => Some(crate::seccomp::compile_cached(s, Some(&self.root.join(".cache")))?),
+            Some(s) => Some(crate::seccomp::compile_cached(
+                s,
+                Some(&self.root.join(".cache")),
+            )?),
             None => None,
         };
         if seccomp.as_ref().is_some_and(|p| p.notify) {
-            return Err(RuntimeError::Spec("exec with a seccomp notify filter is not supported".into()));
+            return Err(RuntimeError::Spec(
+                "exec with a seccomp notify filter is not supported".into(),
+            ));
         }
         let plan = plan_exec(st.pid, linux.namespaces().as_deref().unwrap_or(&[]))?;
         let cgroup = st.cgroup.as_ref().map(|c| c.open());
@@ -57,7 +72,10 @@ impl Runtime {
         let pid = unsafe { clone_fork(0) }.map_err(|e| RuntimeError::sys("clone", e))?;
         if pid == 0 {
             drop(parent_sock);
-            let new_userns = plan.child_join.iter().any(|(f, _)| *f == nix::sched::CloneFlags::CLONE_NEWUSER);
+            let new_userns = plan
+                .child_join
+                .iter()
+                .any(|(f, _)| *f == nix::sched::CloneFlags::CLONE_NEWUSER);
             child_main(ChildArgs {
                 role: Role::Exec,
                 process: &o.process,
@@ -86,7 +104,9 @@ impl Runtime {
         if let Some(cg) = &cgroup {
             cg.apply(pid).map_err(|e| fail(e.into()))?;
         }
-        parent_sock.send(msg::GO).map_err(|e| fail(RuntimeError::sys("sync", e)))?;
+        parent_sock
+            .send(msg::GO)
+            .map_err(|e| fail(RuntimeError::sys("sync", e)))?;
         parent_sock.expect(msg::READY).map_err(fail)?;
         if let Some(pf) = &o.pid_file {
             write_atomic(pf, pid.to_string().as_bytes())?;

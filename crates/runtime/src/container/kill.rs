@@ -55,10 +55,20 @@ pub fn parse_signal(s: &str) -> Result<i32> {
         return Err(RuntimeError::Spec(format!("invalid signal {s:?}")));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     if let Some(rt) = name.strip_prefix("SIGRTMIN") {
         let base = libc::SIGRTMIN();
-        let off: i32 = if rt.is_empty() { 0 } else { rt.trim_start_matches('+').parse().map_err(|_| RuntimeError::Spec(format!("invalid signal {s:?}")))? };
+        let off: i32 = if rt.is_empty() {
+            0
+        } else {
+            rt.trim_start_matches('+')
+                .parse()
+                .map_err(|_| RuntimeError::Spec(format!("invalid signal {s:?}")))?
+        };
         return Ok(base + off);
     }
     name.parse::<Signal>()

@@ -13,8 +13,8 @@ mod update;
 use std::path::{Path, PathBuf};
 
 pub use create::{CreateOptions, load_spec};
-pub use kill::parse_signal as kill_signal;
 pub use exec::ExecOptions;
+pub use kill::parse_signal as kill_signal;
 
 use crate::error::{Result, RuntimeError};
 use crate::state::{ContainerState, Status};

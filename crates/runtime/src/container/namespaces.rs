@@ -85,14 +85,19 @@ pub(crate) fn plan_init(list: &[LinuxNamespace]) -> Result<NsPlan> {
     for ns in list {
         let t = ns.typ();
         if seen.contains(&t) {
-            return Err(RuntimeError::Spec(format!("namespace {} listed twice", proc_name(t))));
+            return Err(RuntimeError::Spec(format!(
+                "namespace {} listed twice",
+                proc_name(t)
+            )));
         }
         seen.push(t);
         let f = flag(t);
         match ns.path() {
             None => match t {
                 LinuxNamespaceType::Time => {
-                    return Err(RuntimeError::Spec("creating a time namespace is not supported".into()));
+                    return Err(RuntimeError::Spec(
+                        "creating a time namespace is not supported".into(),
+                    ));
                 }
                 LinuxNamespaceType::Cgroup => {
                     p.unshare |= f;
@@ -169,7 +174,9 @@ pub(crate) fn plan_exec(pid: i32, list: &[LinuxNamespace]) -> Result<NsPlan> {
         }
         let fd = open_ns(Path::new(&theirs), t)?;
         match t {
-            LinuxNamespaceType::User | LinuxNamespaceType::Mount => p.child_join.push((flag(t), fd)),
+            LinuxNamespaceType::User | LinuxNamespaceType::Mount => {
+                p.child_join.push((flag(t), fd))
+            }
             _ => p.parent_join.push((flag(t), fd)),
         }
     }

@@ -22,7 +22,11 @@ impl Runtime {
         match st.status(&self.root) {
             Status::Paused => {}
             Status::Stopped => return Err(RuntimeError::NotRunning),
-            s => return Err(RuntimeError::Init(format!("container {id} is not paused: {s}"))),
+            s => {
+                return Err(RuntimeError::Init(format!(
+                    "container {id} is not paused: {s}"
+                )));
+            }
         }
         let cg = st.cgroup.as_ref().ok_or(RuntimeError::NotRunning)?.open();
         Ok(cg.freeze(FreezerState::Thawed)?)

@@ -25,7 +25,9 @@ impl Runtime {
         };
         let mut out = Vec::new();
         for e in rd.flatten() {
-            let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             if name.starts_with('.') {
                 continue;
             }

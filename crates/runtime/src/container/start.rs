@@ -24,7 +24,9 @@ impl Runtime {
         let fifo_path = self.dir(id).join(EXEC_FIFO);
         let fifo = nix::fcntl::open(
             &fifo_path,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .sys("open exec fifo")?;
@@ -33,7 +35,9 @@ impl Runtime {
             match poll(&mut fds, PollTimeout::from(100u8)) {
                 Ok(0) => {
                     if !st.init_alive() {
-                        return Err(RuntimeError::Init("container init exited before start".into()));
+                        return Err(RuntimeError::Init(
+                            "container init exited before start".into(),
+                        ));
                     }
                 }
                 Ok(_) => {
@@ -41,7 +45,9 @@ impl Runtime {
                     match nix::unistd::read(&fifo, &mut b) {
                         Ok(1) => break,
                         Ok(_) => {
-                            return Err(RuntimeError::Init("container init exited before start".into()));
+                            return Err(RuntimeError::Init(
+                                "container init exited before start".into(),
+                            ));
                         }
                         Err(nix::errno::Errno::EAGAIN) => {}
                         Err(e) => return Err(RuntimeError::sys("read exec fifo", e)),
@@ -54,7 +60,12 @@ impl Runtime {
         let _ = std::fs::remove_file(&fifo_path);
         st.started = true;
         st.save(&self.root)?;
-        if let Some(h) = st.config.hooks().as_ref().and_then(|h| h.poststart().as_ref()) {
+        if let Some(h) = st
+            .config
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststart().as_ref())
+        {
             // Poststart failures are logged, not fatal (runtime spec).
             if let Err(e) = crate::hooks::run_all(Some(h), &st.hook_state(Status::Running)) {
                 eprintln!("warning: poststart hook: {e}");

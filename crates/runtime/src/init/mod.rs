@@ -88,7 +88,11 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
     prctl(libc::PR_SET_DUMPABLE, 0, 0).map_err(|e| RuntimeError::sys("dumpable", e))?;
     a.sync.expect(msg::GO)?;
     let agent_payload = if a.seccomp_agent.is_some() {
-        Some(a.sync.recv().map_err(|e| RuntimeError::sys("read from parent", e))?)
+        Some(
+            a.sync
+                .recv()
+                .map_err(|e| RuntimeError::sys("read from parent", e))?,
+        )
     } else {
         None
     };
@@ -98,7 +102,11 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
     if !a.unshare.is_empty() {
         nix::sched::unshare(a.unshare).sys(format!("unshare {:?}", a.unshare))?;
     }
-    if a.new_userns || a.join.iter().any(|(f, _)| *f == nix::sched::CloneFlags::CLONE_NEWUSER) {
+    if a.new_userns
+        || a.join
+            .iter()
+            .any(|(f, _)| *f == nix::sched::CloneFlags::CLONE_NEWUSER)
+    {
         let root = nix::unistd::Uid::from_raw(0);
         let groot = nix::unistd::Gid::from_raw(0);
         nix::unistd::setresgid(groot, groot, groot).sys("setgid 0 in user namespace")?;
@@ -112,16 +120,35 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         let c = std::ffi::CString::new(d).map_err(|_| RuntimeError::Spec("domainname".into()))?;
         // SAFETY: c is a valid buffer of the given length.
         if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } < 0 {
-            return Err(RuntimeError::sys("setdomainname", std::io::Error::last_os_error()));
+            return Err(RuntimeError::sys(
+                "setdomainname",
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     let mut fifo_dir = None;
-    if let Role::Init { id, spec, rootfs, bundle, cgroup, no_pivot, new_keyring, state_dir, fifo, cgroupns } = &a.role {
+    if let Role::Init {
+        id,
+        spec,
+        rootfs,
+        bundle,
+        cgroup,
+        no_pivot,
+        new_keyring,
+        state_dir,
+        fifo,
+        cgroupns,
+    } = &a.role
+    {
         if *new_keyring {
             // SAFETY: KEYCTL_JOIN_SESSION_KEYRING with a NULL name makes an anonymous keyring.
-            let rc = unsafe { libc::syscall(libc::SYS_keyctl, 1, std::ptr::null::<libc::c_char>()) };
+            let rc =
+                unsafe { libc::syscall(libc::SYS_keyctl, 1, std::ptr::null::<libc::c_char>()) };
             if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
-                return Err(RuntimeError::sys("join session keyring", std::io::Error::last_os_error()));
+                return Err(RuntimeError::sys(
+                    "join session keyring",
+                    std::io::Error::last_os_error(),
+                ));
             }
         }
         let setup = mounts::RootfsSetup {
@@ -133,7 +160,9 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
             cgroupns: *cgroupns,
         };
         let root = setup.mount_all()?;
-        a.sync.send(msg::HOOKS).map_err(|e| RuntimeError::sys("sync", e))?;
+        a.sync
+            .send(msg::HOOKS)
+            .map_err(|e| RuntimeError::sys("sync", e))?;
         a.sync.expect(msg::HOOKS_DONE)?;
         let hooks = spec.hooks().as_ref();
         crate::hooks::run_all(
@@ -167,16 +196,22 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
     process::enter_cwd(a.process)?;
     let exec = Exec::prepare(a.process)?;
     exec.check()?;
-    crate::sys::cloexec_from(3 + a.preserve_fds).map_err(|e| RuntimeError::sys("close_range", e))?;
+    crate::sys::cloexec_from(3 + a.preserve_fds)
+        .map_err(|e| RuntimeError::sys("close_range", e))?;
     if let Some(dir) = fifo_dir {
         // Created: tell the parent, then block until `start` opens the fifo for reading.
         prctl(libc::PR_SET_PDEATHSIG, 0, 0).map_err(|e| RuntimeError::sys("pdeathsig", e))?;
-        a.sync.send(msg::READY).map_err(|e| RuntimeError::sys("sync", e))?;
+        a.sync
+            .send(msg::READY)
+            .map_err(|e| RuntimeError::sys("sync", e))?;
         let fifo = open_fifo(dir)?;
         nix::unistd::write(&fifo, b"0").sys("write exec fifo")?;
         drop(fifo);
         finalize(a, facts, agent_payload.as_deref())?;
-        if let Role::Init { id, spec, bundle, .. } = &a.role {
+        if let Role::Init {
+            id, spec, bundle, ..
+        } = &a.role
+        {
             let hooks = spec.hooks().as_ref();
             crate::hooks::run_all(
                 hooks.and_then(|h| h.start_container().as_ref()),
@@ -186,7 +221,9 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
     } else {
         finalize(a, facts, agent_payload.as_deref())?;
         prctl(libc::PR_SET_PDEATHSIG, 0, 0).map_err(|e| RuntimeError::sys("pdeathsig", e))?;
-        a.sync.send(msg::READY).map_err(|e| RuntimeError::sys("sync", e))?;
+        a.sync
+            .send(msg::READY)
+            .map_err(|e| RuntimeError::sys("sync", e))?;
     }
     Err(exec.exec())
 }
@@ -201,8 +238,10 @@ fn open_fifo(fds: (&OwnedFd, &OwnedFd)) -> Result<OwnedFd> {
     let via_proc = format!("/proc/self/fd/{}", fifo.as_raw_fd());
     match nix::fcntl::open(via_proc.as_str(), wr, nix::sys::stat::Mode::empty()) {
         Ok(fd) => Ok(fd),
-        Err(nix::errno::Errno::ENOENT) => nix::fcntl::openat(dir, EXEC_FIFO, wr, nix::sys::stat::Mode::empty())
-            .sys("open exec fifo"),
+        Err(nix::errno::Errno::ENOENT) => {
+            nix::fcntl::openat(dir, EXEC_FIFO, wr, nix::sys::stat::Mode::empty())
+                .sys("open exec fifo")
+        }
         Err(e) => Err(RuntimeError::sys("open exec fifo", e)),
     }
 }
@@ -214,9 +253,12 @@ fn finalize(a: &ChildArgs<'_>, facts: HostFacts, agent_payload: Option<&[u8]>) -
             // A notify filter: load it (NNP or not) while we still may, then hand the listener
             // fd to the agent with the state as payload (runc's protocol).
             if !nnp {
-                prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map_err(|e| RuntimeError::sys("no_new_privs", e))?;
+                prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)
+                    .map_err(|e| RuntimeError::sys("no_new_privs", e))?;
             }
-            let fd = prog.load()?.ok_or_else(|| RuntimeError::Init("no seccomp listener fd".into()))?;
+            let fd = prog
+                .load()?
+                .ok_or_else(|| RuntimeError::Init("no seccomp listener fd".into()))?;
             send_fd(agent, agent_payload.unwrap_or_default(), fd.as_raw_fd())
                 .map_err(|e| RuntimeError::sys("send seccomp listener fd", e))?;
             process::finalize(a.process, facts, None)

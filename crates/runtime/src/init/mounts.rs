@@ -62,7 +62,11 @@ pub(crate) fn parse_options(options: &[String]) -> MountOpts {
             }
             "rbind" => {
                 o.bind = true;
-                (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty(), MsFlags::empty())
+                (
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    MsFlags::empty(),
+                    MsFlags::empty(),
+                )
             }
             "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
             "rprivate" => (
@@ -170,14 +174,10 @@ pub(crate) fn open_in_root(root: &OwnedFd, rel: &Path, last: Kind) -> Result<Own
                 } else {
                     parent
                 };
-                let pfd = openat2(
-                    root.as_raw_fd(),
-                    &dir,
-                    o_path | libc::O_DIRECTORY,
-                    resolve,
-                )
-                .map_err(|e| RuntimeError::path("open", Path::new("/").join(&dir), e))?;
-                let name = crate::sys::cstr(Path::new(c)).map_err(|e| RuntimeError::path("create", &cur, e))?;
+                let pfd = openat2(root.as_raw_fd(), &dir, o_path | libc::O_DIRECTORY, resolve)
+                    .map_err(|e| RuntimeError::path("open", Path::new("/").join(&dir), e))?;
+                let name = crate::sys::cstr(Path::new(c))
+                    .map_err(|e| RuntimeError::path("create", &cur, e))?;
                 let is_last = i + 1 == comps.len();
                 // SAFETY: name is a valid C string and pfd a live directory fd.
                 let rc = unsafe {
@@ -213,10 +213,16 @@ pub(crate) fn open_in_root(root: &OwnedFd, rel: &Path, last: Kind) -> Result<Own
     fd.ok_or_else(|| RuntimeError::Spec("empty mount destination".into()))
 }
 
-fn do_mount(src: Option<&str>, target: &str, fstype: Option<&str>, flags: MsFlags, data: Option<&str>, what: &Path) -> Result<()> {
-    mount(src, target, fstype, flags, data).map_err(|e| {
-        RuntimeError::sys(format!("mount {}", what.display()), e)
-    })
+fn do_mount(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &Path,
+) -> Result<()> {
+    mount(src, target, fstype, flags, data)
+        .map_err(|e| RuntimeError::sys(format!("mount {}", what.display()), e))
 }
 
 /// Remounts a bind mount read-only, keeping the flags the kernel locks (nosuid, nodev, noexec...).
@@ -262,9 +268,10 @@ impl RootfsSetup<'_> {
         let linux = self.spec.linux().as_ref();
         let prop = root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()))?;
         do_mount(None, "/", None, prop, None, Path::new("/"))?;
-        let rootfs = self.rootfs.to_str().ok_or_else(|| {
-            RuntimeError::Spec("rootfs path is not UTF-8".into())
-        })?;
+        let rootfs = self
+            .rootfs
+            .to_str()
+            .ok_or_else(|| RuntimeError::Spec("rootfs path is not UTF-8".into()))?;
         do_mount(
             Some(rootfs),
             rootfs,
@@ -307,7 +314,10 @@ impl RootfsSetup<'_> {
             )));
         }
         let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-        let typ = m.typ().as_deref().unwrap_or(if opts.bind { "bind" } else { "none" });
+        let typ = m
+            .typ()
+            .as_deref()
+            .unwrap_or(if opts.bind { "bind" } else { "none" });
         if typ == "cgroup" || typ == "cgroup2" {
             return self.mount_cgroup(root, m, &opts);
         }
@@ -334,8 +344,10 @@ impl RootfsSetup<'_> {
             let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
             if !extra.is_empty() {
                 let target = open_in_root(root, dest, kind)?;
-                let st = nix::sys::statvfs::fstatvfs(&target).sys(format!("statvfs {}", dest.display()))?;
-                let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra | locked_flags(st.flags());
+                let st = nix::sys::statvfs::fstatvfs(&target)
+                    .sys(format!("statvfs {}", dest.display()))?;
+                let flags =
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra | locked_flags(st.flags());
                 do_mount(None, &fd_path(&target), None, flags, None, dest)?;
             }
         } else {
@@ -353,14 +365,30 @@ impl RootfsSetup<'_> {
                 Ok(()) => {}
                 // Without its own network (or ipc) namespace, a user namespace may not mount
                 // sysfs (or mqueue): bind the host's read-only instead, as runc does.
-                Err(nix::errno::Errno::EPERM) if self.userns && (typ == "sysfs" || typ == "mqueue") => {
-                    let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
-                    do_mount(Some(host), &fd_path(&target), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, dest)?;
+                Err(nix::errno::Errno::EPERM)
+                    if self.userns && (typ == "sysfs" || typ == "mqueue") =>
+                {
+                    let host = if typ == "sysfs" {
+                        "/sys"
+                    } else {
+                        "/dev/mqueue"
+                    };
+                    do_mount(
+                        Some(host),
+                        &fd_path(&target),
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None,
+                        dest,
+                    )?;
                     let target = open_in_root(root, dest, Kind::Dir)?;
                     remount_ro(&target, dest)?;
                 }
                 Err(e) => {
-                    return Err(RuntimeError::sys(format!("mount {typ} on {}", dest.display()), e));
+                    return Err(RuntimeError::sys(
+                        format!("mount {typ} on {}", dest.display()),
+                        e,
+                    ));
                 }
             }
         }
@@ -381,10 +409,29 @@ impl RootfsSetup<'_> {
             Some(CgroupPaths::V2 { path }) => {
                 let target = open_in_root(root, dest, Kind::Dir)?;
                 if self.cgroupns {
-                    let flags = base | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-                    do_mount(Some("cgroup2"), &fd_path(&target), Some("cgroup2"), flags, None, dest)?;
+                    let flags = base
+                        | if ro {
+                            MsFlags::MS_RDONLY
+                        } else {
+                            MsFlags::empty()
+                        };
+                    do_mount(
+                        Some("cgroup2"),
+                        &fd_path(&target),
+                        Some("cgroup2"),
+                        flags,
+                        None,
+                        dest,
+                    )?;
                 } else {
-                    do_mount(Some(&path.to_string_lossy()), &fd_path(&target), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, dest)?;
+                    do_mount(
+                        Some(&path.to_string_lossy()),
+                        &fd_path(&target),
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None,
+                        dest,
+                    )?;
                     if ro {
                         remount_ro(&open_in_root(root, dest, Kind::Dir)?, dest)?;
                     }
@@ -392,7 +439,14 @@ impl RootfsSetup<'_> {
             }
             Some(CgroupPaths::V1 { paths }) => {
                 let target = open_in_root(root, dest, Kind::Dir)?;
-                do_mount(Some("tmpfs"), &fd_path(&target), Some("tmpfs"), base, Some("mode=755"), dest)?;
+                do_mount(
+                    Some("tmpfs"),
+                    &fd_path(&target),
+                    Some("tmpfs"),
+                    base,
+                    Some("mode=755"),
+                    dest,
+                )?;
                 for (ctrl, dir) in paths {
                     if ctrl.is_empty() {
                         continue;
@@ -401,10 +455,24 @@ impl RootfsSetup<'_> {
                     let sub = dest.join(name);
                     let t = open_in_root(root, &sub, Kind::Dir)?;
                     if self.cgroupns {
-                        let data = if ctrl.starts_with("name=") { ctrl.clone() } else { ctrl.clone() };
-                        do_mount(Some("cgroup"), &fd_path(&t), Some("cgroup"), base, Some(&data), &sub)?;
+                        let data = ctrl.clone();
+                        do_mount(
+                            Some("cgroup"),
+                            &fd_path(&t),
+                            Some("cgroup"),
+                            base,
+                            Some(&data),
+                            &sub,
+                        )?;
                     } else {
-                        do_mount(Some(&dir.to_string_lossy()), &fd_path(&t), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, &sub)?;
+                        do_mount(
+                            Some(&dir.to_string_lossy()),
+                            &fd_path(&t),
+                            None,
+                            MsFlags::MS_BIND | MsFlags::MS_REC,
+                            None,
+                            &sub,
+                        )?;
                     }
                     if ro {
                         remount_ro(&open_in_root(root, &sub, Kind::Dir)?, &sub)?;
@@ -412,7 +480,14 @@ impl RootfsSetup<'_> {
                 }
                 if ro {
                     let t = open_in_root(root, dest, Kind::Dir)?;
-                    do_mount(None, &fd_path(&t), None, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base, Some("mode=755"), dest)?;
+                    do_mount(
+                        None,
+                        &fd_path(&t),
+                        None,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base,
+                        Some("mode=755"),
+                        dest,
+                    )?;
                 }
             }
             None => {}
@@ -431,7 +506,15 @@ impl RootfsSetup<'_> {
             ("urandom", 1, 9),
             ("tty", 5, 0),
         ] {
-            devs.push((PathBuf::from("/dev").join(name), SFlag::S_IFCHR, major, minor, 0o666, 0, 0));
+            devs.push((
+                PathBuf::from("/dev").join(name),
+                SFlag::S_IFCHR,
+                major,
+                minor,
+                0o666,
+                0,
+                0,
+            ));
         }
         for d in self
             .spec
@@ -453,7 +536,10 @@ impl RootfsSetup<'_> {
                 }
             };
             if !clean_rel(d.path()).starts_with("dev") || d.major() < 0 || d.minor() < 0 {
-                return Err(RuntimeError::Spec(format!("invalid device {}", d.path().display())));
+                return Err(RuntimeError::Spec(format!(
+                    "invalid device {}",
+                    d.path().display()
+                )));
             }
             devs.retain(|x| x.0 != *d.path());
             devs.push((
@@ -472,7 +558,14 @@ impl RootfsSetup<'_> {
                 // mknod is not allowed in a user namespace: bind the host's node instead.
                 let target = open_in_root(root, &rel, Kind::File)?;
                 let host = Path::new("/").join(&rel);
-                do_mount(Some(&host.to_string_lossy()), &fd_path(&target), None, MsFlags::MS_BIND, None, &path)?;
+                do_mount(
+                    Some(&host.to_string_lossy()),
+                    &fd_path(&target),
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                    &path,
+                )?;
                 continue;
             }
             let parent = open_in_root(root, rel.parent().unwrap_or(Path::new("")), Kind::Dir)?;
@@ -490,9 +583,20 @@ impl RootfsSetup<'_> {
             )
             .sys(format!("chown {}", path.display()))?;
             // mknod honours the umask; set the mode exactly.
-            nix::sys::stat::fchmodat(&parent, name, Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::NoFollowSymlink)
-                .or_else(|e| if e == nix::errno::Errno::EOPNOTSUPP { Ok(()) } else { Err(e) })
-                .sys(format!("chmod {}", path.display()))?;
+            nix::sys::stat::fchmodat(
+                &parent,
+                name,
+                Mode::from_bits_truncate(mode),
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+            )
+            .or_else(|e| {
+                if e == nix::errno::Errno::EOPNOTSUPP {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .sys(format!("chmod {}", path.display()))?;
         }
         let dev = open_in_root(root, Path::new("dev"), Kind::Dir)?;
         let mut links = vec![
@@ -526,7 +630,14 @@ impl RootfsSetup<'_> {
                 Err(e) => return Err(RuntimeError::path("open read-only path", p, e)),
             };
             let fp = fd_path(&fd);
-            do_mount(Some(&fp), &fp, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, Path::new(p))?;
+            do_mount(
+                Some(&fp),
+                &fp,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                Path::new(p),
+            )?;
             let fd = openat2(root.as_raw_fd(), &rel, libc::O_PATH, resolve)
                 .map_err(|e| RuntimeError::path("open read-only path", p, e))?;
             remount_ro(&fd, Path::new(p))?;
@@ -541,9 +652,23 @@ impl RootfsSetup<'_> {
             let st = nix::sys::stat::fstat(&fd).sys(format!("stat {p}"))?;
             let fp = fd_path(&fd);
             if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
-                do_mount(Some("tmpfs"), &fp, Some("tmpfs"), MsFlags::MS_RDONLY, None, Path::new(p))?;
+                do_mount(
+                    Some("tmpfs"),
+                    &fp,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    None,
+                    Path::new(p),
+                )?;
             } else {
-                do_mount(Some("/dev/null"), &fp, None, MsFlags::MS_BIND, None, Path::new(p))?;
+                do_mount(
+                    Some("/dev/null"),
+                    &fp,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                    Path::new(p),
+                )?;
             }
         }
         Ok(())
@@ -552,8 +677,7 @@ impl RootfsSetup<'_> {
 
 fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")
-        || m
-            .options()
+        || m.options()
             .iter()
             .flatten()
             .any(|o| o == "bind" || o == "rbind")
@@ -563,13 +687,34 @@ fn is_bind(m: &Mount) -> bool {
 pub(crate) fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).sys(format!("chdir {}", rootfs.display()))?;
     if no_pivot {
-        mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).sys("move rootfs to /")?;
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .sys("move rootfs to /")?;
         nix::unistd::chroot(".").sys("chroot")?;
     } else {
-        let old = nix::fcntl::open("/", nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::empty()).sys("open /")?;
+        let old = nix::fcntl::open(
+            "/",
+            nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .sys("open /")?;
         nix::unistd::pivot_root(".", ".").sys("pivot_root")?;
         nix::unistd::fchdir(&old).sys("fchdir old root")?;
-        mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>).sys("make old root rslave")?;
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .sys("make old root rslave")?;
         umount2(".", MntFlags::MNT_DETACH).sys("detach old root")?;
     }
     nix::unistd::chdir("/").sys("chdir /")?;
@@ -578,27 +723,60 @@ pub(crate) fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
 
 /// The `readonly` root: a read-only remount of `/` after pivot_root.
 pub(crate) fn remount_root_ro() -> Result<()> {
-    let fd = openat2(libc::AT_FDCWD, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| RuntimeError::path("open", "/", e))?;
+    let fd = openat2(
+        libc::AT_FDCWD,
+        Path::new("/"),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| RuntimeError::path("open", "/", e))?;
     remount_ro(&fd, Path::new("/"))
 }
 
 /// Bind-mounts the pty slave at /dev/console (after pivot_root).
 pub(crate) fn mount_console(slave_path: &Path) -> Result<()> {
-    let root = openat2(libc::AT_FDCWD, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| RuntimeError::path("open", "/", e))?;
+    let root = openat2(
+        libc::AT_FDCWD,
+        Path::new("/"),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| RuntimeError::path("open", "/", e))?;
     let target = open_in_root(&root, Path::new("dev/console"), Kind::File)?;
-    do_mount(Some(&slave_path.to_string_lossy()), &fd_path(&target), None, MsFlags::MS_BIND, None, Path::new("/dev/console"))
+    do_mount(
+        Some(&slave_path.to_string_lossy()),
+        &fd_path(&target),
+        None,
+        MsFlags::MS_BIND,
+        None,
+        Path::new("/dev/console"),
+    )
 }
 
 /// Writes the spec's sysctls through /proc/sys (after pivot_root, in the new namespaces).
 pub(crate) fn write_sysctls(spec: &Spec) -> Result<()> {
-    for (k, v) in spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()).into_iter().flatten() {
+    for (k, v) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let rel = PathBuf::from("proc/sys").join(k.replace('.', "/"));
-        let root = openat2(libc::AT_FDCWD, Path::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0)
-            .map_err(|e| RuntimeError::path("open", "/", e))?;
-        let fd = openat2(root.as_raw_fd(), &rel, libc::O_WRONLY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-            .map_err(|e| RuntimeError::path("open sysctl", Path::new("/").join(&rel), e))?;
+        let root = openat2(
+            libc::AT_FDCWD,
+            Path::new("/"),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| RuntimeError::path("open", "/", e))?;
+        let fd = openat2(
+            root.as_raw_fd(),
+            &rel,
+            libc::O_WRONLY,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| RuntimeError::path("open sysctl", Path::new("/").join(&rel), e))?;
         nix::unistd::write(&fd, v.as_bytes()).sys(format!("sysctl {k}"))?;
     }
     Ok(())
@@ -616,9 +794,17 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = parse_options(&["rbind".into(), "ro".into(), "rprivate".into(), "mode=755".into()]);
+        let o = parse_options(&[
+            "rbind".into(),
+            "ro".into(),
+            "rprivate".into(),
+            "mode=755".into(),
+        ]);
         assert!(o.bind);
-        assert!(o.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY));
+        assert!(
+            o.flags
+                .contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY)
+        );
         assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         assert_eq!(o.data, vec!["mode=755"]);
         let o = parse_options(&["ro".into(), "rw".into()]);
@@ -639,7 +825,13 @@ mod tests {
         // Absolute and relative symlinks pointing out of the root.
         std::os::unix::fs::symlink("/", root_dir.join("escape")).unwrap();
         std::os::unix::fs::symlink("../../..", root_dir.join("etc/up")).unwrap();
-        let root = openat2(libc::AT_FDCWD, &root_dir, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        let root = openat2(
+            libc::AT_FDCWD,
+            &root_dir,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
         open_in_root(&root, Path::new("/escape/newdir"), Kind::Dir).unwrap();
         open_in_root(&root, Path::new("/etc/up/x/file"), Kind::File).unwrap();
         assert!(root_dir.join("newdir").is_dir(), "created inside the root");

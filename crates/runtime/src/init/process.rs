@@ -12,12 +12,47 @@ use crate::seccomp::Program;
 use crate::sys::{capset, prctl};
 
 const CAP_NAMES: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
 ];
 
 /// Every capability name this runtime knows, "CAP_"-prefixed (for `features`).
@@ -154,8 +189,12 @@ pub(crate) fn finalize(p: &Process, facts: HostFacts, seccomp: Option<&Program>)
     capset(eff & perm, perm, inh).map_err(|e| RuntimeError::sys("capset", e))?;
     for n in 0..=facts.last_cap {
         if amb & (1u64 << n) != 0 && perm & inh & (1u64 << n) != 0 {
-            prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, n.into())
-                .map_err(|e| RuntimeError::sys("raise ambient capability", e))?;
+            prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                n.into(),
+            )
+            .map_err(|e| RuntimeError::sys("raise ambient capability", e))?;
         }
     }
     if let Some(m) = user.umask() {
@@ -175,7 +214,10 @@ pub(crate) fn finalize(p: &Process, facts: HostFacts, seccomp: Option<&Program>)
 pub(crate) fn enter_cwd(p: &Process) -> Result<()> {
     let cwd = p.cwd();
     if !cwd.is_absolute() {
-        return Err(RuntimeError::Spec(format!("cwd {} is not absolute", cwd.display())));
+        return Err(RuntimeError::Spec(format!(
+            "cwd {} is not absolute",
+            cwd.display()
+        )));
     }
     nix::unistd::chdir(cwd.as_path()).sys(format!("chdir to cwd {}", cwd.display()))?;
     let now = nix::unistd::getcwd().sys("getcwd")?;
@@ -209,7 +251,11 @@ impl Exec {
         };
         let mut env: Vec<String> = p.env().clone().unwrap_or_default();
         if !env.iter().any(|e| e.starts_with("HOME=")) {
-            env.push(if p.user().uid() == 0 { "HOME=/root".into() } else { "HOME=/".into() });
+            env.push(if p.user().uid() == 0 {
+                "HOME=/root".into()
+            } else {
+                "HOME=/".into()
+            });
         }
         let path = if arg0.contains('/') {
             PathBuf::from(arg0)

@@ -141,11 +141,36 @@ impl Asm {
             let pc = out.len();
             let ins = match *op {
                 Op::Label(_) => continue,
-                Op::Ld(off) => SockFilter { code: LD_W_ABS, jt: 0, jf: 0, k: off },
-                Op::And(k) => SockFilter { code: ALU_AND_K, jt: 0, jf: 0, k },
-                Op::Jmp(code, k, jt, jf) => SockFilter { code, jt: rel(pc, jt)?, jf: rel(pc, jf)?, k },
-                Op::Ja(l) => SockFilter { code: JMP_JA, jt: 0, jf: 0, k: (pos[l] - pc - 1) as u32 },
-                Op::Ret(k) => SockFilter { code: RET_K, jt: 0, jf: 0, k },
+                Op::Ld(off) => SockFilter {
+                    code: LD_W_ABS,
+                    jt: 0,
+                    jf: 0,
+                    k: off,
+                },
+                Op::And(k) => SockFilter {
+                    code: ALU_AND_K,
+                    jt: 0,
+                    jf: 0,
+                    k,
+                },
+                Op::Jmp(code, k, jt, jf) => SockFilter {
+                    code,
+                    jt: rel(pc, jt)?,
+                    jf: rel(pc, jf)?,
+                    k,
+                },
+                Op::Ja(l) => SockFilter {
+                    code: JMP_JA,
+                    jt: 0,
+                    jf: 0,
+                    k: (pos[l] - pc - 1) as u32,
+                },
+                Op::Ret(k) => SockFilter {
+                    code: RET_K,
+                    jt: 0,
+                    jf: 0,
+                    k,
+                },
             };
             out.push(ins);
         }
@@ -162,7 +187,14 @@ fn arg_hi(i: usize) -> u32 {
 }
 
 /// Emits one argument condition: falls through when it holds, jumps to `fail` otherwise.
-fn emit_cond(a: &mut Asm, index: usize, op: LinuxSeccompOperator, value: u64, two: u64, fail: usize) {
+fn emit_cond(
+    a: &mut Asm,
+    index: usize,
+    op: LinuxSeccompOperator,
+    value: u64,
+    two: u64,
+    fail: usize,
+) {
     let (vhi, vlo) = ((value >> 32) as u32, value as u32);
     let f = T::L(fail);
     match op {
@@ -195,9 +227,16 @@ fn emit_cond(a: &mut Asm, index: usize, op: LinuxSeccompOperator, value: u64, tw
         | LinuxSeccompOperator::ScmpCmpLe => {
             // Unsigned 64-bit compare: the high words decide unless they are equal.
             let ok = a.label();
-            let greater_ok = matches!(op, LinuxSeccompOperator::ScmpCmpGt | LinuxSeccompOperator::ScmpCmpGe);
+            let greater_ok = matches!(
+                op,
+                LinuxSeccompOperator::ScmpCmpGt | LinuxSeccompOperator::ScmpCmpGe
+            );
             a.ops.push(Op::Ld(arg_hi(index)));
-            let (hi_gt, hi_lt) = if greater_ok { (T::L(ok), f) } else { (f, T::L(ok)) };
+            let (hi_gt, hi_lt) = if greater_ok {
+                (T::L(ok), f)
+            } else {
+                (f, T::L(ok))
+            };
             a.ops.push(Op::Jmp(JMP_JGT_K, vhi, hi_gt, T::Next));
             a.ops.push(Op::Jmp(JMP_JEQ_K, vhi, T::Next, hi_lt));
             a.ops.push(Op::Ld(arg_lo(index)));
@@ -224,9 +263,13 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
     let default_errno = s.default_errno_ret().unwrap_or(libc::EPERM as u32);
     let default = action(s.default_action(), None, default_errno);
     let archs: Vec<Arch> = s.architectures().clone().unwrap_or_default();
-    let want = |a: Arch| archs.is_empty() || archs.contains(&a) || archs.contains(&Arch::ScmpArchNative);
+    let want =
+        |a: Arch| archs.is_empty() || archs.contains(&a) || archs.contains(&Arch::ScmpArchNative);
     for a in &archs {
-        if !matches!(a, Arch::ScmpArchNative | Arch::ScmpArchX86_64 | Arch::ScmpArchX86 | Arch::ScmpArchX32) {
+        if !matches!(
+            a,
+            Arch::ScmpArchNative | Arch::ScmpArchX86_64 | Arch::ScmpArchX86 | Arch::ScmpArchX32
+        ) {
             // Other arches cannot occur on this machine's syscall entry; ignore as runc does
             // for arches the kernel cannot run.
             continue;
@@ -240,7 +283,10 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
         }
         for arg in sc.args().iter().flatten() {
             if arg.index() > 5 {
-                return Err(SeccompError::Invalid(format!("argument index {} > 5", arg.index())));
+                return Err(SeccompError::Invalid(format!(
+                    "argument index {} > 5",
+                    arg.index()
+                )));
             }
         }
     }
@@ -249,11 +295,13 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
     let l64 = a.label();
     let l32 = a.label();
     a.ops.push(Op::Ld(4));
-    a.ops.push(Op::Jmp(JMP_JEQ_K, AUDIT_ARCH_X86_64, T::Next, T::L(l32)));
+    a.ops
+        .push(Op::Jmp(JMP_JEQ_K, AUDIT_ARCH_X86_64, T::Next, T::L(l32)));
     a.ops.push(Op::Ja(l64));
     a.ops.push(Op::Label(l32));
     let lx86 = a.label();
-    a.ops.push(Op::Jmp(JMP_JEQ_K, AUDIT_ARCH_I386, T::Next, T::L(lx86)));
+    a.ops
+        .push(Op::Jmp(JMP_JEQ_K, AUDIT_ARCH_I386, T::Next, T::L(lx86)));
     let body32 = a.label();
     a.ops.push(Op::Ja(body32));
     a.ops.push(Op::Label(lx86));
@@ -263,7 +311,8 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
     a.ops.push(Op::Ld(0));
     let lx32 = a.label();
     a.ops.push(Op::Jmp(JMP_JGE_K, X32_BIT, T::L(lx32), T::Next));
-    let arches: [(bool, &[(&str, u32)], Option<usize>); 3] = [
+    type ArchBlock<'t> = (bool, &'t [(&'t str, u32)], Option<usize>);
+    let arches: [ArchBlock<'_>; 3] = [
         (want(Arch::ScmpArchX86_64), table::X86_64, None),
         (want(Arch::ScmpArchX32), table::X32, Some(lx32)),
         (want(Arch::ScmpArchX86), table::X86, Some(body32)),
@@ -281,7 +330,9 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
         let mut by_nr: Vec<(u32, Vec<&LinuxSyscall>)> = Vec::new();
         for sc in syscalls {
             for name in sc.names() {
-                let Some(nr) = lookup(tab, name) else { continue };
+                let Some(nr) = lookup(tab, name) else {
+                    continue;
+                };
                 match by_nr.iter_mut().find(|(n, _)| *n == nr) {
                     Some((_, v)) => v.push(sc),
                     None => by_nr.push((nr, vec![sc])),
@@ -290,7 +341,8 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
         }
         let blocks: Vec<usize> = by_nr.iter().map(|_| a.label()).collect();
         for ((nr, _), l) in by_nr.iter().zip(&blocks) {
-            a.ops.push(Op::Jmp(JMP_JEQ_K, *nr, T::Next, T::L(usize::MAX)));
+            a.ops
+                .push(Op::Jmp(JMP_JEQ_K, *nr, T::Next, T::L(usize::MAX)));
             // Patched below: jf skips the following JA.
             let last = a.ops.len() - 1;
             if let Op::Jmp(c, k, jt, _) = a.ops[last] {
@@ -312,7 +364,14 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 }
                 let fail = a.label();
                 for arg in args {
-                    emit_cond(&mut a, arg.index(), arg.op(), arg.value(), arg.value_two().unwrap_or(0), fail);
+                    emit_cond(
+                        &mut a,
+                        arg.index(),
+                        arg.op(),
+                        arg.value(),
+                        arg.value_two().unwrap_or(0),
+                        fail,
+                    );
                 }
                 a.ops.push(Op::Ret(ret));
                 a.ops.push(Op::Label(fail));
@@ -334,10 +393,16 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
     if notify {
         flags |= 8; // SECCOMP_FILTER_FLAG_NEW_LISTENER
         if s.listener_path().is_none() {
-            return Err(SeccompError::Invalid("SCMP_ACT_NOTIFY needs listenerPath".into()));
+            return Err(SeccompError::Invalid(
+                "SCMP_ACT_NOTIFY needs listenerPath".into(),
+            ));
         }
     }
-    Ok(Program { insns: a.finish()?, flags, notify })
+    Ok(Program {
+        insns: a.finish()?,
+        flags,
+        notify,
+    })
 }
 
 #[repr(C)]
@@ -355,7 +420,12 @@ impl Program {
         };
         // SAFETY: prog points at self.insns, alive for the call; flags are SECCOMP_FILTER_FLAG_*.
         let rc = unsafe {
-            libc::syscall(libc::SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, self.flags, &prog as *const SockFprog)
+            libc::syscall(
+                libc::SYS_seccomp,
+                1, /* SECCOMP_SET_MODE_FILTER */
+                self.flags,
+                &prog as *const SockFprog,
+            )
         };
         if rc < 0 {
             return Err(SeccompError::Load(std::io::Error::last_os_error()));
@@ -381,7 +451,7 @@ impl Program {
     }
 
     fn from_bytes(b: &[u8]) -> Option<Program> {
-        if b.len() < 8 || (b.len() - 8) % 8 != 0 {
+        if b.len() < 8 || !(b.len() - 8).is_multiple_of(8) {
             return None;
         }
         let flags = u32::from_le_bytes(b[0..4].try_into().ok()?);
@@ -395,7 +465,11 @@ impl Program {
                 k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
             })
             .collect();
-        Some(Program { insns, flags, notify })
+        Some(Program {
+            insns,
+            flags,
+            notify,
+        })
     }
 }
 
@@ -406,13 +480,20 @@ fn memory_cache() -> &'static Mutex<HashMap<String, Arc<Program>>> {
 }
 
 /// Compiles with caching: in memory, then `<cache_dir>/seccomp-<sha256>.bpf` if a dir is given.
-pub fn compile_cached(s: &LinuxSeccomp, cache_dir: Option<&Path>) -> Result<Arc<Program>, SeccompError> {
+pub(crate) fn compile_cached(
+    s: &LinuxSeccomp,
+    cache_dir: Option<&Path>,
+) -> Result<Arc<Program>, SeccompError> {
     let json = serde_json::to_vec(s).map_err(|e| SeccompError::Invalid(e.to_string()))?;
     let mut h = sha2::Sha256::new();
     h.update(b"berth-seccomp-v1\0");
     h.update(&json);
     let key = hex::encode(h.finalize());
-    if let Some(p) = memory_cache().lock().ok().and_then(|m| m.get(&key).cloned()) {
+    if let Some(p) = memory_cache()
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&key).cloned())
+    {
         return Ok(p);
     }
     let file = cache_dir.map(|d| d.join(format!("seccomp-{key}.bpf")));
@@ -441,8 +522,15 @@ pub fn compile_cached(s: &LinuxSeccomp, cache_dir: Option<&Path>) -> Result<Arc<
 /// Seccomp facts for `features`.
 pub fn supported_actions() -> Vec<&'static str> {
     vec![
-        "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
-        "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP",
+        "SCMP_ACT_ALLOW",
+        "SCMP_ACT_ERRNO",
+        "SCMP_ACT_KILL",
+        "SCMP_ACT_KILL_PROCESS",
+        "SCMP_ACT_KILL_THREAD",
+        "SCMP_ACT_LOG",
+        "SCMP_ACT_NOTIFY",
+        "SCMP_ACT_TRACE",
+        "SCMP_ACT_TRAP",
     ]
 }
 
@@ -452,7 +540,7 @@ mod tests {
 
     /// Runs a compiled program on (arch, nr, args) the way the kernel would.
     fn run(p: &Program, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
         for (i, a) in args.iter().enumerate() {
@@ -463,7 +551,10 @@ mod tests {
             let i = p.insns[pc];
             pc += 1;
             match i.code {
-                LD_W_ABS => acc = u32::from_le_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap()),
+                LD_W_ABS => {
+                    acc =
+                        u32::from_le_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap())
+                }
                 ALU_AND_K => acc &= i.k,
                 JMP_JA => pc += i.k as usize,
                 JMP_JEQ_K => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
@@ -501,12 +592,28 @@ mod tests {
         assert_eq!(run(&p, x, 0, [0; 6]), RET_ALLOW, "read");
         assert_eq!(run(&p, x, 1, [0; 6]), RET_ALLOW, "write");
         assert_eq!(run(&p, x, 2, [0; 6]), enosys, "open: default");
-        assert_eq!(run(&p, x, 135, [8, 0, 0, 0, 0, 0]), RET_ALLOW, "personality(8)");
+        assert_eq!(
+            run(&p, x, 135, [8, 0, 0, 0, 0, 0]),
+            RET_ALLOW,
+            "personality(8)"
+        );
         assert_eq!(run(&p, x, 135, [0xffff_ffff, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&p, x, 135, [9, 0, 0, 0, 0, 0]), enosys);
-        assert_eq!(run(&p, x, 135, [(1 << 32) | 8, 0, 0, 0, 0, 0]), enosys, "high word checked");
-        assert_eq!(run(&p, x, 56, [0x11, 0, 0, 0, 0, 0]), RET_ALLOW, "clone w/o ns flags");
-        assert_eq!(run(&p, x, 56, [0x2000_0000, 0, 0, 0, 0, 0]), enosys, "clone NEWPID");
+        assert_eq!(
+            run(&p, x, 135, [(1 << 32) | 8, 0, 0, 0, 0, 0]),
+            enosys,
+            "high word checked"
+        );
+        assert_eq!(
+            run(&p, x, 56, [0x11, 0, 0, 0, 0, 0]),
+            RET_ALLOW,
+            "clone w/o ns flags"
+        );
+        assert_eq!(
+            run(&p, x, 56, [0x2000_0000, 0, 0, 0, 0, 0]),
+            enosys,
+            "clone NEWPID"
+        );
         assert_eq!(run(&p, x, 83, [0; 6]), RET_ERRNO | 13, "mkdir errnoRet");
         assert_eq!(run(&p, x, 62, [1, 5, 0, 0, 0, 0]), RET_ALLOW, "kill sig 5");
         assert_eq!(run(&p, x, 62, [1, 1, 0, 0, 0, 0]), enosys, "kill sig 1");
@@ -531,14 +638,21 @@ mod tests {
         assert_eq!(run(&p, AUDIT_ARCH_X86_64, 83, [0; 6]), RET_ERRNO | 1);
         assert_eq!(run(&p, AUDIT_ARCH_X86_64, 0, [0; 6]), RET_ALLOW);
         assert_eq!(run(&p, AUDIT_ARCH_I386, 3, [0; 6]), RET_KILL_PROCESS);
-        assert_eq!(run(&p, AUDIT_ARCH_X86_64, X32_BIT, [0; 6]), RET_KILL_PROCESS);
+        assert_eq!(
+            run(&p, AUDIT_ARCH_X86_64, X32_BIT, [0; 6]),
+            RET_KILL_PROCESS
+        );
     }
 
     #[test]
     fn notify_needs_listener_and_sets_flag() {
-        let s = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#);
+        let s = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        );
         assert!(compile(&s).is_err());
-        let s = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/x","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#);
+        let s = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/x","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        );
         let p = compile(&s).unwrap();
         assert!(p.notify && p.flags & 8 != 0);
         assert_eq!(run(&p, AUDIT_ARCH_X86_64, 83, [0; 6]), RET_USER_NOTIF);
@@ -546,10 +660,14 @@ mod tests {
 
     #[test]
     fn bad_index_rejected_and_cache_roundtrip() {
-        let s = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#);
+        let s = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        );
         assert!(compile(&s).is_err());
         let t = tempfile::tempdir().unwrap();
-        let s = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#);
+        let s = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        );
         let a = compile_cached(&s, Some(t.path())).unwrap();
         let files: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
         assert_eq!(files.len(), 1);

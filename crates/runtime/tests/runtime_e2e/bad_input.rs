@@ -10,7 +10,10 @@ fn assert_rejected(env: &Env, b: &Bundle, id: &str) -> String {
     assert!(!err.trim().is_empty(), "no error message");
     assert!(!err.contains("panicked"), "{err}");
     if crate::util::validate_like_runc(id) {
-        assert!(env.fail(&["state", id]).contains("container does not exist"));
+        assert!(
+            env.fail(&["state", id])
+                .contains("container does not exist")
+        );
         assert!(!env.root.join(id).exists(), "state dir left for {id}");
     }
     assert!(!b.cgroup_exists(), "cgroup left behind");
@@ -63,8 +66,13 @@ fn bad_ids() {
         assert!(!env.tmp.path().join("escape").exists());
         assert!(!env.tmp.path().join("y").exists());
     }
-    let left: Vec<_> = std::fs::read_dir(&env.root).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
-    assert!(left.iter().all(|n| n.to_string_lossy().starts_with('.')), "{left:?}");
+    let left: Vec<_> = std::fs::read_dir(&env.root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().starts_with('.')),
+        "{left:?}"
+    );
     assert!(!b.cgroup_exists());
     env.assert_no_mounts();
 }

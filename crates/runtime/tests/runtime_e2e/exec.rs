@@ -14,7 +14,13 @@ fn exec_runs_inside() {
     let id = unique("exec");
     env.create(&b, &id);
     env.ok(&["start", &id]);
-    let out = env.ok(&["exec", &id, "sh", "-c", "hostname; echo $$; cat /proc/1/cmdline | tr '\\0' ' '"]);
+    let out = env.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "hostname; echo $$; cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "berth");
     assert_ne!(lines[1], "1", "exec'd process is not the init");
@@ -33,7 +39,15 @@ fn exec_runs_inside() {
     )
     .unwrap();
     let pid_file = env.tmp.path().join("exec.pid");
-    env.ok(&["exec", "--process", proc_json.to_str().unwrap(), "--detach", "--pid-file", pid_file.to_str().unwrap(), &id]);
+    env.ok(&[
+        "exec",
+        "--process",
+        proc_json.to_str().unwrap(),
+        "--detach",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ]);
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
     let ps: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &id])).unwrap();
     assert!(ps.contains(&pid), "{ps:?} lacks {pid}");
@@ -49,7 +63,11 @@ fn exec_runs_inside() {
 #[test]
 fn tty_over_console_socket() {
     let env = Env::new();
-    let mut b = env.bundle(&["sh", "-c", "test -t 0 && test -t 1 && echo TTY-OK; ls -l /dev/console; sleep 1000"]);
+    let mut b = env.bundle(&[
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo TTY-OK; ls -l /dev/console; sleep 1000",
+    ]);
     b.config["process"]["terminal"] = json!(true);
     b.save();
     let sock = env.tmp.path().join("console.sock");
@@ -60,14 +78,22 @@ fn tty_over_console_socket() {
         let (conn, _) = listener.accept().unwrap();
         berth_runtime::recv_fd(&conn).unwrap().1
     });
-    env.ok(&["create", "--bundle", b.dir.to_str().unwrap(), "--console-socket", sock.to_str().unwrap(), &id]);
+    env.ok(&[
+        "create",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+    ]);
     let master = handle.join().unwrap();
     env.ok(&["start", &id]);
     let mut f = std::fs::File::from(master);
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !String::from_utf8_lossy(&got).contains("console") && std::time::Instant::now() < deadline {
+    while !String::from_utf8_lossy(&got).contains("console") && std::time::Instant::now() < deadline
+    {
         match f.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),

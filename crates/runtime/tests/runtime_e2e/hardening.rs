@@ -54,11 +54,19 @@ fn mount_target_symlink_stays_in_rootfs() {
     mounts.push(json!({"destination": "/escape/sub", "type": "tmpfs", "source": "tmpfs"}));
     b.save();
     let (code, out) = env.run_fg(&b, &unique("symlink"));
-    assert!(!host_dir.join("sub").exists(), "mount target created on the host");
+    assert!(
+        !host_dir.join("sub").exists(),
+        "mount target created on the host"
+    );
     // Either refused or made inside the rootfs (runc and berth-runc both do the latter).
     if code == 0 {
         assert!(out.contains("mounted"));
-        assert!(b.rootfs().join(host_dir.strip_prefix("/").unwrap()).join("sub").exists());
+        assert!(
+            b.rootfs()
+                .join(host_dir.strip_prefix("/").unwrap())
+                .join("sub")
+                .exists()
+        );
     }
     env.assert_no_mounts();
 }
@@ -72,12 +80,18 @@ fn runtime_binary_cannot_be_overwritten() {
     // Host python, read-only, to do what busybox cannot (O_PATH opens, reopen via /proc).
     let mounts = b.config["mounts"].as_array_mut().unwrap();
     for d in ["/usr", "/lib", "/lib64"] {
-        mounts.push(json!({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]}));
+        mounts.push(
+            json!({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]}),
+        );
     }
     b.config["process"]["env"] = json!(["PATH=/bin:/usr/bin"]);
     b.save();
     std::fs::write(b.rootfs().join("evil"), "#!/proc/self/exe\n").unwrap();
-    std::fs::set_permissions(b.rootfs().join("evil"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        b.rootfs().join("evil"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     std::fs::write(
         b.rootfs().join("attack.py"),
         r#"
@@ -147,6 +161,13 @@ print(result)
         );
         return;
     }
-    assert!(["EROFS", "EPERM", "EACCES", "ETXTBSY"].contains(&verdict.as_str()), "{verdict}");
-    assert_eq!(std::fs::read(&bin).unwrap(), before, "runtime binary changed");
+    assert!(
+        ["EROFS", "EPERM", "EACCES", "ETXTBSY"].contains(&verdict.as_str()),
+        "{verdict}"
+    );
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        before,
+        "runtime binary changed"
+    );
 }

@@ -13,7 +13,14 @@ fn create_start_kill_delete() {
     let id = unique("life");
     let pid_file = env.tmp.path().join("pid");
     env.track(&id);
-    env.ok(&["create", "--bundle", b.dir.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), &id]);
+    env.ok(&[
+        "create",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ]);
     let raw = std::fs::read_to_string(&pid_file).unwrap();
     assert!(!raw.ends_with('\n'), "pid file has a newline: {raw:?}");
     let st = env.state(&id);
@@ -24,7 +31,10 @@ fn create_start_kill_delete() {
     assert!(st["created"].as_str().unwrap().ends_with('Z'));
     // The created init is the process we asked for, not yet executed.
     let err = env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
-    assert!(err.contains("container with given ID already exists"), "{err}");
+    assert!(
+        err.contains("container with given ID already exists"),
+        "{err}"
+    );
     env.ok(&["start", &id]);
     assert_eq!(env.status(&id), "running");
     let list = env.ok(&["list", "--format", "json"]);
@@ -52,7 +62,10 @@ fn delete_created_and_force_running() {
     let id = unique("del");
     env.create(&b, &id);
     env.ok(&["delete", &id]);
-    assert!(env.fail(&["state", &id]).contains("container does not exist"));
+    assert!(
+        env.fail(&["state", &id])
+            .contains("container does not exist")
+    );
     let id2 = unique("del");
     env.create(&b, &id2);
     env.ok(&["start", &id2]);
@@ -83,7 +96,10 @@ fn run_exit_codes() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(137));
     // run removes the container once it exits.
-    assert!(env.fail(&["state", &id]).contains("container does not exist"));
+    assert!(
+        env.fail(&["state", &id])
+            .contains("container does not exist")
+    );
 }
 
 #[test]
@@ -124,9 +140,7 @@ fn hooks_get_state_on_stdin() {
     let mut b = env.bundle(&["true"]);
     let out = env.tmp.path().join("hooks");
     std::fs::create_dir_all(&out).unwrap();
-    let hook = |name: &str| {
-        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}.json", out.display())], "timeout": 5})
-    };
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}.json", out.display())], "timeout": 5});
     b.config["hooks"] = json!({
         "prestart": [hook("prestart")],
         "createRuntime": [hook("createRuntime")],
@@ -138,7 +152,9 @@ fn hooks_get_state_on_stdin() {
     env.create(&b, &id);
     let pid = env.state(&id)["pid"].as_i64().unwrap();
     for name in ["prestart", "createRuntime"] {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json"))).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json"))).unwrap())
+                .unwrap();
         assert_eq!(v["id"], json!(id), "{name}");
         assert_eq!(v["pid"].as_i64(), Some(pid), "{name}");
         assert_eq!(v["bundle"], json!(b.dir.to_str().unwrap()));
@@ -148,7 +164,8 @@ fn hooks_get_state_on_stdin() {
     assert!(out.join("poststart.json").exists());
     env.wait_status(&id, "stopped");
     env.ok(&["delete", &id]);
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("poststop.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("poststop.json")).unwrap()).unwrap();
     assert_eq!(v["id"], json!(id));
 }
 
@@ -161,7 +178,10 @@ fn failing_hook_fails_create_and_cleans_up() {
     let id = unique("badhook");
     env.track(&id);
     env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
-    assert!(env.fail(&["state", &id]).contains("container does not exist"));
+    assert!(
+        env.fail(&["state", &id])
+            .contains("container does not exist")
+    );
     assert!(!b.cgroup_exists());
     env.assert_no_mounts();
 }

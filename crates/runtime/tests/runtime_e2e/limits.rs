@@ -17,10 +17,16 @@ fn update_memory_and_pids() {
     let id = unique("upd");
     env.create(&b, &id);
     env.ok(&["start", &id]);
-    assert_eq!(b.cgroup_file("memory", "memory.limit_in_bytes"), (128u64 << 20).to_string());
+    assert_eq!(
+        b.cgroup_file("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
     assert_eq!(b.cgroup_file("pids", "pids.max"), "50");
     env.ok(&["update", "--memory", "67108864", "--pids-limit", "20", &id]);
-    assert_eq!(b.cgroup_file("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(
+        b.cgroup_file("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
     assert_eq!(b.cgroup_file("pids", "pids.max"), "20");
     // --resources - (what containerd's shim sends).
     let mut child = env
@@ -35,12 +41,26 @@ fn update_memory_and_pids() {
         .write_all(br#"{"memory":{"limit":33554432},"pids":{"limit":10}}"#)
         .unwrap();
     assert!(child.wait().unwrap().success());
-    assert_eq!(b.cgroup_file("memory", "memory.limit_in_bytes"), (32u64 << 20).to_string());
+    assert_eq!(
+        b.cgroup_file("memory", "memory.limit_in_bytes"),
+        (32u64 << 20).to_string()
+    );
     assert_eq!(b.cgroup_file("pids", "pids.max"), "10");
     // The pids limit holds inside: 10 processes at most.
-    let out = env.run(&["exec", &id, "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 30 & done; echo done"]);
+    let out = env.run(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 30 & done; echo done",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("can't fork") || err.contains("Resource temporarily unavailable") || !out.status.success(), "{err}");
+    assert!(
+        err.contains("can't fork")
+            || err.contains("Resource temporarily unavailable")
+            || !out.status.success(),
+        "{err}"
+    );
     let stats = env.ok(&["events", "--stats", &id]);
     let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(v["type"], "stats");

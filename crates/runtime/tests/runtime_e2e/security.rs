@@ -34,7 +34,11 @@ fn seccomp_denies_a_syscall() {
 #[test]
 fn user_namespace_maps_root() {
     let env = Env::new();
-    let mut b = env.bundle(&["sh", "-c", "id -u; cat /proc/self/uid_map; cat /proc/self/gid_map"]);
+    let mut b = env.bundle(&[
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map; cat /proc/self/gid_map",
+    ]);
     b.config["linux"]["namespaces"] = json!([
         {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "user"}
     ]);
@@ -43,7 +47,10 @@ fn user_namespace_maps_root() {
     b.save();
     let (code, out) = env.run_fg(&b, &unique("userns"));
     assert_eq!(code, 0, "{out}");
-    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(lines[0], vec!["0"]);
     assert_eq!(lines[1], vec!["0", "100000", "65536"]);
     assert_eq!(lines[2], vec!["0", "100000", "65536"]);
@@ -71,9 +78,14 @@ fn masked_and_readonly_paths_and_caps() {
 #[test]
 fn readonly_root_and_process_user() {
     let env = Env::new();
-    let mut b = env.bundle(&["sh", "-c", "touch /x 2>/dev/null && echo root-writable; id -u; id -g; id -G; umask"]);
+    let mut b = env.bundle(&[
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null && echo root-writable; id -u; id -g; id -G; umask",
+    ]);
     b.config["root"]["readonly"] = json!(true);
-    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [5, 7], "umask": 63});
+    b.config["process"]["user"] =
+        json!({"uid": 1000, "gid": 1001, "additionalGids": [5, 7], "umask": 63});
     b.save();
     let (code, out) = env.run_fg(&b, &unique("ro"));
     assert_eq!(code, 0);
@@ -81,6 +93,10 @@ fn readonly_root_and_process_user() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "1000");
     assert_eq!(lines[1], "1001");
-    assert!(lines[2].split_whitespace().any(|g| g == "5") && lines[2].split_whitespace().any(|g| g == "7"), "{out}");
+    assert!(
+        lines[2].split_whitespace().any(|g| g == "5")
+            && lines[2].split_whitespace().any(|g| g == "7"),
+        "{out}"
+    );
     assert_eq!(lines[3], "0077");
 }

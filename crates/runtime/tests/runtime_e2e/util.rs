@@ -12,39 +12,42 @@ use serde_json::{Value, json};
 static N: AtomicUsize = AtomicUsize::new(0);
 
 /// The runtime under test.
-pub fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     std::env::var_os("BERTH_RUNC_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth-runc")))
 }
 
-
 /// True when `BERTH_RUNC_BIN` points the tests at another runtime.
-pub fn testing_other_runtime() -> bool {
+pub(crate) fn testing_other_runtime() -> bool {
     std::env::var_os("BERTH_RUNC_BIN").is_some()
 }
 
 /// A unique name for ids and cgroups.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+pub(crate) fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One test's world: a temp dir holding the state root and bundles. Dropping it force-deletes
 /// every container it made.
-pub struct Env {
-    pub tmp: tempfile::TempDir,
-    pub root: PathBuf,
+pub(crate) struct Env {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) root: PathBuf,
     ids: std::sync::Mutex<Vec<String>>,
 }
 
-pub struct Bundle {
-    pub dir: PathBuf,
-    pub config: Value,
-    pub cgroup: String,
+pub(crate) struct Bundle {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: Value,
+    pub(crate) cgroup: String,
 }
 
 impl Bundle {
-    pub fn save(&self) {
+    pub(crate) fn save(&self) {
         std::fs::write(
             self.dir.join("config.json"),
             serde_json::to_vec_pretty(&self.config).unwrap(),
@@ -52,25 +55,25 @@ impl Bundle {
         .unwrap();
     }
 
-    pub fn rootfs(&self) -> PathBuf {
+    pub(crate) fn rootfs(&self) -> PathBuf {
         self.dir.join("rootfs")
     }
 
     /// A v1 cgroup file of this bundle's container.
-    pub fn cgroup_file(&self, ctrl: &str, file: &str) -> String {
+    pub(crate) fn cgroup_file(&self, ctrl: &str, file: &str) -> String {
         std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}{}/{file}", self.cgroup))
             .unwrap_or_else(|e| panic!("read {ctrl}{}/{file}: {e}", self.cgroup))
             .trim()
             .to_string()
     }
 
-    pub fn cgroup_exists(&self) -> bool {
+    pub(crate) fn cgroup_exists(&self) -> bool {
         ["memory", "pids", "cpu", "freezer", "devices"]
             .iter()
             .any(|c| Path::new(&format!("/sys/fs/cgroup/{c}{}", self.cgroup)).exists())
     }
 
-    pub fn args(&mut self, args: &[&str]) -> &mut Self {
+    pub(crate) fn args(&mut self, args: &[&str]) -> &mut Self {
         self.config["process"]["args"] = json!(args);
         self.save();
         self
@@ -78,16 +81,23 @@ impl Bundle {
 }
 
 impl Env {
-    pub fn new() -> Env {
-        let tmp = tempfile::Builder::new().prefix("berth-rt-e2e").tempdir().unwrap();
+    pub(crate) fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-rt-e2e")
+            .tempdir()
+            .unwrap();
         // Container root in a user namespace must be able to reach the rootfs.
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = tmp.path().join("state");
-        Env { tmp, root, ids: Default::default() }
+        Env {
+            tmp,
+            root,
+            ids: Default::default(),
+        }
     }
 
     /// A busybox bundle whose process runs `args`.
-    pub fn bundle(&self, args: &[&str]) -> Bundle {
+    pub(crate) fn bundle(&self, args: &[&str]) -> Bundle {
         let dir = self.tmp.path().join(unique("bundle"));
         let rootfs = dir.join("rootfs");
         for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
@@ -136,17 +146,21 @@ impl Env {
                 "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
             }
         });
-        let b = Bundle { dir, config, cgroup };
+        let b = Bundle {
+            dir,
+            config,
+            cgroup,
+        };
         b.save();
         b
     }
 
     /// Records `id` for cleanup.
-    pub fn track(&self, id: &str) {
+    pub(crate) fn track(&self, id: &str) {
         self.ids.lock().unwrap().push(id.to_string());
     }
 
-    pub fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.arg("--root").arg(&self.root).args(args);
         c.stdin(Stdio::null());
@@ -155,7 +169,7 @@ impl Env {
 
     /// Runs to completion. Output goes through files, not pipes: a created container's init
     /// inherits our stdio and would keep a pipe open until it exits.
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let out_path = self.tmp.path().join(unique("stdout"));
         let err_path = self.tmp.path().join(unique("stderr"));
         let status = self
@@ -175,7 +189,7 @@ impl Env {
     }
 
     /// Runs and expects success; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
         assert!(
             o.status.success(),
@@ -187,34 +201,37 @@ impl Env {
     }
 
     /// Runs and expects failure; returns stderr.
-    pub fn fail(&self, args: &[&str]) -> String {
+    pub(crate) fn fail(&self, args: &[&str]) -> String {
         let o = self.run(args);
         assert!(!o.status.success(), "{args:?} unexpectedly succeeded");
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
-    pub fn create(&self, b: &Bundle, id: &str) {
+    pub(crate) fn create(&self, b: &Bundle, id: &str) {
         self.track(id);
         self.ok(&["create", "--bundle", b.dir.to_str().unwrap(), id]);
     }
 
     /// `run` in the foreground; returns (exit code, stdout).
-    pub fn run_fg(&self, b: &Bundle, id: &str) -> (i32, String) {
+    pub(crate) fn run_fg(&self, b: &Bundle, id: &str) -> (i32, String) {
         self.track(id);
         let o = self.run(&["run", "--bundle", b.dir.to_str().unwrap(), id]);
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned())
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
     }
 
-    pub fn state(&self, id: &str) -> Value {
+    pub(crate) fn state(&self, id: &str) -> Value {
         serde_json::from_str(&self.ok(&["state", id])).unwrap()
     }
 
-    pub fn status(&self, id: &str) -> String {
+    pub(crate) fn status(&self, id: &str) -> String {
         self.state(id)["status"].as_str().unwrap().to_string()
     }
 
     /// Waits until the status is `want` (up to 5 s).
-    pub fn wait_status(&self, id: &str, want: &str) {
+    pub(crate) fn wait_status(&self, id: &str, want: &str) {
         for _ in 0..500 {
             let o = self.run(&["state", id]);
             if o.status.success() {
@@ -229,7 +246,7 @@ impl Env {
     }
 
     /// No mount in our namespace refers to this temp dir.
-    pub fn assert_no_mounts(&self) {
+    pub(crate) fn assert_no_mounts(&self) {
         let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let p = self.tmp.path().to_str().unwrap();
         assert!(!mi.contains(p), "mounts left behind under {p}");
@@ -245,6 +262,6 @@ impl Drop for Env {
 }
 
 /// Ids that both runtimes accept as names (the others fail before any state exists).
-pub fn validate_like_runc(id: &str) -> bool {
+pub(crate) fn validate_like_runc(id: &str) -> bool {
     !id.contains('/') && !id.contains("..")
 }

@@ -26,7 +26,11 @@ impl Logger {
             ),
             LogFormat::Text => format!("time={time:?} level=error msg={msg:?}\n"),
         };
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             let _ = f.write_all(line.as_bytes());
         }
     }

@@ -27,9 +27,15 @@ fn process(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
     if let Some(u) = &a.user {
         let mut user = p.user().clone();
         let (uid, gid) = u.split_once(':').unwrap_or((u, ""));
-        user.set_uid(uid.parse().with_context(|| format!("invalid --user {u:?}"))?);
+        user.set_uid(
+            uid.parse()
+                .with_context(|| format!("invalid --user {u:?}"))?,
+        );
         if !gid.is_empty() {
-            user.set_gid(gid.parse().with_context(|| format!("invalid --user {u:?}"))?);
+            user.set_gid(
+                gid.parse()
+                    .with_context(|| format!("invalid --user {u:?}"))?,
+            );
         }
         p.set_user(user);
     }

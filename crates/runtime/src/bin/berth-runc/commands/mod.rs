@@ -22,7 +22,11 @@ pub(crate) fn dispatch(cli: &Cli) -> Result<u8> {
     }
     match &cli.command {
         Command::Create(a) => create::create(&rt, a),
-        Command::Run { create, detach, keep } => create::run(&rt, create, *detach, *keep),
+        Command::Run {
+            create,
+            detach,
+            keep,
+        } => create::run(&rt, create, *detach, *keep),
         Command::Start { id } => lifecycle::start(&rt, id),
         Command::Exec(a) => exec::exec(&rt, a),
         Command::Kill { all, id, signal } => lifecycle::kill(&rt, id, signal, *all),
@@ -31,9 +35,17 @@ pub(crate) fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Resume { id } => lifecycle::resume(&rt, id),
         Command::State { id } => query::state(&rt, id),
         Command::List { format, quiet } => query::list(&rt, *format, *quiet),
-        Command::Ps { format, id, ps_args } => query::ps(&rt, id, *format, ps_args),
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => query::ps(&rt, id, *format, ps_args),
         Command::Update(a) => update::update(&rt, a),
-        Command::Events { stats, interval, id } => events::events(&rt, id, *stats, interval),
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => events::events(&rt, id, *stats, interval),
         Command::Features => features::features(),
         Command::Spec { bundle, rootless } => spec::spec(bundle.as_deref(), *rootless),
     }

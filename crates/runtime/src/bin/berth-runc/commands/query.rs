@@ -25,7 +25,11 @@ pub(crate) fn list(rt: &Runtime, format: Format, quiet: bool) -> Result<u8> {
     match format {
         Format::Json => writeln!(out, "{}", serde_json::to_string(&all)?)?,
         Format::Table => {
-            writeln!(out, "{:<12}{:<10}{:<10}{:<40}{:<32}OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED")?;
+            writeln!(
+                out,
+                "{:<12}{:<10}{:<10}{:<40}{:<32}OWNER",
+                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+            )?;
             for s in &all {
                 writeln!(
                     out,
@@ -48,15 +52,29 @@ pub(crate) fn ps(rt: &Runtime, id: &str, format: Format, ps_args: &[String]) -> 
     match format {
         Format::Json => println!("{}", serde_json::to_string(&pids)?),
         Format::Table => {
-            let args: Vec<String> = if ps_args.is_empty() { vec!["-ef".into()] } else { ps_args.to_vec() };
-            let out = std::process::Command::new("ps").args(&args).output().context("run ps")?;
+            let args: Vec<String> = if ps_args.is_empty() {
+                vec!["-ef".into()]
+            } else {
+                ps_args.to_vec()
+            };
+            let out = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("run ps")?;
             let text = String::from_utf8_lossy(&out.stdout);
             let mut lines = text.lines();
             let header = lines.next().unwrap_or_default();
-            let col = header.split_whitespace().position(|h| h == "PID").context("no PID column in ps output")?;
+            let col = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("no PID column in ps output")?;
             println!("{header}");
             for l in lines {
-                if l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok()).is_some_and(|p| pids.contains(&p)) {
+                if l.split_whitespace()
+                    .nth(col)
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .is_some_and(|p| pids.contains(&p))
+                {
                     println!("{l}");
                 }
             }

@@ -45,7 +45,10 @@ pub(crate) fn update(rt: &Runtime, a: &UpdateArgs) -> Result<u8> {
     let mut mem = r.memory().unwrap_or_default();
     let mut mem_set = r.memory().is_some();
     for (v, set) in [
-        (&a.memory, LinuxMemory::set_limit as fn(&mut LinuxMemory, Option<i64>) -> &mut LinuxMemory),
+        (
+            &a.memory,
+            LinuxMemory::set_limit as fn(&mut LinuxMemory, Option<i64>) -> &mut LinuxMemory,
+        ),
         (&a.memory_swap, LinuxMemory::set_swap),
         (&a.memory_reservation, LinuxMemory::set_reservation),
     ] {
