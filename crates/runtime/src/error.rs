@@ -28,14 +28,14 @@ pub enum RuntimeError {
     },
     #[error("invalid config: {0}")]
     Spec(String),
-    #[error("{context} {path}: {source}")]
+    #[error("{context} {path}")]
     Path {
         context: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Sys {
         context: String,
         #[source]
@@ -91,4 +91,16 @@ impl<T> SysContext<T> for nix::Result<T> {
     fn sys(self, context: impl Into<String>) -> Result<T> {
         self.map_err(|e| RuntimeError::sys(context, e))
     }
+}
+
+/// An error and its sources, joined with ": " (for messages that cross a process boundary).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -29,7 +29,7 @@ pub use v2::V2Cgroup;
 /// What can go wrong with cgroups.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("cgroup {op} {path}: {source}")]
+    #[error("cgroup {op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,

@@ -54,16 +54,33 @@ impl V1Cgroup {
     /// A new cpuset directory starts with empty cpus/mems, and the kernel refuses tasks then:
     /// copy the parent's values down each level that is still empty (as runc does).
     fn init_cpuset(dir: &Path) -> CgResult<()> {
+        if dir.join("cpuset.cpus").exists() {
+            if !read(dir, "cpuset.cpus")?.is_empty() && !read(dir, "cpuset.mems")?.is_empty() {
+                return Ok(());
+            }
+        } else {
+            let Some(parent) = dir
+                .parent()
+                .filter(|p| p.starts_with("/sys/fs/cgroup") || p.join("cpuset.cpus").exists())
+            else {
+                return Err(CgroupError::NoController("cpuset".into()));
+            };
+            if !parent.join("cpuset.cpus").exists() {
+                Self::init_cpuset(parent)?;
+            }
+            std::fs::create_dir(dir)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(super::io_err("create", dir))?;
+        }
         let Some(parent) = dir.parent() else {
             return Ok(());
         };
-        if !parent.join("cpuset.cpus").exists() {
-            return Ok(());
-        }
-        if !parent.exists() || read(parent, "cpuset.cpus")?.is_empty() {
-            Self::init_cpuset(parent)?;
-        }
-        std::fs::create_dir_all(dir).map_err(super::io_err("create", dir))?;
         for f in ["cpuset.cpus", "cpuset.mems"] {
             if read(dir, f)?.is_empty() {
                 write(dir, f, &read(parent, f)?)?;
@@ -483,7 +500,7 @@ mod tests {
             return;
         }
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let name = format!("/berth-test-v1-{}", std::process::id());
+        let name = format!("/berth-test-v1-{}/nested", std::process::id());
         let CgroupPaths::V1 { paths } = layout.resolve(&name, &own).unwrap() else {
             unreachable!()
         };
@@ -559,6 +576,7 @@ mod tests {
         let _ = child.wait();
         for dir in cg.0.paths.values() {
             assert!(!dir.exists(), "{} left behind", dir.display());
+            let _ = std::fs::remove_dir(dir.parent().unwrap());
         }
     }
 }

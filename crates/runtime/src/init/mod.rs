@@ -74,7 +74,7 @@ pub(crate) fn child_main(args: ChildArgs<'_>) -> ! {
     let mut m = vec![msg::ERR];
     let text = match &err {
         RuntimeError::Init(inner) => inner.clone(),
-        e => e.to_string(),
+        e => crate::error::chain(e),
     };
     m.extend_from_slice(text.as_bytes());
     let _ = args.sync.send(&m);

@@ -28,7 +28,7 @@ pub enum SeccompError {
     Invalid(String),
     #[error("seccomp: program too large ({0} instructions)")]
     TooLarge(usize),
-    #[error("seccomp: load filter: {0}")]
+    #[error("seccomp: load filter")]
     Load(#[source] std::io::Error),
 }
 
