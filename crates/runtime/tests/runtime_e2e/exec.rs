@@ -107,3 +107,36 @@ fn tty_over_console_socket() {
     env.track(&id2);
     env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id2]);
 }
+
+#[test]
+fn tty_in_foreground_run() {
+    let env = Env::new();
+    let mut b = env.bundle(&[
+        "sh",
+        "-c",
+        "test -t 0 && echo IS-TTY; read x; echo got=$x; exit 4",
+    ]);
+    b.config["process"]["terminal"] = json!(true);
+    b.save();
+    let id = unique("fgtty");
+    env.track(&id);
+    // script(1) gives the runtime a terminal of its own, as a person at a shell has.
+    let cmd = format!(
+        "{} --root {} run --bundle {} {id}; echo rc=$?",
+        crate::util::bin().display(),
+        env.root.display(),
+        b.dir.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"typed\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(text.contains("IS-TTY"), "{text}");
+    assert!(text.contains("got=typed"), "{text}");
+    assert!(text.contains("rc=4"), "{text}");
+}

@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod log;
+mod tty;
 mod wait;
 
 use std::process::ExitCode;

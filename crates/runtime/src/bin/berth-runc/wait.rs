@@ -15,6 +15,13 @@ extern "C" fn forward(sig: libc::c_int) {
 /// Forwards the usual terminal and termination signals to `pid`, waits for it, and returns
 /// the shell-style exit code (128 + signal for a signal death).
 pub(crate) fn wait_forwarding(pid: i32) -> u8 {
+    forward_signals(pid);
+    wait(pid)
+}
+
+/// Installs the forwarding handlers (before a tty proxy runs, so ^C from a signal reaches the
+/// container too).
+pub(crate) fn forward_signals(pid: i32) {
     CHILD.store(pid, Ordering::Relaxed);
     for sig in [
         libc::SIGTERM,
@@ -36,6 +43,9 @@ pub(crate) fn wait_forwarding(pid: i32) -> u8 {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+fn wait(pid: i32) -> u8 {
     let mut status = 0;
     loop {
         // SAFETY: waitpid on our own child with a valid status pointer.

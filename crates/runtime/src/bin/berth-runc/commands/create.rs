@@ -22,7 +22,21 @@ pub(crate) fn create(rt: &Runtime, a: &CreateArgs) -> Result<u8> {
 }
 
 pub(crate) fn run(rt: &Runtime, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> {
-    let pid = rt.create(&a.id, &options(a))?;
+    let mut opts = options(a);
+    // A foreground terminal without a console socket: we hold the pty ourselves.
+    let console = if !detach && opts.console_socket.is_none() && wants_terminal(&a.bundle) {
+        berth_runtime::validate_id(&a.id)?;
+        let l = crate::tty::ConsoleListener::bind(rt.root(), &a.id)?;
+        opts.console_socket = Some(l.path().to_path_buf());
+        Some(l)
+    } else {
+        None
+    };
+    let pid = rt.create(&a.id, &opts)?;
+    let master = match &console {
+        Some(l) => Some(l.master()?),
+        None => None,
+    };
     if let Err(e) = rt.start(&a.id) {
         let _ = rt.delete(&a.id, true);
         return Err(e.into());
@@ -30,9 +44,20 @@ pub(crate) fn run(rt: &Runtime, a: &CreateArgs, detach: bool, keep: bool) -> Res
     if detach {
         return Ok(0);
     }
+    if let Some(m) = master {
+        crate::wait::forward_signals(pid);
+        crate::tty::proxy(m)?;
+    }
     let code = crate::wait::wait_forwarding(pid);
     if !keep {
         rt.delete(&a.id, true)?;
     }
     Ok(code)
+}
+
+fn wants_terminal(bundle: &std::path::Path) -> bool {
+    berth_runtime::load_spec(bundle)
+        .ok()
+        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
+        == Some(true)
 }
