@@ -347,3 +347,66 @@ mod tests {
         );
     }
 }
+
+/// The v2 program through the real verifier: this host has a cgroup2 mount (with no
+/// controllers) at /sys/fs/cgroup/unified, enough to attach a device program and test it.
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+
+    #[test]
+    fn v2_program_enforced_by_the_kernel() {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        let base = if unified.join("cgroup.procs").exists() {
+            unified.to_path_buf()
+        } else if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            Path::new("/sys/fs/cgroup").to_path_buf()
+        } else {
+            eprintln!("no cgroup2 mount; skipped");
+            return;
+        };
+        let dir = base.join(format!("berth-test-dev-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        struct Rm(std::path::PathBuf);
+        impl Drop for Rm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+        }
+        let _rm = Rm(dir.clone());
+        // Deny everything, then allow /dev/zero read-only.
+        let rules = vec![
+            DeviceRule::rule(false, 'a', None, None, "rwm"),
+            DeviceRule::rule(true, 'c', Some(1), Some(5), "r"),
+        ];
+        attach_v2(&dir, &rules).unwrap();
+        // A child in that cgroup reports which opens work, through its exit code.
+        let procs = dir.join("cgroup.procs");
+        // SAFETY: the test process forks a child that only does syscalls and _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let code = (|| {
+                std::fs::write(&procs, "0").ok()?;
+                let zero_r = std::fs::File::open("/dev/zero").is_ok();
+                let zero_w = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/zero")
+                    .is_ok();
+                let null_r = std::fs::File::open("/dev/null").is_ok();
+                Some(i32::from(zero_r) | (i32::from(zero_w) << 1) | (i32::from(null_r) << 2))
+            })()
+            .unwrap_or(64);
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            1,
+            "only reading /dev/zero is allowed"
+        );
+    }
+}
