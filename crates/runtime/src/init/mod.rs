@@ -250,9 +250,10 @@ fn finalize(a: &ChildArgs<'_>, facts: HostFacts, agent_payload: Option<&[u8]>) -
     let nnp = a.process.no_new_privileges().unwrap_or(false);
     match (a.seccomp, &a.seccomp_agent) {
         (Some(prog), Some(agent)) => {
-            // A notify filter: load it (NNP or not) while we still may, then hand the listener
-            // fd to the agent with the state as payload (runc's protocol).
-            if !nnp {
+            // A notify filter: load it while we still hold CAP_SYS_ADMIN (after no_new_privs
+            // when the spec asks for it), then hand the listener fd to the agent with the state
+            // as payload (runc's protocol); the rest of finalize follows.
+            if nnp {
                 prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)
                     .map_err(|e| RuntimeError::sys("no_new_privs", e))?;
             }

@@ -171,3 +171,65 @@ print(result)
         "runtime binary changed"
     );
 }
+
+#[test]
+fn preserve_fds_passes_exactly_those() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let b = env.bundle(&[
+        "sh",
+        "-c",
+        "cat /proc/self/fd/3; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+    ]);
+    let secret = env.tmp.path().join("secret");
+    std::fs::write(&secret, "passed-fd\n").unwrap();
+    let f = std::fs::File::open(&secret).unwrap();
+    let extra = std::fs::File::open(&secret).unwrap();
+    let (fd, extra_fd) = (f.as_raw_fd(), extra.as_raw_fd());
+    let id = unique("fds");
+    env.track(&id);
+    let mut cmd = env.cmd(&[
+        "run",
+        "--preserve-fds",
+        "1",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        &id,
+    ]);
+    // SAFETY: between fork and exec only dup2/fcntl, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Via high numbers first, in case the files already sit at 3 or 4.
+            let (a, b) = (
+                libc::fcntl(fd, libc::F_DUPFD, 100),
+                libc::fcntl(extra_fd, libc::F_DUPFD, 100),
+            );
+            libc::dup2(a, 3);
+            libc::dup2(b, 4);
+            libc::fcntl(3, libc::F_SETFD, 0);
+            libc::fcntl(4, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("passed-fd"));
+    let fds: Vec<i32> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert!(fds.contains(&3), "{fds:?}");
+    assert!(
+        !fds.contains(&5),
+        "fd beyond the preserved range leaked: {fds:?}"
+    );
+    assert!(fds.iter().all(|f| *f <= 4), "{fds:?}");
+}

@@ -100,3 +100,37 @@ fn readonly_root_and_process_user() {
     );
     assert_eq!(lines[3], "0077");
 }
+
+#[test]
+fn seccomp_notify_hands_the_listener_to_the_agent() {
+    let env = Env::new();
+    let sock = env.tmp.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut b = env.bundle(&[
+        "sh",
+        "-c",
+        "echo started; mkdir /tmp/n 2>/dev/null || echo mkdir-failed; echo done",
+    ]);
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": sock,
+        "listenerMetadata": "agent-meta",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    });
+    b.save();
+    let agent = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let (payload, fd) = berth_runtime::recv_fd(&conn).unwrap();
+        // Closing the listener makes the pending and future notified calls fail (ENOSYS).
+        drop(fd);
+        serde_json::from_slice::<serde_json::Value>(&payload).unwrap()
+    });
+    let (code, out) = env.run_fg(&b, &unique("notify"));
+    let payload = agent.join().unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "started\nmkdir-failed\ndone\n");
+    assert_eq!(payload["fds"], json!(["seccompFd"]));
+    assert_eq!(payload["metadata"], "agent-meta");
+    assert!(payload["pid"].as_i64().unwrap() > 0, "{payload}");
+    assert!(!b.rootfs().join("tmp/n").exists());
+}

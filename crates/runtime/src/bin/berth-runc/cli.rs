@@ -18,7 +18,12 @@ pub(crate) enum Format {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "berth-runc", version = concat!(env!("CARGO_PKG_VERSION"), "\nspec: 1.2.0"), about = "Berth's OCI runtime (runc-compatible)")]
+#[command(
+    name = "berth-runc",
+    about = "Berth's OCI runtime (runc-compatible)",
+    disable_version_flag = true,
+    subcommand_required = false
+)]
 pub(crate) struct Cli {
     /// Root directory for container state.
     #[arg(long, global = true, default_value = "/run/berth-runc")]
@@ -33,8 +38,17 @@ pub(crate) struct Cli {
     /// Accepted for compatibility; the systemd driver is not supported.
     #[arg(long = "systemd-cgroup", global = true)]
     pub(crate) systemd_cgroup: bool,
+    /// Accepted for compatibility with runc's command line; checkpointing is not supported.
+    #[arg(long, global = true, hide = true)]
+    pub(crate) criu: Option<String>,
+    /// Accepted for compatibility ("false" or "auto"); rootless mode is not supported.
+    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) rootless: Option<String>,
+    /// Print the version (runc's format: "<name> version X", "spec: Y").
+    #[arg(short = 'v', long)]
+    pub(crate) version: bool,
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,9 +15,21 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let Some(command) = &cli.command else {
+        if cli.version {
+            println!(
+                "berth-runc version {}\ncommit: none\nspec: {}",
+                env!("CARGO_PKG_VERSION"),
+                berth_runtime::OCI_VERSION
+            );
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("berth-runc: a command is required (see --help)");
+        return ExitCode::from(2);
+    };
     let logger = log::Logger::new(cli.log.clone(), cli.log_format, cli.debug);
     if matches!(
-        cli.command,
+        command,
         cli::Command::Create(_) | cli::Command::Run { .. } | cli::Command::Exec(_)
     ) && let Err(e) = berth_runtime::protect_self_exe()
     {
@@ -26,7 +38,7 @@ fn main() -> ExitCode {
         eprintln!("berth-runc: {msg}");
         return ExitCode::from(1);
     }
-    match commands::dispatch(&cli) {
+    match commands::dispatch(&cli, command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let msg = format!("{e:#}");

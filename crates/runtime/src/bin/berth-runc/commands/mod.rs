@@ -15,12 +15,15 @@ use berth_runtime::Runtime;
 use crate::cli::{Cli, Command};
 
 /// Runs the command; returns the process exit code.
-pub(crate) fn dispatch(cli: &Cli) -> Result<u8> {
+pub(crate) fn dispatch(cli: &Cli, command: &Command) -> Result<u8> {
     let rt = Runtime::new(&cli.root);
-    if cli.systemd_cgroup && matches!(cli.command, Command::Create(_) | Command::Run { .. }) {
+    if cli.systemd_cgroup && matches!(command, Command::Create(_) | Command::Run { .. }) {
         bail!("the systemd cgroup driver is not supported by berth-runc");
     }
-    match &cli.command {
+    if cli.rootless.as_deref().is_some_and(|v| v == "true") {
+        bail!("rootless mode is not supported by berth-runc");
+    }
+    match command {
         Command::Create(a) => create::create(&rt, a),
         Command::Run {
             create,
