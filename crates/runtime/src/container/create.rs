@@ -1,6 +1,6 @@
 //! `create`: set up a container whose init waits on the exec fifo.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -191,7 +191,7 @@ pub(crate) fn resources_with_devices(spec: &Spec) -> Option<LinuxResources> {
     }
     let defaults = default_device_rules();
     let mut extra: Vec<oci_spec::runtime::LinuxDeviceCgroup> = Vec::new();
-    for d in defaults.iter().chain([].iter()) {
+    for d in &defaults {
         let mut c = oci_spec::runtime::LinuxDeviceCgroup::default();
         c.set_allow(true);
         c.set_typ(Some(match d.kind {
@@ -483,7 +483,6 @@ impl Runtime {
         undo.child = None;
         undo.cgroup = None;
         undo.dir = None;
-        let _ = state_dir.as_raw_fd();
         Ok((pid, st))
     }
 }

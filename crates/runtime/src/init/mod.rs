@@ -6,6 +6,7 @@
 //! nothing in the container can ptrace it or open its `/proc/<pid>/exe` while it still runs the
 //! runtime binary (see `protect` for the binary itself).
 
+mod dev;
 pub(crate) mod mounts;
 pub(crate) mod process;
 
@@ -189,8 +190,6 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         send_fd(sock, b"/dev/ptmx", master.as_raw_fd())
             .map_err(|e| RuntimeError::sys("send pty master on console socket", e))?;
         console::become_tty(&slave)?;
-    } else if matches!(a.role, Role::Exec) || a.process.terminal() != Some(true) {
-        // Keep the caller's session.
     }
     process::set_rlimits(a.process)?;
     process::enter_cwd(a.process)?;
