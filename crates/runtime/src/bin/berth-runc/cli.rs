@@ -42,7 +42,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true, hide = true)]
     pub(crate) criu: Option<String>,
     /// Accepted for compatibility ("false" or "auto"); rootless mode is not supported.
-    #[arg(long, global = true, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, global = true, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub(crate) rootless: Option<String>,
     /// Print the version (runc's format: "<name> version X", "spec: Y").
     #[arg(short = 'v', long)]
@@ -121,8 +121,6 @@ pub(crate) enum Command {
     Spec {
         #[arg(short, long)]
         bundle: Option<PathBuf>,
-        #[arg(long)]
-        rootless: bool,
     },
 }
 
@@ -206,4 +204,84 @@ pub(crate) struct UpdateArgs {
     #[arg(long = "blkio-weight")]
     pub(crate) blkio_weight: Option<u16>,
     pub(crate) id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The command lines containerd's Go shim (go-runc) produces.
+    #[test]
+    fn go_runc_command_lines() {
+        let base = [
+            "berth-runc",
+            "--root",
+            "/run/containerd/runc/k8s.io",
+            "--log",
+            "/b/log.json",
+            "--log-format",
+            "json",
+        ];
+        let parse = |rest: &[&str]| {
+            let argv: Vec<&str> = base.iter().chain(rest).copied().collect();
+            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{rest:?}: {e}"))
+        };
+        let c = parse(&[
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/b/init.pid",
+            "--console-socket",
+            "/tmp/c.sock",
+            "--no-pivot",
+            "--no-new-keyring",
+            "--preserve-fds",
+            "2",
+            "id1",
+        ]);
+        assert!(
+            matches!(c.command, Some(Command::Create(ref a)) if a.id == "id1" && a.preserve_fds == 2 && a.no_pivot)
+        );
+        parse(&["start", "id1"]);
+        let c = parse(&[
+            "exec",
+            "--process",
+            "/tmp/p.json",
+            "--detach",
+            "--pid-file",
+            "/b/e.pid",
+            "id1",
+        ]);
+        assert!(matches!(c.command, Some(Command::Exec(ref a)) if a.detach && a.args.is_empty()));
+        let c = parse(&["kill", "--all", "id1", "9"]);
+        assert!(
+            matches!(c.command, Some(Command::Kill { all: true, ref signal, .. }) if signal == "9")
+        );
+        parse(&["delete", "--force", "id1"]);
+        parse(&["update", "--resources", "-", "id1"]);
+        parse(&["ps", "--format", "json", "id1"]);
+        parse(&["events", "--stats", "id1"]);
+        parse(&["pause", "id1"]);
+        parse(&["--systemd-cgroup", "state", "id1"]);
+        parse(&[
+            "--rootless=false",
+            "--criu",
+            "/usr/sbin/criu",
+            "list",
+            "--format",
+            "json",
+        ]);
+        let c = parse(&["exec", "id1", "sh", "-c", "echo -n hi"]);
+        assert!(
+            matches!(c.command, Some(Command::Exec(ref a)) if a.args == ["sh", "-c", "echo -n hi"])
+        );
+    }
 }

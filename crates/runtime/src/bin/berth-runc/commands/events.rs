@@ -36,12 +36,12 @@ fn event(rt: &Runtime, id: &str) -> Result<String, RuntimeError> {
 pub(crate) fn events(rt: &Runtime, id: &str, stats: bool, interval: &str) -> Result<u8> {
     let every = duration(interval)?;
     if stats {
-        println!("{}", event(rt, id)?);
+        super::out(&event(rt, id)?)?;
         return Ok(0);
     }
     loop {
         match event(rt, id) {
-            Ok(line) => println!("{line}"),
+            Ok(line) => super::out(&line)?,
             Err(RuntimeError::NotRunning | RuntimeError::NotExist) => return Ok(0),
             Err(e) => return Err(e.into()),
         }

@@ -33,6 +33,6 @@ pub(crate) fn features() -> Result<u8> {
         },
         "annotations": {"org.berth.runtime.version": env!("CARGO_PKG_VERSION")}
     });
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    super::out(&serde_json::to_string_pretty(&v)?)?;
     Ok(0)
 }

@@ -9,6 +9,20 @@ mod query;
 mod spec;
 mod update;
 
+/// Writes `text` and a newline to stdout; a closed pipe (`| head`) ends quietly.
+pub(crate) fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o
+        .write_all(text.as_bytes())
+        .and_then(|()| o.write_all(b"\n"))
+        .and_then(|()| o.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
 use anyhow::{Result, bail};
 use berth_runtime::Runtime;
 
@@ -20,7 +34,8 @@ pub(crate) fn dispatch(cli: &Cli, command: &Command) -> Result<u8> {
     if cli.systemd_cgroup && matches!(command, Command::Create(_) | Command::Run { .. }) {
         bail!("the systemd cgroup driver is not supported by berth-runc");
     }
-    if cli.rootless.as_deref().is_some_and(|v| v == "true") {
+    let rootless = cli.rootless.as_deref().is_some_and(|v| v == "true");
+    if rootless && !matches!(command, Command::Spec { .. }) {
         bail!("rootless mode is not supported by berth-runc");
     }
     match command {
@@ -50,6 +65,6 @@ pub(crate) fn dispatch(cli: &Cli, command: &Command) -> Result<u8> {
             id,
         } => events::events(&rt, id, *stats, interval),
         Command::Features => features::features(),
-        Command::Spec { bundle, rootless } => spec::spec(bundle.as_deref(), *rootless),
+        Command::Spec { bundle } => spec::spec(bundle.as_deref(), rootless),
     }
 }

@@ -9,7 +9,7 @@ use crate::cli::Format;
 
 pub(crate) fn state(rt: &Runtime, id: &str) -> Result<u8> {
     let s = rt.state(id)?;
-    println!("{}", serde_json::to_string_pretty(&s)?);
+    super::out(&serde_json::to_string_pretty(&s)?)?;
     Ok(0)
 }
 
@@ -50,7 +50,7 @@ pub(crate) fn list(rt: &Runtime, format: Format, quiet: bool) -> Result<u8> {
 pub(crate) fn ps(rt: &Runtime, id: &str, format: Format, ps_args: &[String]) -> Result<u8> {
     let pids = rt.ps(id)?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string(&pids)?),
+        Format::Json => super::out(&serde_json::to_string(&pids)?)?,
         Format::Table => {
             let args: Vec<String> = if ps_args.is_empty() {
                 vec!["-ef".into()]
@@ -68,14 +68,14 @@ pub(crate) fn ps(rt: &Runtime, id: &str, format: Format, ps_args: &[String]) -> 
                 .split_whitespace()
                 .position(|h| h == "PID")
                 .context("no PID column in ps output")?;
-            println!("{header}");
+            super::out(header)?;
             for l in lines {
                 if l.split_whitespace()
                     .nth(col)
                     .and_then(|p| p.parse::<i32>().ok())
                     .is_some_and(|p| pids.contains(&p))
                 {
-                    println!("{l}");
+                    super::out(l)?;
                 }
             }
         }
