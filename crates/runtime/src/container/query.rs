@@ -59,3 +59,26 @@ impl Runtime {
         Ok(cg.stats()?)
     }
 }
+
+impl Runtime {
+    /// An eventfd that becomes readable on each OOM kill in the container (cgroup v1's
+    /// `memory.oom_control` notification); `None` where the host offers no such notification.
+    pub fn oom_notifier(&self, id: &str) -> Result<Option<std::os::fd::OwnedFd>> {
+        let st = self.load(id)?;
+        let Some(crate::cgroups::CgroupPaths::V1 { paths }) = &st.cgroup else {
+            return Ok(None);
+        };
+        let Some(mem) = paths.get("memory") else {
+            return Ok(None);
+        };
+        let ctl = mem.join("memory.oom_control");
+        let oom = std::fs::File::open(&ctl).map_err(|e| RuntimeError::path("open", &ctl, e))?;
+        let efd = nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| RuntimeError::sys("eventfd", e))?;
+        use std::os::fd::AsRawFd;
+        let reg = mem.join("cgroup.event_control");
+        std::fs::write(&reg, format!("{} {}", efd.as_raw_fd(), oom.as_raw_fd()))
+            .map_err(|e| RuntimeError::path("write", &reg, e))?;
+        Ok(Some(efd.into()))
+    }
+}

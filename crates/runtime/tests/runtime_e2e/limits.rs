@@ -67,3 +67,47 @@ fn update_memory_and_pids() {
     assert_eq!(v["data"]["pids"]["limit"], 10);
     assert!(v["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn events_stream_reports_oom() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let mut b = env.bundle(&["sleep", "1000"]);
+    b.config["linux"]["resources"]["memory"] =
+        json!({"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024});
+    b.save();
+    let id = unique("oom");
+    env.create(&b, &id);
+    env.ok(&["start", &id]);
+    let mut events = env
+        .cmd(&["events", "--interval", "10s", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(events.stdout.take().unwrap()).lines();
+    // The first stats event shows the stream is up (and the OOM watch registered).
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"stats\""), "{first}");
+    // A 64 MiB buffer in a 16 MiB cgroup: the kernel kills it.
+    let o = env.run(&[
+        "exec",
+        &id,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ]);
+    assert!(!o.status.success());
+    let mut saw_oom = false;
+    for line in lines.by_ref().take(5) {
+        let line = line.unwrap();
+        if line.contains("\"oom\"") {
+            saw_oom = true;
+            break;
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(saw_oom, "no oom event");
+}

@@ -1,6 +1,9 @@
 //! `events`: stats as runc prints them (`{"type":"stats","id":...,"data":{...}}`).
 
+use std::os::fd::AsFd;
 use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use anyhow::{Context, Result, bail};
 use berth_runtime::{Runtime, RuntimeError};
@@ -39,12 +42,27 @@ pub(crate) fn events(rt: &Runtime, id: &str, stats: bool, interval: &str) -> Res
         super::out(&event(rt, id)?)?;
         return Ok(0);
     }
+    // OOM kills are reported as they happen, stats every interval (runc's stream).
+    let oom = rt.oom_notifier(id)?;
     loop {
         match event(rt, id) {
             Ok(line) => super::out(&line)?,
             Err(RuntimeError::NotRunning | RuntimeError::NotExist) => return Ok(0),
             Err(e) => return Err(e.into()),
         }
-        std::thread::sleep(every);
+        let deadline = std::time::Instant::now() + every;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let Some(fd) = &oom else {
+                std::thread::sleep(left);
+                break;
+            };
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            if matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0) {
+                let mut buf = [0u8; 8];
+                let _ = nix::unistd::read(fd, &mut buf);
+                super::out(&serde_json::json!({"type": "oom", "id": id}).to_string())?;
+            }
+        }
     }
 }
