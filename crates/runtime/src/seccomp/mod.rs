@@ -310,7 +310,11 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
     a.ops.push(Op::Label(l64));
     a.ops.push(Op::Ld(0));
     let lx32 = a.label();
-    a.ops.push(Op::Jmp(JMP_JGE_K, X32_BIT, T::L(lx32), T::Next));
+    let native = a.label();
+    a.ops
+        .push(Op::Jmp(JMP_JGE_K, X32_BIT, T::Next, T::L(native)));
+    a.ops.push(Op::Ja(lx32));
+    a.ops.push(Op::Label(native));
     type ArchBlock<'t> = (bool, &'t [(&'t str, u32)], Option<usize>);
     let arches: [ArchBlock<'_>; 3] = [
         (want(Arch::ScmpArchX86_64), table::X86_64, None),
@@ -339,18 +343,50 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
                 }
             }
         }
+        // Syscalls whose first rule has no argument conditions just return its action: one
+        // compare each, jumping to a return shared by the chunk (conditional jumps reach only
+        // 255 instructions, hence chunks). The others get a block of their own.
+        let simple_ret = |rules: &[&LinuxSyscall]| {
+            let r = rules.first()?;
+            r.args()
+                .as_ref()
+                .is_none_or(|a| a.is_empty())
+                .then(|| action(r.action(), r.errno_ret(), default_errno))
+        };
+        let simple: Vec<(u32, u32)> = by_nr
+            .iter()
+            .filter_map(|(nr, rules)| simple_ret(rules).map(|ret| (*nr, ret)))
+            .collect();
+        by_nr.retain(|(_, rules)| simple_ret(rules).is_none());
+        for chunk in simple.chunks(200) {
+            let mut rets: Vec<(u32, usize)> = Vec::new();
+            for (_, ret) in chunk {
+                if !rets.iter().any(|(r, _)| r == ret) {
+                    rets.push((*ret, a.label()));
+                }
+            }
+            let after = a.label();
+            for (nr, ret) in chunk {
+                let l = rets
+                    .iter()
+                    .find(|(r, _)| r == ret)
+                    .map(|(_, l)| *l)
+                    .unwrap_or(after);
+                a.ops.push(Op::Jmp(JMP_JEQ_K, *nr, T::L(l), T::Next));
+            }
+            a.ops.push(Op::Ja(after));
+            for (ret, l) in rets {
+                a.ops.push(Op::Label(l));
+                a.ops.push(Op::Ret(ret));
+            }
+            a.ops.push(Op::Label(after));
+        }
         let blocks: Vec<usize> = by_nr.iter().map(|_| a.label()).collect();
         for ((nr, _), l) in by_nr.iter().zip(&blocks) {
-            a.ops
-                .push(Op::Jmp(JMP_JEQ_K, *nr, T::Next, T::L(usize::MAX)));
-            // Patched below: jf skips the following JA.
-            let last = a.ops.len() - 1;
-            if let Op::Jmp(c, k, jt, _) = a.ops[last] {
-                let skip = a.label();
-                a.ops[last] = Op::Jmp(c, k, jt, T::L(skip));
-                a.ops.push(Op::Ja(*l));
-                a.ops.push(Op::Label(skip));
-            }
+            let skip = a.label();
+            a.ops.push(Op::Jmp(JMP_JEQ_K, *nr, T::Next, T::L(skip)));
+            a.ops.push(Op::Ja(*l));
+            a.ops.push(Op::Label(skip));
         }
         a.ops.push(Op::Ret(default));
         for ((_, rules), l) in by_nr.iter().zip(&blocks) {
@@ -626,6 +662,33 @@ mod tests {
         assert_eq!(run(&p, x, X32_BIT, [0; 6]), RET_ALLOW);
         // Unknown arch: killed.
         assert_eq!(run(&p, 0xc000_00b7, 0, [0; 6]), RET_KILL_PROCESS);
+    }
+
+    /// A Docker-sized allow-list (every syscall the tables know, three arches) fits in the
+    /// kernel's 4096-instruction limit and every jump stays in range.
+    #[test]
+    fn large_profile_fits() {
+        let names: Vec<&str> = table::X86_64
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != "personality")
+            .collect();
+        let s = profile(&format!(
+            r#"{{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"],
+                "syscalls":[{{"names":{},"action":"SCMP_ACT_ALLOW"}},
+                 {{"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{{"index":0,"value":8,"op":"SCMP_CMP_EQ"}}]}}]}}"#,
+            serde_json::to_string(&names).unwrap()
+        ));
+        let p = compile(&s).unwrap();
+        assert!(p.insns.len() < 2500, "{} instructions", p.insns.len());
+        let x = AUDIT_ARCH_X86_64;
+        assert_eq!(run(&p, x, 0, [0; 6]), RET_ALLOW);
+        assert_eq!(run(&p, x, 435, [0; 6]), RET_ALLOW, "clone3");
+        assert_eq!(run(&p, x, 135, [8, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(run(&p, x, 135, [1, 0, 0, 0, 0, 0]), RET_ERRNO | 1);
+        assert_eq!(run(&p, x, 999, [0; 6]), RET_ERRNO | 1);
+        assert_eq!(run(&p, x, X32_BIT | 1, [0; 6]), RET_ALLOW, "x32 write");
+        assert_eq!(run(&p, AUDIT_ARCH_I386, 4, [0; 6]), RET_ALLOW, "i386 write");
     }
 
     #[test]
