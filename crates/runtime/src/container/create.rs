@@ -375,7 +375,7 @@ impl Runtime {
         let cg_paths: CgroupPaths = Layout::detect()?.resolve(&cg_path, &own)?;
         let cgroup = cg_paths.open();
 
-        join_in_parent(&plan)?;
+        join_in_parent(&plan, linux.time_offsets().as_ref())?;
         let (parent_sock, child_sock) = SyncSocket::pair()?;
         let hostname = spec.hostname().as_deref().filter(|_| plan.has_uts);
         let domainname = spec.domainname().as_deref().filter(|_| plan.has_uts);

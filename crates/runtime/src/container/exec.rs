@@ -66,7 +66,7 @@ impl Runtime {
         }
         let plan = plan_exec(st.pid, linux.namespaces().as_deref().unwrap_or(&[]))?;
         let cgroup = st.cgroup.as_ref().map(|c| c.open());
-        join_in_parent(&plan)?;
+        join_in_parent(&plan, None)?;
         let (parent_sock, child_sock) = SyncSocket::pair()?;
         // SAFETY: single-threaded caller (see create).
         let pid = unsafe { clone_fork(0) }.map_err(|e| RuntimeError::sys("clone", e))?;

@@ -22,6 +22,7 @@ pub(crate) struct NsPlan {
     pub(crate) new_userns: bool,
     pub(crate) cgroupns: bool,
     pub(crate) has_uts: bool,
+    pub(crate) new_timens: bool,
 }
 
 impl Default for NsPlan {
@@ -34,6 +35,7 @@ impl Default for NsPlan {
             new_userns: false,
             cgroupns: false,
             has_uts: false,
+            new_timens: false,
         }
     }
 }
@@ -94,11 +96,9 @@ pub(crate) fn plan_init(list: &[LinuxNamespace]) -> Result<NsPlan> {
         let f = flag(t);
         match ns.path() {
             None => match t {
-                LinuxNamespaceType::Time => {
-                    return Err(RuntimeError::Spec(
-                        "creating a time namespace is not supported".into(),
-                    ));
-                }
+                // clone() cannot take CLONE_NEWTIME (it overlaps CSIGNAL): the parent unshares
+                // it, sets the offsets, and the child is born inside.
+                LinuxNamespaceType::Time => p.new_timens = true,
                 LinuxNamespaceType::Cgroup => {
                     p.unshare |= f;
                     p.cgroupns = true;
@@ -183,10 +183,35 @@ pub(crate) fn plan_exec(pid: i32, list: &[LinuxNamespace]) -> Result<NsPlan> {
     Ok(p)
 }
 
-/// Joins the parent-side namespaces.
-pub(crate) fn join_in_parent(p: &NsPlan) -> Result<()> {
+/// Joins the parent-side namespaces, and makes a new time namespace (with the spec's offsets)
+/// for the children to come.
+pub(crate) fn join_in_parent(
+    p: &NsPlan,
+    offsets: Option<&std::collections::HashMap<String, oci_spec::runtime::LinuxTimeOffset>>,
+) -> Result<()> {
     for (f, fd) in &p.parent_join {
         nix::sched::setns(fd, *f).sys(format!("setns {f:?}"))?;
+    }
+    if p.new_timens {
+        nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            .sys("unshare time namespace")?;
+        let mut text = String::new();
+        for (clock, o) in offsets.into_iter().flatten() {
+            if clock != "monotonic" && clock != "boottime" {
+                return Err(RuntimeError::Spec(format!(
+                    "unknown time offset clock {clock:?}"
+                )));
+            }
+            text.push_str(&format!(
+                "{clock} {} {}\n",
+                o.secs().unwrap_or(0),
+                o.nanosecs().unwrap_or(0)
+            ));
+        }
+        if !text.is_empty() {
+            std::fs::write("/proc/self/timens_offsets", text)
+                .map_err(|e| RuntimeError::path("write", "/proc/self/timens_offsets", e))?;
+        }
     }
     Ok(())
 }

@@ -134,3 +134,30 @@ fn seccomp_notify_hands_the_listener_to_the_agent() {
     assert!(payload["pid"].as_i64().unwrap() > 0, "{payload}");
     assert!(!b.rootfs().join("tmp/n").exists());
 }
+
+#[test]
+fn time_namespace_offsets() {
+    if crate::util::testing_other_runtime() {
+        // runc 1.1 predates time namespaces (runtime-spec 1.2).
+        return;
+    }
+    let env = Env::new();
+    let mut b = env.bundle(&["sh", "-c", "cut -d. -f1 /proc/uptime"]);
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time"}));
+    b.config["linux"]["timeOffsets"] = json!({"boottime": {"secs": 864000, "nanosecs": 0}});
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("timens"));
+    assert_eq!(code, 0, "{out}");
+    let up: u64 = out.trim().parse().unwrap();
+    let host: u64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(up >= host + 864000 - 5, "uptime {up} vs host {host}");
+}
