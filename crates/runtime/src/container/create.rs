@@ -403,6 +403,8 @@ impl Runtime {
                 join: plan.child_join,
                 new_userns: plan.new_userns,
                 unshare: plan.unshare,
+                double_fork: plan.double_fork,
+                unshare_late: plan.unshare_late,
                 console,
                 seccomp: seccomp.as_deref(),
                 seccomp_agent,
@@ -418,6 +420,25 @@ impl Runtime {
         drop(console);
         drop(seccomp_agent);
 
+        let mut pid = pid;
+        if plan.double_fork {
+            // The child joins the user namespace, unshares, forks the real init, and exits.
+            parent_sock
+                .send(msg::GO)
+                .map_err(|e| RuntimeError::sys("sync", e))?;
+            let m = parent_sock
+                .recv()
+                .map_err(|e| RuntimeError::sys("sync", e))?;
+            let text = String::from_utf8_lossy(&m).into_owned();
+            let grandchild = text
+                .strip_prefix("pid ")
+                .and_then(|p| p.parse::<i32>().ok())
+                .ok_or_else(|| RuntimeError::Init(text.trim_start_matches('E').to_string()))?;
+            // SAFETY: reaping our own (exiting) child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            pid = grandchild;
+            undo.child = Some(pid);
+        }
         if plan.new_userns {
             write_id_map(
                 pid,

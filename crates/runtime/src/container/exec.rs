@@ -82,6 +82,8 @@ impl Runtime {
                 join: plan.child_join,
                 new_userns,
                 unshare: nix::sched::CloneFlags::empty(),
+                double_fork: false,
+                unshare_late: nix::sched::CloneFlags::empty(),
                 console,
                 seccomp: seccomp.as_deref(),
                 seccomp_agent: None,

@@ -23,6 +23,10 @@ pub(crate) struct NsPlan {
     pub(crate) cgroupns: bool,
     pub(crate) has_uts: bool,
     pub(crate) new_timens: bool,
+    /// The child forks once more after unsharing (a new pid ns in a joined user ns).
+    pub(crate) double_fork: bool,
+    /// Unshared by the grandchild once it is in its cgroup.
+    pub(crate) unshare_late: CloneFlags,
 }
 
 impl Default for NsPlan {
@@ -36,6 +40,8 @@ impl Default for NsPlan {
             cgroupns: false,
             has_uts: false,
             new_timens: false,
+            double_fork: false,
+            unshare_late: CloneFlags::empty(),
         }
     }
 }
@@ -134,14 +140,15 @@ pub(crate) fn plan_init(list: &[LinuxNamespace]) -> Result<NsPlan> {
     }
     if user_joined {
         // New namespaces must belong to the joined user namespace: the child makes them after
-        // setns. A pid namespace cannot be made that way without one more fork.
-        if p.clone.contains(CloneFlags::CLONE_NEWPID) {
-            return Err(RuntimeError::Spec(
-                "a new pid namespace inside a joined user namespace is not supported".into(),
-            ));
-        }
+        // setns. A new pid namespace then needs one more fork (the grandchild is its pid 1),
+        // and the cgroup namespace waits until that grandchild is in its cgroup.
+        p.double_fork = p.clone.contains(CloneFlags::CLONE_NEWPID);
         p.unshare |= p.clone;
         p.clone = CloneFlags::empty();
+        if p.double_fork {
+            p.unshare_late = p.unshare & CloneFlags::CLONE_NEWCGROUP;
+            p.unshare -= CloneFlags::CLONE_NEWCGROUP;
+        }
     }
     Ok(p)
 }

@@ -56,6 +56,10 @@ pub(crate) struct ChildArgs<'a> {
     /// Namespaces the child unshares itself, after joining (cgroup ns after the cgroup move;
     /// everything when a user namespace was joined by path).
     pub(crate) unshare: nix::sched::CloneFlags,
+    /// Fork after unsharing and let the grandchild go on (it is pid 1 of a new pid namespace
+    /// made inside a joined user namespace); it unshares `unshare_late` after a second GO.
+    pub(crate) double_fork: bool,
+    pub(crate) unshare_late: nix::sched::CloneFlags,
     pub(crate) console: Option<OwnedFd>,
     pub(crate) seccomp: Option<&'a Program>,
     /// Connected socket to the seccomp agent's listenerPath.
@@ -103,11 +107,26 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
     if !a.unshare.is_empty() {
         nix::sched::unshare(a.unshare).sys(format!("unshare {:?}", a.unshare))?;
     }
-    if a.new_userns
+    if a.double_fork {
+        // SAFETY: single-threaded (a fork-like clone of a single-threaded parent).
+        match unsafe { nix::unistd::fork() }.sys("fork")? {
+            nix::unistd::ForkResult::Parent { child } => {
+                let _ = a.sync.send(format!("pid {child}").as_bytes());
+                // SAFETY: leave without running the copied parent's destructors.
+                unsafe { libc::_exit(0) };
+            }
+            nix::unistd::ForkResult::Child => {}
+        }
+        a.sync.expect(msg::GO)?;
+        if !a.unshare_late.is_empty() {
+            nix::sched::unshare(a.unshare_late).sys(format!("unshare {:?}", a.unshare_late))?;
+        }
+    }
+    let in_userns = a.new_userns
         || a.join
             .iter()
-            .any(|(f, _)| *f == nix::sched::CloneFlags::CLONE_NEWUSER)
-    {
+            .any(|(f, _)| *f == nix::sched::CloneFlags::CLONE_NEWUSER);
+    if in_userns {
         let root = nix::unistd::Uid::from_raw(0);
         let groot = nix::unistd::Gid::from_raw(0);
         nix::unistd::setresgid(groot, groot, groot).sys("setgid 0 in user namespace")?;
@@ -157,7 +176,7 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
             rootfs,
             bundle,
             cgroup: *cgroup,
-            userns: a.new_userns,
+            userns: in_userns,
             cgroupns: *cgroupns,
         };
         let root = setup.mount_all()?;

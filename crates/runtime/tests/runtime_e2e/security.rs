@@ -161,3 +161,48 @@ fn time_namespace_offsets() {
         .unwrap();
     assert!(up >= host + 864000 - 5, "uptime {up} vs host {host}");
 }
+
+/// A pod-style container: joins another container's user (and network) namespace by path and
+/// gets a new pid namespace of its own, which must belong to the joined user namespace.
+#[test]
+fn join_user_namespace_with_new_pid_namespace() {
+    let env = Env::new();
+    let mut holder = env.bundle(&["sleep", "1000"]);
+    holder.config["linux"]["namespaces"] = json!([
+        {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "user"}
+    ]);
+    holder.config["linux"]["uidMappings"] =
+        json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    holder.config["linux"]["gidMappings"] =
+        json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    holder.save();
+    let hid = unique("holder");
+    env.create(&holder, &hid);
+    env.ok(&["start", &hid]);
+    let hpid = env.state(&hid)["pid"].as_i64().unwrap();
+    let mut b = env.bundle(&["sh", "-c", "echo $$; cat /proc/self/uid_map"]);
+    b.config["linux"]["namespaces"] = json!([
+        {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+        {"type": "network", "path": format!("/proc/{hpid}/ns/net")},
+        {"type": "user", "path": format!("/proc/{hpid}/ns/user")}
+    ]);
+    // runc 1.1 wants the (joined namespace's) mappings spelled out as well.
+    b.config["linux"]["uidMappings"] = holder.config["linux"]["uidMappings"].clone();
+    b.config["linux"]["gidMappings"] = holder.config["linux"]["gidMappings"].clone();
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("joined"));
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], vec!["1"], "pid 1 of its own pid namespace: {out}");
+    assert_eq!(lines[1], vec!["0", "200000", "65536"], "{out}");
+    // Joining a namespace of the wrong type is refused.
+    b.config["linux"]["namespaces"][4]["path"] = json!(format!("/proc/{hpid}/ns/ipc"));
+    b.save();
+    let id = unique("wrongns");
+    env.track(&id);
+    env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(!env.root.join(&id).exists());
+}

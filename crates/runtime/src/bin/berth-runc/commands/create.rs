@@ -32,6 +32,12 @@ pub(crate) fn run(rt: &Runtime, a: &CreateArgs, detach: bool, keep: bool) -> Res
     } else {
         None
     };
+    if !detach {
+        // The init may be a grandchild (a new pid namespace inside a joined user namespace):
+        // become its reaper so we can wait for it.
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
     let pid = rt.create(&a.id, &opts)?;
     let master = match &console {
         Some(l) => Some(l.master()?),
