@@ -145,24 +145,35 @@ fn hooks_get_state_on_stdin() {
         "prestart": [hook("prestart")],
         "createRuntime": [hook("createRuntime")],
         "poststart": [hook("poststart")],
-        "poststop": [hook("poststop")]
+        "poststop": [hook("poststop")],
+        // In the container's mount namespace before pivot_root: host paths still resolve.
+        "createContainer": [hook("createContainer")],
+        // Inside the container after start: the container's /bin/sh, its /tmp.
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /tmp/startContainer.json"]}]
     });
     b.save();
     let id = unique("hooks");
     env.create(&b, &id);
     let pid = env.state(&id)["pid"].as_i64().unwrap();
-    for name in ["prestart", "createRuntime"] {
+    for name in ["prestart", "createRuntime", "createContainer"] {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join(format!("{name}.json"))).unwrap())
                 .unwrap();
         assert_eq!(v["id"], json!(id), "{name}");
-        assert_eq!(v["pid"].as_i64(), Some(pid), "{name}");
+        if name != "createContainer" {
+            // (createContainer runs inside the pid namespace: runc reports 1 there too.)
+            assert_eq!(v["pid"].as_i64(), Some(pid), "{name}");
+        }
         assert_eq!(v["bundle"], json!(b.dir.to_str().unwrap()));
     }
     // (runc 1.1 already runs poststart during create; the spec says after start.)
     env.ok(&["start", &id]);
     assert!(out.join("poststart.json").exists());
     env.wait_status(&id, "stopped");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.rootfs().join("tmp/startContainer.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["id"], json!(id));
     env.ok(&["delete", &id]);
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("poststop.json")).unwrap()).unwrap();
