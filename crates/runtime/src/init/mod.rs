@@ -243,7 +243,25 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
             .send(msg::READY)
             .map_err(|e| RuntimeError::sys("sync", e))?;
     }
+    reset_signals();
     Err(exec.exec())
+}
+
+/// The Rust runtime ignores SIGPIPE in this binary, the caller may ignore others, and execve
+/// keeps ignored signals: give the container process default dispositions and an empty mask,
+/// as a fresh process would have. (glibc refuses to touch its two internal real-time signals.)
+fn reset_signals() {
+    // SAFETY: plain disposition and mask changes of the calling thread; no handlers involved.
+    unsafe {
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Opens the exec fifo for writing (blocks until `start` reads). The parent opened it O_PATH;

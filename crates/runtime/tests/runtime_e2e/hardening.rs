@@ -233,3 +233,18 @@ fn preserve_fds_passes_exactly_those() {
     );
     assert!(fds.iter().all(|f| *f <= 4), "{fds:?}");
 }
+
+#[test]
+fn container_process_starts_with_default_signals() {
+    let env = Env::new();
+    let b = env.bundle(&["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
+    let (code, out) = env.run_fg(&b, &unique("sigs"));
+    assert_eq!(code, 0);
+    let mask = |name: &str| {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{out}");
+    // Our runtime (Rust) ignores SIGPIPE itself; the container must not inherit that.
+    assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+}
