@@ -209,6 +209,9 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         send_fd(sock, b"/dev/ptmx", master.as_raw_fd())
             .map_err(|e| RuntimeError::sys("send pty master on console socket", e))?;
         console::become_tty(&slave)?;
+    } else {
+        // A session of its own, as runc gives every container process.
+        nix::unistd::setsid().sys("setsid")?;
     }
     process::set_rlimits(a.process)?;
     process::enter_cwd(a.process)?;

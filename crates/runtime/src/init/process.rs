@@ -197,9 +197,9 @@ pub(crate) fn finalize(p: &Process, facts: HostFacts, seccomp: Option<&Program>)
             .map_err(|e| RuntimeError::sys("raise ambient capability", e))?;
         }
     }
-    if let Some(m) = user.umask() {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(m & 0o777));
-    }
+    // runc's default is 0022, whatever the caller's umask was.
+    let umask = user.umask().unwrap_or(0o022);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask & 0o777));
     if nnp {
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map_err(|e| RuntimeError::sys("no_new_privs", e))?;
         if let Some(prog) = seccomp {

@@ -196,3 +196,36 @@ fn failing_hook_fails_create_and_cleans_up() {
     assert!(!b.cgroup_exists());
     env.assert_no_mounts();
 }
+
+#[test]
+fn own_session_and_default_umask() {
+    let env = Env::new();
+    let b = env.bundle(&["sh", "-c", "cut -d' ' -f6 /proc/1/stat; umask"]);
+    // The caller's umask (077 here, set in a shell so the test process keeps its own) must
+    // not reach the container.
+    let id = unique("session");
+    env.track(&id);
+    let o = std::process::Command::new("sh")
+        .args(["-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(crate::util::bin())
+        .args([
+            "--root",
+            env.root.to_str().unwrap(),
+            "run",
+            "--bundle",
+            b.dir.to_str().unwrap(),
+            &id,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (code, out) = (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out, "1\n0022\n",
+        "session leader in its pid namespace, umask 0022"
+    );
+}
