@@ -152,6 +152,8 @@ pub(crate) struct SyncSocket(pub(crate) OwnedFd);
 pub(crate) mod msg {
     /// Parent → child: ids mapped and cgroup joined, go on.
     pub(crate) const GO: &[u8] = b"go";
+    /// Parent → child: you are in your cgroup now (cgroup namespace may be made).
+    pub(crate) const JOINED: &[u8] = b"joined";
     /// Child → parent: mounts done, run prestart/createRuntime hooks.
     pub(crate) const HOOKS: &[u8] = b"hooks";
     /// Parent → child: hooks done.

@@ -64,8 +64,15 @@ pub enum FreezerState {
 
 /// One container's cgroup, whichever the hierarchy.
 pub trait Cgroup: fmt::Debug {
+    /// Creates the directories (if missing).
+    fn create(&self) -> CgResult<()>;
+    /// Moves `pid` in (the costly part: the kernel waits for an RCU grace period).
+    fn join(&self, pid: i32) -> CgResult<()>;
     /// Creates the directories (if missing) and moves `pid` in.
-    fn apply(&self, pid: i32) -> CgResult<()>;
+    fn apply(&self, pid: i32) -> CgResult<()> {
+        self.create()?;
+        self.join(pid)
+    }
     /// Writes the limits of `resources` (absent fields are left alone).
     fn set(&self, resources: &LinuxResources) -> CgResult<()>;
     /// Freezes or thaws every process, and waits until the kernel says it is done.

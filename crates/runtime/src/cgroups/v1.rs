@@ -285,13 +285,19 @@ impl V1Cgroup {
 }
 
 impl Cgroup for V1Cgroup {
-    fn apply(&self, pid: i32) -> CgResult<()> {
+    fn create(&self) -> CgResult<()> {
         for (ctrl, dir) in &self.paths {
             if ctrl == "cpuset" {
                 Self::init_cpuset(dir)?;
             } else {
                 std::fs::create_dir_all(dir).map_err(super::io_err("create", dir))?;
             }
+        }
+        Ok(())
+    }
+
+    fn join(&self, pid: i32) -> CgResult<()> {
+        for dir in self.paths.values() {
             write(dir, "cgroup.procs", &pid.to_string())?;
         }
         Ok(())

@@ -175,9 +175,12 @@ impl V2Cgroup {
 }
 
 impl Cgroup for V2Cgroup {
-    fn apply(&self, pid: i32) -> CgResult<()> {
+    fn create(&self) -> CgResult<()> {
         self.enable_controllers()?;
-        std::fs::create_dir_all(&self.path).map_err(super::io_err("create", &self.path))?;
+        std::fs::create_dir_all(&self.path).map_err(super::io_err("create", &self.path))
+    }
+
+    fn join(&self, pid: i32) -> CgResult<()> {
         write(&self.path, "cgroup.procs", &pid.to_string())
     }
 

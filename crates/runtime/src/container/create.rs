@@ -375,6 +375,9 @@ impl Runtime {
         let cg_paths: CgroupPaths = Layout::detect()?.resolve(&cg_path, &own)?;
         let cgroup = cg_paths.open();
 
+        // Directories first (cheap); the move into them overlaps the child's set-up below.
+        undo.cgroup = Some(cg_paths.open());
+        cgroup.create()?;
         join_in_parent(&plan, linux.time_offsets().as_ref())?;
         let (parent_sock, child_sock) = SyncSocket::pair()?;
         let hostname = spec.hostname().as_deref().filter(|_| plan.has_uts);
@@ -420,12 +423,37 @@ impl Runtime {
         drop(console);
         drop(seccomp_agent);
 
+        if plan.new_userns {
+            write_id_map(
+                pid,
+                "uid_map",
+                linux.uid_mappings().as_deref().unwrap_or(&[]),
+            )?;
+            write_id_map(
+                pid,
+                "gid_map",
+                linux.gid_mappings().as_deref().unwrap_or(&[]),
+            )?;
+        }
+        parent_sock
+            .send(msg::GO)
+            .map_err(|e| RuntimeError::sys("sync", e))?;
+        if seccomp.as_ref().is_some_and(|p| p.notify) {
+            let payload = serde_json::json!({
+                "ociVersion": crate::state::OCI_VERSION,
+                "fds": ["seccompFd"],
+                "pid": pid,
+                "metadata": linux.seccomp().as_ref().and_then(|s| s.listener_metadata().clone()).unwrap_or_default(),
+                "state": {"ociVersion": crate::state::OCI_VERSION, "id": id, "status": "creating",
+                          "pid": pid, "bundle": bundle, "annotations": spec.annotations().clone().unwrap_or_default()},
+            });
+            parent_sock
+                .send(payload.to_string().as_bytes())
+                .map_err(|e| RuntimeError::sys("sync", e))?;
+        }
         let mut pid = pid;
         if plan.double_fork {
             // The child joins the user namespace, unshares, forks the real init, and exits.
-            parent_sock
-                .send(msg::GO)
-                .map_err(|e| RuntimeError::sys("sync", e))?;
             let m = parent_sock
                 .recv()
                 .map_err(|e| RuntimeError::sys("sync", e))?;
@@ -439,26 +467,12 @@ impl Runtime {
             pid = grandchild;
             undo.child = Some(pid);
         }
-        if plan.new_userns {
-            write_id_map(
-                pid,
-                "uid_map",
-                linux.uid_mappings().as_deref().unwrap_or(&[]),
-            )?;
-            write_id_map(
-                pid,
-                "gid_map",
-                linux.gid_mappings().as_deref().unwrap_or(&[]),
-            )?;
-        }
-        undo.cgroup = Some(cg_paths.open());
-        cgroup.apply(pid)?;
-        if let Some(r) = resources_with_devices(&spec) {
-            cgroup.set(&r)?;
-        }
-        if let Some(v) = process.oom_score_adj() {
-            set_oom_score_adj(pid, v)?;
-        }
+        // The child is setting up its mounts meanwhile. Limits come once it is done: a device
+        // list half written would make its mknods in /dev fail.
+        cgroup.join(pid)?;
+        parent_sock
+            .send(msg::JOINED)
+            .map_err(|e| RuntimeError::sys("sync", e))?;
         let mut st = ContainerState {
             id: id.to_string(),
             pid,
@@ -471,22 +485,13 @@ impl Runtime {
             config: spec.clone(),
             started: false,
         };
-        parent_sock
-            .send(msg::GO)
-            .map_err(|e| RuntimeError::sys("sync", e))?;
-        if seccomp.as_ref().is_some_and(|p| p.notify) {
-            let payload = serde_json::json!({
-                "ociVersion": crate::state::OCI_VERSION,
-                "fds": ["seccompFd"],
-                "pid": pid,
-                "metadata": linux.seccomp().as_ref().and_then(|s| s.listener_metadata().clone()).unwrap_or_default(),
-                "state": serde_json::from_slice::<serde_json::Value>(&st.hook_state(Status::Creating)).unwrap_or_default(),
-            });
-            parent_sock
-                .send(payload.to_string().as_bytes())
-                .map_err(|e| RuntimeError::sys("sync", e))?;
-        }
         parent_sock.expect(msg::HOOKS)?;
+        if let Some(r) = resources_with_devices(&spec) {
+            cgroup.set(&r)?;
+        }
+        if let Some(v) = process.oom_score_adj() {
+            set_oom_score_adj(pid, v)?;
+        }
         if let Some(h) = spec.hooks() {
             let state = st.hook_state(Status::Creating);
             crate::hooks::run_all(h.prestart().as_ref(), &state)?;

@@ -105,8 +105,9 @@ pub(crate) fn plan_init(list: &[LinuxNamespace]) -> Result<NsPlan> {
                 // clone() cannot take CLONE_NEWTIME (it overlaps CSIGNAL): the parent unshares
                 // it, sets the offsets, and the child is born inside.
                 LinuxNamespaceType::Time => p.new_timens = true,
+                // After the move into the container's cgroup (its root is where we are then).
                 LinuxNamespaceType::Cgroup => {
-                    p.unshare |= f;
+                    p.unshare_late |= f;
                     p.cgroupns = true;
                 }
                 LinuxNamespaceType::User => {
@@ -145,10 +146,6 @@ pub(crate) fn plan_init(list: &[LinuxNamespace]) -> Result<NsPlan> {
         p.double_fork = p.clone.contains(CloneFlags::CLONE_NEWPID);
         p.unshare |= p.clone;
         p.clone = CloneFlags::empty();
-        if p.double_fork {
-            p.unshare_late = p.unshare & CloneFlags::CLONE_NEWCGROUP;
-            p.unshare -= CloneFlags::CLONE_NEWCGROUP;
-        }
     }
     Ok(p)
 }

@@ -117,11 +117,11 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
             }
             nix::unistd::ForkResult::Child => {}
         }
-        a.sync.expect(msg::GO)?;
-        if !a.unshare_late.is_empty() {
-            nix::sched::unshare(a.unshare_late).sys(format!("unshare {:?}", a.unshare_late))?;
-        }
+        wait_joined(a)?;
     }
+    // An exec'd process is in its cgroup before GO; an init is moved while it sets up its
+    // mounts (the move costs the kernel an RCU grace period: overlap it with our work).
+    let mut joined = a.double_fork || matches!(a.role, Role::Exec);
     let in_userns = a.new_userns
         || a.join
             .iter()
@@ -171,6 +171,11 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
                 ));
             }
         }
+        if !joined && !a.unshare_late.is_empty() {
+            // The cgroup namespace (and its mounts) must see the final cgroup.
+            wait_joined(a)?;
+            joined = true;
+        }
         let setup = mounts::RootfsSetup {
             spec,
             rootfs,
@@ -180,6 +185,9 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
             cgroupns: *cgroupns,
         };
         let root = setup.mount_all()?;
+        if !joined {
+            wait_joined(a)?;
+        }
         a.sync
             .send(msg::HOOKS)
             .map_err(|e| RuntimeError::sys("sync", e))?;
@@ -248,6 +256,16 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
     }
     reset_signals();
     Err(exec.exec())
+}
+
+/// Waits until the parent has moved us into the container's cgroup, then makes the namespaces
+/// that must come after that (the cgroup namespace).
+fn wait_joined(a: &ChildArgs<'_>) -> Result<()> {
+    a.sync.expect(msg::JOINED)?;
+    if !a.unshare_late.is_empty() {
+        nix::sched::unshare(a.unshare_late).sys(format!("unshare {:?}", a.unshare_late))?;
+    }
+    Ok(())
 }
 
 /// The Rust runtime ignores SIGPIPE in this binary, the caller may ignore others, and execve
