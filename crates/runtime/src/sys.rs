@@ -236,7 +236,7 @@ pub(crate) fn send_fd(sock: impl AsFd, payload: &[u8], fd: RawFd) -> io::Result<
     .map_err(io::Error::from)
 }
 
-/// Receives one fd sent with [`send_fd`] (for tests and the console-socket side of `run`).
+/// Receives one fd sent with SCM_RIGHTS (for tests and the console-socket side of `run`).
 pub fn recv_fd(sock: impl AsFd) -> io::Result<(Vec<u8>, OwnedFd)> {
     let mut buf = vec![0u8; 4096];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);

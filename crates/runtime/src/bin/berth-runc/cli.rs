@@ -44,7 +44,7 @@ pub(crate) struct Cli {
     /// Accepted for compatibility ("false" or "auto"); rootless mode is not supported.
     #[arg(long, global = true, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub(crate) rootless: Option<String>,
-    /// Print the version (runc's format: "<name> version X", "spec: Y").
+    /// Print the version (runc's format: `<name> version X`, `spec: Y`).
     #[arg(short = 'v', long)]
     pub(crate) version: bool,
     #[command(subcommand)]
@@ -158,7 +158,7 @@ pub(crate) struct ExecArgs {
     pub(crate) env: Vec<String>,
     #[arg(long)]
     pub(crate) cwd: Option<PathBuf>,
-    /// uid[:gid]
+    /// `uid[:gid]`
     #[arg(short, long)]
     pub(crate) user: Option<String>,
     #[arg(long = "additional-gids", short = 'g')]
