@@ -132,6 +132,11 @@ fn pause_resume() {
     env.ok(&["resume", &id]);
     assert_eq!(env.status(&id), "running");
     assert_eq!(b.cgroup_file("freezer", "freezer.state"), "THAWED");
+    // A paused container goes away with a forced delete (its processes die once thawed).
+    env.ok(&["pause", &id]);
+    env.ok(&["delete", "--force", &id]);
+    assert!(env.fail(&["state", &id]).contains("container does not exist"));
+    assert!(!b.cgroup_exists(), "cgroup left behind");
 }
 
 #[test]
