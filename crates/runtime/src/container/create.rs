@@ -273,6 +273,11 @@ impl Runtime {
             bundle.join(root_cfg)
         };
         let rootfs = std::fs::canonicalize(&rootfs_path).at("open rootfs", &rootfs_path)?;
+        if rootfs == std::path::Path::new("/") {
+            return Err(RuntimeError::Spec(
+                "rootfs resolves to the host's / (through ../ or a symlink)".into(),
+            ));
+        }
         if !rootfs.is_dir() {
             return Err(RuntimeError::Spec(format!(
                 "rootfs {} is not a directory",

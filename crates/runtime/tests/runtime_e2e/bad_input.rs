@@ -43,6 +43,12 @@ fn bad_configs() {
     b.save();
     assert_rejected(&env, &b, &unique("bad"));
 
+    // A rootfs path escaping the bundle up to the host's /.
+    let mut b = env.bundle(&["true"]);
+    b.config["root"]["path"] = json!("../../../../../../../../../../..");
+    b.save();
+    assert_rejected(&env, &b, &unique("bad"));
+
     let mut b = env.bundle(&["true"]);
     b.config["linux"]["resources"]["memory"] = json!({"limit": -5});
     b.save();

@@ -135,7 +135,10 @@ fn pause_resume() {
     // A paused container goes away with a forced delete (its processes die once thawed).
     env.ok(&["pause", &id]);
     env.ok(&["delete", "--force", &id]);
-    assert!(env.fail(&["state", &id]).contains("container does not exist"));
+    assert!(
+        env.fail(&["state", &id])
+            .contains("container does not exist")
+    );
     assert!(!b.cgroup_exists(), "cgroup left behind");
 }
 
