@@ -31,8 +31,8 @@ mod state;
 mod sys;
 
 pub use container::kill_signal as parse_signal;
-pub use container::load_spec;
 pub use container::{CreateOptions, ExecOptions, Runtime};
+pub use container::{load_spec, parse_spec};
 pub use error::{Result, RuntimeError};
 pub use init::process::known_capabilities;
 pub use protect::{protect_self_exe, self_exe_is_readonly};

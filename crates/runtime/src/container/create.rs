@@ -32,8 +32,16 @@ pub struct CreateOptions {
 pub fn load_spec(bundle: &Path) -> Result<Spec> {
     let p = bundle.join("config.json");
     let bytes = std::fs::read(&p).at("read", &p)?;
-    let spec: Spec = serde_json::from_slice(&bytes)
-        .map_err(|e| RuntimeError::Spec(format!("{}: {e}", p.display())))?;
+    parse_spec(&bytes).map_err(|e| match e {
+        RuntimeError::Spec(m) => RuntimeError::Spec(format!("{}: {m}", p.display())),
+        e => e,
+    })
+}
+
+/// Parses and checks a config.json (the checks runc makes before touching anything).
+pub fn parse_spec(bytes: &[u8]) -> Result<Spec> {
+    let spec: Spec =
+        serde_json::from_slice(bytes).map_err(|e| RuntimeError::Spec(e.to_string()))?;
     validate(&spec)?;
     Ok(spec)
 }

@@ -12,7 +12,7 @@ mod update;
 
 use std::path::{Path, PathBuf};
 
-pub use create::{CreateOptions, load_spec};
+pub use create::{CreateOptions, load_spec, parse_spec};
 pub use exec::ExecOptions;
 pub use kill::parse_signal as kill_signal;
 
