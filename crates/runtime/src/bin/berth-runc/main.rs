@@ -1,0 +1,50 @@
+//! `berth-runc`: runc's command line over the `berth_runtime` library.
+//!
+//! Errors go to stderr and, with `--log`, to the log file as logrus-style lines (text or
+//! `{"level","msg","time"}` JSON), because containerd's Go shim reads the last `error` line.
+
+mod cli;
+mod commands;
+mod log;
+mod tty;
+mod wait;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let Some(command) = &cli.command else {
+        if cli.version {
+            println!(
+                "berth-runc version {}\ncommit: none\nspec: {}",
+                env!("CARGO_PKG_VERSION"),
+                berth_runtime::OCI_VERSION
+            );
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("berth-runc: a command is required (see --help)");
+        return ExitCode::from(2);
+    };
+    let logger = log::Logger::new(cli.log.clone(), cli.log_format, cli.debug);
+    if matches!(
+        command,
+        cli::Command::Create(_) | cli::Command::Run { .. } | cli::Command::Exec(_)
+    ) && let Err(e) = berth_runtime::protect_self_exe()
+    {
+        let msg = format!("protect runtime binary: {e}");
+        logger.error(&msg);
+        eprintln!("berth-runc: {msg}");
+        return ExitCode::from(1);
+    }
+    match commands::dispatch(&cli, command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            logger.error(&msg);
+            eprintln!("berth-runc: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

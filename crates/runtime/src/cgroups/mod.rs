@@ -1,0 +1,400 @@
+//! cgroups v1 and v2 behind one trait.
+//!
+//! [`Cgroup`] is what the container code uses; [`CgroupPaths`] is what the state file keeps, so
+//! that a later `berth-runc` invocation (from a different cgroup of its own) finds the same
+//! directories. Layout detection follows runc: a hybrid host (v1 controllers plus a cgroup2 mount
+//! at `/sys/fs/cgroup/unified`) is driven through v1, with the unified directory joined as well.
+
+mod devices;
+mod stats;
+mod v1;
+mod v2;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
+use serde::{Deserialize, Serialize};
+
+pub use devices::{DeviceRule, default_device_rules};
+pub use stats::{
+    BlkioEntry, BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryEntry, MemoryStats, PidsStats,
+    Stats, Throttling,
+};
+pub use v1::V1Cgroup;
+pub use v2::V2Cgroup;
+
+/// What can go wrong with cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup {0}: invalid value {1:?}")]
+    Invalid(&'static str, String),
+    #[error("cgroup controller {0} is not mounted")]
+    NoController(String),
+    #[error("no usable cgroup hierarchy found")]
+    NoHierarchy,
+    #[error("cgroup {0}: timed out waiting for the freezer")]
+    FreezeTimeout(PathBuf),
+    #[error("cgroup {0}: {1}")]
+    Unsupported(&'static str, String),
+}
+
+pub(crate) type CgResult<T> = Result<T, CgroupError>;
+
+pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { op, path, source }
+}
+
+/// Freezer state as runc reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreezerState {
+    Thawed,
+    Frozen,
+}
+
+/// One container's cgroup, whichever the hierarchy.
+pub trait Cgroup: fmt::Debug {
+    /// Creates the directories (if missing).
+    fn create(&self) -> CgResult<()>;
+    /// Moves `pid` in (the costly part: the kernel waits for an RCU grace period).
+    fn join(&self, pid: i32) -> CgResult<()>;
+    /// Creates the directories (if missing) and moves `pid` in.
+    fn apply(&self, pid: i32) -> CgResult<()> {
+        self.create()?;
+        self.join(pid)
+    }
+    /// Writes the limits of `resources` (absent fields are left alone).
+    fn set(&self, resources: &LinuxResources) -> CgResult<()>;
+    /// Freezes or thaws every process, and waits until the kernel says it is done.
+    fn freeze(&self, state: FreezerState) -> CgResult<()>;
+    /// The current freezer state.
+    fn freezer_state(&self) -> CgResult<FreezerState>;
+    /// Pids of every process in the cgroup.
+    fn pids(&self) -> CgResult<Vec<i32>>;
+    /// Resource usage, for `events --stats` and `ctr task metrics`.
+    fn stats(&self) -> CgResult<Stats>;
+    /// Removes the directories (the cgroup must be empty; stray processes are killed first).
+    fn destroy(&self) -> CgResult<()>;
+    /// The paths, for the state file.
+    fn paths(&self) -> CgroupPaths;
+}
+
+/// Resolved cgroup directories, as kept in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum CgroupPaths {
+    /// v1 (or hybrid): one directory per controller; the key "" is the unified directory.
+    V1 { paths: BTreeMap<String, PathBuf> },
+    /// v2: one directory.
+    V2 { path: PathBuf },
+}
+
+impl CgroupPaths {
+    /// Opens the cgroup these paths describe.
+    pub fn open(&self) -> Box<dyn Cgroup> {
+        match self {
+            CgroupPaths::V1 { paths } => Box::new(V1Cgroup::from_paths(paths.clone())),
+            CgroupPaths::V2 { path } => Box::new(V2Cgroup::new(path.clone())),
+        }
+    }
+}
+
+/// The cgroup layout of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// v1 hierarchies: controller (or `name=...`) → (mount point, mount root); plus the cgroup2
+    /// mount of a hybrid host.
+    V1 {
+        mounts: BTreeMap<String, (PathBuf, PathBuf)>,
+        unified: Option<PathBuf>,
+    },
+    /// Pure v2 at this mount point.
+    V2 { mount: PathBuf },
+}
+
+impl Layout {
+    /// Reads `/proc/self/mountinfo`.
+    pub fn detect() -> CgResult<Layout> {
+        let path = Path::new("/proc/self/mountinfo");
+        let text = std::fs::read_to_string(path).map_err(io_err("read", path))?;
+        Self::from_mountinfo(&text)
+    }
+
+    /// Parses mountinfo text (separate for tests).
+    pub fn from_mountinfo(text: &str) -> CgResult<Layout> {
+        let mut mounts = BTreeMap::new();
+        let mut unified = None;
+        for line in text.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            if pre.len() < 5 || post.len() < 3 {
+                continue;
+            }
+            let root = PathBuf::from(unescape(pre[3]));
+            let mountpoint = PathBuf::from(unescape(pre[4]));
+            match post[0] {
+                "cgroup2" => {
+                    unified.get_or_insert(mountpoint);
+                }
+                "cgroup" => {
+                    for opt in post[2].split(',') {
+                        if v1::is_controller(opt) || opt.starts_with("name=") {
+                            mounts
+                                .entry(opt.to_string())
+                                .or_insert_with(|| (mountpoint.clone(), root.clone()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !mounts.is_empty() {
+            return Ok(Layout::V1 { mounts, unified });
+        }
+        match unified {
+            Some(mount) => Ok(Layout::V2 { mount }),
+            None => Err(CgroupError::NoHierarchy),
+        }
+    }
+
+    /// Resolves a spec `cgroupsPath` (absolute: from the hierarchy root; relative: below the
+    /// caller's own cgroup, as runc does) into directories. `own` is `/proc/self/cgroup`.
+    pub fn resolve(&self, cgroups_path: &str, own: &str) -> CgResult<CgroupPaths> {
+        let inner = clean_cgroup_path(cgroups_path)?;
+        let own_map = parse_proc_cgroup(own);
+        let join = |mount: &Path, mount_root: &Path, own_path: Option<&String>| -> PathBuf {
+            let base = if cgroups_path.starts_with('/') {
+                PathBuf::new()
+            } else {
+                let own_path = own_path.map(String::as_str).unwrap_or("/");
+                let rel = Path::new(own_path)
+                    .strip_prefix(mount_root)
+                    .unwrap_or(Path::new(own_path));
+                rel.strip_prefix("/").unwrap_or(rel).to_path_buf()
+            };
+            mount.join(base).join(&inner)
+        };
+        match self {
+            Layout::V1 { mounts, unified } => {
+                let mut paths = BTreeMap::new();
+                for (ctrl, (mount, root)) in mounts {
+                    let key = if ctrl.starts_with("name=") {
+                        ctrl.clone()
+                    } else {
+                        // Co-mounted controllers (cpu,cpuacct) appear as "cpu,cpuacct" in
+                        // /proc/self/cgroup; look up by any member.
+                        ctrl.clone()
+                    };
+                    let own_path = own_map
+                        .iter()
+                        .find(|(k, _)| k.split(',').any(|c| c == key))
+                        .map(|(_, v)| v);
+                    paths.insert(ctrl.clone(), join(mount, root, own_path));
+                }
+                if let Some(u) = unified {
+                    paths.insert(String::new(), join(u, Path::new("/"), own_map.get("")));
+                }
+                Ok(CgroupPaths::V1 { paths })
+            }
+            Layout::V2 { mount } => Ok(CgroupPaths::V2 {
+                path: join(mount, Path::new("/"), own_map.get("")),
+            }),
+        }
+    }
+}
+
+/// Parses `/proc/<pid>/cgroup`: controllers (comma list, "" for v2) → path.
+pub(crate) fn parse_proc_cgroup(text: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        map.insert(ctrls.to_string(), path.to_string());
+    }
+    map
+}
+
+/// Rejects `..` and empty components so a spec cannot point outside the hierarchy.
+fn clean_cgroup_path(p: &str) -> CgResult<PathBuf> {
+    let mut out = PathBuf::new();
+    for comp in p.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => return Err(CgroupError::Invalid("cgroupsPath", p.to_string())),
+            c => out.push(c),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(CgroupError::Invalid("cgroupsPath", p.to_string()));
+    }
+    Ok(out)
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Reads a cgroup file, trimmed.
+pub(crate) fn read(dir: &Path, file: &str) -> CgResult<String> {
+    let p = dir.join(file);
+    std::fs::read_to_string(&p)
+        .map(|s| s.trim().to_string())
+        .map_err(io_err("read", &p))
+}
+
+/// Reads a cgroup file holding one number (`max` reads as `u64::MAX`).
+pub(crate) fn read_u64(dir: &Path, file: &str) -> CgResult<u64> {
+    let s = read(dir, file)?;
+    if s == "max" {
+        return Ok(u64::MAX);
+    }
+    s.parse()
+        .map_err(|_| CgroupError::Invalid("read", format!("{}: {s}", dir.join(file).display())))
+}
+
+/// Writes one value into a cgroup file (no create, no truncate; the kernel takes one write).
+pub(crate) fn write(dir: &Path, file: &str, value: &str) -> CgResult<()> {
+    use std::io::Write;
+    let p = dir.join(file);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .map_err(io_err("open", &p))?;
+    f.write_all(value.as_bytes()).map_err(io_err("write", &p))
+}
+
+/// Parses "key value" lines.
+pub(crate) fn flat_keyed(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Kills every process left in a cgroup directory and waits (briefly) for it to empty, then
+/// removes it; missing directories are fine.
+pub(crate) fn remove_dir(dir: &Path) -> CgResult<()> {
+    for attempt in 0..100 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 99 => {
+                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        // SAFETY: kill has no memory effects; the pids are members of our cgroup.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(CgroupError::Io {
+                    op: "remove",
+                    path: dir.to_path_buf(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits a hugepage size such as "2MB" / "1GB" / "64KB" for file names; rejects anything else.
+pub(crate) fn check_page_size(s: &str) -> CgResult<()> {
+    let digits = s.trim_end_matches(['K', 'M', 'G', 'B']);
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || !(s.ends_with("KB") || s.ends_with("MB") || s.ends_with("GB"))
+    {
+        return Err(CgroupError::Invalid("hugepage size", s.to_string()));
+    }
+    Ok(())
+}
+
+/// Device rules from the spec, for either version.
+pub(crate) fn device_rules(list: &[LinuxDeviceCgroup]) -> CgResult<Vec<DeviceRule>> {
+    list.iter().map(DeviceRule::from_spec).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+36 31 0:33 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_is_v1_with_unified() {
+        let l = Layout::from_mountinfo(HYBRID).unwrap();
+        let Layout::V1 { mounts, unified } = &l else {
+            panic!("{l:?}")
+        };
+        assert_eq!(
+            unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+        assert!(mounts.contains_key("memory") && mounts.contains_key("name=systemd"));
+        let own = "4:memory:/a/b\n1:cpu:/\n0::/u\n";
+        let CgroupPaths::V1 { paths } = l.resolve("x/y", own).unwrap() else {
+            panic!()
+        };
+        assert_eq!(paths["memory"], Path::new("/sys/fs/cgroup/memory/a/b/x/y"));
+        assert_eq!(paths["cpu"], Path::new("/sys/fs/cgroup/cpu/x/y"));
+        assert_eq!(paths[""], Path::new("/sys/fs/cgroup/unified/u/x/y"));
+        let CgroupPaths::V1 { paths } = l.resolve("/abs", own).unwrap() else {
+            panic!()
+        };
+        assert_eq!(paths["memory"], Path::new("/sys/fs/cgroup/memory/abs"));
+    }
+
+    #[test]
+    fn pure_v2() {
+        let l = Layout::from_mountinfo(
+            "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n",
+        )
+        .unwrap();
+        assert_eq!(
+            l.resolve("/k/c1", "0::/init").unwrap(),
+            CgroupPaths::V2 {
+                path: "/sys/fs/cgroup/k/c1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn dotdot_rejected() {
+        let l = Layout::from_mountinfo(HYBRID).unwrap();
+        assert!(l.resolve("/a/../../etc", "").is_err());
+        assert!(l.resolve("", "").is_err());
+        assert!(check_page_size("2MB").is_ok());
+        assert!(check_page_size("2XB").is_err());
+        assert!(check_page_size("../MB").is_err());
+    }
+}

@@ -1,0 +1,715 @@
+//! Mounts inside the new mount namespace: propagation, the spec's mounts, /dev, masked and
+//! read-only paths, pivot_root. Every target is resolved with `openat2(RESOLVE_IN_ROOT)` against
+//! the rootfs, so a symlink in the image cannot send a mount outside it; the mount is then made
+//! on the `/proc/self/fd/N` magic link of what was opened.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag};
+use oci_spec::runtime::{Mount, Spec};
+
+use crate::cgroups::CgroupPaths;
+use crate::error::{Result, RuntimeError, SysContext};
+use crate::sys::{RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, fd_path, openat2};
+
+/// Parsed mount options.
+#[derive(Debug, PartialEq)]
+pub(crate) struct MountOpts {
+    pub(crate) flags: MsFlags,
+    pub(crate) propagation: MsFlags,
+    pub(crate) data: Vec<String>,
+    pub(crate) bind: bool,
+}
+
+pub(crate) fn parse_options(options: &[String]) -> MountOpts {
+    let mut o = MountOpts {
+        flags: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        data: Vec::new(),
+        bind: false,
+    };
+    for opt in options {
+        let (set, clear, prop) = match opt.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, MsFlags::empty()),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty(), MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), MsFlags::empty()),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME, MsFlags::empty()),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
+            "bind" => {
+                o.bind = true;
+                (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty())
+            }
+            "rbind" => {
+                o.bind = true;
+                (
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    MsFlags::empty(),
+                    MsFlags::empty(),
+                )
+            }
+            "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
+            "rprivate" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            ),
+            "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
+            "rshared" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SHARED | MsFlags::MS_REC,
+            ),
+            "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
+            "rslave" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            ),
+            "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
+            "runbindable" => (
+                MsFlags::empty(),
+                MsFlags::empty(),
+                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+            ),
+            // Options runc knows but that need idmapped mounts or the mount API; silently
+            // treating them as data would pass them to the filesystem.
+            "rro" | "rrw" | "rnosuid" | "rnodev" | "rnoexec" | "idmap" | "ridmap" | "tmpcopyup" => {
+                (MsFlags::empty(), MsFlags::empty(), MsFlags::empty())
+            }
+            other => {
+                o.data.push(other.to_string());
+                continue;
+            }
+        };
+        o.flags = (o.flags | set) & !clear;
+        o.propagation |= prop;
+    }
+    o
+}
+
+/// `rootfsPropagation` → flags (default rslave, as runc).
+pub(crate) fn root_propagation(s: Option<&str>) -> Result<MsFlags> {
+    Ok(match s.unwrap_or("") {
+        "" | "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        other => {
+            return Err(RuntimeError::Spec(format!(
+                "unknown rootfsPropagation {other:?}"
+            )));
+        }
+    })
+}
+
+/// Lexically cleans a destination inside the root: makes it relative, drops `.` and resolves
+/// `..` without ever going above the root.
+pub(crate) fn clean_rel(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What to create when a mount target is missing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+}
+
+/// Opens (O_PATH) `rel` inside `root`, creating missing directories and, if `last` is `File`,
+/// an empty file at the end. Symlinks are resolved as if `root` were `/`.
+pub(crate) fn open_in_root(root: &OwnedFd, rel: &Path, last: Kind) -> Result<OwnedFd> {
+    let rel = clean_rel(rel);
+    let resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    let o_path = libc::O_PATH;
+    let comps: Vec<&OsStr> = rel.iter().collect();
+    if comps.is_empty() {
+        return openat2(root.as_raw_fd(), Path::new("."), o_path, resolve)
+            .map_err(|e| RuntimeError::path("open", "/", e));
+    }
+    let mut cur = PathBuf::new();
+    let mut fd = None;
+    for (i, c) in comps.iter().enumerate() {
+        let parent = cur.clone();
+        cur.push(c);
+        match openat2(root.as_raw_fd(), &cur, o_path, resolve) {
+            Ok(f) => fd = Some(f),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let dir = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent
+                };
+                let pfd = openat2(root.as_raw_fd(), &dir, o_path | libc::O_DIRECTORY, resolve)
+                    .map_err(|e| RuntimeError::path("open", Path::new("/").join(&dir), e))?;
+                let name = crate::sys::cstr(Path::new(c))
+                    .map_err(|e| RuntimeError::path("create", &cur, e))?;
+                let is_last = i + 1 == comps.len();
+                // SAFETY: name is a valid C string and pfd a live directory fd.
+                let rc = unsafe {
+                    if is_last && last == Kind::File {
+                        let f = libc::openat(
+                            pfd.as_raw_fd(),
+                            name.as_ptr(),
+                            libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                            0o644,
+                        );
+                        if f >= 0 {
+                            libc::close(f);
+                        }
+                        f
+                    } else {
+                        libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), 0o755)
+                    }
+                };
+                if rc < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EEXIST) {
+                        return Err(RuntimeError::path("create", Path::new("/").join(&cur), e));
+                    }
+                }
+                fd = Some(
+                    openat2(root.as_raw_fd(), &cur, o_path, resolve)
+                        .map_err(|e| RuntimeError::path("open", Path::new("/").join(&cur), e))?,
+                );
+            }
+            Err(e) => return Err(RuntimeError::path("open", Path::new("/").join(&cur), e)),
+        }
+    }
+    fd.ok_or_else(|| RuntimeError::Spec("empty mount destination".into()))
+}
+
+pub(crate) fn do_mount(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &Path,
+) -> Result<()> {
+    mount(src, target, fstype, flags, data)
+        .map_err(|e| RuntimeError::sys(format!("mount {}", what.display()), e))
+}
+
+/// Remounts a bind mount read-only, keeping the flags the kernel locks (nosuid, nodev, noexec...).
+fn remount_ro(fd: &OwnedFd, what: &Path) -> Result<()> {
+    let st = nix::sys::statvfs::fstatvfs(fd).sys(format!("statvfs {}", what.display()))?;
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+    flags |= locked_flags(st.flags());
+    do_mount(None, &fd_path(fd), None, flags, None, what)
+}
+
+fn locked_flags(f: nix::sys::statvfs::FsFlags) -> MsFlags {
+    use nix::sys::statvfs::FsFlags as F;
+    let mut m = MsFlags::empty();
+    for (a, b) in [
+        (F::ST_NOSUID, MsFlags::MS_NOSUID),
+        (F::ST_NODEV, MsFlags::MS_NODEV),
+        (F::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (F::ST_NOATIME, MsFlags::MS_NOATIME),
+        (F::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (F::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(a) {
+            m |= b;
+        }
+    }
+    m
+}
+
+/// Everything the rootfs setup needs.
+#[derive(Debug)]
+pub(crate) struct RootfsSetup<'a> {
+    pub(crate) spec: &'a Spec,
+    pub(crate) rootfs: &'a Path,
+    pub(crate) bundle: &'a Path,
+    pub(crate) cgroup: Option<&'a CgroupPaths>,
+    pub(crate) userns: bool,
+    pub(crate) cgroupns: bool,
+}
+
+impl RootfsSetup<'_> {
+    /// Propagation, the rootfs bind, the spec's mounts and /dev. Runs before pivot_root.
+    pub(crate) fn mount_all(&self) -> Result<OwnedFd> {
+        let linux = self.spec.linux().as_ref();
+        let prop = root_propagation(linux.and_then(|l| l.rootfs_propagation().as_deref()))?;
+        do_mount(None, "/", None, prop, None, Path::new("/"))?;
+        let rootfs = self
+            .rootfs
+            .to_str()
+            .ok_or_else(|| RuntimeError::Spec("rootfs path is not UTF-8".into()))?;
+        do_mount(
+            Some(rootfs),
+            rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            self.rootfs,
+        )?;
+        let root = openat2(
+            libc::AT_FDCWD,
+            self.rootfs,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| RuntimeError::path("open rootfs", self.rootfs, e))?;
+        let mut dev_is_tmpfs = false;
+        for m in self.spec.mounts().iter().flatten() {
+            let dest = clean_rel(m.destination());
+            if dest == Path::new("dev") {
+                dev_is_tmpfs = !is_bind(m);
+            }
+            self.mount_one(&root, m)?;
+        }
+        if dev_is_tmpfs {
+            super::dev::setup_dev(self, &root)?;
+        }
+        // runc creates the cwd if it is missing.
+        if let Some(p) = self.spec.process() {
+            open_in_root(&root, p.cwd(), Kind::Dir)?;
+        }
+        Ok(root)
+    }
+
+    fn mount_one(&self, root: &OwnedFd, m: &Mount) -> Result<()> {
+        let dest = m.destination();
+        if !dest.is_absolute() {
+            return Err(RuntimeError::Spec(format!(
+                "mount destination {} is not absolute",
+                dest.display()
+            )));
+        }
+        let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+        let typ = m
+            .typ()
+            .as_deref()
+            .unwrap_or(if opts.bind { "bind" } else { "none" });
+        if typ == "cgroup" || typ == "cgroup2" {
+            return self.mount_cgroup(root, m, &opts);
+        }
+        let bind = opts.bind || typ == "bind";
+        let source = m.source().as_deref();
+        if bind {
+            let src = source.ok_or_else(|| {
+                RuntimeError::Spec(format!("bind mount {} has no source", dest.display()))
+            })?;
+            let src = if src.is_absolute() {
+                src.to_path_buf()
+            } else {
+                self.bundle.join(src)
+            };
+            let meta = std::fs::metadata(&src).map_err(|e| RuntimeError::path("stat", &src, e))?;
+            let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
+            let target = open_in_root(root, dest, kind)?;
+            let src_s = src.to_string_lossy();
+            let mut flags = MsFlags::MS_BIND;
+            if opts.flags.contains(MsFlags::MS_REC) {
+                flags |= MsFlags::MS_REC;
+            }
+            do_mount(Some(&src_s), &fd_path(&target), None, flags, None, dest)?;
+            let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+            if !extra.is_empty() {
+                let target = open_in_root(root, dest, kind)?;
+                let st = nix::sys::statvfs::fstatvfs(&target)
+                    .sys(format!("statvfs {}", dest.display()))?;
+                let flags =
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra | locked_flags(st.flags());
+                do_mount(None, &fd_path(&target), None, flags, None, dest)?;
+            }
+        } else {
+            let target = open_in_root(root, dest, Kind::Dir)?;
+            let data = opts.data.join(",");
+            let src = source.map(|s| s.to_string_lossy().into_owned());
+            let r = mount(
+                Some(src.as_deref().unwrap_or(typ)),
+                fd_path(&target).as_str(),
+                Some(typ),
+                opts.flags,
+                (!data.is_empty()).then_some(data.as_str()),
+            );
+            match r {
+                Ok(()) => {}
+                // Without its own network (or ipc) namespace, a user namespace may not mount
+                // sysfs (or mqueue): bind the host's read-only instead, as runc does.
+                Err(nix::errno::Errno::EPERM)
+                    if self.userns && (typ == "sysfs" || typ == "mqueue") =>
+                {
+                    let host = if typ == "sysfs" {
+                        "/sys"
+                    } else {
+                        "/dev/mqueue"
+                    };
+                    do_mount(
+                        Some(host),
+                        &fd_path(&target),
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None,
+                        dest,
+                    )?;
+                    let target = open_in_root(root, dest, Kind::Dir)?;
+                    remount_ro(&target, dest)?;
+                }
+                Err(e) => {
+                    return Err(RuntimeError::sys(
+                        format!("mount {typ} on {}", dest.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        if !opts.propagation.is_empty() {
+            let target = open_in_root(root, dest, Kind::Dir)?;
+            do_mount(None, &fd_path(&target), None, opts.propagation, None, dest)?;
+        }
+        Ok(())
+    }
+
+    /// A `cgroup` mount: with a cgroup namespace, the real filesystems; without one, a tmpfs
+    /// holding binds of the container's own cgroup directories (runc's v1 layout).
+    fn mount_cgroup(&self, root: &OwnedFd, m: &Mount, opts: &MountOpts) -> Result<()> {
+        let dest = m.destination();
+        let ro = opts.flags.contains(MsFlags::MS_RDONLY);
+        let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        match self.cgroup {
+            Some(CgroupPaths::V2 { path }) => {
+                let target = open_in_root(root, dest, Kind::Dir)?;
+                if self.cgroupns {
+                    let flags = base
+                        | if ro {
+                            MsFlags::MS_RDONLY
+                        } else {
+                            MsFlags::empty()
+                        };
+                    do_mount(
+                        Some("cgroup2"),
+                        &fd_path(&target),
+                        Some("cgroup2"),
+                        flags,
+                        None,
+                        dest,
+                    )?;
+                } else {
+                    do_mount(
+                        Some(&path.to_string_lossy()),
+                        &fd_path(&target),
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None,
+                        dest,
+                    )?;
+                    if ro {
+                        remount_ro(&open_in_root(root, dest, Kind::Dir)?, dest)?;
+                    }
+                }
+            }
+            Some(CgroupPaths::V1 { paths }) => {
+                let target = open_in_root(root, dest, Kind::Dir)?;
+                do_mount(
+                    Some("tmpfs"),
+                    &fd_path(&target),
+                    Some("tmpfs"),
+                    base,
+                    Some("mode=755"),
+                    dest,
+                )?;
+                for (ctrl, dir) in paths {
+                    if ctrl.is_empty() {
+                        continue;
+                    }
+                    let name = ctrl.strip_prefix("name=").unwrap_or(ctrl);
+                    let sub = dest.join(name);
+                    let t = open_in_root(root, &sub, Kind::Dir)?;
+                    if self.cgroupns {
+                        let data = ctrl.clone();
+                        do_mount(
+                            Some("cgroup"),
+                            &fd_path(&t),
+                            Some("cgroup"),
+                            base,
+                            Some(&data),
+                            &sub,
+                        )?;
+                    } else {
+                        do_mount(
+                            Some(&dir.to_string_lossy()),
+                            &fd_path(&t),
+                            None,
+                            MsFlags::MS_BIND | MsFlags::MS_REC,
+                            None,
+                            &sub,
+                        )?;
+                    }
+                    if ro {
+                        remount_ro(&open_in_root(root, &sub, Kind::Dir)?, &sub)?;
+                    }
+                }
+                if ro {
+                    let t = open_in_root(root, dest, Kind::Dir)?;
+                    do_mount(
+                        None,
+                        &fd_path(&t),
+                        None,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base,
+                        Some("mode=755"),
+                        dest,
+                    )?;
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Masked paths (a tmpfs or /dev/null over them) and read-only paths, before pivot_root.
+    pub(crate) fn mask_and_protect(&self, root: &OwnedFd) -> Result<()> {
+        let Some(linux) = self.spec.linux().as_ref() else {
+            return Ok(());
+        };
+        let resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+        for p in linux.readonly_paths().iter().flatten() {
+            let rel = clean_rel(Path::new(p));
+            let fd = match openat2(root.as_raw_fd(), &rel, libc::O_PATH, resolve) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(RuntimeError::path("open read-only path", p, e)),
+            };
+            let fp = fd_path(&fd);
+            do_mount(
+                Some(&fp),
+                &fp,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                Path::new(p),
+            )?;
+            let fd = openat2(root.as_raw_fd(), &rel, libc::O_PATH, resolve)
+                .map_err(|e| RuntimeError::path("open read-only path", p, e))?;
+            remount_ro(&fd, Path::new(p))?;
+        }
+        for p in linux.masked_paths().iter().flatten() {
+            let rel = clean_rel(Path::new(p));
+            let fd = match openat2(root.as_raw_fd(), &rel, libc::O_PATH, resolve) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(RuntimeError::path("open masked path", p, e)),
+            };
+            let st = nix::sys::stat::fstat(&fd).sys(format!("stat {p}"))?;
+            let fp = fd_path(&fd);
+            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+                do_mount(
+                    Some("tmpfs"),
+                    &fp,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    None,
+                    Path::new(p),
+                )?;
+            } else {
+                do_mount(
+                    Some("/dev/null"),
+                    &fp,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                    Path::new(p),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// pivot_root into `rootfs` (or MS_MOVE + chroot with `no_pivot`), leaving the old root detached.
+pub(crate) fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
+    nix::unistd::chdir(rootfs).sys(format!("chdir {}", rootfs.display()))?;
+    if no_pivot {
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .sys("move rootfs to /")?;
+        nix::unistd::chroot(".").sys("chroot")?;
+    } else {
+        let old = nix::fcntl::open(
+            "/",
+            nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .sys("open /")?;
+        nix::unistd::pivot_root(".", ".").sys("pivot_root")?;
+        nix::unistd::fchdir(&old).sys("fchdir old root")?;
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .sys("make old root rslave")?;
+        umount2(".", MntFlags::MNT_DETACH).sys("detach old root")?;
+    }
+    nix::unistd::chdir("/").sys("chdir /")?;
+    Ok(())
+}
+
+/// The `readonly` root: a read-only remount of `/` after pivot_root.
+pub(crate) fn remount_root_ro() -> Result<()> {
+    let fd = openat2(
+        libc::AT_FDCWD,
+        Path::new("/"),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| RuntimeError::path("open", "/", e))?;
+    remount_ro(&fd, Path::new("/"))
+}
+
+/// Bind-mounts the pty slave at /dev/console (after pivot_root).
+pub(crate) fn mount_console(slave_path: &Path) -> Result<()> {
+    let root = openat2(
+        libc::AT_FDCWD,
+        Path::new("/"),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| RuntimeError::path("open", "/", e))?;
+    let target = open_in_root(&root, Path::new("dev/console"), Kind::File)?;
+    do_mount(
+        Some(&slave_path.to_string_lossy()),
+        &fd_path(&target),
+        None,
+        MsFlags::MS_BIND,
+        None,
+        Path::new("/dev/console"),
+    )
+}
+
+/// Writes the spec's sysctls through /proc/sys (after pivot_root, in the new namespaces).
+pub(crate) fn write_sysctls(spec: &Spec) -> Result<()> {
+    for (k, v) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let rel = PathBuf::from("proc/sys").join(k.replace('.', "/"));
+        let root = openat2(
+            libc::AT_FDCWD,
+            Path::new("/"),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| RuntimeError::path("open", "/", e))?;
+        let fd = openat2(
+            root.as_raw_fd(),
+            &rel,
+            libc::O_WRONLY,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| RuntimeError::path("open sysctl", Path::new("/").join(&rel), e))?;
+        nix::unistd::write(&fd, v.as_bytes()).sys(format!("sysctl {k}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let o = parse_options(&[
+            "rbind".into(),
+            "ro".into(),
+            "rprivate".into(),
+            "mode=755".into(),
+        ]);
+        assert!(o.bind);
+        assert!(
+            o.flags
+                .contains(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY)
+        );
+        assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert_eq!(o.data, vec!["mode=755"]);
+        let o = parse_options(&["ro".into(), "rw".into()]);
+        assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn clean() {
+        assert_eq!(clean_rel(Path::new("/a/../../b/./c")), PathBuf::from("b/c"));
+        assert_eq!(clean_rel(Path::new("/")), PathBuf::new());
+    }
+
+    #[test]
+    fn open_in_root_stays_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let root_dir = t.path().join("root");
+        std::fs::create_dir_all(root_dir.join("etc")).unwrap();
+        // Absolute and relative symlinks pointing out of the root.
+        std::os::unix::fs::symlink("/", root_dir.join("escape")).unwrap();
+        std::os::unix::fs::symlink("../../..", root_dir.join("etc/up")).unwrap();
+        let root = openat2(
+            libc::AT_FDCWD,
+            &root_dir,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        open_in_root(&root, Path::new("/escape/newdir"), Kind::Dir).unwrap();
+        open_in_root(&root, Path::new("/etc/up/x/file"), Kind::File).unwrap();
+        assert!(root_dir.join("newdir").is_dir(), "created inside the root");
+        assert!(root_dir.join("x/file").is_file());
+        assert!(!Path::new("/newdir").exists());
+        assert!(!Path::new("/x/file").exists());
+    }
+}

@@ -1,0 +1,113 @@
+//! cgroup limits at create time and through update.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::util::{Env, unique};
+
+#[test]
+fn update_memory_and_pids() {
+    let env = Env::new();
+    let mut b = env.bundle(&["sleep", "1000"]);
+    b.config["linux"]["resources"]["memory"] = json!({"limit": 128 * 1024 * 1024});
+    b.config["linux"]["resources"]["pids"] = json!({"limit": 50});
+    b.save();
+    let id = unique("upd");
+    env.create(&b, &id);
+    env.ok(&["start", &id]);
+    assert_eq!(
+        b.cgroup_file("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(b.cgroup_file("pids", "pids.max"), "50");
+    env.ok(&["update", "--memory", "67108864", "--pids-limit", "20", &id]);
+    assert_eq!(
+        b.cgroup_file("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(b.cgroup_file("pids", "pids.max"), "20");
+    // --resources - (what containerd's shim sends).
+    let mut child = env
+        .cmd(&["update", "--resources", "-", &id])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"memory":{"limit":33554432},"pids":{"limit":10}}"#)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        b.cgroup_file("memory", "memory.limit_in_bytes"),
+        (32u64 << 20).to_string()
+    );
+    assert_eq!(b.cgroup_file("pids", "pids.max"), "10");
+    // The pids limit holds inside: 10 processes at most.
+    let out = env.run(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 30 & done; echo done",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("can't fork")
+            || err.contains("Resource temporarily unavailable")
+            || !out.status.success(),
+        "{err}"
+    );
+    let stats = env.ok(&["events", "--stats", &id]);
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(v["type"], "stats");
+    assert_eq!(v["data"]["pids"]["limit"], 10);
+    assert!(v["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn events_stream_reports_oom() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let mut b = env.bundle(&["sleep", "1000"]);
+    b.config["linux"]["resources"]["memory"] =
+        json!({"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024});
+    b.save();
+    let id = unique("oom");
+    env.create(&b, &id);
+    env.ok(&["start", &id]);
+    let mut events = env
+        .cmd(&["events", "--interval", "10s", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(events.stdout.take().unwrap()).lines();
+    // The first stats event shows the stream is up (and the OOM watch registered).
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"stats\""), "{first}");
+    // A 64 MiB buffer in a 16 MiB cgroup: the kernel kills it.
+    let o = env.run(&[
+        "exec",
+        &id,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ]);
+    assert!(!o.status.success());
+    let mut saw_oom = false;
+    for line in lines.by_ref().take(5) {
+        let line = line.unwrap();
+        if line.contains("\"oom\"") {
+            saw_oom = true;
+            break;
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(saw_oom, "no oom event");
+}

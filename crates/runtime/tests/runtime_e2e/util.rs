@@ -1,0 +1,267 @@
+//! A small DSL for the end-to-end tests: a private state root, busybox bundles, and the
+//! runtime binary (ours, or the one `BERTH_RUNC_BIN` names, e.g. /usr/sbin/runc).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// The runtime under test.
+pub(crate) fn bin() -> PathBuf {
+    std::env::var_os("BERTH_RUNC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth-runc")))
+}
+
+/// True when `BERTH_RUNC_BIN` points the tests at another runtime.
+pub(crate) fn testing_other_runtime() -> bool {
+    std::env::var_os("BERTH_RUNC_BIN").is_some()
+}
+
+/// A unique name for ids and cgroups.
+pub(crate) fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One test's world: a temp dir holding the state root and bundles. Dropping it force-deletes
+/// every container it made.
+pub(crate) struct Env {
+    pub(crate) tmp: tempfile::TempDir,
+    pub(crate) root: PathBuf,
+    ids: std::sync::Mutex<Vec<String>>,
+}
+
+pub(crate) struct Bundle {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: Value,
+    pub(crate) cgroup: String,
+}
+
+impl Bundle {
+    pub(crate) fn save(&self) {
+        std::fs::write(
+            self.dir.join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    pub(crate) fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// A v1 cgroup file of this bundle's container.
+    pub(crate) fn cgroup_file(&self, ctrl: &str, file: &str) -> String {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}{}/{file}", self.cgroup))
+            .unwrap_or_else(|e| panic!("read {ctrl}{}/{file}: {e}", self.cgroup))
+            .trim()
+            .to_string()
+    }
+
+    pub(crate) fn cgroup_exists(&self) -> bool {
+        ["memory", "pids", "cpu", "freezer", "devices"]
+            .iter()
+            .any(|c| Path::new(&format!("/sys/fs/cgroup/{c}{}", self.cgroup)).exists())
+    }
+
+    pub(crate) fn args(&mut self, args: &[&str]) -> &mut Self {
+        self.config["process"]["args"] = json!(args);
+        self.save();
+        self
+    }
+}
+
+impl Env {
+    pub(crate) fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-rt-e2e")
+            .tempdir()
+            .unwrap();
+        // Container root in a user namespace must be able to reach the rootfs.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path().join("state");
+        Env {
+            tmp,
+            root,
+            ids: Default::default(),
+        }
+    }
+
+    /// A busybox bundle whose process runs `args`.
+    pub(crate) fn bundle(&self, args: &[&str]) -> Bundle {
+        let dir = self.tmp.path().join(unique("bundle"));
+        let rootfs = dir.join("rootfs");
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "root"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+            }
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        let cgroup = format!("/{}", unique("berth-e2e"));
+        let config = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/bin", "TERM=xterm"],
+                "cwd": "/",
+                "capabilities": {
+                    "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_SETGID"],
+                    "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_SETGID"],
+                    "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_SETGID"]
+                },
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs", "readonly": false},
+            "hostname": "berth",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+            ],
+            "linux": {
+                "cgroupsPath": cgroup,
+                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            }
+        });
+        let b = Bundle {
+            dir,
+            config,
+            cgroup,
+        };
+        b.save();
+        b
+    }
+
+    /// Records `id` for cleanup.
+    pub(crate) fn track(&self, id: &str) {
+        self.ids.lock().unwrap().push(id.to_string());
+    }
+
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--root").arg(&self.root).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs to completion. Output goes through files, not pipes: a created container's init
+    /// inherits our stdio and would keep a pipe open until it exits.
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        let out_path = self.tmp.path().join(unique("stdout"));
+        let err_path = self.tmp.path().join(unique("stderr"));
+        let status = self
+            .cmd(args)
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .unwrap();
+        let o = Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap_or_default(),
+            stderr: std::fs::read(&err_path).unwrap_or_default(),
+        };
+        let _ = std::fs::remove_file(out_path);
+        let _ = std::fs::remove_file(err_path);
+        o
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs and expects failure; returns stderr.
+    pub(crate) fn fail(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.status.success(), "{args:?} unexpectedly succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub(crate) fn create(&self, b: &Bundle, id: &str) {
+        self.track(id);
+        self.ok(&["create", "--bundle", b.dir.to_str().unwrap(), id]);
+    }
+
+    /// `run` in the foreground; returns (exit code, stdout).
+    pub(crate) fn run_fg(&self, b: &Bundle, id: &str) -> (i32, String) {
+        self.track(id);
+        let o = self.run(&["run", "--bundle", b.dir.to_str().unwrap(), id]);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    pub(crate) fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    pub(crate) fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the status is `want` (up to 5 s).
+    pub(crate) fn wait_status(&self, id: &str, want: &str) {
+        for _ in 0..500 {
+            let o = self.run(&["state", id]);
+            if o.status.success() {
+                let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+                if v["status"] == want {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{id} never reached {want}: {}", self.status(id));
+    }
+
+    /// No mount in our namespace refers to this temp dir.
+    pub(crate) fn assert_no_mounts(&self) {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let p = self.tmp.path().to_str().unwrap();
+        assert!(!mi.contains(p), "mounts left behind under {p}");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for id in self.ids.lock().map(|v| v.clone()).unwrap_or_default() {
+            let _ = self.cmd(&["delete", "--force", &id]).output();
+        }
+    }
+}
+
+/// Ids that both runtimes accept as names (the others fail before any state exists).
+pub(crate) fn validate_like_runc(id: &str) -> bool {
+    !id.contains('/') && !id.contains("..")
+}
