@@ -21,7 +21,7 @@ pub(crate) enum RuncError {
         binary: String,
         source: std::io::Error,
     },
-    #[error("{binary} {command} failed: {message}")]
+    #[error("{}", failed_message(binary, command, message))]
     Failed {
         binary: String,
         command: String,
@@ -40,6 +40,15 @@ pub(crate) enum RuncError {
         command: String,
         detail: String,
     },
+}
+
+/// runc's own log lines already start with "runc create failed: ..."; do not say it twice.
+fn failed_message(binary: &str, command: &str, message: &str) -> String {
+    if message.contains(&format!("{command} failed")) {
+        message.to_string()
+    } else {
+        format!("{binary} {command} failed: {message}")
+    }
 }
 
 impl RuncError {
