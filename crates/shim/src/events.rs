@@ -11,6 +11,9 @@ use berth_ttrpc::{CallOptions, Client, Code};
 use prost::{Message, Name};
 use tokio::sync::{mpsc, watch};
 
+/// How long the connection to the daemon stays open after the last event.
+const IDLE_HANGUP: Duration = Duration::from_secs(1);
+
 /// Queues events for the daemon.
 #[derive(Debug, Clone)]
 pub(crate) struct Publisher {
@@ -81,7 +84,23 @@ async fn forward(
     let mut client: Option<EventsClient> = None;
     let opts = CallOptions::with_timeout(Duration::from_secs(10))
         .metadata("containerd-namespace-ttrpc", namespace);
-    while let Some(env) = rx.recv().await {
+    loop {
+        let env = match client {
+            // Connected: hang up when idle, so an idle shim holds no connection buffers.
+            Some(_) => match tokio::time::timeout(IDLE_HANGUP, rx.recv()).await {
+                Ok(Some(env)) => env,
+                Ok(None) => return,
+                Err(_) => {
+                    client = None;
+                    crate::sys::trim_heap();
+                    continue;
+                }
+            },
+            None => match rx.recv().await {
+                Some(env) => env,
+                None => return,
+            },
+        };
         let req = ForwardRequest {
             envelope: Some(env),
         };

@@ -204,6 +204,12 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Gives freed heap memory back to the kernel (glibc keeps it otherwise), for an idle shim.
+pub(crate) fn trim_heap() {
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Registers a descriptor with tokio's reactor.
 pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd stays open, and always returns the same descriptor from as_raw_fd, until
