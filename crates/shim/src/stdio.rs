@@ -10,6 +10,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -132,9 +132,35 @@ impl AsyncWrite for FdStream {
     }
 }
 
+/// Opens a FIFO read-write and non-blocking: the open never waits for the client, and the client
+/// going away never makes our side fail.
+fn open_fifo(uri: &str) -> Result<FdStream, StdioError> {
+    let path = uri.strip_prefix("fifo://").unwrap_or(uri);
+    if path.contains("://") {
+        return Err(StdioError::Unsupported(uri.to_string()));
+    }
+    let err = |source| StdioError::Open {
+        path: path.to_string(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(err)?;
+    if !f.metadata().map_err(err)?.file_type().is_fifo() {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a FIFO",
+        )));
+    }
+    FdStream::new(OwnedFd::from(f)).map_err(err)
+}
+
 /// Where output goes.
 enum Sink {
-    Fifo(pipe::Sender),
+    Fifo(FdStream),
     File(std::fs::File),
 }
 
@@ -151,18 +177,7 @@ impl Sink {
                 })?;
             return Ok(Sink::File(f));
         }
-        let path = uri.strip_prefix("fifo://").unwrap_or(uri);
-        if path.contains("://") {
-            return Err(StdioError::Unsupported(uri.to_string()));
-        }
-        pipe::OpenOptions::new()
-            .read_write(true)
-            .open_sender(path)
-            .map(Sink::Fifo)
-            .map_err(|source| StdioError::Open {
-                path: path.to_string(),
-                source,
-            })
+        open_fifo(uri).map(Sink::Fifo)
     }
 
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
@@ -174,8 +189,87 @@ impl Sink {
     }
 }
 
-/// Copies `src` to `dst` until EOF (EIO from a pty master whose slave is gone counts as EOF).
-async fn copy_out<R: AsyncRead + Unpin>(mut src: R, mut dst: Sink) {
+/// One `splice(2)` from pipe `src` to pipe `dst`, without blocking.
+fn splice_once(src: &OwnedFd, dst: &OwnedFd) -> io::Result<usize> {
+    // SAFETY: splice between two descriptors we hold, with null offsets (both are pipes).
+    let n = unsafe {
+        libc::splice(
+            src.as_raw_fd(),
+            std::ptr::null_mut(),
+            dst.as_raw_fd(),
+            std::ptr::null_mut(),
+            1 << 16,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Whether `fd` has any of `events` (or a hang-up/error) right now.
+fn ready_now(fd: &OwnedFd, events: libc::c_short) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: poll on one live pollfd with a zero timeout.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents != 0
+}
+
+/// Moves bytes from pipe `src` to pipe `dst` inside the kernel (no buffer of ours, nothing held
+/// in user space if cancelled) until `src` reaches EOF — or, with `drain`, until it is empty.
+async fn splice_pipe(src: &FdStream, dst: &FdStream, drain: bool) -> io::Result<()> {
+    loop {
+        let mut rg = if drain {
+            None
+        } else {
+            Some(src.0.readable().await?)
+        };
+        let mut wg = dst.0.writable().await?;
+        match splice_once(src.fd(), dst.fd()) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // splice does not say which side would block: ask each.
+                let src_ready = ready_now(src.fd(), libc::POLLIN);
+                let dst_ready = ready_now(dst.fd(), libc::POLLOUT);
+                if !src_ready {
+                    match rg.as_mut() {
+                        Some(g) => g.clear_ready(),
+                        None => return Ok(()),
+                    }
+                }
+                if !dst_ready {
+                    wg.clear_ready();
+                }
+                if src_ready && dst_ready {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Copies process output to its sink until EOF (EIO from a pty master whose slave is gone counts
+/// as EOF): spliced when both ends are pipes, through a buffer otherwise.
+async fn copy_out(src: FdStream, src_is_pipe: bool, dst: Sink) {
+    let mut dst = match (src_is_pipe, dst) {
+        (true, Sink::Fifo(fifo)) => {
+            if let Err(e) = splice_pipe(&src, &fifo, false).await {
+                tracing::warn!(error = %e, "copying process output");
+            }
+            return;
+        }
+        (_, other) => other,
+    };
+    let mut src = src;
     let mut buf = vec![0u8; BUF];
     loop {
         let n = match src.read(&mut buf).await {
@@ -197,12 +291,20 @@ async fn copy_out<R: AsyncRead + Unpin>(mut src: R, mut dst: Sink) {
 }
 
 /// Copies the stdin FIFO into the process until told to close; then drains what is already in
-/// the FIFO and returns, dropping (closing) the process side.
-async fn copy_in<W: AsyncWrite + Unpin>(
-    mut src: pipe::Receiver,
-    mut dst: W,
-    mut close: oneshot::Receiver<()>,
-) {
+/// the FIFO and returns, dropping (closing) the process side. Spliced into a pipe; through a
+/// buffer into a pty.
+async fn copy_in(src: FdStream, mut dst: FdStream, dst_is_pipe: bool, mut close: oneshot::Receiver<()>) {
+    if dst_is_pipe {
+        tokio::select! {
+            // Ends when the process closes its stdin or exits (EPIPE).
+            _ = splice_pipe(&src, &dst, false) => {}
+            _ = &mut close => {
+                let _ = splice_pipe(&src, &dst, true).await;
+            }
+        }
+        return;
+    }
+    let mut src = src;
     let mut buf = vec![0u8; BUF];
     loop {
         tokio::select! {
@@ -217,16 +319,16 @@ async fn copy_in<W: AsyncWrite + Unpin>(
                     }
                 };
                 if dst.write_all(&buf[..n]).await.is_err() {
-                    // The process closed its stdin or exited.
+                    // The process closed its terminal or exited.
                     return;
                 }
             }
             _ = &mut close => {
-                // tokio's try_read trusts its cached readiness, which may not have seen the
-                // client's last write yet: read the (non-blocking) descriptor directly.
+                // The cached readiness may not have seen the client's last write yet: read the
+                // (non-blocking) descriptor directly.
                 loop {
                     // SAFETY: reads at most buf.len() bytes into the live buffer.
-                    let n = unsafe { libc::read(src.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                    let n = unsafe { libc::read(src.fd().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                     if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                         continue;
                     }
@@ -242,15 +344,8 @@ async fn copy_in<W: AsyncWrite + Unpin>(
     }
 }
 
-fn open_stdin(path: &str) -> Result<pipe::Receiver, StdioError> {
-    let path = path.strip_prefix("fifo://").unwrap_or(path);
-    pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(path)
-        .map_err(|source| StdioError::Open {
-            path: path.to_string(),
-            source,
-        })
+fn open_stdin(path: &str) -> Result<FdStream, StdioError> {
+    open_fifo(path)
 }
 
 /// The shim's side of a process's stdio.
@@ -269,7 +364,7 @@ pub(crate) struct PreparedIo {
     /// The console socket, with a terminal.
     pub(crate) console: Option<ConsoleSocket>,
     paths: StdioPaths,
-    stdin: Option<pipe::Receiver>,
+    stdin: Option<FdStream>,
     /// Our end of the process's stdin pipe (without a terminal).
     stdin_pipe: Option<OwnedFd>,
     outputs: Vec<(OwnedFd, Sink)>,
@@ -336,24 +431,24 @@ impl PreparedIo {
             if let Some(src) = self.stdin {
                 let (tx, rx) = oneshot::channel();
                 io.stdin_close = Some(tx);
-                tokio::spawn(copy_in(src, m.clone(), rx));
+                tokio::spawn(copy_in(src, m.clone(), false, rx));
             }
             if !self.paths.stdout.is_empty() {
                 let sink = Sink::open(&self.paths.stdout)?;
-                io.copies.push(tokio::spawn(copy_out(m.clone(), sink)));
+                io.copies.push(tokio::spawn(copy_out(m.clone(), false, sink)));
             }
             io.console = Some(m);
             return Ok(io);
         }
         if let (Some(src), Some(w)) = (self.stdin, self.stdin_pipe) {
-            let dst = pipe::Sender::from_owned_fd(w).map_err(StdioError::Pipe)?;
+            let dst = FdStream::new(w).map_err(StdioError::Pipe)?;
             let (tx, rx) = oneshot::channel();
             io.stdin_close = Some(tx);
-            tokio::spawn(copy_in(src, dst, rx));
+            tokio::spawn(copy_in(src, dst, true, rx));
         }
         for (r, sink) in self.outputs {
-            let src = pipe::Receiver::from_owned_fd(r).map_err(StdioError::Pipe)?;
-            io.copies.push(tokio::spawn(copy_out(src, sink)));
+            let src = FdStream::new(r).map_err(StdioError::Pipe)?;
+            io.copies.push(tokio::spawn(copy_out(src, true, sink)));
         }
         Ok(io)
     }
@@ -476,6 +571,7 @@ impl Drop for ConsoleSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::unix::pipe;
 
     #[tokio::test(flavor = "current_thread")]
     async fn pipes_copy_to_fifos_and_close_stdin_drains() {
