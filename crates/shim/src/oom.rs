@@ -27,7 +27,8 @@ impl OomWatch {
         let mut ctl = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.event_control"))?;
-        write!(ctl, "{} {}", event.as_raw_fd(), control.as_raw_fd())?;
+        // One write: the kernel parses each write(2) to this file on its own.
+        ctl.write_all(format!("{} {}", event.as_raw_fd(), control.as_raw_fd()).as_bytes())?;
         Ok(OomWatch {
             dir: dir.to_path_buf(),
             event: sys::async_fd(event)?,

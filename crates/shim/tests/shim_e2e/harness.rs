@@ -193,6 +193,8 @@ impl World {
         busybox_image(&image);
         let bundle = tmp.path().join("bundle");
         std::fs::create_dir_all(&bundle).unwrap();
+        // The shim logs into `<bundle>/log` (a FIFO under containerd; a plain file will do).
+        std::fs::write(bundle.join("log"), b"").unwrap();
         let events = EventSink::start(tmp.path().join("events.sock"));
         World {
             cgroup: format!("/berth-shim-e2e/{id}"),
@@ -335,6 +337,10 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.bundle.join("log")).unwrap_or_default();
+            eprintln!("--- shim log ({}) ---\n{log}", self.id);
+        }
         if let Some(pid) = self.shim_pid {
             // SAFETY: kill(2) on the pid the shim reported for itself.
             unsafe { libc::kill(pid, libc::SIGKILL) };

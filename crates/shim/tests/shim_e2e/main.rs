@@ -7,5 +7,6 @@ mod containerd;
 mod control;
 mod harness;
 mod lifecycle;
+mod oom;
 mod protocol;
 mod terminal;
