@@ -36,7 +36,9 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<()> {
     };
     let record = RuntimeRecord::load(&bundle).unwrap_or_else(|| RuntimeRecord {
         binary: "runc".into(),
-        root: state_dir(&flags.address).join("runc").join(&flags.namespace),
+        root: state_dir(&flags.address)
+            .join("runc")
+            .join(&flags.namespace),
         systemd_cgroup: false,
     });
     let log = bundle.join("log.json");

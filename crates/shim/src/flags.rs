@@ -82,7 +82,9 @@ impl Flags {
                 "namespace" | "address" | "publish-binary" | "id" | "bundle" | "socket" => {
                     let value = match inline {
                         Some(v) => v,
-                        None => it.next().ok_or_else(|| FlagError::MissingValue(name.clone()))?,
+                        None => it
+                            .next()
+                            .ok_or_else(|| FlagError::MissingValue(name.clone()))?,
                     };
                     match name.as_str() {
                         "namespace" => f.namespace = value,

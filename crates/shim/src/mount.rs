@@ -118,7 +118,11 @@ fn mount_one(m: &Mount, target: &Path) -> Result<(), MountError> {
     } else {
         p.flags
     };
-    let kind = if m.r#type == "bind" { "none" } else { m.r#type.as_str() };
+    let kind = if m.r#type == "bind" {
+        "none"
+    } else {
+        m.r#type.as_str()
+    };
     sys::mount(
         &m.source,
         target,
@@ -186,7 +190,10 @@ mod tests {
             "lowerdir=/a:/b",
         ]));
         assert_eq!(p.flags, 0);
-        assert_eq!(p.data, opts(&["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"]));
+        assert_eq!(
+            p.data,
+            opts(&["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"])
+        );
         let p = parse_options(&opts(&["ro", "nosuid", "rprivate", "shared"]));
         assert_eq!(p.flags, libc::MS_RDONLY | libc::MS_NOSUID);
         assert_eq!(

@@ -59,7 +59,10 @@ impl Reaper {
     }
 
     /// Starts `cmd` and subscribes to its exit.
-    pub(crate) fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
+    pub(crate) fn spawn(
+        &self,
+        cmd: &mut Command,
+    ) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
         let mut st = self.lock();
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();
@@ -102,15 +105,14 @@ impl Reaper {
                     }
                 }
                 None => {
-                    if st.unclaimed.len() >= MAX_UNCLAIMED {
-                        if let Some(oldest) = st
+                    if st.unclaimed.len() >= MAX_UNCLAIMED
+                        && let Some(oldest) = st
                             .unclaimed
                             .iter()
                             .min_by_key(|(_, e)| e.at)
                             .map(|(p, _)| *p)
-                        {
-                            st.unclaimed.remove(&oldest);
-                        }
+                    {
+                        st.unclaimed.remove(&oldest);
                     }
                     st.unclaimed.insert(pid, exit);
                 }

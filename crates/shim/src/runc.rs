@@ -83,6 +83,16 @@ pub(crate) struct Runc {
     reaper: Arc<Reaper>,
 }
 
+/// Options of `create`.
+#[derive(Debug)]
+pub(crate) struct CreateOpts<'a> {
+    pub(crate) bundle: &'a Path,
+    pub(crate) pid_file: &'a Path,
+    pub(crate) console_socket: Option<&'a Path>,
+    pub(crate) no_pivot: bool,
+    pub(crate) no_new_keyring: bool,
+}
+
 /// Options of `checkpoint`.
 #[derive(Debug, Default)]
 pub(crate) struct CheckpointOpts {
@@ -181,10 +191,13 @@ impl Runc {
             command: command.clone(),
             source,
         };
-        let (mut child, exited) = self.reaper.spawn(&mut cmd).map_err(|source| RuncError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
+        let (mut child, exited) =
+            self.reaper
+                .spawn(&mut cmd)
+                .map_err(|source| RuncError::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                })?;
         // Our copies of the process's descriptors went into `cmd`; drop them now so that the
         // process holds the only ones.
         drop(cmd);
@@ -220,9 +233,9 @@ impl Runc {
             b.map_err(io_err)?;
             c.map_err(io_err)?;
         }
-        let exit = exited.await.map_err(|_| {
-            io_err(std::io::Error::other("the reaper went away"))
-        })?;
+        let exit = exited
+            .await
+            .map_err(|_| io_err(std::io::Error::other("the reaper went away")))?;
         if exit.status != 0 {
             let message = last_error(&self.log, log_start)
                 .or_else(|| {
@@ -243,24 +256,20 @@ impl Runc {
     pub(crate) async fn create(
         &self,
         id: &str,
-        bundle: &Path,
-        pid_file: &Path,
-        console_socket: Option<&Path>,
-        no_pivot: bool,
-        no_new_keyring: bool,
+        o: &CreateOpts<'_>,
         io: ChildStdio,
     ) -> Result<(), RuncError> {
-        let mut a: Vec<OsString> = vec!["create".into(), "--bundle".into(), bundle.into()];
+        let mut a: Vec<OsString> = vec!["create".into(), "--bundle".into(), o.bundle.into()];
         a.push("--pid-file".into());
-        a.push(pid_file.into());
-        if let Some(s) = console_socket {
+        a.push(o.pid_file.into());
+        if let Some(s) = o.console_socket {
             a.push("--console-socket".into());
             a.push(s.into());
         }
-        if no_pivot {
+        if o.no_pivot {
             a.push("--no-pivot".into());
         }
-        if no_new_keyring {
+        if o.no_new_keyring {
             a.push("--no-new-keyring".into());
         }
         a.push(id.into());
@@ -349,12 +358,7 @@ impl Runc {
     /// `update --resources -` with the OCI `LinuxResources` JSON on stdin.
     pub(crate) async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), RuncError> {
         self.run(
-            vec![
-                "update".into(),
-                "--resources".into(),
-                "-".into(),
-                id.into(),
-            ],
+            vec!["update".into(), "--resources".into(), "-".into(), id.into()],
             None,
             Some(resources_json),
         )

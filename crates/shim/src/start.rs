@@ -70,17 +70,16 @@ impl StartInput {
         if b.is_empty() {
             return StartInput::default();
         }
-        if let Ok(bp) = BootstrapParams::decode(b) {
-            if !bp.containerd_ttrpc_address.is_empty()
+        if let Ok(bp) = BootstrapParams::decode(b)
+            && (!bp.containerd_ttrpc_address.is_empty()
                 || !bp.containerd_grpc_address.is_empty()
                 || !bp.containerd_version.is_empty()
-                || !bp.extensions.is_empty()
-            {
-                return StartInput {
-                    options: bp.extensions.iter().find_map(|e| e.value.clone()),
-                    bootstrap: Some(bp),
-                };
-            }
+                || !bp.extensions.is_empty())
+        {
+            return StartInput {
+                options: bp.extensions.iter().find_map(|e| e.value.clone()),
+                bootstrap: Some(bp),
+            };
         }
         StartInput {
             options: prost_types::Any::decode(b).ok(),
@@ -117,7 +116,8 @@ pub(crate) fn start_output(
 
 fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
@@ -156,10 +156,10 @@ fn join_cgroup(pid: u32, path: &str) {
     };
     for e in entries.flatten() {
         let procs = e.path().join(rel).join("cgroup.procs");
-        if procs.exists() {
-            if let Err(err) = std::fs::write(&procs, pid.to_string()) {
-                eprintln!("moving the shim into {}: {err}", procs.display());
-            }
+        if procs.exists()
+            && let Err(err) = std::fs::write(&procs, pid.to_string())
+        {
+            eprintln!("moving the shim into {}: {err}", procs.display());
         }
     }
 }
@@ -189,7 +189,8 @@ pub(crate) fn run(flags: &Flags) -> anyhow::Result<()> {
         if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
             bail!("a shim is already serving {}", sock.display());
         }
-        std::fs::remove_file(&sock).with_context(|| format!("removing stale {}", sock.display()))?;
+        std::fs::remove_file(&sock)
+            .with_context(|| format!("removing stale {}", sock.display()))?;
     }
     let listener = std::os::unix::net::UnixListener::bind(&sock)
         .with_context(|| format!("binding {}", sock.display()))?;
@@ -237,10 +238,11 @@ fn spawn_server(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(open_log(bundle));
-    if let Some(b) = &input.bootstrap {
-        if std::env::var_os("TTRPC_ADDRESS").is_none() && !b.containerd_ttrpc_address.is_empty() {
-            cmd.env("TTRPC_ADDRESS", &b.containerd_ttrpc_address);
-        }
+    if let Some(b) = &input.bootstrap
+        && std::env::var_os("TTRPC_ADDRESS").is_none()
+        && !b.containerd_ttrpc_address.is_empty()
+    {
+        cmd.env("TTRPC_ADDRESS", &b.containerd_ttrpc_address);
     }
     let fd = listener.as_raw_fd();
     // SAFETY: the closure runs in the child between fork and exec and only makes async-signal-safe
@@ -326,7 +328,10 @@ mod tests {
         assert_eq!(a, socket_path(Path::new("/run/x/s"), &f).unwrap());
         assert_eq!(a.file_name().unwrap().len(), 64);
         let long = PathBuf::from(format!("/{}", "d".repeat(60)));
-        assert_eq!(socket_path(&long, &f).unwrap().file_name().unwrap().len(), 32);
+        assert_eq!(
+            socket_path(&long, &f).unwrap().file_name().unwrap().len(),
+            32
+        );
         assert!(socket_path(&PathBuf::from(format!("/{}", "d".repeat(90))), &f).is_err());
     }
 
@@ -363,9 +368,16 @@ mod tests {
     fn output_per_daemon_version() {
         let a = "unix:///run/x/s/abc";
         assert_eq!(start_output(a, false, None), a.as_bytes());
-        let v: serde_json::Value = serde_json::from_slice(&start_output(a, false, Some("2"))).unwrap();
-        assert_eq!(v, serde_json::json!({"version": 2, "address": a, "protocol": "ttrpc"}));
+        let v: serde_json::Value =
+            serde_json::from_slice(&start_output(a, false, Some("2"))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"version": 2, "address": a, "protocol": "ttrpc"})
+        );
         let r = BootstrapResult::decode(start_output(a, true, Some("2")).as_slice()).unwrap();
-        assert_eq!((r.version, r.address.as_str(), r.protocol.as_str()), (3, a, "ttrpc"));
+        assert_eq!(
+            (r.version, r.address.as_str(), r.protocol.as_str()),
+            (3, a, "ttrpc")
+        );
     }
 }

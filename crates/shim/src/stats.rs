@@ -131,7 +131,11 @@ impl Cgroups {
         let per_cpu = self
             .file("cpuacct", "cpuacct.usage_percpu")
             .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|s| s.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+            .map(|s| {
+                s.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let t = self.keyed("cpu", "cpu.stat");
         Some(m::CpuStat {
@@ -347,20 +351,37 @@ mod tests {
         let pids = root.path().join("pids/c");
         std::fs::create_dir_all(&mem).unwrap();
         std::fs::create_dir_all(&pids).unwrap();
-        std::fs::write(mem.join("memory.stat"), "cache 10\nrss 20\ntotal_rss 30\npgfault 7\n").unwrap();
+        std::fs::write(
+            mem.join("memory.stat"),
+            "cache 10\nrss 20\ntotal_rss 30\npgfault 7\n",
+        )
+        .unwrap();
         std::fs::write(mem.join("memory.usage_in_bytes"), "4096\n").unwrap();
         std::fs::write(mem.join("memory.limit_in_bytes"), "8192\n").unwrap();
-        std::fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
         std::fs::write(pids.join("pids.current"), "3\n").unwrap();
         std::fs::write(pids.join("pids.max"), "max\n").unwrap();
         let cg = Cgroups::parse("9:memory:/c\n8:pids:/c\n", root.path());
         let m = cg.metrics();
         let mem = m.memory.unwrap();
-        assert_eq!((mem.cache, mem.rss, mem.total_rss, mem.pg_fault), (10, 20, 30, 7));
+        assert_eq!(
+            (mem.cache, mem.rss, mem.total_rss, mem.pg_fault),
+            (10, 20, 30, 7)
+        );
         let usage = mem.usage.unwrap();
         assert_eq!((usage.usage, usage.limit), (4096, 8192));
         assert!(mem.swap.is_none());
-        assert_eq!(m.pids.unwrap(), m::PidsStat { current: 3, limit: 0 });
+        assert_eq!(
+            m.pids.unwrap(),
+            m::PidsStat {
+                current: 3,
+                limit: 0
+            }
+        );
         assert_eq!(m.memory_oom_control.unwrap().oom_kill, 2);
         assert!(m.cpu.is_none());
     }
@@ -369,6 +390,9 @@ mod tests {
     fn blkio_lines() {
         let e = parse_blkio("8:0 Read 100\n8:0 Write 5\nTotal 105\n");
         assert_eq!(e.len(), 2);
-        assert_eq!((e[0].major, e[0].minor, e[0].op.as_str(), e[0].value), (8, 0, "Read", 100));
+        assert_eq!(
+            (e[0].major, e[0].minor, e[0].op.as_str(), e[0].value),
+            (8, 0, "Read", 100)
+        );
     }
 }

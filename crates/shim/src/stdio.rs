@@ -77,11 +77,7 @@ impl AsyncRead for FdStream {
             let r = guard.try_io(|fd| {
                 // SAFETY: reads at most unfilled.len() bytes into the live, initialised slice.
                 let n = unsafe {
-                    libc::read(
-                        fd.as_raw_fd(),
-                        unfilled.as_mut_ptr().cast(),
-                        unfilled.len(),
-                    )
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
                 };
                 if n < 0 {
                     Err(io::Error::last_os_error())
@@ -293,7 +289,12 @@ async fn copy_out(src: FdStream, src_is_pipe: bool, dst: Sink) {
 /// Copies the stdin FIFO into the process until told to close; then drains what is already in
 /// the FIFO and returns, dropping (closing) the process side. Spliced into a pipe; through a
 /// buffer into a pty.
-async fn copy_in(src: FdStream, mut dst: FdStream, dst_is_pipe: bool, mut close: oneshot::Receiver<()>) {
+async fn copy_in(
+    src: FdStream,
+    mut dst: FdStream,
+    dst_is_pipe: bool,
+    mut close: oneshot::Receiver<()>,
+) {
     if dst_is_pipe {
         tokio::select! {
             // Ends when the process closes its stdin or exits (EPIPE).
@@ -435,7 +436,8 @@ impl PreparedIo {
             }
             if !self.paths.stdout.is_empty() {
                 let sink = Sink::open(&self.paths.stdout)?;
-                io.copies.push(tokio::spawn(copy_out(m.clone(), false, sink)));
+                io.copies
+                    .push(tokio::spawn(copy_out(m.clone(), false, sink)));
             }
             io.console = Some(m);
             return Ok(io);
@@ -455,10 +457,10 @@ impl PreparedIo {
 }
 
 fn chown(fd: &OwnedFd, uid: u32, gid: u32) {
-    if uid != 0 || gid != 0 {
-        if let Err(e) = sys::fchown(fd, uid, gid) {
-            tracing::warn!(error = %e, uid, gid, "chown of a stdio pipe");
-        }
+    if (uid != 0 || gid != 0)
+        && let Err(e) = sys::fchown(fd, uid, gid)
+    {
+        tracing::warn!(error = %e, uid, gid, "chown of a stdio pipe");
     }
 }
 
@@ -528,7 +530,8 @@ impl ConsoleSocket {
         }
         template.pop();
         // SAFETY: the bytes came from an OsString plus the ASCII mkdtemp substituted.
-        let dir = PathBuf::from(unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(template) });
+        let dir =
+            PathBuf::from(unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(template) });
         let path = dir.join("pty.sock");
         let listener = match tokio::net::UnixListener::bind(&path) {
             Ok(l) => l,

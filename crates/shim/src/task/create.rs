@@ -14,7 +14,7 @@ use super::{Container, Process, Shim, lock};
 use crate::error::ShimError;
 use crate::mount;
 use crate::oom::OomWatch;
-use crate::runc::{Runc, RuntimeRecord};
+use crate::runc::{CreateOpts, Runc, RuntimeRecord};
 use crate::stats::Cgroups;
 use crate::stdio::{PreparedIo, StdioPaths};
 
@@ -34,8 +34,9 @@ pub(crate) fn runc_options(any: Option<&prost_types::Any>) -> Result<Options, Sh
         }
         return Ok(Options::default());
     }
-    Options::decode(any.value.as_slice())
-        .map_err(|e| ShimError::InvalidArgument(format!("decoding containerd.runc.v1.Options: {e}")))
+    Options::decode(any.value.as_slice()).map_err(|e| {
+        ShimError::InvalidArgument(format!("decoding containerd.runc.v1.Options: {e}"))
+    })
 }
 
 pub(crate) fn read_pid_file(path: &Path) -> Result<u32, ShimError> {
@@ -45,10 +46,15 @@ pub(crate) fn read_pid_file(path: &Path) -> Result<u32, ShimError> {
         .parse::<u32>()
         .ok()
         .filter(|p| *p > 0)
-        .ok_or_else(|| ShimError::io(
-            format!("reading {}", path.display()),
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad pid {:?}", text.trim())),
-        ))
+        .ok_or_else(|| {
+            ShimError::io(
+                format!("reading {}", path.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad pid {:?}", text.trim()),
+                ),
+            )
+        })
 }
 
 /// Runs a process-creating runtime command, collecting the pty master when there is a terminal.
@@ -92,10 +98,15 @@ where
 impl Shim {
     pub(crate) async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32, ShimError> {
         if req.id.is_empty() {
-            return Err(ShimError::InvalidArgument("container id must not be empty".into()));
+            return Err(ShimError::InvalidArgument(
+                "container id must not be empty".into(),
+            ));
         }
         if lock(&self.containers).contains_key(&req.id) {
-            return Err(ShimError::AlreadyExists(format!("container {} already exists", req.id)));
+            return Err(ShimError::AlreadyExists(format!(
+                "container {} already exists",
+                req.id
+            )));
         }
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented(
@@ -172,11 +183,13 @@ impl Shim {
             &prepared,
             runc.create(
                 &req.id,
-                &bundle,
-                &pid_file,
-                console_path.as_deref(),
-                opts.no_pivot_root,
-                opts.no_new_keyring,
+                &CreateOpts {
+                    bundle: &bundle,
+                    pid_file: &pid_file,
+                    console_socket: console_path.as_deref(),
+                    no_pivot: opts.no_pivot_root,
+                    no_new_keyring: opts.no_new_keyring,
+                },
                 child,
             ),
         )
@@ -245,7 +258,12 @@ impl Shim {
                     let id = req.id.clone();
                     tokio::spawn(w.run(move || {
                         tracing::info!(container = %id, "out of memory");
-                        publisher.publish("/tasks/oom", &TaskOom { container_id: id.clone() });
+                        publisher.publish(
+                            "/tasks/oom",
+                            &TaskOom {
+                                container_id: id.clone(),
+                            },
+                        );
                     }));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot watch for OOM"),

@@ -40,7 +40,10 @@ impl Shim {
                 // The init waits in the runtime for a start that will not come: the runtime
                 // kills it; its exit comes through the reaper like any other.
                 c.runc.delete(id, true).await?;
-                if tokio::time::timeout(CREATED_EXIT_WAIT, p.wait()).await.is_err() {
+                if tokio::time::timeout(CREATED_EXIT_WAIT, p.wait())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(container = %id, "created init did not exit after delete");
                 }
             }

@@ -16,10 +16,14 @@ impl Shim {
     pub(crate) fn exec(&self, req: ExecProcessRequest) -> Result<(), ShimError> {
         let c = self.container(&req.id)?;
         if req.exec_id.is_empty() {
-            return Err(ShimError::InvalidArgument("exec id must not be empty".into()));
+            return Err(ShimError::InvalidArgument(
+                "exec id must not be empty".into(),
+            ));
         }
         let Some(spec) = req.spec else {
-            return Err(ShimError::InvalidArgument("exec without a process spec".into()));
+            return Err(ShimError::InvalidArgument(
+                "exec without a process spec".into(),
+            ));
         };
         match serde_json::from_slice::<serde_json::Value>(&spec.value) {
             Ok(v) if v.is_object() => {}

@@ -14,9 +14,15 @@ fn finished() -> ShimError {
 /// What the runtime says when there is nothing left to signal.
 fn runtime_says_gone(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["not running", "already finished", "no such process", "container not running", "does not exist"]
-        .iter()
-        .any(|s| m.contains(s))
+    [
+        "not running",
+        "already finished",
+        "no such process",
+        "container not running",
+        "does not exist",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
 }
 
 impl Shim {

@@ -99,7 +99,9 @@ impl Shim {
     pub(crate) async fn update(&self, req: UpdateTaskRequest) -> Result<(), ShimError> {
         let c = self.container(&req.id)?;
         let Some(resources) = req.resources else {
-            return Err(ShimError::InvalidArgument("update without resources".into()));
+            return Err(ShimError::InvalidArgument(
+                "update without resources".into(),
+            ));
         };
         if serde_json::from_slice::<serde_json::Value>(&resources.value).is_err() {
             return Err(ShimError::InvalidArgument(format!(

@@ -65,7 +65,9 @@ impl Shim {
     pub(crate) fn stats(&self, id: &str) -> Result<prost_types::Any, ShimError> {
         let c = self.container(id)?;
         let Some(cg) = &c.cgroups else {
-            return Err(ShimError::NotFound(format!("cgroup of {id} does not exist")));
+            return Err(ShimError::NotFound(format!(
+                "cgroup of {id} does not exist"
+            )));
         };
         if cg.is_v2_only() {
             return Err(ShimError::Unimplemented(
@@ -73,7 +75,9 @@ impl Shim {
             ));
         }
         if cg.gone() {
-            return Err(ShimError::NotFound(format!("cgroup of {id} does not exist")));
+            return Err(ShimError::NotFound(format!(
+                "cgroup of {id} does not exist"
+            )));
         }
         Ok(any(&cg.metrics()))
     }

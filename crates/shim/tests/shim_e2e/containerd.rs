@@ -39,7 +39,12 @@ fn busybox_archive(path: &Path) {
             h.set_size(0);
             b.append_data(&mut h, d, std::io::empty()).unwrap();
         }
-        tar_file(&mut b, "bin/busybox", &std::fs::read("/bin/busybox").unwrap(), 0o755);
+        tar_file(
+            &mut b,
+            "bin/busybox",
+            &std::fs::read("/bin/busybox").unwrap(),
+            0o755,
+        );
         let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
         for a in String::from_utf8_lossy(&list.stdout).lines() {
             if a.is_empty() || a == "busybox" {
@@ -49,7 +54,8 @@ fn busybox_archive(path: &Path) {
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_mode(0o777);
             h.set_size(0);
-            b.append_link(&mut h, format!("bin/{a}"), "busybox").unwrap();
+            b.append_link(&mut h, format!("bin/{a}"), "busybox")
+                .unwrap();
         }
         b.finish().unwrap();
     }
@@ -57,7 +63,11 @@ fn busybox_archive(path: &Path) {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &raw).unwrap();
     let layer = gz.finish().unwrap();
-    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "amd64"
+    };
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": arch, "os": "linux",
         "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
@@ -81,10 +91,20 @@ fn busybox_archive(path: &Path) {
     }))
     .unwrap();
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
-    tar_file(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644);
+    tar_file(
+        &mut b,
+        "oci-layout",
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+        0o644,
+    );
     tar_file(&mut b, "index.json", &index, 0o644);
     for blob in [&manifest, &config, &layer] {
-        tar_file(&mut b, &format!("blobs/sha256/{}", &sha256(blob)[7..]), blob, 0o644);
+        tar_file(
+            &mut b,
+            &format!("blobs/sha256/{}", &sha256(blob)[7..]),
+            blob,
+            0o644,
+        );
     }
     b.finish().unwrap();
 }
@@ -98,7 +118,10 @@ struct Containerd {
 
 impl Containerd {
     fn start() -> Containerd {
-        let dir = tempfile::Builder::new().prefix("berth-ctrd-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-ctrd-")
+            .tempdir()
+            .unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("run")).unwrap();
         std::fs::create_dir_all(d.join("fifo")).unwrap();
@@ -112,7 +135,11 @@ impl Containerd {
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let shim_dir = Path::new(crate::harness::SHIM).parent().unwrap();
-        let path = format!("{}:{}", shim_dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let script = format!(
             "mount --bind {run} /run && exec containerd --config {cfg}",
             run = d.join("run").display(),
@@ -133,7 +160,11 @@ impl Containerd {
         };
         let until = Instant::now() + Duration::from_secs(20);
         while !c.sock.exists() {
-            assert!(Instant::now() < until, "containerd did not start: {}", c.log());
+            assert!(
+                Instant::now() < until,
+                "containerd did not start: {}",
+                c.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         std::mem::forget(child);
@@ -175,8 +206,12 @@ impl Containerd {
         let needle = self.sock.display().to_string();
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(mut f) = std::fs::File::open(e.path().join("cmdline")) else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(mut f) = std::fs::File::open(e.path().join("cmdline")) else {
+                continue;
+            };
             let mut cmd = Vec::new();
             let _ = f.read_to_end(&mut cmd);
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
@@ -189,7 +224,8 @@ impl Containerd {
 
     /// Mounts under this containerd's directories, as its mount namespace sees them.
     fn mounts(&self) -> Vec<String> {
-        let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid)).unwrap_or_default();
+        let info =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid)).unwrap_or_default();
         let d = self.dir.path().display().to_string();
         info.lines()
             .filter_map(|l| l.split(' ').nth(4))
@@ -257,20 +293,68 @@ fn containerd_runs_containers_through_our_shim() {
 
     // Foreground run: output and exit code come back through ctr.
     let out = c.ctr(&[
-        "run", "--rm", "--fifo-dir", &fifo, "--runtime", rt, IMAGE, "fg",
-        "sh", "-c", "echo hi from berth; echo to-stderr >&2; exit 3",
+        "run",
+        "--rm",
+        "--fifo-dir",
+        &fifo,
+        "--runtime",
+        rt,
+        IMAGE,
+        "fg",
+        "sh",
+        "-c",
+        "echo hi from berth; echo to-stderr >&2; exit 3",
     ]);
-    assert_eq!(out.status.code(), Some(3), "ctr run: {}\n{}", String::from_utf8_lossy(&out.stderr), c.log());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "ctr run: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from berth\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
 
     // Detached: ls, exec, pause/resume, ps, metrics, kill, rm.
-    c.ok(&["run", "-d", "--fifo-dir", &fifo, "--runtime", rt, IMAGE, "bg", "sleep", "1000"]);
+    c.ok(&[
+        "run",
+        "-d",
+        "--fifo-dir",
+        &fifo,
+        "--runtime",
+        rt,
+        IMAGE,
+        "bg",
+        "sleep",
+        "1000",
+    ]);
     assert_eq!(task_status(&c, "bg"), "RUNNING");
     assert_eq!(c.shims().len(), 1, "one berth shim serves the container");
-    let out = c.ok(&["task", "exec", "--fifo-dir", &fifo, "--exec-id", "e1", "bg", "sh", "-c", "echo exec-out"]);
+    let out = c.ok(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e1",
+        "bg",
+        "sh",
+        "-c",
+        "echo exec-out",
+    ]);
     assert_eq!(out, "exec-out\n");
-    let out = c.ctr(&["task", "exec", "--fifo-dir", &fifo, "--exec-id", "e2", "bg", "sh", "-c", "exit 9"]);
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e2",
+        "bg",
+        "sh",
+        "-c",
+        "exit 9",
+    ]);
     assert_eq!(out.status.code(), Some(9));
     c.ok(&["task", "pause", "bg"]);
     assert_eq!(task_status(&c, "bg"), "PAUSED");
@@ -279,7 +363,10 @@ fn containerd_runs_containers_through_our_shim() {
     let ps = c.ok(&["task", "ps", "bg"]);
     assert!(ps.lines().count() >= 2, "task ps: {ps}");
     let metrics = c.ok(&["task", "metrics", "bg"]);
-    assert!(metrics.contains("memory.usage_in_bytes"), "task metrics: {metrics}");
+    assert!(
+        metrics.contains("memory.usage_in_bytes"),
+        "task metrics: {metrics}"
+    );
     c.ok(&["task", "kill", "-s", "SIGKILL", "bg"]);
     let until = Instant::now() + Duration::from_secs(10);
     while task_status(&c, "bg") != "STOPPED" {
@@ -306,17 +393,34 @@ fn containerd_runs_containers_through_our_shim() {
     // Nothing left: no shim, no mount, no container.
     let until = Instant::now() + Duration::from_secs(10);
     while !c.shims().is_empty() {
-        assert!(Instant::now() < until, "shims left running: {:?}", c.shims());
+        assert!(
+            Instant::now() < until,
+            "shims left running: {:?}",
+            c.shims()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mounts: Vec<String> = c.mounts().into_iter().filter(|m| m.contains("rootfs")).collect();
+    let mounts: Vec<String> = c
+        .mounts()
+        .into_iter()
+        .filter(|m| m.contains("rootfs"))
+        .collect();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
     assert_eq!(c.ok(&["containers", "ls", "-q"]).trim(), "");
     for ctrl in ["memory", "pids"] {
         let dir = Path::new("/sys/fs/cgroup").join(ctrl).join(CNS);
         let left: Vec<_> = std::fs::read_dir(&dir)
-            .map(|r| r.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect())
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name())
+                    .collect()
+            })
             .unwrap_or_default();
-        assert!(left.is_empty(), "cgroups left in {}: {left:?}", dir.display());
+        assert!(
+            left.is_empty(),
+            "cgroups left in {}: {left:?}",
+            dir.display()
+        );
     }
 }

@@ -17,7 +17,13 @@ use tokio::io::AsyncWriteExt;
 
 use crate::harness::*;
 
-fn exec_req(w: &World, exec_id: &str, args: &[&str], stdin: &str, stdout: &str) -> ExecProcessRequest {
+fn exec_req(
+    w: &World,
+    exec_id: &str,
+    args: &[&str],
+    stdin: &str,
+    stdout: &str,
+) -> ExecProcessRequest {
     ExecProcessRequest {
         id: w.id.clone(),
         exec_id: exec_id.into(),
@@ -34,9 +40,16 @@ async fn exec_pause_resume_stats_kill() {
     let mut w = World::new("ctl");
     bundle(&w.bundle, &["sleep", "1000"], false, &w.cgroup);
     let task = w.start_shim().await;
-    let init = task.create(&opts(), &w.create_request("", "", "", false)).await.unwrap().pid;
+    let init = task
+        .create(&opts(), &w.create_request("", "", "", false))
+        .await
+        .unwrap()
+        .pid;
     let id = w.id.clone();
-    let req = |exec_id: &str| StartRequest { id: id.clone(), exec_id: exec_id.into() };
+    let req = |exec_id: &str| StartRequest {
+        id: id.clone(),
+        exec_id: exec_id.into(),
+    };
     task.start(&opts(), &req("")).await.unwrap();
     w.events.expect(&["/tasks/create", "/tasks/start"]).await;
 
@@ -44,9 +57,12 @@ async fn exec_pause_resume_stats_kill() {
     let in_path = mkfifo(&w.t().join("exec-in"));
     let out_path = mkfifo(&w.t().join("exec-out"));
     let out_r = open_output(&out_path);
-    task.exec(&opts(), &exec_req(&w, "cat", &["sh", "-c", "cat; exit 5"], &in_path, &out_path))
-        .await
-        .unwrap();
+    task.exec(
+        &opts(),
+        &exec_req(&w, "cat", &["sh", "-c", "cat; exit 5"], &in_path, &out_path),
+    )
+    .await
+    .unwrap();
     let st = task
         .exec(&opts(), &exec_req(&w, "cat", &["true"], "", ""))
         .await
@@ -55,63 +71,143 @@ async fn exec_pause_resume_stats_kill() {
     let exec_pid = task.start(&opts(), &req("cat")).await.unwrap().pid;
     assert!(exec_pid > 0 && exec_pid != init);
     let out = collect(out_r);
-    let mut stdin = tokio::net::unix::pipe::OpenOptions::new().open_sender(&in_path).unwrap();
+    let mut stdin = tokio::net::unix::pipe::OpenOptions::new()
+        .open_sender(&in_path)
+        .unwrap();
     stdin.write_all(b"ping\n").await.unwrap();
     // Pids knows the exec by its id.
-    let pids = task.pids(&opts(), &PidsRequest { id: w.id.clone() }).await.unwrap().processes;
-    assert!(pids.iter().any(|p| p.pid == init && p.info.is_none()), "{pids:?}");
-    let ep = pids.iter().find(|p| p.pid == exec_pid).expect("exec in pids");
+    let pids = task
+        .pids(&opts(), &PidsRequest { id: w.id.clone() })
+        .await
+        .unwrap()
+        .processes;
+    assert!(
+        pids.iter().any(|p| p.pid == init && p.info.is_none()),
+        "{pids:?}"
+    );
+    let ep = pids
+        .iter()
+        .find(|p| p.pid == exec_pid)
+        .expect("exec in pids");
     let info = ep.info.as_ref().expect("exec details");
     assert_eq!(info.type_url, "containerd.runc.v1.ProcessDetails");
-    assert_eq!(ProcessDetails::decode(info.value.as_slice()).unwrap().exec_id, "cat");
-    task.close_io(&opts(), &CloseIoRequest { id: w.id.clone(), exec_id: "cat".into(), stdin: true })
-        .await
-        .unwrap();
+    assert_eq!(
+        ProcessDetails::decode(info.value.as_slice())
+            .unwrap()
+            .exec_id,
+        "cat"
+    );
+    task.close_io(
+        &opts(),
+        &CloseIoRequest {
+            id: w.id.clone(),
+            exec_id: "cat".into(),
+            stdin: true,
+        },
+    )
+    .await
+    .unwrap();
     let waited = task
-        .wait(&opts(), &WaitRequest { id: w.id.clone(), exec_id: "cat".into() })
+        .wait(
+            &opts(),
+            &WaitRequest {
+                id: w.id.clone(),
+                exec_id: "cat".into(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(waited.exit_status, 5);
     assert_eq!(out.await.unwrap(), b"ping\n");
-    let evs = w.events.expect(&["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"]).await;
+    let evs = w
+        .events
+        .expect(&["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"])
+        .await;
     let s: TaskExecStarted = payload(&evs[1]);
     assert_eq!((s.exec_id.as_str(), s.pid), ("cat", exec_pid));
     let e: TaskExit = payload(&evs[2]);
     assert_eq!((e.id.as_str(), e.pid, e.exit_status), ("cat", exec_pid, 5));
     let d = task
-        .delete(&opts(), &DeleteRequest { id: w.id.clone(), exec_id: "cat".into() })
+        .delete(
+            &opts(),
+            &DeleteRequest {
+                id: w.id.clone(),
+                exec_id: "cat".into(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!((d.pid, d.exit_status), (exec_pid, 5));
     let st = task
-        .state(&opts(), &StateRequest { id: w.id.clone(), exec_id: "cat".into() })
+        .state(
+            &opts(),
+            &StateRequest {
+                id: w.id.clone(),
+                exec_id: "cat".into(),
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
     let st = task
-        .kill(&opts(), &KillRequest { id: w.id.clone(), exec_id: "nope".into(), signal: 9, all: false })
+        .kill(
+            &opts(),
+            &KillRequest {
+                id: w.id.clone(),
+                exec_id: "nope".into(),
+                signal: 9,
+                all: false,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
 
     // An exec of a missing binary fails at Start with the runtime's own words.
-    task.exec(&opts(), &exec_req(&w, "missing", &["/no/such/binary"], "", "")).await.unwrap();
+    task.exec(
+        &opts(),
+        &exec_req(&w, "missing", &["/no/such/binary"], "", ""),
+    )
+    .await
+    .unwrap();
     let st = task.start(&opts(), &req("missing")).await.unwrap_err();
-    assert!(st.message().contains("no such file") || st.message().contains("not found"), "{st}");
+    assert!(
+        st.message().contains("no such file") || st.message().contains("not found"),
+        "{st}"
+    );
     w.events.expect(&["/tasks/exec-added"]).await;
 
     // Pause and resume.
-    task.pause(&opts(), &PauseRequest { id: w.id.clone() }).await.unwrap();
+    task.pause(&opts(), &PauseRequest { id: w.id.clone() })
+        .await
+        .unwrap();
     let state = task
-        .state(&opts(), &StateRequest { id: w.id.clone(), exec_id: String::new() })
+        .state(
+            &opts(),
+            &StateRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(state.status, TaskStatus::Paused as i32);
-    let st = task.pause(&opts(), &PauseRequest { id: w.id.clone() }).await.unwrap_err();
+    let st = task
+        .pause(&opts(), &PauseRequest { id: w.id.clone() })
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{st}");
-    task.resume(&opts(), &ResumeRequest { id: w.id.clone() }).await.unwrap();
+    task.resume(&opts(), &ResumeRequest { id: w.id.clone() })
+        .await
+        .unwrap();
     let state = task
-        .state(&opts(), &StateRequest { id: w.id.clone(), exec_id: String::new() })
+        .state(
+            &opts(),
+            &StateRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(state.status, TaskStatus::Running as i32);
@@ -132,7 +228,10 @@ async fn exec_pause_resume_stats_kill() {
     )
     .await
     .unwrap();
-    let stats = task.stats(&opts(), &StatsRequest { id: w.id.clone() }).await.unwrap();
+    let stats = task
+        .stats(&opts(), &StatsRequest { id: w.id.clone() })
+        .await
+        .unwrap();
     let any = stats.stats.expect("stats");
     assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
     let m = Metrics::decode(any.value.as_slice()).unwrap();
@@ -142,16 +241,38 @@ async fn exec_pause_resume_stats_kill() {
     assert!(m.cpu.expect("cpu stats").usage.expect("cpu usage").total > 0);
 
     // Kill (all) ends the container; a second kill finds nothing.
-    task.kill(&opts(), &KillRequest { id: w.id.clone(), exec_id: String::new(), signal: 9, all: true })
-        .await
-        .unwrap();
+    task.kill(
+        &opts(),
+        &KillRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+            signal: 9,
+            all: true,
+        },
+    )
+    .await
+    .unwrap();
     let waited = task
-        .wait(&opts(), &WaitRequest { id: w.id.clone(), exec_id: String::new() })
+        .wait(
+            &opts(),
+            &WaitRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(waited.exit_status, 137);
     let st = task
-        .kill(&opts(), &KillRequest { id: w.id.clone(), exec_id: String::new(), signal: 9, all: false })
+        .kill(
+            &opts(),
+            &KillRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+                signal: 9,
+                all: false,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
@@ -160,9 +281,15 @@ async fn exec_pause_resume_stats_kill() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{st}");
-    task.delete(&opts(), &DeleteRequest { id: w.id.clone(), exec_id: String::new() })
-        .await
-        .unwrap();
+    task.delete(
+        &opts(),
+        &DeleteRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
     w.events.expect(&["/tasks/exit", "/tasks/delete"]).await;
     w.shutdown(&task).await;
     assert!(!alive(init as i32) && !alive(exec_pid as i32));

@@ -45,9 +45,14 @@ pub(crate) fn bundle(bundle: &Path, args: &[&str], terminal: bool, cgroup: &str)
         .arg(bundle)
         .output()
         .expect("runc spec (apt-get install runc)");
-    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "runc spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     spec["process"]["terminal"] = terminal.into();
     spec["process"]["args"] = args.iter().map(|s| serde_json::Value::from(*s)).collect();
     spec["linux"]["cgroupsPath"] = cgroup.into();
@@ -71,7 +76,8 @@ pub(crate) fn process_spec(bundle: &Path, args: &[&str], terminal: bool) -> pros
 pub(crate) fn mkfifo(path: &Path) -> String {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: c is a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+    let r = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(r, 0, "mkfifo {}", path.display());
     path.to_str().unwrap().to_string()
 }
 
@@ -149,7 +155,8 @@ impl EventSink {
 
     /// Asserts no event arrives for a moment.
     pub(crate) async fn expect_none(&mut self) {
-        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), self.rx.recv()).await {
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), self.rx.recv()).await
+        {
             panic!("unexpected event {}", ev.topic);
         }
     }
@@ -187,7 +194,10 @@ pub(crate) struct World {
 
 impl World {
     pub(crate) fn new(name: &str) -> World {
-        let tmp = tempfile::Builder::new().prefix("berth-shim-e2e-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-shim-e2e-")
+            .tempdir()
+            .unwrap();
         let id = format!("{name}-{}", std::process::id());
         let image = tmp.path().join("image");
         busybox_image(&image);
@@ -233,7 +243,11 @@ impl World {
     }
 
     /// Runs `<shim> <flags> start` from the bundle as containerd does; returns stdout.
-    pub(crate) fn start_shim_raw(&self, env: &[(&str, &str)], stdin: &[u8]) -> std::process::Output {
+    pub(crate) fn start_shim_raw(
+        &self,
+        env: &[(&str, &str)],
+        stdin: &[u8],
+    ) -> std::process::Output {
         use std::io::Write;
         let mut cmd = Command::new(SHIM);
         cmd.args(["-namespace", NS, "-address"])
@@ -257,17 +271,30 @@ impl World {
     /// Starts the shim (containerd 1.6 style: plain address on stdout) and connects to it.
     pub(crate) async fn start_shim(&mut self) -> TaskClient {
         let out = self.start_shim_raw(&[], &self.options().encode_to_vec());
-        assert!(out.status.success(), "shim start: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "shim start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.address = String::from_utf8(out.stdout).unwrap().trim().to_string();
         self.connect().await
     }
 
     /// Connects to `self.address` and records the shim's pid for cleanup.
     pub(crate) async fn connect(&mut self) -> TaskClient {
-        let path = self.address.strip_prefix("unix://").expect("unix:// address").to_string();
+        let path = self
+            .address
+            .strip_prefix("unix://")
+            .expect("unix:// address")
+            .to_string();
         let task = TaskClient::new(Client::connect(&path).await.expect("dial the shim"));
         let c = task
-            .connect(&opts(), &ConnectRequest { id: self.id.clone() })
+            .connect(
+                &opts(),
+                &ConnectRequest {
+                    id: self.id.clone(),
+                },
+            )
             .await
             .unwrap();
         assert!(c.shim_pid > 0);
@@ -276,7 +303,13 @@ impl World {
     }
 
     /// A Create request for this world's bundle with an overlay rootfs over the image.
-    pub(crate) fn create_request(&self, stdout: &str, stderr: &str, stdin: &str, terminal: bool) -> CreateTaskRequest {
+    pub(crate) fn create_request(
+        &self,
+        stdout: &str,
+        stderr: &str,
+        stdin: &str,
+        terminal: bool,
+    ) -> CreateTaskRequest {
         let upper = self.t().join("upper");
         let work = self.t().join("work");
         std::fs::create_dir_all(&upper).unwrap();
@@ -306,10 +339,19 @@ impl World {
     /// Shuts the shim down and checks that it exits.
     pub(crate) async fn shutdown(&mut self, task: &TaskClient) {
         let _ = task
-            .shutdown(&opts(), &ShutdownRequest { id: self.id.clone(), now: false })
+            .shutdown(
+                &opts(),
+                &ShutdownRequest {
+                    id: self.id.clone(),
+                    now: false,
+                },
+            )
             .await;
         let pid = self.shim_pid.expect("shim pid");
-        assert!(wait_gone(pid, Duration::from_secs(10)).await, "shim {pid} still running after Shutdown");
+        assert!(
+            wait_gone(pid, Duration::from_secs(10)).await,
+            "shim {pid} still running after Shutdown"
+        );
         self.shim_pid = None;
     }
 
@@ -326,7 +368,9 @@ impl World {
             "rootfs still mounted"
         );
         for ctrl in ["memory", "pids", "cpu,cpuacct", "freezer", "devices"] {
-            let dir = Path::new("/sys/fs/cgroup").join(ctrl).join(self.cgroup.trim_start_matches('/'));
+            let dir = Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join(self.cgroup.trim_start_matches('/'));
             assert!(!dir.exists(), "cgroup {} left behind", dir.display());
         }
         if let Some(sock) = self.address.strip_prefix("unix://") {
@@ -386,7 +430,13 @@ pub(crate) async fn wait_gone(pid: i32, limit: Duration) -> bool {
     let until = std::time::Instant::now() + limit;
     while std::time::Instant::now() < until {
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(true);
         if !alive(pid) || zombie {
             return true;

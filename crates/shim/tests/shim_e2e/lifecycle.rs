@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use berth_api::containerd::events::{TaskCreate, TaskDelete, TaskExit, TaskStart};
-use berth_api::containerd::task::v2::{
-    DeleteRequest, StartRequest, StateRequest, WaitRequest,
-};
+use berth_api::containerd::task::v2::{DeleteRequest, StartRequest, StateRequest, WaitRequest};
 use berth_api::containerd::v1::types::Status as TaskStatus;
 use berth_ttrpc::Code;
 
@@ -30,7 +28,13 @@ async fn create_start_wait_delete() {
     );
 
     let st = task
-        .state(&opts(), &StateRequest { id: "no-such-task".into(), exec_id: String::new() })
+        .state(
+            &opts(),
+            &StateRequest {
+                id: "no-such-task".into(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
@@ -43,7 +47,13 @@ async fn create_start_wait_delete() {
     let out = collect(out_r);
     let err = collect(err_r);
     let state = task
-        .state(&opts(), &StateRequest { id: w.id.clone(), exec_id: String::new() })
+        .state(
+            &opts(),
+            &StateRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(state.status, TaskStatus::Created as i32);
@@ -54,12 +64,27 @@ async fn create_start_wait_delete() {
     let waiter = {
         let task = task.clone();
         let id = w.id.clone();
-        tokio::spawn(async move { task.wait(&opts(), &WaitRequest { id, exec_id: String::new() }).await })
+        tokio::spawn(async move {
+            task.wait(
+                &opts(),
+                &WaitRequest {
+                    id,
+                    exec_id: String::new(),
+                },
+            )
+            .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "Wait returned before Start");
     let started = task
-        .start(&opts(), &StartRequest { id: w.id.clone(), exec_id: String::new() })
+        .start(
+            &opts(),
+            &StartRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(started.pid, created.pid);
@@ -68,14 +93,30 @@ async fn create_start_wait_delete() {
     assert!(waited.exited_at.is_some());
 
     // By the time Wait returns, every byte is in the FIFOs and they are closed.
-    let out = tokio::time::timeout(Duration::from_secs(5), out).await.expect("stdout EOF").unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), err).await.expect("stderr EOF").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(5), out)
+        .await
+        .expect("stdout EOF")
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), err)
+        .await
+        .expect("stderr EOF")
+        .unwrap();
     assert_eq!(err, b"err-line\n");
     assert!(out.starts_with(b"out-line\n"));
-    assert_eq!(out.len(), "out-line\n".len() + 3_000_000, "stdout lost or gained bytes");
+    assert_eq!(
+        out.len(),
+        "out-line\n".len() + 3_000_000,
+        "stdout lost or gained bytes"
+    );
 
     let state = task
-        .state(&opts(), &StateRequest { id: w.id.clone(), exec_id: String::new() })
+        .state(
+            &opts(),
+            &StateRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(state.status, TaskStatus::Stopped as i32);
@@ -83,34 +124,63 @@ async fn create_start_wait_delete() {
 
     // A second Start is refused.
     let st = task
-        .start(&opts(), &StartRequest { id: w.id.clone(), exec_id: String::new() })
+        .start(
+            &opts(),
+            &StartRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{st}");
 
     let deleted = task
-        .delete(&opts(), &DeleteRequest { id: w.id.clone(), exec_id: String::new() })
+        .delete(
+            &opts(),
+            &DeleteRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!((deleted.pid, deleted.exit_status), (created.pid, 3));
     let st = task
-        .state(&opts(), &StateRequest { id: w.id.clone(), exec_id: String::new() })
+        .state(
+            &opts(),
+            &StateRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "state after delete: {st}");
 
     let evs = w
         .events
-        .expect(&["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"])
+        .expect(&[
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete",
+        ])
         .await;
     let c: TaskCreate = payload(&evs[0]);
-    assert_eq!((c.container_id.as_str(), c.pid), (w.id.as_str(), created.pid));
+    assert_eq!(
+        (c.container_id.as_str(), c.pid),
+        (w.id.as_str(), created.pid)
+    );
     assert_eq!(c.io.unwrap().stdout, stdout);
     assert_eq!(c.rootfs.len(), 1);
     let s: TaskStart = payload(&evs[1]);
     assert_eq!(s.pid, created.pid);
     let e: TaskExit = payload(&evs[2]);
-    assert_eq!((e.id.as_str(), e.pid, e.exit_status), (w.id.as_str(), created.pid, 3));
+    assert_eq!(
+        (e.id.as_str(), e.pid, e.exit_status),
+        (w.id.as_str(), created.pid, 3)
+    );
     let d: TaskDelete = payload(&evs[3]);
     assert_eq!((d.pid, d.exit_status), (created.pid, 3));
 
@@ -134,7 +204,13 @@ async fn delete_created_task() {
         .unwrap();
     assert!(alive(created.pid as i32));
     let deleted = task
-        .delete(&opts(), &DeleteRequest { id: w.id.clone(), exec_id: String::new() })
+        .delete(
+            &opts(),
+            &DeleteRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(deleted.pid, created.pid);

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use berth_api::containerd::runc::v1::Options;
 use berth_api::containerd::runtime::bootstrap::v1::{BootstrapParams, BootstrapResult, Extension};
-use berth_api::containerd::task::v2::{CreateTaskRequest, DeleteResponse, StartRequest, StateRequest};
+use berth_api::containerd::task::v2::{
+    CreateTaskRequest, DeleteResponse, StartRequest, StateRequest,
+};
 use berth_api::containerd::task::v3;
 use berth_ttrpc::{Client, Code};
 use prost::Message;
@@ -21,16 +23,27 @@ async fn start_prints_what_each_daemon_reads() {
     let mut w = World::new("json");
     bundle(&w.bundle, &["true"], false, &w.cgroup);
     let out = w.start_shim_raw(&[("MAX_SHIM_VERSION", "2")], &w.options().encode_to_vec());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(v["version"], 2);
     assert_eq!(v["protocol"], "ttrpc");
     w.address = v["address"].as_str().unwrap().to_string();
     let sock = Path::new(w.address.strip_prefix("unix://").unwrap()).to_path_buf();
     // A filesystem socket, 0600, in a 0700 directory (never an abstract one).
-    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(
-        std::fs::metadata(sock.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(sock.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o700
     );
     let task = w.connect().await;
@@ -50,15 +63,24 @@ async fn start_prints_what_each_daemon_reads() {
         containerd_version: "2.3.0".into(),
         containerd_ttrpc_address: w.events.path.display().to_string(),
         containerd_grpc_address: w.daemon_address().display().to_string(),
-        extensions: vec![Extension { value: Some(w.options()) }],
+        extensions: vec![Extension {
+            value: Some(w.options()),
+        }],
         socket_dir: Some(w.t().join("sockets").display().to_string()),
         ..Default::default()
     };
     let out = w.start_shim_raw(&[("MAX_SHIM_VERSION", "2")], &params.encode_to_vec());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = BootstrapResult::decode(out.stdout.as_slice()).expect("BootstrapResult on stdout");
     assert_eq!((r.version, r.protocol.as_str()), (3, "ttrpc"));
-    assert!(r.address.starts_with(&format!("unix://{}/", w.t().join("sockets").display())));
+    assert!(
+        r.address
+            .starts_with(&format!("unix://{}/", w.t().join("sockets").display()))
+    );
     w.address = r.address.clone();
     let _v2 = w.connect().await;
     let path = w.address.strip_prefix("unix://").unwrap().to_string();
@@ -66,25 +88,61 @@ async fn start_prints_what_each_daemon_reads() {
     let mut req = w.create_request("", "", "", false);
     req.rootfs.clear();
     std::fs::create_dir_all(w.bundle.join("rootfs/bin")).unwrap();
-    Command::new("cp").arg("-a").arg(w.image.join(".")).arg(w.bundle.join("rootfs")).status().unwrap();
+    Command::new("cp")
+        .arg("-a")
+        .arg(w.image.join("."))
+        .arg(w.bundle.join("rootfs"))
+        .status()
+        .unwrap();
     let v3req = v3::CreateTaskRequest::decode(req.encode_to_vec().as_slice()).unwrap();
     let pid = v3c.create(&opts(), &v3req).await.unwrap().pid;
-    v3c.start(&opts(), &v3::StartRequest { id: w.id.clone(), exec_id: String::new() })
-        .await
-        .unwrap();
+    v3c.start(
+        &opts(),
+        &v3::StartRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
     let waited = v3c
-        .wait(&opts(), &v3::WaitRequest { id: w.id.clone(), exec_id: String::new() })
+        .wait(
+            &opts(),
+            &v3::WaitRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(waited.exit_status, 4);
     let d = v3c
-        .delete(&opts(), &v3::DeleteRequest { id: w.id.clone(), exec_id: String::new() })
+        .delete(
+            &opts(),
+            &v3::DeleteRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!((d.pid, d.exit_status), (pid, 4));
-    w.events.expect(&["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]).await;
+    w.events
+        .expect(&[
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete",
+        ])
+        .await;
     let _ = v3c
-        .shutdown(&opts(), &v3::ShutdownRequest { id: w.id.clone(), now: false })
+        .shutdown(
+            &opts(),
+            &v3::ShutdownRequest {
+                id: w.id.clone(),
+                now: false,
+            },
+        )
         .await;
     let spid = w.shim_pid.unwrap();
     assert!(wait_gone(spid, Duration::from_secs(10)).await);
@@ -97,8 +155,20 @@ async fn delete_action_cleans_up_after_a_dead_shim() {
     let mut w = World::new("dead");
     bundle(&w.bundle, &["sleep", "1000"], false, &w.cgroup);
     let task = w.start_shim().await;
-    let pid = task.create(&opts(), &w.create_request("", "", "", false)).await.unwrap().pid;
-    task.start(&opts(), &StartRequest { id: w.id.clone(), exec_id: String::new() }).await.unwrap();
+    let pid = task
+        .create(&opts(), &w.create_request("", "", "", false))
+        .await
+        .unwrap()
+        .pid;
+    task.start(
+        &opts(),
+        &StartRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
     let shim = w.shim_pid.take().unwrap();
     // SAFETY: kill(2) on the shim we started.
     unsafe { libc::kill(shim, libc::SIGKILL) };
@@ -114,11 +184,18 @@ async fn delete_action_cleans_up_after_a_dead_shim() {
         .current_dir(&w.bundle)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let resp = DeleteResponse::decode(out.stdout.as_slice()).expect("DeleteResponse on stdout");
     assert_eq!((resp.pid, resp.exit_status), (pid, 137));
     assert!(resp.exited_at.is_some());
-    assert!(wait_gone(pid as i32, Duration::from_secs(5)).await, "container killed");
+    assert!(
+        wait_gone(pid as i32, Duration::from_secs(5)).await,
+        "container killed"
+    );
     w.assert_clean();
 }
 
@@ -129,7 +206,14 @@ async fn bad_input_gets_clear_errors() {
     let task = w.start_shim().await;
 
     let st = task
-        .create(&opts(), &CreateTaskRequest { id: w.id.clone(), bundle: "relative/path".into(), ..Default::default() })
+        .create(
+            &opts(),
+            &CreateTaskRequest {
+                id: w.id.clone(),
+                bundle: "relative/path".into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument, "{st}");
@@ -161,10 +245,19 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(st.code(), Code::InvalidArgument, "{st}");
 
     // runc refuses a process that does not exist; its logged error comes back.
-    let st = task.create(&opts(), &w.create_request("", "", "", false)).await.unwrap_err();
+    let st = task
+        .create(&opts(), &w.create_request("", "", "", false))
+        .await
+        .unwrap_err();
     assert!(st.message().contains("no such file or directory"), "{st}");
     let st = task
-        .state(&opts(), &StateRequest { id: w.id.clone(), exec_id: String::new() })
+        .state(
+            &opts(),
+            &StateRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
