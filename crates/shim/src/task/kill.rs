@@ -31,7 +31,7 @@ impl Shim {
         let p = c.process(&req.exec_id)?;
         let signal = i32::try_from(req.signal)
             .ok()
-            .filter(|s| (1..=64).contains(s))
+            .filter(|s| (0..=64).contains(s))
             .ok_or_else(|| ShimError::InvalidArgument(format!("invalid signal {}", req.signal)))?;
         match p.status() {
             TaskStatus::Stopped => return Err(finished()),

@@ -150,6 +150,12 @@ impl Container {
             .ok_or_else(|| ShimError::NotFound(format!("process {exec_id} does not exist")))
     }
 
+    fn has_running_execs(&self) -> bool {
+        lock(&self.execs)
+            .values()
+            .any(|p| matches!(p.status(), TaskStatus::Running | TaskStatus::Paused))
+    }
+
     fn exec_by_pid(&self, pid: u32) -> Option<String> {
         lock(&self.execs)
             .values()
@@ -221,6 +227,13 @@ impl Shim {
                 status: 255,
                 at: SystemTime::now(),
             });
+            if p.exec_id.is_empty() && c.has_running_execs() {
+                // Without a pid namespace of its own, the container's other processes outlive
+                // its init: end them as the Go shim does (the runtime finds them by cgroup).
+                if let Err(e) = c.runc.kill(&c.id, libc::SIGKILL as u32, true).await {
+                    tracing::debug!(error = %e, "killing the rest of the container");
+                }
+            }
             let copies = lock(&p.io).take_copies();
             stdio::drain(copies, DRAIN_GRACE).await;
             {

@@ -296,3 +296,88 @@ async fn exec_pause_resume_stats_kill() {
     w.assert_clean();
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Without its own pid namespace a container's execs would outlive its init: the shim ends them
+/// when the init exits, and reports both exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_exit_ends_execs_in_the_host_pid_namespace() {
+    let mut w = World::new("hostpid");
+    bundle(&w.bundle, &["sleep", "1000"], false, &w.cgroup);
+    let path = w.bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let task = w.start_shim().await;
+    task.create(&opts(), &w.create_request("", "", "", false))
+        .await
+        .unwrap();
+    let start = |exec_id: &str| StartRequest {
+        id: w.id.clone(),
+        exec_id: exec_id.into(),
+    };
+    task.start(&opts(), &start("")).await.unwrap();
+    task.exec(&opts(), &exec_req(&w, "long", &["sleep", "1000"], "", ""))
+        .await
+        .unwrap();
+    let exec_pid = task.start(&opts(), &start("long")).await.unwrap().pid;
+    task.kill(
+        &opts(),
+        &KillRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+            signal: 9,
+            all: false,
+        },
+    )
+    .await
+    .unwrap();
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        task.wait(
+            &opts(),
+            &WaitRequest {
+                id: w.id.clone(),
+                exec_id: "long".into(),
+            },
+        ),
+    )
+    .await
+    .expect("the exec ends with its init")
+    .unwrap();
+    assert_eq!(e.exit_status, 137);
+    assert!(wait_gone(exec_pid as i32, Duration::from_secs(5)).await);
+    let evs = w.events.next(6).await;
+    assert_eq!(
+        topics(&evs)[..4],
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started"
+        ]
+    );
+    task.delete(
+        &opts(),
+        &DeleteRequest {
+            id: w.id.clone(),
+            exec_id: "long".into(),
+        },
+    )
+    .await
+    .unwrap();
+    task.delete(
+        &opts(),
+        &DeleteRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    w.shutdown(&task).await;
+    w.assert_clean();
+}
