@@ -96,7 +96,7 @@ async fn forward(
                 Ok(None) => return,
                 Err(_) => {
                     client = None;
-                    crate::sys::trim_heap();
+                    crate::sys::release_idle_memory();
                     continue;
                 }
             },

@@ -204,10 +204,45 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Gives freed heap memory back to the kernel (glibc keeps it otherwise), for an idle shim.
-pub(crate) fn trim_heap() {
+/// Gives memory an idle shim no longer uses back to the kernel: freed heap (glibc keeps it
+/// otherwise) and the main stack below the current frame (a burst of work leaves it touched).
+/// Only for a single-threaded process, called from a shallow frame.
+pub(crate) fn release_idle_memory() {
     // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
     unsafe { libc::malloc_trim(0) };
+    release_stack_below_here();
+}
+
+/// Stack kept below the caller's frame (signal handlers and the next calls start there).
+const STACK_MARGIN: usize = 32 << 10;
+
+fn release_stack_below_here() {
+    let marker = 0u8;
+    let sp = std::ptr::addr_of!(marker) as usize;
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let Some(low) = maps.lines().find_map(|l| {
+        let (range, rest) = l.split_once(' ')?;
+        if !rest.trim_end().ends_with("[stack]") {
+            return None;
+        }
+        let (lo, hi) = range.split_once('-')?;
+        let (lo, hi) = (
+            usize::from_str_radix(lo, 16).ok()?,
+            usize::from_str_radix(hi, 16).ok()?,
+        );
+        (lo < sp && sp < hi).then_some(lo)
+    }) else {
+        return;
+    };
+    let end = sp.saturating_sub(STACK_MARGIN) & !0xfff;
+    if end > low {
+        // SAFETY: [low, end) is the part of this thread's stack mapping more than STACK_MARGIN
+        // below the live frame: nothing there is in use, and MADV_DONTNEED makes it read back
+        // as zero pages when the stack grows into it again.
+        unsafe { libc::madvise(low as *mut libc::c_void, end - low, libc::MADV_DONTNEED) };
+    }
 }
 
 /// Registers a descriptor with tokio's reactor.
