@@ -9,6 +9,7 @@ mod cleanup;
 mod error;
 mod events;
 mod flags;
+mod info;
 mod mount;
 mod oom;
 mod reaper;
@@ -52,6 +53,15 @@ fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         return ExitCode::SUCCESS;
+    }
+    if flags.info {
+        return match info::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containerd-shim-berth-v2: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let result = match flags.action.as_deref() {
         Some("start") => start::run(&flags),

@@ -8,6 +8,8 @@ mod kill;
 mod lifecycle;
 mod query;
 
+pub(crate) use create::runc_options;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;

@@ -266,3 +266,39 @@ async fn bad_input_gets_clear_errors() {
     w.shutdown(&task).await;
     w.assert_clean();
 }
+
+/// `-info` (containerd 2.x): RuntimeInfo with our name, the options given, and the runtime's
+/// features document.
+#[test]
+fn info_flag_prints_runtime_info() {
+    use std::io::Write;
+    let opts = prost_types::Any {
+        type_url: "containerd.runc.v1.Options".into(),
+        value: Options {
+            binary_name: "runc".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    };
+    let mut child = Command::new(SHIM)
+        .arg("-info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&opts.encode_to_vec())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let info = berth_api::containerd::types::RuntimeInfo::decode(out.stdout.as_slice()).unwrap();
+    assert_eq!(info.name, "io.containerd.berth.v2");
+    assert_eq!(info.options, Some(opts));
+    let features = info.features.expect("features");
+    assert!(features.type_url.ends_with("/features/Features"));
+    let doc: serde_json::Value = serde_json::from_slice(&features.value).unwrap();
+    assert!(doc["ociVersionMin"].is_string(), "{doc}");
+}
