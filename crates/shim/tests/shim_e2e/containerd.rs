@@ -390,6 +390,27 @@ fn containerd_runs_containers_through_our_shim() {
     assert!(out.status.success(), "ctr run -t: {text}\n{}", c.log());
     assert!(text.contains("/dev/pts/"), "ctr run -t output: {text:?}");
 
+    // Churn: run/rm cycles, then nothing may be left.
+    for i in 0..10 {
+        let id = format!("churn{i}");
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--fifo-dir",
+            &fifo,
+            "--runtime",
+            rt,
+            IMAGE,
+            &id,
+            "true",
+        ]);
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // Nothing left: no shim, no mount, no container.
     let until = Instant::now() + Duration::from_secs(10);
     while !c.shims().is_empty() {
