@@ -209,7 +209,10 @@ fn unescape_mountinfo(s: &str) -> String {
 /// Only for a single-threaded process, called from a shallow frame.
 pub(crate) fn release_idle_memory() {
     // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
     release_stack_below_here();
 }
 
