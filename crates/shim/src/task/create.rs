@@ -39,6 +39,21 @@ pub(crate) fn runc_options(any: Option<&prost_types::Any>) -> Result<Options, Sh
     })
 }
 
+/// containerd's identifier rule: alphanumeric runs joined by single `.`, `_` or `-`, at most 76
+/// characters. The id becomes a runtime argument, so nothing that looks like a flag gets through.
+fn valid_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 76
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && !b
+            .windows(2)
+            .any(|w| !w[0].is_ascii_alphanumeric() && !w[1].is_ascii_alphanumeric())
+}
+
 pub(crate) fn read_pid_file(path: &Path) -> Result<u32, ShimError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ShimError::io(format!("reading {}", path.display()), e))?;
@@ -97,10 +112,11 @@ where
 
 impl Shim {
     pub(crate) async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32, ShimError> {
-        if req.id.is_empty() {
-            return Err(ShimError::InvalidArgument(
-                "container id must not be empty".into(),
-            ));
+        if !valid_id(&req.id) {
+            return Err(ShimError::InvalidArgument(format!(
+                "container id {:?} is not a valid identifier",
+                req.id
+            )));
         }
         if lock(&self.containers).contains_key(&req.id) {
             return Err(ShimError::AlreadyExists(format!(
@@ -272,5 +288,29 @@ impl Shim {
         self.watch_exit(container, init, exited);
         tracing::info!(container = %req.id, pid, "created");
         Ok(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_id;
+
+    #[test]
+    fn identifiers() {
+        for ok in ["a", "c1", "my-container_1.2", "x".repeat(76).as_str()] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "--help",
+            "-a",
+            "a-",
+            "a..b",
+            "a/b",
+            "ä",
+            "x".repeat(77).as_str(),
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
     }
 }

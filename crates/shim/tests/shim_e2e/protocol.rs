@@ -218,6 +218,12 @@ async fn bad_input_gets_clear_errors() {
         .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument, "{st}");
 
+    // An id that would reach the runtime as a flag.
+    let mut flag_id = w.create_request("", "", "", false);
+    flag_id.id = "--help".into();
+    let st = task.create(&opts(), &flag_id).await.unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument, "{st}");
+
     let mut bad_opts = w.create_request("", "", "", false);
     bad_opts.options = Some(prost_types::Any {
         type_url: "containerd.runc.v1.Options".into(),
