@@ -45,6 +45,8 @@ shimmem_cleanup() {
     kill -9 "$pid" 2>/dev/null || true
   done
   bench_cleanup
+  # The runtimes remove each container's cgroup, not the namespace's parent directory.
+  for d in /sys/fs/cgroup/*/shimmem; do rmdir "$d" 2>/dev/null || true; done
 }
 trap shimmem_cleanup EXIT
 
