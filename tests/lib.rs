@@ -42,6 +42,8 @@ pub struct Daemon {
     /// Runs in a private mount namespace with `<dir>/run` bound over `/run` (for containerd's
     /// Go shim, which insists on `/run/containerd`).
     private_run: bool,
+    /// Extra environment for the daemon (and so for the shims it starts).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -53,6 +55,11 @@ impl Daemon {
     /// Starts a daemon that runs containers: in a private mount namespace with a temporary
     /// directory over `/run`, so shims and container mounts stay out of the host's.
     pub fn start_for_tasks() -> Daemon {
+        Daemon::start_for_tasks_with_env(&[])
+    }
+
+    /// As [`Daemon::start_for_tasks`], with extra environment variables for the daemon.
+    pub fn start_for_tasks_with_env(env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
@@ -66,6 +73,10 @@ impl Daemon {
             extra_args: Vec::new(),
             config: String::new(),
             private_run: true,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -98,6 +109,7 @@ impl Daemon {
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             config: config.to_string(),
             private_run: false,
+            env: Vec::new(),
         };
         d.spawn();
         d
@@ -150,6 +162,7 @@ impl Daemon {
             .args(["--log-level", "debug"])
             .args(&self.extra_args)
             .env_remove("BERTH_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

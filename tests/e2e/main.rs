@@ -14,6 +14,7 @@ mod pull_hostile;
 mod pull_identical;
 mod pull_platforms;
 mod pull_resume;
+mod shim_berth;
 mod shim_interop;
 mod snapshots;
 mod storage;

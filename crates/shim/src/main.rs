@@ -1,0 +1,85 @@
+//! `containerd-shim-berth-v2`: Berth's shim v2.
+//!
+//! One process per container (or group), between the daemon (containerd or berthd) and the OCI
+//! runtime. `start` re-executes the binary as a daemonized server speaking the task API over ttrpc
+//! on a unix socket; `delete` cleans up after a dead shim. See `DESIGN.md` (shim layer) and the
+//! shim v2 notes in `containerd-wire.md` §3.
+
+mod cleanup;
+mod error;
+mod events;
+mod flags;
+mod info;
+mod mount;
+mod oom;
+mod reaper;
+mod runc;
+mod serve;
+mod service;
+mod start;
+mod stats;
+mod stdio;
+mod sys;
+mod task;
+
+use std::process::ExitCode;
+
+use flags::Flags;
+
+fn init_logging(debug: bool) {
+    let level = if debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let flags = match Flags::parse(std::env::args().skip(1)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-berth-v2: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.version {
+        println!(
+            "containerd-shim-berth-v2:\n  Version: {}\n  Task API: containerd.task.v2, containerd.task.v3",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    if flags.info {
+        return match info::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containerd-shim-berth-v2: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let result = match flags.action.as_deref() {
+        Some("start") => start::run(&flags),
+        Some("delete") => cleanup::run(&flags),
+        Some(other) => Err(anyhow::anyhow!(
+            "unknown action {other:?} (expected start or delete)"
+        )),
+        None => {
+            init_logging(flags.debug);
+            serve::run(flags)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("containerd-shim-berth-v2: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! Interop: Debian's containerd 1.6 runs containers through our shim
+//! (`ctr run --runtime io.containerd.berth.v2`, the shim found on PATH).
+//!
+//! containerd 1.6 hard-codes paths under /run, so it runs in a private mount namespace with a
+//! temporary directory bound over /run; its root, state and sockets live in the test's temp dir.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+
+const CNS: &str = "berth-interop";
+const IMAGE: &str = "berth.test/busybox:latest";
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+fn tar_file(b: &mut tar::Builder<impl std::io::Write>, path: &str, data: &[u8], mode: u32) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, path, data).unwrap();
+}
+
+/// An OCI image-layout archive of a one-layer busybox image, for `ctr images import`.
+fn busybox_archive(path: &Path) {
+    let mut raw = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut raw);
+        for d in ["bin/", "tmp/", "etc/"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, d, std::io::empty()).unwrap();
+        }
+        tar_file(
+            &mut b,
+            "bin/busybox",
+            &std::fs::read("/bin/busybox").unwrap(),
+            0o755,
+        );
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for a in String::from_utf8_lossy(&list.stdout).lines() {
+            if a.is_empty() || a == "busybox" {
+                continue;
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_link(&mut h, format!("bin/{a}"), "busybox")
+                .unwrap();
+        }
+        b.finish().unwrap();
+    }
+    let diff_id = sha256(&raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let layer = gz.finish().unwrap();
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256(&manifest), "size": manifest.len(),
+            "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "latest"},
+        }],
+    }))
+    .unwrap();
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    tar_file(
+        &mut b,
+        "oci-layout",
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+        0o644,
+    );
+    tar_file(&mut b, "index.json", &index, 0o644);
+    for blob in [&manifest, &config, &layer] {
+        tar_file(
+            &mut b,
+            &format!("blobs/sha256/{}", &sha256(blob)[7..]),
+            blob,
+            0o644,
+        );
+    }
+    b.finish().unwrap();
+}
+
+/// A private containerd, and everything it started, killed and removed on drop.
+struct Containerd {
+    dir: tempfile::TempDir,
+    pid: u32,
+    sock: PathBuf,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-ctrd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("run")).unwrap();
+        std::fs::create_dir_all(d.join("fifo")).unwrap();
+        let sock = d.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{r}\"\nstate = \"{s}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{a}\"\n[ttrpc]\n  address = \"{a}.ttrpc\"\n",
+            r = d.join("root").display(),
+            s = d.join("state").display(),
+            a = sock.display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let shim_dir = Path::new(crate::harness::SHIM).parent().unwrap();
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let script = format!(
+            "mount --bind {run} /run && exec containerd --config {cfg}",
+            run = d.join("run").display(),
+            cfg = d.join("config.toml").display()
+        );
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("containerd.log")).unwrap())
+            .spawn()
+            .expect("containerd (apt-get install containerd)");
+        let c = Containerd {
+            pid: child.id(),
+            dir,
+            sock,
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while !c.sock.exists() {
+            assert!(
+                Instant::now() < until,
+                "containerd did not start: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::mem::forget(child);
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.sock)
+            .args(["-n", CNS])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}\n--- containerd log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fifo_dir(&self) -> String {
+        self.dir.path().join("fifo").display().to_string()
+    }
+
+    /// Our shims serving this containerd: processes whose command line names its socket.
+    fn shims(&self) -> Vec<i32> {
+        let needle = self.sock.display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(mut f) = std::fs::File::open(e.path().join("cmdline")) else {
+                continue;
+            };
+            let mut cmd = Vec::new();
+            let _ = f.read_to_end(&mut cmd);
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("containerd-shim-berth-v2") && cmd.contains(&needle) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Mounts under this containerd's directories, as its mount namespace sees them.
+    fn mounts(&self) -> Vec<String> {
+        let info =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid)).unwrap_or_default();
+        let d = self.dir.path().display().to_string();
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&d))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for pid in self.shims() {
+            // SAFETY: a shim this containerd (which the test started) spawned, found by its socket.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let runc_root = self.dir.path().join("runc").join(CNS);
+        if let Ok(entries) = std::fs::read_dir(&runc_root) {
+            for e in entries.flatten() {
+                let _ = Command::new(crate::harness::runtime())
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .output();
+            }
+        }
+        // SAFETY: kill(2) on the containerd the test started; its mounts go with its namespace.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        for _ in 0..100 {
+            if !crate::harness::alive(self.pid as i32) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cg = Path::new("/sys/fs/cgroup");
+        if let Ok(entries) = std::fs::read_dir(cg) {
+            for e in entries.flatten() {
+                if let Ok(ids) = std::fs::read_dir(e.path().join(CNS)) {
+                    for id in ids.flatten() {
+                        let _ = std::fs::remove_dir(id.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(e.path().join(CNS));
+            }
+        }
+    }
+}
+
+fn task_status(c: &Containerd, id: &str) -> String {
+    c.ok(&["task", "ls"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn containerd_runs_containers_through_our_shim() {
+    let c = Containerd::start();
+    let archive = c.dir.path().join("busybox.tar");
+    busybox_archive(&archive);
+    c.ok(&["images", "import", archive.to_str().unwrap()]);
+    let rt = "io.containerd.berth.v2";
+    let fifo = c.fifo_dir();
+
+    // Foreground run: output and exit code come back through ctr.
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--fifo-dir",
+        &fifo,
+        "--runtime",
+        rt,
+        IMAGE,
+        "fg",
+        "sh",
+        "-c",
+        "echo hi from berth; echo to-stderr >&2; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "ctr run: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from berth\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
+
+    // Detached: ls, exec, pause/resume, ps, metrics, kill, rm.
+    c.ok(&[
+        "run",
+        "-d",
+        "--fifo-dir",
+        &fifo,
+        "--runtime",
+        rt,
+        IMAGE,
+        "bg",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(task_status(&c, "bg"), "RUNNING");
+    assert_eq!(c.shims().len(), 1, "one berth shim serves the container");
+    let out = c.ok(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e1",
+        "bg",
+        "sh",
+        "-c",
+        "echo exec-out",
+    ]);
+    assert_eq!(out, "exec-out\n");
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e2",
+        "bg",
+        "sh",
+        "-c",
+        "exit 9",
+    ]);
+    assert_eq!(out.status.code(), Some(9));
+    c.ok(&["task", "pause", "bg"]);
+    assert_eq!(task_status(&c, "bg"), "PAUSED");
+    c.ok(&["task", "resume", "bg"]);
+    assert_eq!(task_status(&c, "bg"), "RUNNING");
+    let ps = c.ok(&["task", "ps", "bg"]);
+    assert!(ps.lines().count() >= 2, "task ps: {ps}");
+    let metrics = c.ok(&["task", "metrics", "bg"]);
+    assert!(
+        metrics.contains("memory.usage_in_bytes"),
+        "task metrics: {metrics}"
+    );
+    c.ok(&["task", "kill", "-s", "SIGKILL", "bg"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    while task_status(&c, "bg") != "STOPPED" {
+        assert!(Instant::now() < until, "task did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ok(&["task", "rm", "bg"]);
+    c.ok(&["containers", "rm", "bg"]);
+
+    // A terminal (ctr -t needs a console on its stdin: give it one with script(1)).
+    let cmd = format!(
+        "ctr --address {} -n {CNS} run --rm -t --fifo-dir {fifo} --runtime {rt} {IMAGE} tty sh -c 'tty; exit 0'",
+        c.sock.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctr run -t: {text}\n{}", c.log());
+    assert!(text.contains("/dev/pts/"), "ctr run -t output: {text:?}");
+
+    // Churn: run/rm cycles, then nothing may be left.
+    for i in 0..10 {
+        let id = format!("churn{i}");
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--fifo-dir",
+            &fifo,
+            "--runtime",
+            rt,
+            IMAGE,
+            &id,
+            "true",
+        ]);
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Nothing left: no shim, no mount, no container.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !c.shims().is_empty() {
+        assert!(
+            Instant::now() < until,
+            "shims left running: {:?}",
+            c.shims()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mounts: Vec<String> = c
+        .mounts()
+        .into_iter()
+        .filter(|m| m.contains("rootfs"))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert_eq!(c.ok(&["containers", "ls", "-q"]).trim(), "");
+    for ctrl in ["memory", "pids"] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join(CNS);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "cgroups left in {}: {left:?}",
+            dir.display()
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! The memory cgroup's OOM notification becomes `/tasks/oom`; Checkpoint goes through the
+//! runtime's `checkpoint` (CRIU).
+
+use std::time::Duration;
+
+use berth_api::containerd::events::{TaskExit, TaskOom};
+use berth_api::containerd::task::v2::{
+    CheckpointTaskRequest, DeleteRequest, KillRequest, StartRequest, StateRequest, WaitRequest,
+};
+use berth_api::containerd::v1::types::Status as TaskStatus;
+
+use crate::harness::*;
+
+fn limit_memory(bundle: &std::path::Path, bytes: u64) {
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    spec["linux"]["resources"]["memory"] = serde_json::json!({"limit": bytes, "swap": bytes});
+    std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_is_reported() {
+    let mut w = World::new("oom");
+    // busybox tail keeps its current line in memory; /dev/zero has no newline.
+    bundle(&w.bundle, &["tail", "/dev/zero"], false, &w.cgroup);
+    limit_memory(&w.bundle, 16 << 20);
+    let task = w.start_shim().await;
+    task.create(&opts(), &w.create_request("", "", "", false))
+        .await
+        .unwrap();
+    task.start(
+        &opts(),
+        &StartRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let waited = task
+        .wait(
+            &opts(),
+            &WaitRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(waited.exit_status, 137, "killed by the OOM killer");
+    let evs = w.events.next(4).await;
+    let topics = topics(&evs);
+    assert_eq!(&topics[..2], ["/tasks/create", "/tasks/start"]);
+    let oom = evs
+        .iter()
+        .find(|e| e.topic == "/tasks/oom")
+        .expect("an OOM event");
+    let o: TaskOom = payload(oom);
+    assert_eq!(o.container_id, w.id);
+    let exit = evs
+        .iter()
+        .find(|e| e.topic == "/tasks/exit")
+        .expect("an exit event");
+    assert_eq!(payload::<TaskExit>(exit).exit_status, 137);
+    task.delete(
+        &opts(),
+        &DeleteRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    w.events.expect(&["/tasks/delete"]).await;
+    w.shutdown(&task).await;
+    w.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_goes_through_criu() {
+    let mut w = World::new("ckpt");
+    bundle(&w.bundle, &["sleep", "1000"], false, &w.cgroup);
+    let task = w.start_shim().await;
+    task.create(&opts(), &w.create_request("", "", "", false))
+        .await
+        .unwrap();
+    task.start(
+        &opts(),
+        &StartRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    w.events.expect(&["/tasks/create", "/tasks/start"]).await;
+    let image = w.t().join("checkpoint");
+    let r = task
+        .checkpoint(
+            &opts(),
+            &CheckpointTaskRequest {
+                id: w.id.clone(),
+                path: image.display().to_string(),
+                options: None,
+            },
+        )
+        .await;
+    match r {
+        Ok(()) => {
+            // CRIU works here: an image was written and announced; the task kept running.
+            assert!(
+                std::fs::read_dir(&image).unwrap().count() > 0,
+                "empty checkpoint image"
+            );
+            w.events.expect(&["/tasks/checkpointed"]).await;
+        }
+        Err(st) => {
+            // CRIU cannot dump on this kernel (e.g. an unknown vDSO layout): the runtime's
+            // words come back, and the task is unharmed.
+            assert!(st.message().contains("criu"), "{st}");
+        }
+    }
+    let state = task
+        .state(
+            &opts(),
+            &StateRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(state.status, TaskStatus::Running as i32);
+    task.kill(
+        &opts(),
+        &KillRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+            signal: 9,
+            all: false,
+        },
+    )
+    .await
+    .unwrap();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        task.wait(
+            &opts(),
+            &WaitRequest {
+                id: w.id.clone(),
+                exec_id: String::new(),
+            },
+        ),
+    )
+    .await
+    .expect("exit after kill");
+    task.delete(
+        &opts(),
+        &DeleteRequest {
+            id: w.id.clone(),
+            exec_id: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    w.shutdown(&task).await;
+    w.assert_clean();
+}

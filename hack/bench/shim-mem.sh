@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Shim memory: N idle busybox containers (`sleep`) under a private containerd 1.6, first through
+# Debian's containerd-shim-runc-v2, then through containerd-shim-berth-v2; prints Rss, Pss and USS
+# (Private_Clean + Private_Dirty, from /proc/<pid>/smaps_rollup) per shim, medians, and the ratio.
+#
+# Usage: hack/bench/shim-mem.sh            (N=20; SHIM=path to containerd-shim-berth-v2)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+N="${N:-20}"
+SHIM="${SHIM:-${CARGO_TARGET_DIR:-$ROOT_DIR/target}/debug/containerd-shim-berth-v2}"
+[ -x "$SHIM" ] || { echo "no shim at $SHIM (cargo build -p berth-shim, or SHIM=...)" >&2; exit 1; }
+mkdir -p "$BENCH_TMP/bin" "$BENCH_TMP/fifo" "$BENCH_TMP/rootfs/bin"
+cp "$SHIM" "$BENCH_TMP/bin/containerd-shim-berth-v2"
+export PATH="$BENCH_TMP/bin:$PATH"
+cp /bin/busybox "$BENCH_TMP/rootfs/bin/busybox"
+for a in sh sleep; do ln -s busybox "$BENCH_TMP/rootfs/bin/$a"; done
+mkdir -p "$BENCH_TMP/rootfs/proc" "$BENCH_TMP/rootfs/dev" "$BENCH_TMP/rootfs/sys"
+
+start_containerd
+CTR=(ctr --address "$CTRD_SOCK" -n shimmem)
+
+# Shims of this containerd, by binary name.
+shim_pids() {
+  local name="$1" pid
+  for pid in $(pgrep -f "$name" || true); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-address $CTRD_SOCK"; then
+      echo "$pid"
+    fi
+  done
+}
+
+shimmem_cleanup() {
+  for id in $("${CTR[@]}" task ls -q 2>/dev/null || true); do
+    "${CTR[@]}" task kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+  done
+  sleep 1
+  for id in $("${CTR[@]}" task ls -q 2>/dev/null || true); do
+    "${CTR[@]}" task rm -f "$id" >/dev/null 2>&1 || true
+  done
+  for id in $("${CTR[@]}" containers ls -q 2>/dev/null || true); do
+    "${CTR[@]}" containers rm "$id" >/dev/null 2>&1 || true
+  done
+  for pid in $(shim_pids containerd-shim-runc-v2) $(shim_pids containerd-shim-berth-v2); do
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  bench_cleanup
+  # The runtimes remove each container's cgroup, not the namespace's parent directory.
+  for d in /sys/fs/cgroup/*/shimmem; do rmdir "$d" 2>/dev/null || true; done
+}
+trap shimmem_cleanup EXIT
+
+run_many() {
+  local runtime="$1" prefix="$2" i
+  for i in $(seq 1 "$N"); do
+    "${CTR[@]}" run -d --fifo-dir "$BENCH_TMP/fifo" --runtime "$runtime" \
+      --rootfs "$BENCH_TMP/rootfs" "$prefix$i" /bin/sleep 1000000 >/dev/null
+  done
+}
+
+# kB values of a field over the given pids, one per line.
+field() {
+  local f="$1"; shift
+  for pid in "$@"; do awk -v f="$f:" '$1 == f {print $2}' "/proc/$pid/smaps_rollup"; done
+}
+uss() {
+  for pid in "$@"; do
+    awk '$1 == "Private_Clean:" || $1 == "Private_Dirty:" {s += $2} END {print s}' "/proc/$pid/smaps_rollup"
+  done
+}
+
+report() {
+  local label="$1"; shift
+  local pids=("$@")
+  printf '%-26s shims=%-3d Rss=%6s kB  Pss=%6s kB  USS=%6s kB (medians)\n' "$label" "${#pids[@]}" \
+    "$(median $(field Rss "${pids[@]}"))" "$(median $(field Pss "${pids[@]}"))" "$(median $(uss "${pids[@]}"))"
+}
+
+run_many io.containerd.runc.v2 runc-
+run_many io.containerd.berth.v2 berth-
+sleep 3
+mapfile -t GO < <(shim_pids containerd-shim-runc-v2)
+mapfile -t RS < <(shim_pids containerd-shim-berth-v2)
+report containerd-shim-runc-v2 "${GO[@]}"
+report containerd-shim-berth-v2 "${RS[@]}"
+go_pss=$(median $(field Pss "${GO[@]}"))
+rs_pss=$(median $(field Pss "${RS[@]}"))
+go_uss=$(median $(uss "${GO[@]}"))
+rs_uss=$(median $(uss "${RS[@]}"))
+awk -v a="$rs_pss" -v b="$go_pss" -v c="$rs_uss" -v d="$go_uss" \
+  'BEGIN {printf "berth/runc-v2 ratio: Pss %.3f  USS %.3f\n", a / b, c / d}'

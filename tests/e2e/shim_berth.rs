@@ -1,0 +1,455 @@
+//! Tasks through berthd's runtime manager and Berth's own shim, `containerd-shim-berth-v2`
+//! (`--runtime io.containerd.berth.v2`, found on berthd's PATH), with the bundled `berth-runc` underneath,
+//! driven by Debian's `ctr`: the same lifecycle as `tasks.rs` runs through the Go shim, plus
+//! output volume, the shim's socket and runtime state under the daemon's state dir, and
+//! the shim's own `delete` action after it was killed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_e2e::{Daemon, bin, bin_dir, busybox_oci_archive, fails, ok};
+
+const IMAGE: &str = "docker.io/library/shimberth:1";
+const RUNTIME: &str = "io.containerd.berth.v2";
+
+fn daemon() -> Daemon {
+    // The shim binary must exist (cargo build -p berth-shim) and be on berthd's PATH.
+    bin("containerd-shim-berth-v2");
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Daemon::start_for_tasks_with_env(&[("PATH", &path)])
+}
+
+fn setup(d: &Daemon, ns: &str) {
+    let dir = d.dir.path().join("img.tar");
+    busybox_oci_archive(&dir, IMAGE, &[("etc/motd", b"berth shim\n")]);
+    ok(d.ctr(&["-n", ns, "images", "import", dir.to_str().unwrap()]));
+}
+
+struct CgroupCleanup(&'static str);
+impl Drop for CgroupCleanup {
+    fn drop(&mut self) {
+        berth_e2e::remove_cgroup(&format!("/{}", self.0));
+    }
+}
+
+/// PIDs of our shims: processes whose executable is the built shim and whose working
+/// directory is a bundle of `d`.
+fn berth_shims(d: &Daemon) -> Vec<i32> {
+    let bundles = d.dir.path().join("state/io.containerd.runtime.v2.task");
+    let mut v = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let exe = std::fs::read_link(p.path().join("exe")).unwrap_or_default();
+        let cwd = std::fs::read_link(p.path().join("cwd")).unwrap_or_default();
+        if exe.ends_with("containerd-shim-berth-v2") && cwd.starts_with(&bundles) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// The topics `ctr events` (against `sock`) saw while `f` ran, in order, for namespace `ns`.
+fn topics_during(sock: &Path, ns: &str, f: impl FnOnce()) -> Vec<String> {
+    let mut child = Command::new("ctr")
+        .arg("--address")
+        .arg(sock)
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
+    f();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip(4);
+            let (n, t) = (w.next()?, w.next()?);
+            (n == ns && t.starts_with("/tasks/")).then(|| t.to_string())
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ctr_run_and_task_commands_through_the_berth_shim() {
+    const NS: &str = "berth-e2e-shimberth";
+    let _cg = CgroupCleanup(NS);
+    let d = daemon();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["-n", NS, "run", "--runtime", RUNTIME, "--fifo-dir", fifo];
+        all.extend_from_slice(args);
+        d.ctr(&all)
+    };
+    // run --rm prints the container's output; exit codes propagate.
+    let out = ok(run(&["--rm", IMAGE, "hello", "echo", "hi"]));
+    assert_eq!(out.trim(), "hi");
+    let mut st = None;
+    let topics = topics_during(&d.sock, NS, || {
+        st = Some(run(&["--rm", IMAGE, "seven", "sh", "-c", "exit 7"]));
+    });
+    let st = st.unwrap();
+    assert_eq!(st.status.code(), Some(7), "{st:?}");
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete"
+        ],
+        "{topics:?}"
+    );
+    // Output volume: nothing lost between the container's pipe and the client's FIFO.
+    let out = ok(run(&[
+        "--rm",
+        IMAGE,
+        "lots",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 50000 ]; do echo line-$i; i=$((i+1)); done",
+    ]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 50_000);
+    assert_eq!(lines.last(), Some(&"line-49999"));
+    // stderr is its own stream.
+    let o = run(&["--rm", IMAGE, "err", "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "out");
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "err");
+
+    // A container over its memory limit: /tasks/oom.
+    let mut st = None;
+    let topics = topics_during(&d.sock, NS, || {
+        st = Some(run(&[
+            "--rm",
+            "--memory-limit",
+            "16777216",
+            IMAGE,
+            "oom",
+            "sh",
+            "-c",
+            "a=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#a}",
+        ]));
+    });
+    assert_ne!(st.unwrap().status.code(), Some(0));
+    assert!(topics.iter().any(|t| t == "/tasks/oom"), "{topics:?}");
+
+    // stdin reaches the container, and its end too (the container exits on EOF).
+    let mut child = Command::new("ctr")
+        .arg("--address")
+        .arg(&d.sock)
+        .args([
+            "-n",
+            NS,
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            "--fifo-dir",
+            fifo,
+        ])
+        .args([IMAGE, "cat", "sh", "-c", "cat; echo done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(b"from stdin\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from stdin\ndone\n");
+
+    // -d, then the task commands.
+    ok(run(&["-d", IMAGE, "bg", "sleep", "1000"]));
+    let task = |args: &[&str]| {
+        let mut all = vec!["-n", NS, "task"];
+        all.extend_from_slice(args);
+        d.ctr(&all)
+    };
+    let ls = ok(task(&["ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("bg ") && l.contains("RUNNING")),
+        "{ls}"
+    );
+    // The shim: one process, its socket under the state dir's 0700 `s/`, runc state under the
+    // state dir (never /run/runc).
+    let shims = berth_shims(&d);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let state = d.dir.path().join("state");
+    let bundle = state
+        .join("io.containerd.runtime.v2.task")
+        .join(NS)
+        .join("bg");
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    let sock = address.strip_prefix("unix://").expect("unix:// address");
+    assert!(Path::new(sock).starts_with(d.dir.path().join("s")), "{sock}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(d.dir.path().join("s")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(d.dir.path().join("runc").join(NS).join("bg").exists());
+
+    let out = ok(task(&[
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "e1",
+        "bg",
+        "cat",
+        "/etc/motd",
+    ]));
+    assert_eq!(out.trim(), "berth shim");
+    let st = task(&[
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "e2",
+        "bg",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(st.status.code(), Some(3));
+    let e = fails(task(&[
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "e3",
+        "bg",
+        "/no/such/binary",
+    ]));
+    assert!(!e.is_empty());
+    // An exec on a terminal.
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "ctr --address {} -n {NS} task exec -t --fifo-dir {fifo} --exec-id t1 bg sh -c 'tty; echo exec-tty'",
+            d.sock.display()
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("exec-tty") && text.contains("/dev/pts/"),
+        "{text}"
+    );
+    ok(task(&["pause", "bg"]));
+    assert!(ok(task(&["ls"])).contains("PAUSED"));
+    ok(task(&["resume", "bg"]));
+    assert!(ok(task(&["ls"])).contains("RUNNING"));
+    let ps = ok(task(&["ps", "bg"]));
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+    let metrics = ok(task(&["metrics", "bg"]));
+    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+    // busybox sleep as pid 1 ignores SIGTERM; SIGKILL stops it.
+    ok(task(&["kill", "-s", "KILL", "bg"]));
+    wait_for("bg to stop", || ok(task(&["ls"])).contains("STOPPED"));
+    ok(task(&["rm", "bg"]));
+    ok(d.ctr(&["-n", NS, "containers", "rm", "bg"]));
+    assert!(ok(task(&["ls", "-q"])).trim().is_empty());
+    let e = fails(task(&["kill", "bg"]));
+    assert!(e.contains("not found"), "{e}");
+
+    // A terminal (ctr -t needs one itself: script(1) gives it a pty).
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "ctr --address {} -n {NS} run --runtime {RUNTIME} --rm -t --fifo-dir {fifo} {IMAGE} tty sh -c 'tty; echo on-a-tty'",
+            d.sock.display()
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("on-a-tty") && text.contains("/dev/pts/"),
+        "{text}"
+    );
+
+    // Nothing left: no shim, no bundle, no socket, no mount.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    let bundles = state.join("io.containerd.runtime.v2.task").join(NS);
+    assert_eq!(
+        std::fs::read_dir(&bundles).map(|r| r.count()).unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(d.dir.path().join("s"))
+            .map(|r| r.count())
+            .unwrap_or(0),
+        0
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(d.dir.path().to_str().unwrap()), "{mounts}");
+}
+
+#[test]
+fn berth_shim_tasks_survive_a_daemon_restart_and_a_shim_kill() {
+    const NS: &str = "berth-e2e-shimberth-restart";
+    let _cg = CgroupCleanup(NS);
+    let mut d = daemon();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    for (id, cmd) in [
+        ("long", "sleep 1000"),
+        ("short", "sleep 1"),
+        ("orphan", "sleep 1000"),
+    ] {
+        ok(d.ctr(&[
+            "-n",
+            NS,
+            "run",
+            "--runtime",
+            RUNTIME,
+            "-d",
+            "--fifo-dir",
+            fifo,
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            cmd,
+        ]));
+    }
+    assert_eq!(berth_shims(&d).len(), 3);
+    d.kill9();
+    // `short` exits while the daemon is down; `orphan`'s shim dies too.
+    let bundles = d
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(NS);
+    let bundle = |id: &str| bundles.join(id);
+    let orphan_shim = berth_shims(&d)
+        .into_iter()
+        .find(|p| std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c == bundle("orphan")))
+        .expect("orphan's shim");
+    // SAFETY: kill(2) on the PID of a shim this test started (found by its cwd).
+    unsafe { libc::kill(orphan_shim, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(2));
+    d.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    let ls = ok(d.ctr(&["-n", NS, "task", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("long ") && l.contains("RUNNING")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("short ") && l.contains("STOPPED")),
+        "{ls}"
+    );
+    // The dead shim's task was cleaned up with our `delete` action: its container is gone.
+    assert!(!ls.lines().any(|l| l.starts_with("orphan ")), "{ls}");
+    assert!(!bundle("orphan").exists());
+    assert!(d.log().contains("reconnected to shims"), "{}", d.log());
+    // Still controllable.
+    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "long"]));
+    wait_for("long to stop", || {
+        ok(d.ctr(&["-n", NS, "task", "ls"]))
+            .lines()
+            .any(|l| l.starts_with("long ") && l.contains("STOPPED"))
+    });
+    for id in ["long", "short"] {
+        ok(d.ctr(&["-n", NS, "task", "rm", id]));
+    }
+    for id in ["long", "short", "orphan"] {
+        ok(d.ctr(&["-n", NS, "containers", "rm", id]));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    assert!(berth_shims(&d).is_empty());
+}
+
+#[test]
+fn berth_shim_churn_leaves_nothing_behind() {
+    const NS: &str = "berth-e2e-shimberth-churn";
+    const CYCLES: usize = 20;
+    let _cg = CgroupCleanup(NS);
+    let d = daemon();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let started = Instant::now();
+    for i in 0..CYCLES {
+        let id = format!("churn-{i}");
+        let out = ok(d.ctr(&[
+            "-n",
+            NS,
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            "--fifo-dir",
+            fifo,
+            IMAGE,
+            &id,
+            "echo",
+            &id,
+        ]));
+        assert_eq!(out.trim(), id);
+    }
+    eprintln!(
+        "{CYCLES} ctr run --rm through containerd-shim-berth-v2: {:?} each",
+        started.elapsed() / CYCLES as u32
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    assert!(berth_shims(&d).is_empty());
+    let state = d.dir.path().join("state");
+    for dir in [
+        state.join("io.containerd.runtime.v2.task").join(NS),
+        d.dir.path().join("s"),
+        d.dir.path().join("runc").join(NS),
+    ] {
+        assert_eq!(
+            std::fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0),
+            0,
+            "{}",
+            dir.display()
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(d.dir.path().to_str().unwrap()), "{mounts}");
+    // No container cgroup left under the namespace's.
+    for ctl in ["memory", "pids", "cpu,cpuacct"] {
+        let dir = Path::new("/sys/fs/cgroup").join(ctl).join(NS);
+        let children = std::fs::read_dir(&dir)
+            .map(|r| r.flatten().filter(|e| e.path().is_dir()).count())
+            .unwrap_or(0);
+        assert_eq!(children, 0, "{}", dir.display());
+    }
+}
