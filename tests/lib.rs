@@ -233,7 +233,7 @@ impl Daemon {
             .args(args)
             .env_remove("CONTAINERD_NAMESPACE")
             .env_remove("CONTAINERD_ADDRESS")
-            .output()
+            .output_within(CLIENT_LIMIT)
             .expect("running ctr (apt-get install containerd)")
     }
 
@@ -245,7 +245,7 @@ impl Daemon {
             .args(args)
             .env_remove("BERTH_NAMESPACE")
             .env_remove("BERTH_ADDRESS")
-            .output()
+            .output_within(CLIENT_LIMIT)
             .expect("running berthctl")
     }
 
@@ -313,6 +313,64 @@ impl Drop for Daemon {
 }
 
 /// Stdout of a command that must succeed.
+/// How long one client command may take before its test fails (so a hang fails one test
+/// instead of the whole suite's time budget).
+pub const CLIENT_LIMIT: Duration = Duration::from_secs(240);
+
+/// `Command::output` with a time limit: the command is killed and the test fails after `limit`.
+pub trait OutputWithin {
+    fn output_within(&mut self, limit: Duration) -> std::io::Result<Output>;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self, limit: Duration) -> std::io::Result<Output> {
+        use std::io::Read;
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let drain = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut v);
+                }
+                v
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{self:?} did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        Ok(Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        })
+    }
+}
+
 pub fn ok(out: Output) -> String {
     assert!(
         out.status.success(),

@@ -206,9 +206,14 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
         .join("bg");
     let address = std::fs::read_to_string(bundle.join("address")).unwrap();
     let sock = address.strip_prefix("unix://").expect("unix:// address");
-    assert!(Path::new(sock).starts_with(d.dir.path().join("s")), "{sock}");
+    assert!(
+        Path::new(sock).starts_with(d.dir.path().join("s")),
+        "{sock}"
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(d.dir.path().join("s")).unwrap().permissions(),
+        &std::fs::metadata(d.dir.path().join("s"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o700);
     assert!(d.dir.path().join("runc").join(NS).join("bg").exists());
@@ -297,8 +302,8 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
     );
 
     // Nothing left: no shim, no bundle, no socket, no mount.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    // Shims exit just after answering Shutdown.
+    wait_for("no process left", || d.leftover_pids().is_empty());
     let bundles = state.join("io.containerd.runtime.v2.task").join(NS);
     assert_eq!(
         std::fs::read_dir(&bundles).map(|r| r.count()).unwrap_or(0),
@@ -385,12 +390,15 @@ fn berth_shim_tasks_survive_a_daemon_restart_and_a_shim_kill() {
     });
     for id in ["long", "short"] {
         ok(d.ctr(&["-n", NS, "task", "rm", id]));
+        // The shim's log reaches the restarted daemon's log again.
+        let deleted = format!("deleted container={id}");
+        wait_for("the shim's log line", || d.log().contains(&deleted));
     }
     for id in ["long", "short", "orphan"] {
         ok(d.ctr(&["-n", NS, "containers", "rm", id]));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    // Shims exit just after answering Shutdown.
+    wait_for("no process left", || d.leftover_pids().is_empty());
     assert!(berth_shims(&d).is_empty());
 }
 
@@ -426,8 +434,8 @@ fn berth_shim_churn_leaves_nothing_behind() {
         "{CYCLES} ctr run --rm through containerd-shim-berth-v2: {:?} each",
         started.elapsed() / CYCLES as u32
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    // Shims exit just after answering Shutdown.
+    wait_for("no process left", || d.leftover_pids().is_empty());
     assert!(berth_shims(&d).is_empty());
     let state = d.dir.path().join("state");
     for dir in [

@@ -483,6 +483,10 @@ impl Runtimes {
         if let (Some(binary), Some(address)) = (&binary, &address)
             && let Ok(shim) = self.connect(ns, id, bundle, binary, address).await
         {
+            // Read the shim's log again: while nobody did, its lines were dropped.
+            if let Err(e) = log_fifo(bundle, ns, id) {
+                tracing::warn!(namespace = %ns, id = %id, error = %e, "reopening the shim's log");
+            }
             // An exit while we were down may not have reached us: report it (once; the
             // exchange drops a second report), after subscribers have had a moment to return.
             if let Ok(st) = shim

@@ -35,8 +35,26 @@ fn init_logging(debug: bool) {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_ansi(false)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .init();
+}
+
+/// Standard error (berthd's end of the bundle's `log` FIFO) that never fails: while the daemon is
+/// down nobody reads the FIFO and a line is dropped. A failed write must not reach
+/// tracing-subscriber, which reports it with `eprintln!` — a panic on a broken stderr, in the
+/// middle of whatever request was being logged.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {

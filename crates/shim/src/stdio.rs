@@ -2,11 +2,14 @@
 //! `file://` logs) containerd names in Create/Exec; or, with `terminal`, a pty whose master the
 //! runtime hands over on a console socket.
 //!
-//! FIFOs are opened `O_RDWR`: the open never blocks waiting for the client, and a client that goes
-//! away never makes our writes fail. The flip side is that we never see EOF on stdin: the client
-//! says so with `CloseIO`, after which whatever it already wrote is drained and the process's stdin
-//! is closed. Output copies end when the process side closes; the process's exit is published only
-//! after they have written everything out (bounded by a grace period).
+//! Output FIFOs are opened `O_RDWR`: the open never blocks waiting for the client, and a client
+//! that goes away never makes our writes fail. The stdin FIFO is opened `O_RDONLY|O_NONBLOCK`
+//! (which does not wait for a writer either): the kernel reports a hang-up only once a writer has
+//! come and gone, so the process's stdin is closed when the client closes its end — as `ctr`
+//! expects when its own stdin ends before the task exists — or earlier, on `CloseIO`, after
+//! whatever the client already wrote is drained. Output copies end when the process side closes;
+//! the process's exit is published only after they have written everything out (bounded by a
+//! grace period).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -128,9 +131,9 @@ impl AsyncWrite for FdStream {
     }
 }
 
-/// Opens a FIFO read-write and non-blocking: the open never waits for the client, and the client
-/// going away never makes our side fail.
-fn open_fifo(uri: &str) -> Result<FdStream, StdioError> {
+/// Opens a FIFO non-blocking, so the open never waits for the client: read-write for output (the
+/// client going away never makes our writes fail), read-only for stdin (its end is our EOF).
+fn open_fifo(uri: &str, output: bool) -> Result<FdStream, StdioError> {
     let path = uri.strip_prefix("fifo://").unwrap_or(uri);
     if path.contains("://") {
         return Err(StdioError::Unsupported(uri.to_string()));
@@ -141,7 +144,7 @@ fn open_fifo(uri: &str) -> Result<FdStream, StdioError> {
     };
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(output)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(err)?;
@@ -173,7 +176,7 @@ impl Sink {
                 })?;
             return Ok(Sink::File(f));
         }
-        open_fifo(uri).map(Sink::Fifo)
+        open_fifo(uri, true).map(Sink::Fifo)
     }
 
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
@@ -346,7 +349,7 @@ async fn copy_in(
 }
 
 fn open_stdin(path: &str) -> Result<FdStream, StdioError> {
-    open_fifo(path)
+    open_fifo(path, false)
 }
 
 /// The shim's side of a process's stdio.
@@ -621,6 +624,37 @@ mod tests {
         let mut buf = [0u8; 6];
         out_reader.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"world\n");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn stdin_ends_when_the_client_closes_its_end_and_not_before_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("in");
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: c is a valid path string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let paths = StdioPaths {
+            stdin: p.to_str().unwrap().to_string(),
+            ..StdioPaths::default()
+        };
+        let mut prepared = PreparedIo::new(&paths, 0, 0).unwrap();
+        let child_in = prepared.child.stdin.take().unwrap();
+        let _io = prepared.start(None).unwrap();
+        let mut child_in = pipe::Receiver::from_owned_fd(child_in).unwrap();
+        // No writer yet: the process's stdin stays open.
+        let mut got = Vec::new();
+        let early =
+            tokio::time::timeout(Duration::from_millis(200), child_in.read_to_end(&mut got)).await;
+        assert!(early.is_err(), "stdin ended before the client opened it");
+        // The client opens its end (write-only, as ctr does), writes, and closes it.
+        let mut w = pipe::OpenOptions::new().open_sender(&p).unwrap();
+        w.write_all(b"abc\n").await.unwrap();
+        drop(w);
+        tokio::time::timeout(Duration::from_secs(5), child_in.read_to_end(&mut got))
+            .await
+            .expect("stdin ends after the client closed it")
+            .unwrap();
+        assert_eq!(got, b"abc\n");
     }
 
     #[test]
