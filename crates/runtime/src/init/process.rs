@@ -282,16 +282,23 @@ impl Exec {
         })
     }
 
-    /// Checks that the executable exists (so `create` fails early, as runc's does).
+    /// Checks that the executable exists (so `create` fails early, as runc's does), in runc's
+    /// words (callers match "no such file or directory" and "permission denied").
     pub(crate) fn check(&self) -> Result<()> {
         let p = Path::new(std::ffi::OsStr::from_bytes(self.path.as_bytes()));
-        if !is_executable(p) {
-            return Err(RuntimeError::Init(format!(
-                "exec: {}: no such executable file",
-                p.display()
-            )));
-        }
-        Ok(())
+        let why = match std::fs::metadata(p) {
+            Err(e) => {
+                let errno = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT));
+                format!("stat {}: {}", p.display(), errno.desc().to_lowercase())
+            }
+            // A directory too, as runc says.
+            Ok(_) if !is_executable(p) => "permission denied".to_string(),
+            Ok(_) => return Ok(()),
+        };
+        Err(RuntimeError::Init(format!(
+            "exec: {:?}: {why}",
+            p.display().to_string()
+        )))
     }
 
     pub(crate) fn exec(&self) -> RuntimeError {

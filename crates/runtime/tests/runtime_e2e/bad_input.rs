@@ -54,8 +54,25 @@ fn bad_configs() {
     b.save();
     assert_rejected(&env, &b, &unique("bad"));
 
+    // runc's words, which shims and CRI clients match on.
     let b = env.bundle(&["/no/such/binary"]);
-    assert_rejected(&env, &b, &unique("bad"));
+    let err = assert_rejected(&env, &b, &unique("bad"));
+    assert!(
+        err.contains("stat /no/such/binary: no such file or directory"),
+        "{err}"
+    );
+    let b = env.bundle(&["/bin"]);
+    let err = assert_rejected(&env, &b, &unique("bad"));
+    assert!(
+        err.contains("/bin") && err.contains("permission denied"),
+        "{err}"
+    );
+    let b = env.bundle(&["no-such-command"]);
+    let err = assert_rejected(&env, &b, &unique("bad"));
+    assert!(
+        err.contains("no-such-command") && err.contains("executable file not found in $PATH"),
+        "{err}"
+    );
 
     let mut b = env.bundle(&["true"]);
     b.config["mounts"].as_array_mut().unwrap().push(json!({"destination": "/x", "type": "bind", "source": "/no/such/source", "options": ["bind"]}));
@@ -81,4 +98,16 @@ fn bad_ids() {
     );
     assert!(!b.cgroup_exists());
     env.assert_no_mounts();
+}
+
+#[test]
+fn checkpoint_is_refused_with_the_reason() {
+    if crate::util::testing_other_runtime() {
+        return;
+    }
+    let env = Env::new();
+    for verb in ["checkpoint", "restore"] {
+        let err = env.fail(&[verb, "--image-path", "/tmp/x", "some-id"]);
+        assert!(err.contains("not supported by berth-runc"), "{err}");
+    }
 }

@@ -205,6 +205,8 @@ pub(crate) struct World {
     pub(crate) events: EventSink,
     pub(crate) shim_pid: Option<i32>,
     pub(crate) address: String,
+    /// The OCI runtime the shim is told to use (`Options.binary_name`).
+    pub(crate) runtime: String,
 }
 
 impl World {
@@ -228,6 +230,7 @@ impl World {
             image,
             events,
             shim_pid: None,
+            runtime: runtime(),
             address: String::new(),
             tmp,
         }
@@ -251,7 +254,7 @@ impl World {
             type_url: "containerd.runc.v1.Options".into(),
             value: Options {
                 root: self.runc_root().display().to_string(),
-                binary_name: runtime(),
+                binary_name: self.runtime.clone(),
                 ..Default::default()
             }
             .encode_to_vec(),
@@ -405,7 +408,7 @@ impl Drop for World {
             // SAFETY: kill(2) on the pid the shim reported for itself.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        let _ = Command::new(runtime())
+        let _ = Command::new(&self.runtime)
             .arg("--root")
             .arg(self.runc_root().join(NS))
             .args(["delete", "--force", &self.id])

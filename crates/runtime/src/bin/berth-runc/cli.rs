@@ -115,6 +115,17 @@ pub(crate) enum Command {
         interval: String,
         id: String,
     },
+    /// Checkpoint a running container (not supported: berth-runc has no CRIU support).
+    Checkpoint {
+        /// runc's flags and the container id, accepted so the error names the reason.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Restore a container from a checkpoint (not supported: berth-runc has no CRIU support).
+    Restore {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Features of this runtime (runtime-spec features JSON).
     Features,
     /// Write a default config.json.

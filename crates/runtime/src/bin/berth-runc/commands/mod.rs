@@ -64,6 +64,9 @@ pub(crate) fn dispatch(cli: &Cli, command: &Command) -> Result<u8> {
             interval,
             id,
         } => events::events(&rt, id, *stats, interval),
+        Command::Checkpoint { .. } | Command::Restore { .. } => bail!(
+            "checkpoint/restore (CRIU) is not supported by berth-runc; run the container with runc to checkpoint it"
+        ),
         Command::Features => features::features(),
         Command::Spec { bundle } => spec::spec(bundle.as_deref(), rootless),
     }
