@@ -405,14 +405,20 @@ fn berth_shim_tasks_survive_a_daemon_restart_and_a_shim_kill() {
 #[test]
 fn berth_shim_churn_leaves_nothing_behind() {
     const NS: &str = "berth-e2e-shimberth-churn";
-    const CYCLES: usize = 20;
+    // BERTH_CHURN=500 for the full count.
+    let cycles: usize = std::env::var("BERTH_CHURN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let _cg = CgroupCleanup(NS);
     let d = daemon();
     setup(&d, NS);
     let fifo = d.fifo_dir();
     let fifo = fifo.to_str().unwrap();
+    let snaps_before = ok(d.ctr(&["-n", NS, "snapshots", "ls"]));
+    let blobs_before = berth_e2e::blobs_on_disk(&d.root());
     let started = Instant::now();
-    for i in 0..CYCLES {
+    for i in 0..cycles {
         let id = format!("churn-{i}");
         let out = ok(d.ctr(&[
             "-n",
@@ -431,8 +437,8 @@ fn berth_shim_churn_leaves_nothing_behind() {
         assert_eq!(out.trim(), id);
     }
     eprintln!(
-        "{CYCLES} ctr run --rm through containerd-shim-berth-v2: {:?} each",
-        started.elapsed() / CYCLES as u32
+        "{cycles} ctr run --rm through containerd-shim-berth-v2: {:?} each",
+        started.elapsed() / cycles as u32
     );
     // Shims exit just after answering Shutdown.
     wait_for("no process left", || d.leftover_pids().is_empty());
@@ -452,6 +458,14 @@ fn berth_shim_churn_leaves_nothing_behind() {
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(d.dir.path().to_str().unwrap()), "{mounts}");
+    // Each run's snapshot went with its container; no blob was added or lost.
+    assert!(
+        ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))
+            .trim()
+            .is_empty()
+    );
+    assert_eq!(ok(d.ctr(&["-n", NS, "snapshots", "ls"])), snaps_before);
+    assert_eq!(berth_e2e::blobs_on_disk(&d.root()), blobs_before);
     // No container cgroup left under the namespace's.
     for ctl in ["memory", "pids", "cpu,cpuacct"] {
         let dir = Path::new("/sys/fs/cgroup").join(ctl).join(NS);

@@ -1,7 +1,8 @@
 //! Tasks through berthd's runtime manager and Debian's `containerd-shim-runc-v2` (with Debian's
 //! runc), driven by Debian's `ctr`: `run --rm`, exit codes, `-d` then exec, pause/resume, ps,
-//! metrics, kill, rm, a terminal, a daemon restart with live shims, and bad requests. berthd
-//! runs in a private mount namespace (the 1.6 Go shim insists on `/run/containerd`).
+//! metrics, kill, rm, a terminal, a daemon restart with live shims (half of them ours), and bad
+//! requests. berthd runs in a private mount namespace (the 1.6 Go shim insists on
+//! `/run/containerd`).
 
 use std::process::Command;
 use std::time::Duration;
@@ -162,7 +163,14 @@ fn tasks_survive_a_daemon_restart() {
     const LIVE: usize = 40;
     const EXITING: usize = 10;
     let _cg = CgroupCleanup(NS);
-    let mut d = Daemon::start_for_tasks();
+    // Every other task runs through our shim (+ berth-runc), the rest through the Go shim.
+    berth_e2e::bin("containerd-shim-berth-v2");
+    let path = format!(
+        "{}:{}",
+        berth_e2e::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut d = Daemon::start_for_tasks_with_env(&[("PATH", &path)]);
     setup(&d, NS);
     let fifo = d.fifo_dir();
     let fifo = fifo.to_str().unwrap();
@@ -170,18 +178,25 @@ fn tasks_survive_a_daemon_restart() {
         .map(|i| (format!("live-{i}"), false))
         .chain((0..EXITING).map(|i| (format!("exits-{i}"), true)))
         .collect();
-    for (id, exits) in &ids {
+    for (n, (id, exits)) in ids.iter().enumerate() {
         // The exiting ones end 3 s after they start, while the daemon is down.
         let cmd = if *exits {
             "sleep 3; exit 42"
         } else {
             "sleep 100000"
         };
+        let runtime = if n % 2 == 1 {
+            "io.containerd.berth.v2"
+        } else {
+            "io.containerd.runc.v2"
+        };
         ok(d.ctr(&[
             "-n",
             NS,
             "run",
             "-d",
+            "--runtime",
+            runtime,
             "--fifo-dir",
             fifo,
             IMAGE,

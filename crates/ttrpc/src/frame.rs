@@ -102,15 +102,20 @@ pub(crate) fn encode_frame(stream_id: u32, ty: MessageType, flags: u8, payload: 
 pub(crate) struct FrameReader<R> {
     rd: R,
     decoder: FrameDecoder,
-    scratch: Box<[u8]>,
+    /// Read buffer: small while messages are (an idle shim's connection holds little memory),
+    /// doubled up to [`READ_BUF_MAX`] whenever a read fills it.
+    scratch: Vec<u8>,
 }
+
+const READ_BUF_MIN: usize = 4 * 1024;
+const READ_BUF_MAX: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(rd: R) -> Self {
         FrameReader {
             rd,
             decoder: FrameDecoder::new(),
-            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+            scratch: vec![0u8; READ_BUF_MIN],
         }
     }
 
@@ -128,6 +133,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(None);
             }
             self.decoder.extend(&self.scratch[..n]);
+            if n == self.scratch.len() && n < READ_BUF_MAX {
+                self.scratch.resize(n * 2, 0);
+            }
         }
     }
 }

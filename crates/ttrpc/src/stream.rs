@@ -15,7 +15,8 @@ pub(crate) type FrameSink = mpsc::UnboundedSender<Vec<u8>>;
 pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(w: W) -> FrameSink {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(64 * 1024, w);
+        // Small: frames larger than the buffer are written through it directly.
+        let mut w = BufWriter::with_capacity(8 * 1024, w);
         while let Some(frame) = rx.recv().await {
             if w.write_all(&frame).await.is_err() {
                 return;

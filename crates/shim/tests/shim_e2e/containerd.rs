@@ -203,6 +203,11 @@ impl Containerd {
 
     /// Our shims serving this containerd: processes whose command line names its socket.
     fn shims(&self) -> Vec<i32> {
+        self.shims_named("containerd-shim-berth-v2")
+    }
+
+    /// Shims of a binary name serving this containerd.
+    fn shims_named(&self, name: &str) -> Vec<i32> {
         let needle = self.sock.display().to_string();
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -215,7 +220,7 @@ impl Containerd {
             let mut cmd = Vec::new();
             let _ = f.read_to_end(&mut cmd);
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("containerd-shim-berth-v2") && cmd.contains(&needle) {
+            if cmd.contains(name) && cmd.contains(&needle) {
                 out.push(pid);
             }
         }
@@ -237,19 +242,28 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        for pid in self.shims() {
+        for pid in self
+            .shims()
+            .into_iter()
+            .chain(self.shims_named("containerd-shim-runc-v2"))
+        {
             // SAFETY: a shim this containerd (which the test started) spawned, found by its socket.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        let runc_root = self.dir.path().join("runc").join(CNS);
-        if let Ok(entries) = std::fs::read_dir(&runc_root) {
-            for e in entries.flatten() {
-                let _ = Command::new(crate::harness::runtime())
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force"])
-                    .arg(e.file_name())
-                    .output();
+        // Our shim's runtime root, and the Go shim's (/run/containerd/runc in containerd's view).
+        for runc_root in [
+            self.dir.path().join("runc").join(CNS),
+            self.dir.path().join("run/containerd/runc").join(CNS),
+        ] {
+            if let Ok(entries) = std::fs::read_dir(&runc_root) {
+                for e in entries.flatten() {
+                    let _ = Command::new(crate::harness::runtime())
+                        .arg("--root")
+                        .arg(&runc_root)
+                        .args(["delete", "--force"])
+                        .arg(e.file_name())
+                        .output();
+                }
             }
         }
         // SAFETY: kill(2) on the containerd the test started; its mounts go with its namespace.
@@ -444,4 +458,144 @@ fn containerd_runs_containers_through_our_shim() {
             dir.display()
         );
     }
+}
+
+/// The other direction of runtime interop: Debian's `containerd-shim-runc-v2` with `BinaryName` =
+/// our `berth-runc` (`ctr run --runc-binary`), foreground and detached, with and without a terminal.
+#[test]
+fn the_go_shim_runs_containers_with_berth_runc() {
+    let berth_runc = Path::new(crate::harness::SHIM).with_file_name("berth-runc");
+    assert!(
+        berth_runc.is_file(),
+        "build berth-runc (cargo build --workspace --bins)"
+    );
+    let br = berth_runc.to_str().unwrap();
+    let c = Containerd::start();
+    let archive = c.dir.path().join("busybox.tar");
+    busybox_archive(&archive);
+    c.ok(&["images", "import", archive.to_str().unwrap()]);
+    let fifo = c.fifo_dir();
+    // Container ids differ from the other test's: both use the namespace, hence the cgroup paths.
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--runc-binary", br, "--fifo-dir", &fifo];
+        all.extend_from_slice(args);
+        c.ctr(&all)
+    };
+
+    let out = run(&[
+        "--rm",
+        IMAGE,
+        "rc-fg",
+        "sh",
+        "-c",
+        "echo hi from berth-runc; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "ctr run: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from berth-runc\n");
+
+    let out = run(&["-d", IMAGE, "rc-bg", "sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(task_status(&c, "rc-bg"), "RUNNING");
+    // It is berth-runc's state (runc's has no `pid_start`) that the Go shim keeps.
+    let state = c
+        .dir
+        .path()
+        .join("run/containerd/runc")
+        .join(CNS)
+        .join("rc-bg/state.json");
+    let state = std::fs::read_to_string(&state).unwrap_or_default();
+    assert!(state.contains("\"pid_start\""), "{state}");
+    let out = c.ok(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e1",
+        "rc-bg",
+        "sh",
+        "-c",
+        "echo exec-out",
+    ]);
+    assert_eq!(out, "exec-out\n");
+    let st = c.ctr(&[
+        "task",
+        "exec",
+        "--fifo-dir",
+        &fifo,
+        "--exec-id",
+        "e2",
+        "rc-bg",
+        "/no/such/binary",
+    ]);
+    assert!(!st.status.success());
+    assert!(
+        String::from_utf8_lossy(&st.stderr).contains("no such file or directory"),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let cmd = format!(
+        "ctr --address {} -n {CNS} task exec -t --fifo-dir {fifo} --exec-id t1 rc-bg sh -c 'tty; echo exec-tty'",
+        c.sock.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("exec-tty"),
+        "{text}"
+    );
+    c.ok(&["task", "pause", "rc-bg"]);
+    assert_eq!(task_status(&c, "rc-bg"), "PAUSED");
+    c.ok(&["task", "resume", "rc-bg"]);
+    assert_eq!(task_status(&c, "rc-bg"), "RUNNING");
+    let metrics = c.ok(&["task", "metrics", "rc-bg"]);
+    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+    c.ok(&["task", "kill", "-s", "SIGKILL", "rc-bg"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    while task_status(&c, "rc-bg") != "STOPPED" {
+        assert!(Instant::now() < until, "task did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.ok(&["task", "rm", "rc-bg"]);
+    c.ok(&["containers", "rm", "rc-bg"]);
+
+    let cmd = format!(
+        "ctr --address {} -n {CNS} run --runc-binary {br} --rm -t --fifo-dir {fifo} {IMAGE} rc-tty sh -c 'tty; exit 0'",
+        c.sock.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctr run -t: {text}\n{}", c.log());
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+
+    let until = Instant::now() + Duration::from_secs(10);
+    while !c.shims_named("containerd-shim-runc-v2").is_empty() {
+        assert!(Instant::now() < until, "Go shims left running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.ok(&["containers", "ls", "-q"]).trim(), "");
+    let mounts: Vec<String> = c
+        .mounts()
+        .into_iter()
+        .filter(|m| m.contains("rootfs"))
+        .collect();
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 }
