@@ -417,6 +417,12 @@ fn berth_shim_churn_leaves_nothing_behind() {
     let fifo = fifo.to_str().unwrap();
     let snaps_before = ok(d.ctr(&["-n", NS, "snapshots", "ls"]));
     let blobs_before = berth_e2e::blobs_on_disk(&d.root());
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
     let started = Instant::now();
     for i in 0..cycles {
         let id = format!("churn-{i}");
@@ -458,6 +464,12 @@ fn berth_shim_churn_leaves_nothing_behind() {
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(d.dir.path().to_str().unwrap()), "{mounts}");
+    // berthd holds nothing per finished task (each shim's log FIFO was let go).
+    let fds_after = fds();
+    assert!(
+        fds_after <= fds_before + 4,
+        "berthd's descriptors: {fds_before} before, {fds_after} after {cycles} runs"
+    );
     // Each run's snapshot went with its container; no blob was added or lost.
     assert!(
         ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))

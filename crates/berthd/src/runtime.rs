@@ -10,8 +10,6 @@
 //! `delete` action, publishing their exit.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +66,8 @@ pub(crate) struct Runtimes {
     self_exe: PathBuf,
     events: Arc<Exchange>,
     shims: Mutex<HashMap<(String, String), Arc<Shim>>>,
+    /// Stops the copy of each bundle's shim log (see [`follow_log`]).
+    logs: Mutex<HashMap<(String, String), tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// `io.containerd.runc.v2` → `containerd-shim-runc-v2`, resolved in `$PATH`.
@@ -134,8 +134,14 @@ fn parse_start_output(out: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(path))
 }
 
-/// Creates the `log` FIFO of a bundle and copies what the shim writes there to our log.
-fn log_fifo(bundle: &Path, ns: &str, id: &str) -> std::io::Result<()> {
+/// Creates the `log` FIFO of a bundle and starts copying what the shim writes there to our log,
+/// until `stop` fires (then what is already in the FIFO is copied, and the task ends).
+fn follow_log(
+    bundle: &Path,
+    ns: &str,
+    id: &str,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
     let fifo = bundle.join("log");
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::other("NUL in path"))?;
@@ -146,26 +152,39 @@ fn log_fifo(bundle: &Path, ns: &str, id: &str) -> std::io::Result<()> {
             return Err(e);
         }
     }
-    // O_RDWR never blocks on a FIFO, and keeps it open across shim restarts.
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&fifo)?;
+    // Read-write: the open never blocks, and the FIFO stays open while the shim restarts its
+    // end. The flip side, no EOF, is why the task ends on `stop`.
+    let mut rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&fifo)?;
     let (ns, id) = (ns.to_string(), id.to_string());
-    std::thread::Builder::new()
-        .name(format!("shim-log-{id}"))
-        .spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = f.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                for line in String::from_utf8_lossy(&buf[..n]).lines() {
-                    tracing::info!(namespace = %ns, id = %id, "shim: {line}");
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let emit = |data: &[u8]| {
+            for line in String::from_utf8_lossy(data).lines() {
+                tracing::info!(namespace = %ns, id = %id, "shim: {line}");
+            }
+        };
+        let mut buf = vec![0u8; 4096];
+        let mut stop = stop;
+        loop {
+            tokio::select! {
+                r = rx.read(&mut buf) => match r {
+                    Ok(n) if n > 0 => emit(&buf[..n]),
+                    _ => return,
+                },
+                _ = &mut stop => {
+                    while let Ok(n) = rx.try_read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        emit(&buf[..n]);
+                    }
+                    return;
                 }
             }
-        })?;
+        }
+    });
     Ok(())
 }
 
@@ -183,6 +202,7 @@ impl Runtimes {
             self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("berthd")),
             events,
             shims: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -211,6 +231,33 @@ impl Runtimes {
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// Copies the bundle's shim log into ours (replacing an earlier copy of the same bundle).
+    fn start_log(&self, bundle: &Path, ns: &str, id: &str) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        follow_log(bundle, ns, id, rx)?;
+        let old = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns.to_string(), id.to_string()), tx);
+        if let Some(old) = old {
+            let _ = old.send(());
+        }
+        Ok(())
+    }
+
+    /// Ends the copy of a bundle's shim log, once what the shim wrote is copied.
+    fn stop_log(&self, ns: &str, id: &str) {
+        let tx = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(ns.to_string(), id.to_string()));
+        if let Some(tx) = tx {
+            let _ = tx.send(());
+        }
     }
 
     fn forget(&self, ns: &str, id: &str) {
@@ -276,6 +323,7 @@ impl Runtimes {
         match result {
             Ok(shim) => Ok(shim),
             Err(e) => {
+                self.stop_log(ns, id);
                 let _ = std::fs::remove_dir_all(&bundle);
                 Err(e)
             }
@@ -293,7 +341,8 @@ impl Runtimes {
     ) -> Result<Arc<Shim>, Status> {
         std::fs::write(bundle.join("config.json"), spec)
             .map_err(|e| Status::internal(format!("writing config.json: {e}")))?;
-        log_fifo(bundle, ns, id).map_err(|e| Status::internal(format!("log fifo: {e}")))?;
+        self.start_log(bundle, ns, id)
+            .map_err(|e| Status::internal(format!("log fifo: {e}")))?;
         let stdin = options.map(|o| o.encode_to_vec()).unwrap_or_default();
         let mut cmd = self.action(binary, ns, id, bundle, "start");
         cmd.stdin(std::process::Stdio::piped())
@@ -411,6 +460,7 @@ impl Runtimes {
             // SAFETY: a valid path; umount2 retains nothing.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
+        self.stop_log(ns, id);
         let _ = std::fs::remove_dir_all(bundle);
         resp
     }
@@ -484,7 +534,7 @@ impl Runtimes {
             && let Ok(shim) = self.connect(ns, id, bundle, binary, address).await
         {
             // Read the shim's log again: while nobody did, its lines were dropped.
-            if let Err(e) = log_fifo(bundle, ns, id) {
+            if let Err(e) = self.start_log(bundle, ns, id) {
                 tracing::warn!(namespace = %ns, id = %id, error = %e, "reopening the shim's log");
             }
             // An exit while we were down may not have reached us: report it (once; the
