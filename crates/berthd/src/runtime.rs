@@ -415,7 +415,14 @@ impl Runtimes {
 
     /// Stops a task's shim after its task was deleted, and removes the bundle.
     pub(crate) async fn stop_shim(&self, shim: &Shim) {
-        let _ = shim
+        self.stop_shim_after(shim, false).await;
+    }
+
+    /// Stops a shim. After its task was deleted and it acknowledged Shutdown, nothing is left
+    /// for its `delete` action (containerd, too, runs it only after a dead shim): the bundle
+    /// goes without another process.
+    async fn stop_shim_after(&self, shim: &Shim, task_deleted: bool) {
+        let down = shim
             .client
             .shutdown(
                 &shim.opts(Some(Duration::from_secs(5))),
@@ -426,8 +433,12 @@ impl Runtimes {
             )
             .await;
         self.forget(&shim.ns, &shim.id);
-        self.cleanup_bundle(&shim.ns, &shim.id, &shim.bundle, &shim.binary)
-            .await;
+        if task_deleted && down.is_ok() {
+            self.remove_bundle(&shim.ns, &shim.id, &shim.bundle);
+        } else {
+            self.cleanup_bundle(&shim.ns, &shim.id, &shim.bundle, &shim.binary)
+                .await;
+        }
     }
 
     /// Runs the shim's `delete` action (kills what is left, unmounts) and removes the bundle.
@@ -454,6 +465,12 @@ impl Runtimes {
                         .ok();
             }
         }
+        self.remove_bundle(ns, id, bundle);
+        resp
+    }
+
+    /// Unmounts what the shim left mounted, stops copying its log, removes the bundle.
+    fn remove_bundle(&self, ns: &str, id: &str, bundle: &Path) {
         // The rootfs may still be mounted if the shim could not unmount it.
         let rootfs = bundle.join("rootfs");
         if let Ok(c) = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes()) {
@@ -462,7 +479,6 @@ impl Runtimes {
         }
         self.stop_log(ns, id);
         let _ = std::fs::remove_dir_all(bundle);
-        resp
     }
 
     /// Deletes the task of a shim (the init process), then stops the shim.
@@ -481,7 +497,7 @@ impl Runtimes {
             )
             .await
             .map_err(shim_status)?;
-        self.stop_shim(shim).await;
+        self.stop_shim_after(shim, true).await;
         Ok(r)
     }
 
