@@ -130,7 +130,7 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
         "i=0; while [ $i -lt 50000 ]; do echo line-$i; i=$((i+1)); done",
     ]));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 50_000);
+    assert_eq!(lines.len(), 50_000, "{}", d.log());
     assert_eq!(lines.last(), Some(&"line-49999"));
     // stderr is its own stream.
     let o = run(&["--rm", IMAGE, "err", "sh", "-c", "echo out; echo err >&2"]);

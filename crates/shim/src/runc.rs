@@ -1,6 +1,12 @@
 //! Drives a runc-compatible runtime binary (`runc`, `crun`, `berth-runc`) through its command line:
 //! `--root <root> --log <bundle>/log.json --log-format json <command> ...`. When a command fails,
 //! the last error the runtime logged during that command becomes the error message.
+//!
+//! When the runtime is our own `berth-runc`, the verbs that start no process (start, kill, delete,
+//! pause, resume, ps, update) call its library in this process instead: the same code and the same
+//! state directory, without a process per call. `create` and `exec` still run the binary: the
+//! library forks the container from its caller, which must be single-threaded and is re-executed
+//! from a sealed copy of itself (CVE-2019-5736) — `berth-runc` is built for that, the shim is not.
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
@@ -101,6 +107,8 @@ pub(crate) struct Runc {
     pub(crate) log: PathBuf,
     pub(crate) systemd_cgroup: bool,
     reaper: Arc<Reaper>,
+    /// The runtime is `berth-runc`: process-less verbs go through its library.
+    in_process: bool,
 }
 
 /// Options of `create`.
@@ -135,12 +143,31 @@ impl Runc {
         systemd_cgroup: bool,
         reaper: Arc<Reaper>,
     ) -> Runc {
+        let in_process =
+            !systemd_cgroup && Path::new(&binary).file_name() == Some("berth-runc".as_ref());
         Runc {
             binary,
             root,
             log,
             systemd_cgroup,
             reaper,
+            in_process,
+        }
+    }
+
+    /// The runtime library, when the verbs that start no process may run here.
+    fn library(&self) -> Option<berth_runtime::Runtime> {
+        self.in_process
+            .then(|| berth_runtime::Runtime::new(&self.root))
+    }
+
+    /// A library error, worded as the binary would have logged it.
+    fn library_error(&self, command: &str, e: berth_runtime::RuntimeError) -> RuncError {
+        RuncError::Failed {
+            binary: self.binary.clone(),
+            command: command.to_string(),
+            status: 1,
+            message: e.to_string(),
         }
     }
 
@@ -297,6 +324,9 @@ impl Runc {
     }
 
     pub(crate) async fn start(&self, id: &str) -> Result<(), RuncError> {
+        if let Some(rt) = self.library() {
+            return rt.start(id).map_err(|e| self.library_error("start", e));
+        }
         self.run(vec!["start".into(), id.into()], None, None)
             .await
             .map(|_| ())
@@ -327,6 +357,11 @@ impl Runc {
     }
 
     pub(crate) async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<(), RuncError> {
+        if let Some(rt) = self.library() {
+            return rt
+                .kill(id, signal as i32, all)
+                .map_err(|e| self.library_error("kill", e));
+        }
         let mut a: Vec<OsString> = vec!["kill".into()];
         if all {
             a.push("--all".into());
@@ -337,6 +372,11 @@ impl Runc {
     }
 
     pub(crate) async fn delete(&self, id: &str, force: bool) -> Result<(), RuncError> {
+        if let Some(rt) = self.library() {
+            return rt
+                .delete(id, force)
+                .map_err(|e| self.library_error("delete", e));
+        }
         let mut a: Vec<OsString> = vec!["delete".into()];
         if force {
             a.push("--force".into());
@@ -346,12 +386,18 @@ impl Runc {
     }
 
     pub(crate) async fn pause(&self, id: &str) -> Result<(), RuncError> {
+        if let Some(rt) = self.library() {
+            return rt.pause(id).map_err(|e| self.library_error("pause", e));
+        }
         self.run(vec!["pause".into(), id.into()], None, None)
             .await
             .map(|_| ())
     }
 
     pub(crate) async fn resume(&self, id: &str) -> Result<(), RuncError> {
+        if let Some(rt) = self.library() {
+            return rt.resume(id).map_err(|e| self.library_error("resume", e));
+        }
         self.run(vec!["resume".into(), id.into()], None, None)
             .await
             .map(|_| ())
@@ -359,6 +405,12 @@ impl Runc {
 
     /// `ps --format json`: the pids in the container.
     pub(crate) async fn ps(&self, id: &str) -> Result<Vec<u32>, RuncError> {
+        if let Some(rt) = self.library() {
+            return rt
+                .ps(id)
+                .map(|pids| pids.into_iter().map(|p| p as u32).collect())
+                .map_err(|e| self.library_error("ps", e));
+        }
         let out = self
             .run(
                 vec!["ps".into(), "--format".into(), "json".into(), id.into()],
@@ -377,6 +429,17 @@ impl Runc {
 
     /// `update --resources -` with the OCI `LinuxResources` JSON on stdin.
     pub(crate) async fn update(&self, id: &str, resources_json: Vec<u8>) -> Result<(), RuncError> {
+        if let Some(rt) = self.library() {
+            let r: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources_json)
+                .map_err(|e| RuncError::Output {
+                    binary: self.binary.clone(),
+                    command: "update".into(),
+                    detail: format!("resources: {e}"),
+                })?;
+            return rt
+                .update(id, &r)
+                .map_err(|e| self.library_error("update", e));
+        }
         self.run(
             vec!["update".into(), "--resources".into(), "-".into(), id.into()],
             None,

@@ -492,6 +492,11 @@ impl ProcessIo {
         std::mem::take(&mut self.copies)
     }
 
+    /// Puts back copies still running (for Delete to wait on).
+    pub(crate) fn keep_copies(&mut self, copies: Vec<JoinHandle<()>>) {
+        self.copies.extend(copies);
+    }
+
     /// Drops the pty (after exit).
     pub(crate) fn close_console(&mut self) {
         self.console = None;
@@ -499,16 +504,16 @@ impl ProcessIo {
 }
 
 /// Waits for output copies to finish, at most `grace` (a grandchild holding the pipe open must
-/// not hold the exit back forever).
-pub(crate) async fn drain(copies: Vec<JoinHandle<()>>, grace: Duration) {
-    let all = async {
-        for c in copies {
-            let _ = c.await;
+/// not hold the exit back forever). Returns the copies still running.
+pub(crate) async fn drain(mut copies: Vec<JoinHandle<()>>, grace: Duration) -> Vec<JoinHandle<()>> {
+    let deadline = tokio::time::Instant::now() + grace;
+    while let Some(c) = copies.last_mut() {
+        if tokio::time::timeout_at(deadline, c).await.is_err() {
+            return copies;
         }
-    };
-    if tokio::time::timeout(grace, all).await.is_err() {
-        tracing::warn!("process output still open after its exit; publishing the exit anyway");
+        copies.pop();
     }
+    copies
 }
 
 /// A unix socket the runtime connects to (`--console-socket`) to hand over the pty master.

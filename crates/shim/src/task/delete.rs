@@ -27,6 +27,7 @@ impl Shim {
             if status == TaskStatus::Running || status == TaskStatus::Paused {
                 return Err(running());
             }
+            p.finish_output().await;
             lock(&c.execs).remove(exec_id);
             let exit = p.exit().unwrap_or(Exit {
                 status: 0,
@@ -56,6 +57,7 @@ impl Shim {
                 }
             }
         }
+        p.finish_output().await;
         if c.rootfs_mounted {
             mount::unmount_all(&c.bundle.join("rootfs"));
         }

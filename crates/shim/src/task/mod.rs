@@ -59,6 +59,15 @@ pub(crate) struct Process {
 }
 
 impl Process {
+    /// Waits (bounded) for output copies that outlived the exit's grace period: the client
+    /// reads to EOF, which comes only once they end (or the shim exits).
+    pub(crate) async fn finish_output(&self) {
+        let left = lock(&self.io).take_copies();
+        if !left.is_empty() {
+            let _ = stdio::drain(left, DRAIN_GRACE).await;
+        }
+    }
+
     fn new(exec_id: String, stdio: StdioPaths, spec: Vec<u8>) -> Process {
         Process {
             exec_id,
@@ -237,9 +246,14 @@ impl Shim {
                 }
             }
             let copies = lock(&p.io).take_copies();
-            stdio::drain(copies, DRAIN_GRACE).await;
+            let left = stdio::drain(copies, DRAIN_GRACE).await;
             {
                 let mut io = lock(&p.io);
+                if !left.is_empty() {
+                    // Delete waits for them once more before the shim may go away.
+                    tracing::warn!(container = %c.id, "process output still open after its exit; publishing the exit anyway");
+                    io.keep_copies(left);
+                }
                 io.close_stdin();
                 io.close_console();
             }
