@@ -197,6 +197,81 @@ impl Containerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ctr <args>` on a terminal (ctr -t needs a console on its stdin: script(1) gives it one);
+    /// the exit status and what the terminal showed.
+    fn ctr_on_a_tty(&self, args: &str) -> (bool, String) {
+        let cmd = format!("ctr --address {} -n {CNS} {args}", self.sock.display());
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `ctr task exec --exec-id <exec_id> <id> <args>`.
+    fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> Output {
+        let fifo = self.fifo_dir();
+        let mut all = vec![
+            "task",
+            "exec",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            exec_id,
+            id,
+        ];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+
+    /// [`Containerd::exec`] that must succeed; its stdout.
+    fn exec_ok(&self, id: &str, exec_id: &str, args: &[&str]) -> String {
+        let out = self.exec(id, exec_id, args);
+        assert!(
+            out.status.success(),
+            "exec {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A foreground `ctr run` ended with `code` and printed `stdout`.
+    fn assert_exit(&self, out: &Output, code: i32, stdout: &str) {
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "ctr run: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), stdout);
+    }
+
+    fn assert_no_rootfs_mounts(&self) {
+        let mounts: Vec<String> = self
+            .mounts()
+            .into_iter()
+            .filter(|m| m.contains("rootfs"))
+            .collect();
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    }
+
+    /// SIGKILL to a task, wait until it stopped, remove task and container.
+    fn kill_and_remove(&self, id: &str) {
+        self.ok(&["task", "kill", "-s", "SIGKILL", id]);
+        let until = Instant::now() + Duration::from_secs(10);
+        while task_status(self, id) != "STOPPED" {
+            assert!(Instant::now() < until, "task {id} did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.ok(&["task", "rm", id]);
+        self.ok(&["containers", "rm", id]);
+    }
+
     fn fifo_dir(&self) -> String {
         self.dir.path().join("fifo").display().to_string()
     }
@@ -319,14 +394,7 @@ fn containerd_runs_containers_through_our_shim() {
         "-c",
         "echo hi from berth; echo to-stderr >&2; exit 3",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "ctr run: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.log()
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from berth\n");
+    c.assert_exit(&out, 3, "hi from berth\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
 
     // Detached: ls, exec, pause/resume, ps, metrics, kill, rm.
@@ -344,31 +412,9 @@ fn containerd_runs_containers_through_our_shim() {
     ]);
     assert_eq!(task_status(&c, "bg"), "RUNNING");
     assert_eq!(c.shims().len(), 1, "one berth shim serves the container");
-    let out = c.ok(&[
-        "task",
-        "exec",
-        "--fifo-dir",
-        &fifo,
-        "--exec-id",
-        "e1",
-        "bg",
-        "sh",
-        "-c",
-        "echo exec-out",
-    ]);
+    let out = c.exec_ok("bg", "e1", &["sh", "-c", "echo exec-out"]);
     assert_eq!(out, "exec-out\n");
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--fifo-dir",
-        &fifo,
-        "--exec-id",
-        "e2",
-        "bg",
-        "sh",
-        "-c",
-        "exit 9",
-    ]);
+    let out = c.exec("bg", "e2", &["sh", "-c", "exit 9"]);
     assert_eq!(out.status.code(), Some(9));
     c.ok(&["task", "pause", "bg"]);
     assert_eq!(task_status(&c, "bg"), "PAUSED");
@@ -381,27 +427,13 @@ fn containerd_runs_containers_through_our_shim() {
         metrics.contains("memory.usage_in_bytes"),
         "task metrics: {metrics}"
     );
-    c.ok(&["task", "kill", "-s", "SIGKILL", "bg"]);
-    let until = Instant::now() + Duration::from_secs(10);
-    while task_status(&c, "bg") != "STOPPED" {
-        assert!(Instant::now() < until, "task did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    c.ok(&["task", "rm", "bg"]);
-    c.ok(&["containers", "rm", "bg"]);
+    c.kill_and_remove("bg");
 
-    // A terminal (ctr -t needs a console on its stdin: give it one with script(1)).
-    let cmd = format!(
-        "ctr --address {} -n {CNS} run --rm -t --fifo-dir {fifo} --runtime {rt} {IMAGE} tty sh -c 'tty; exit 0'",
-        c.sock.display()
-    );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ctr run -t: {text}\n{}", c.log());
+    // A terminal.
+    let (ok, text) = c.ctr_on_a_tty(&format!(
+        "run --rm -t --fifo-dir {fifo} --runtime {rt} {IMAGE} tty sh -c 'tty; exit 0'"
+    ));
+    assert!(ok, "ctr run -t: {text}\n{}", c.log());
     assert!(text.contains("/dev/pts/"), "ctr run -t output: {text:?}");
 
     // Churn: run/rm cycles, then nothing may be left.
@@ -435,12 +467,7 @@ fn containerd_runs_containers_through_our_shim() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mounts: Vec<String> = c
-        .mounts()
-        .into_iter()
-        .filter(|m| m.contains("rootfs"))
-        .collect();
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    c.assert_no_rootfs_mounts();
     assert_eq!(c.ok(&["containers", "ls", "-q"]).trim(), "");
     for ctrl in ["memory", "pids"] {
         let dir = Path::new("/sys/fs/cgroup").join(ctrl).join(CNS);
@@ -490,14 +517,7 @@ fn the_go_shim_runs_containers_with_berth_runc() {
         "-c",
         "echo hi from berth-runc; exit 3",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "ctr run: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.log()
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from berth-runc\n");
+    c.assert_exit(&out, 3, "hi from berth-runc\n");
 
     let out = run(&["-d", IMAGE, "rc-bg", "sleep", "1000"]);
     assert!(
@@ -515,45 +535,18 @@ fn the_go_shim_runs_containers_with_berth_runc() {
         .join("rc-bg/state.json");
     let state = std::fs::read_to_string(&state).unwrap_or_default();
     assert!(state.contains("\"pid_start\""), "{state}");
-    let out = c.ok(&[
-        "task",
-        "exec",
-        "--fifo-dir",
-        &fifo,
-        "--exec-id",
-        "e1",
-        "rc-bg",
-        "sh",
-        "-c",
-        "echo exec-out",
-    ]);
+    let out = c.exec_ok("rc-bg", "e1", &["sh", "-c", "echo exec-out"]);
     assert_eq!(out, "exec-out\n");
-    let st = c.ctr(&[
-        "task",
-        "exec",
-        "--fifo-dir",
-        &fifo,
-        "--exec-id",
-        "e2",
-        "rc-bg",
-        "/no/such/binary",
-    ]);
+    let st = c.exec("rc-bg", "e2", &["/no/such/binary"]);
     assert!(!st.status.success());
     assert!(
         String::from_utf8_lossy(&st.stderr).contains("no such file or directory"),
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
-    let cmd = format!(
-        "ctr --address {} -n {CNS} task exec -t --fifo-dir {fifo} --exec-id t1 rc-bg sh -c 'tty; echo exec-tty'",
-        c.sock.display()
-    );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = c.ctr_on_a_tty(&format!(
+        "task exec -t --fifo-dir {fifo} --exec-id t1 rc-bg sh -c 'tty; echo exec-tty'"
+    ));
     assert!(
         text.contains("/dev/pts/") && text.contains("exec-tty"),
         "{text}"
@@ -564,26 +557,12 @@ fn the_go_shim_runs_containers_with_berth_runc() {
     assert_eq!(task_status(&c, "rc-bg"), "RUNNING");
     let metrics = c.ok(&["task", "metrics", "rc-bg"]);
     assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
-    c.ok(&["task", "kill", "-s", "SIGKILL", "rc-bg"]);
-    let until = Instant::now() + Duration::from_secs(10);
-    while task_status(&c, "rc-bg") != "STOPPED" {
-        assert!(Instant::now() < until, "task did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    c.ok(&["task", "rm", "rc-bg"]);
-    c.ok(&["containers", "rm", "rc-bg"]);
+    c.kill_and_remove("rc-bg");
 
-    let cmd = format!(
-        "ctr --address {} -n {CNS} run --runc-binary {br} --rm -t --fifo-dir {fifo} {IMAGE} rc-tty sh -c 'tty; exit 0'",
-        c.sock.display()
-    );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ctr run -t: {text}\n{}", c.log());
+    let (ok, text) = c.ctr_on_a_tty(&format!(
+        "run --runc-binary {br} --rm -t --fifo-dir {fifo} {IMAGE} rc-tty sh -c 'tty; exit 0'"
+    ));
+    assert!(ok, "ctr run -t: {text}\n{}", c.log());
     assert!(text.contains("/dev/pts/"), "{text:?}");
 
     let until = Instant::now() + Duration::from_secs(10);
@@ -592,10 +571,5 @@ fn the_go_shim_runs_containers_with_berth_runc() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(c.ok(&["containers", "ls", "-q"]).trim(), "");
-    let mounts: Vec<String> = c
-        .mounts()
-        .into_iter()
-        .filter(|m| m.contains("rootfs"))
-        .collect();
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    c.assert_no_rootfs_mounts();
 }
