@@ -13,8 +13,10 @@
 //!
 //! The new process is a fork-like `clone` of the caller that keeps running this crate's code
 //! until execve, so `create`, `run` and `exec` must be called from a single-threaded process
-//! (the `berth-runc` binary is one). A multi-threaded caller such as an async shim should run
-//! `berth-runc`, as containerd's shim runs runc.
+//! whose binary cannot be opened for writing (CVE-2019-5736): the `berth-runc` binary seals
+//! itself with [`protect_self_exe`]; Berth's shim is single-threaded and runs from a read-only
+//! bind of its binary, and hands the new process its stdio through `CreateOptions::stdio`. A
+//! caller that cannot promise both should run `berth-runc`, as containerd's shim runs runc.
 //!
 //! Not supported: the systemd cgroup driver, rootless mode, checkpoint/restore, exec with a
 //! seccomp notify filter, seccomp arches other than x86_64/x86/x32.

@@ -14,6 +14,19 @@ use nix::sys::socket::{
 
 use crate::error::{Result, RuntimeError};
 
+/// In a new child: makes `fds` (descriptors ≥ 3) its stdin, stdout and stderr; exits the child
+/// (status 127) if that fails. `None` keeps what it has.
+pub(crate) fn child_stdio(fds: Option<[libc::c_int; 3]>) {
+    let Some(fds) = fds else { return };
+    for (target, fd) in (0..).zip(fds) {
+        // SAFETY: dup2 on descriptors the caller handed us.
+        if unsafe { libc::dup2(fd, target) } < 0 {
+            // SAFETY: ends only this child, without running the parent's exit handlers.
+            unsafe { libc::_exit(127) };
+        }
+    }
+}
+
 /// `clone(2)` with fork semantics (no new stack) plus namespace flags. Returns 0 in the child.
 ///
 /// # Safety

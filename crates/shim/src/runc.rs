@@ -2,11 +2,12 @@
 //! `--root <root> --log <bundle>/log.json --log-format json <command> ...`. When a command fails,
 //! the last error the runtime logged during that command becomes the error message.
 //!
-//! When the runtime is our own `berth-runc`, the verbs that start no process (start, kill, delete,
-//! pause, resume, ps, update) call its library in this process instead: the same code and the same
-//! state directory, without a process per call. `create` and `exec` still run the binary: the
-//! library forks the container from its caller, which must be single-threaded and is re-executed
-//! from a sealed copy of itself (CVE-2019-5736) — `berth-runc` is built for that, the shim is not.
+//! When the runtime is our own `berth-runc`, every verb but `checkpoint` calls its library in this
+//! process instead: the same code and the same state directory, without a process per call.
+//! `create` and `exec` clone the container's process from the caller, so they go in-process only
+//! while the shim is single-threaded and runs from a read-only mount of its binary (set up by
+//! `start`, against CVE-2019-5736: until its execve the new process is a copy of the shim);
+//! otherwise they run the binary.
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
@@ -161,6 +162,29 @@ impl Runc {
             .then(|| berth_runtime::Runtime::new(&self.root))
     }
 
+    /// The runtime library for `create` and `exec`, which clone this process: only when this
+    /// process is single-threaded and its binary cannot be written through the clone.
+    fn library_for_clone(&self) -> Option<berth_runtime::Runtime> {
+        let single_threaded = std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1);
+        if single_threaded && berth_runtime::self_exe_is_readonly() {
+            self.library()
+        } else {
+            None
+        }
+    }
+
+    /// The descriptors for the new process's 0, 1 and 2 (`/dev/null` where `io` has none),
+    /// and what keeps them open until the library returns.
+    fn stdio_fds(io: &ChildStdio) -> std::io::Result<([std::os::fd::RawFd; 3], std::fs::File)> {
+        use std::os::fd::AsRawFd;
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
+        let fd = |f: &Option<OwnedFd>| f.as_ref().map_or(null.as_raw_fd(), AsRawFd::as_raw_fd);
+        Ok(([fd(&io.stdin), fd(&io.stdout), fd(&io.stderr)], null))
+    }
+
     /// A library error, worded as the binary would have logged it.
     fn library_error(&self, command: &str, e: berth_runtime::RuntimeError) -> RuncError {
         RuncError::Failed {
@@ -306,6 +330,28 @@ impl Runc {
         o: &CreateOpts<'_>,
         io: ChildStdio,
     ) -> Result<(), RuncError> {
+        if let Some(rt) = self.library_for_clone() {
+            let (stdio, _null) = Self::stdio_fds(&io).map_err(|source| RuncError::Io {
+                binary: self.binary.clone(),
+                command: "create".into(),
+                source,
+            })?;
+            let r = rt.create(
+                id,
+                &berth_runtime::CreateOptions {
+                    bundle: o.bundle.to_path_buf(),
+                    pid_file: Some(o.pid_file.to_path_buf()),
+                    console_socket: o.console_socket.map(Path::to_path_buf),
+                    no_pivot: o.no_pivot,
+                    no_new_keyring: o.no_new_keyring,
+                    preserve_fds: 0,
+                    stdio: Some(stdio),
+                },
+            );
+            // Our copies of the process's ends go now: its output ends when it does.
+            drop(io);
+            return r.map(|_| ()).map_err(|e| self.library_error("create", e));
+        }
         let mut a: Vec<OsString> = vec!["create".into(), "--bundle".into(), o.bundle.into()];
         a.push("--pid-file".into());
         a.push(o.pid_file.into());
@@ -340,6 +386,33 @@ impl Runc {
         console_socket: Option<&Path>,
         io: ChildStdio,
     ) -> Result<(), RuncError> {
+        if let Some(rt) = self.library_for_clone() {
+            let process: oci_spec::runtime::Process = std::fs::read(process_json)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .map_err(|detail| RuncError::Output {
+                    binary: self.binary.clone(),
+                    command: "exec".into(),
+                    detail: format!("{}: {detail}", process_json.display()),
+                })?;
+            let (stdio, _null) = Self::stdio_fds(&io).map_err(|source| RuncError::Io {
+                binary: self.binary.clone(),
+                command: "exec".into(),
+                source,
+            })?;
+            let r = rt.exec(
+                id,
+                &berth_runtime::ExecOptions {
+                    process,
+                    console_socket: console_socket.map(Path::to_path_buf),
+                    pid_file: Some(pid_file.to_path_buf()),
+                    preserve_fds: 0,
+                    stdio: Some(stdio),
+                },
+            );
+            drop(io);
+            return r.map(|_| ()).map_err(|e| self.library_error("exec", e));
+        }
         let mut a: Vec<OsString> = vec![
             "exec".into(),
             "--detach".into(),

@@ -1,6 +1,7 @@
 //! The `start` action: pick and bind the socket, write the bundle's `address` file, re-execute
-//! ourselves as the long-lived server (new session, listener on fd 3), print the address in the
-//! form the calling daemon understands, exit.
+//! ourselves as the long-lived server (new session, listener on fd 3, a private mount namespace
+//! with our binary bind-mounted read-only over itself), print the address in the form the
+//! calling daemon understands, exit.
 //!
 //! What the daemon understands:
 //! - containerd 2.3+ sends `BootstrapParams` on stdin and first tries to read a `BootstrapResult`
@@ -232,7 +233,7 @@ fn spawn_server(
     child_flags.action = None;
     child_flags.socket = Some(sock.to_path_buf());
     child_flags.bundle = Some(bundle.to_path_buf());
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&exe);
     cmd.args(child_flags.to_args())
         .current_dir(bundle)
         .stdin(Stdio::null())
@@ -245,12 +246,16 @@ fn spawn_server(
         cmd.env("TTRPC_ADDRESS", &b.containerd_ttrpc_address);
     }
     let fd = listener.as_raw_fd();
+    let exe_c = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).ok();
     // SAFETY: the closure runs in the child between fork and exec and only makes async-signal-safe
-    // system calls (setsid, dup2, fcntl) on integers.
+    // system calls (setsid, unshare, mount, dup2, fcntl) on integers and prepared C strings.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(exe) = &exe_c {
+                seal_exe(exe);
             }
             if fd == 3 {
                 let flags = libc::fcntl(3, libc::F_GETFD);
@@ -296,6 +301,53 @@ pub(crate) fn inherited_listener() -> anyhow::Result<std::os::unix::net::UnixLis
     let l = std::os::unix::net::UnixListener::from(fd);
     l.set_nonblocking(true).context("fd 3 non-blocking")?;
     Ok(l)
+}
+
+/// Between fork and exec of the server: a private mount namespace in which our binary is
+/// bind-mounted read-only over itself, so the server (and every container process cloned from
+/// it before its own execve) runs from a binary nobody can open for writing (CVE-2019-5736).
+/// Nothing is copied, nothing is left on the host; the namespace goes with the shim. On any
+/// failure the server runs unsealed, and the runtime's `create`/`exec` go through its binary.
+///
+/// # Safety
+/// Only async-signal-safe system calls: call it between fork and exec.
+unsafe fn seal_exe(exe: &std::ffi::CStr) {
+    let none = c"none";
+    let root = c"/";
+    // SAFETY: plain system calls on valid C strings; each step only if the one before worked,
+    // so the bind never happens in a namespace that would propagate it to the host.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return;
+        }
+        if libc::mount(
+            none.as_ptr(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SLAVE | libc::MS_REC,
+            std::ptr::null(),
+        ) != 0
+        {
+            return;
+        }
+        if libc::mount(
+            exe.as_ptr(),
+            exe.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) != 0
+        {
+            return;
+        }
+        libc::mount(
+            std::ptr::null(),
+            exe.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            std::ptr::null(),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub struct CreateOptions {
     pub no_pivot: bool,
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
+    /// The process's stdin, stdout and stderr (descriptors ≥ 3 of the caller); `None`: the
+    /// caller's own 0, 1 and 2, as the CLI hands them on.
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
 /// Reads and checks `<bundle>/config.json`.
@@ -400,6 +403,7 @@ impl Runtime {
         let pid =
             unsafe { clone_fork(plan.clone.bits()) }.map_err(|e| RuntimeError::sys("clone", e))?;
         if pid == 0 {
+            crate::sys::child_stdio(o.stdio);
             drop(parent_sock);
             std::mem::forget(undo);
             let args = ChildArgs {

@@ -20,6 +20,8 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: u32,
+    /// As [`super::CreateOptions::stdio`].
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
 impl Runtime {
@@ -71,6 +73,7 @@ impl Runtime {
         // SAFETY: single-threaded caller (see create).
         let pid = unsafe { clone_fork(0) }.map_err(|e| RuntimeError::sys("clone", e))?;
         if pid == 0 {
+            crate::sys::child_stdio(o.stdio);
             drop(parent_sock);
             let new_userns = plan
                 .child_join

@@ -13,6 +13,7 @@ fn options(a: &CreateArgs) -> CreateOptions {
         no_pivot: a.no_pivot,
         no_new_keyring: a.no_new_keyring,
         preserve_fds: a.preserve_fds,
+        stdio: None,
     }
 }
 

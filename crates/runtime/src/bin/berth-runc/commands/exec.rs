@@ -59,6 +59,7 @@ pub(crate) fn exec(rt: &Runtime, a: &ExecArgs) -> Result<u8> {
             console_socket: a.console_socket.clone(),
             pid_file: a.pid_file.clone(),
             preserve_fds: a.preserve_fds,
+            stdio: None,
         },
     )?;
     if a.detach {
