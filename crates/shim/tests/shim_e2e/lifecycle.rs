@@ -44,6 +44,20 @@ async fn create_start_wait_delete() {
         .await
         .unwrap();
     assert!(created.pid > 0);
+    // CVE-2019-5736: the shim (whose clone the container's process is until its execve, when
+    // the runtime runs in-process) runs from a read-only mount of its binary, so its exe link
+    // cannot be reopened for writing even once no process runs the binary (ETXTBSY) any more.
+    let shim_exe = std::ffi::CString::new(format!("/proc/{}/exe", w.shim_pid.unwrap())).unwrap();
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs fills the struct we own from a valid path.
+    let rc = unsafe { libc::statvfs(shim_exe.as_ptr(), &mut vfs) };
+    assert_eq!(rc, 0);
+    assert_ne!(
+        vfs.f_flag & libc::ST_RDONLY,
+        0,
+        "the shim's binary is on a writable mount"
+    );
     let out = collect(out_r);
     let err = collect(err_r);
     let state = task
