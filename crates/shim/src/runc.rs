@@ -175,12 +175,21 @@ impl Runc {
 
     /// The descriptors for the new process's 0, 1 and 2 (`/dev/null` where `io` has none),
     /// and what keeps them open until the library returns.
-    fn stdio_fds(io: &ChildStdio) -> std::io::Result<([std::os::fd::RawFd; 3], std::fs::File)> {
+    fn stdio_fds(
+        &self,
+        command: &str,
+        io: &ChildStdio,
+    ) -> Result<([std::os::fd::RawFd; 3], std::fs::File), RuncError> {
         use std::os::fd::AsRawFd;
         let null = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open("/dev/null")?;
+            .open("/dev/null")
+            .map_err(|source| RuncError::Io {
+                binary: self.binary.clone(),
+                command: command.to_string(),
+                source,
+            })?;
         let fd = |f: &Option<OwnedFd>| f.as_ref().map_or(null.as_raw_fd(), AsRawFd::as_raw_fd);
         Ok(([fd(&io.stdin), fd(&io.stdout), fd(&io.stderr)], null))
     }
@@ -331,11 +340,7 @@ impl Runc {
         io: ChildStdio,
     ) -> Result<(), RuncError> {
         if let Some(rt) = self.library_for_clone() {
-            let (stdio, _null) = Self::stdio_fds(&io).map_err(|source| RuncError::Io {
-                binary: self.binary.clone(),
-                command: "create".into(),
-                source,
-            })?;
+            let (stdio, _null) = self.stdio_fds("create", &io)?;
             let r = rt.create(
                 id,
                 &berth_runtime::CreateOptions {
@@ -395,11 +400,7 @@ impl Runc {
                     command: "exec".into(),
                     detail: format!("{}: {detail}", process_json.display()),
                 })?;
-            let (stdio, _null) = Self::stdio_fds(&io).map_err(|source| RuncError::Io {
-                binary: self.binary.clone(),
-                command: "exec".into(),
-                source,
-            })?;
+            let (stdio, _null) = self.stdio_fds("exec", &io)?;
             let r = rt.exec(
                 id,
                 &berth_runtime::ExecOptions {
