@@ -325,32 +325,20 @@ pub trait OutputWithin {
 impl OutputWithin for Command {
     fn output_within(&mut self, limit: Duration) -> std::io::Result<Output> {
         use std::io::Read;
+        fn read_all(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
+        }
         let mut child = self
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let drain = |r: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut v = Vec::new();
-                if let Some(mut r) = r {
-                    let _ = r.read_to_end(&mut v);
-                }
-                v
-            })
-        };
-        let out = drain(
-            child
-                .stdout
-                .take()
-                .map(|r| Box::new(r) as Box<dyn Read + Send>),
-        );
-        let err = drain(
-            child
-                .stderr
-                .take()
-                .map(|r| Box::new(r) as Box<dyn Read + Send>),
-        );
+        let out = read_all(child.stdout.take().expect("piped stdout"));
+        let err = read_all(child.stderr.take().expect("piped stderr"));
         let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(st) = child.try_wait()? {

@@ -76,3 +76,27 @@ now_ns() { date +%s%N; }
 
 # median of the arguments (numbers).
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# shim_pids NAME SOCK: processes of binary NAME whose `-address` is the daemon socket SOCK.
+shim_pids() {
+  local name="$1" sock="$2" pid
+  for pid in $(pgrep -f "$name" || true); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-address $sock "; then
+      echo "$pid"
+    fi
+  done
+}
+
+# smaps_field FIELD PID...: kB values of a /proc/<pid>/smaps_rollup field, one per line.
+smaps_field() {
+  local f="$1" pid; shift
+  for pid in "$@"; do awk -v f="$f:" '$1 == f {print $2}' "/proc/$pid/smaps_rollup"; done
+}
+
+# uss PID...: unique set size (Private_Clean + Private_Dirty) in kB, one per line.
+uss() {
+  local pid
+  for pid in "$@"; do
+    awk '$1 == "Private_Clean:" || $1 == "Private_Dirty:" {s += $2} END {print s}' "/proc/$pid/smaps_rollup"
+  done
+}

@@ -20,16 +20,6 @@ mkdir -p "$BENCH_TMP/rootfs/proc" "$BENCH_TMP/rootfs/dev" "$BENCH_TMP/rootfs/sys
 start_containerd
 CTR=(ctr --address "$CTRD_SOCK" -n shimmem)
 
-# Shims of this containerd, by binary name.
-shim_pids() {
-  local name="$1" pid
-  for pid in $(pgrep -f "$name" || true); do
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-address $CTRD_SOCK"; then
-      echo "$pid"
-    fi
-  done
-}
-
 shimmem_cleanup() {
   for id in $("${CTR[@]}" task ls -q 2>/dev/null || true); do
     "${CTR[@]}" task kill -s SIGKILL "$id" >/dev/null 2>&1 || true
@@ -41,7 +31,7 @@ shimmem_cleanup() {
   for id in $("${CTR[@]}" containers ls -q 2>/dev/null || true); do
     "${CTR[@]}" containers rm "$id" >/dev/null 2>&1 || true
   done
-  for pid in $(shim_pids containerd-shim-runc-v2) $(shim_pids containerd-shim-berth-v2); do
+  for pid in $(shim_pids containerd-shim-runc-v2 "$CTRD_SOCK") $(shim_pids containerd-shim-berth-v2 "$CTRD_SOCK"); do
     kill -9 "$pid" 2>/dev/null || true
   done
   bench_cleanup
@@ -58,33 +48,22 @@ run_many() {
   done
 }
 
-# kB values of a field over the given pids, one per line.
-field() {
-  local f="$1"; shift
-  for pid in "$@"; do awk -v f="$f:" '$1 == f {print $2}' "/proc/$pid/smaps_rollup"; done
-}
-uss() {
-  for pid in "$@"; do
-    awk '$1 == "Private_Clean:" || $1 == "Private_Dirty:" {s += $2} END {print s}' "/proc/$pid/smaps_rollup"
-  done
-}
-
 report() {
   local label="$1"; shift
   local pids=("$@")
   printf '%-26s shims=%-3d Rss=%6s kB  Pss=%6s kB  USS=%6s kB (medians)\n' "$label" "${#pids[@]}" \
-    "$(median $(field Rss "${pids[@]}"))" "$(median $(field Pss "${pids[@]}"))" "$(median $(uss "${pids[@]}"))"
+    "$(median $(smaps_field Rss "${pids[@]}"))" "$(median $(smaps_field Pss "${pids[@]}"))" "$(median $(uss "${pids[@]}"))"
 }
 
 run_many io.containerd.runc.v2 runc-
 run_many io.containerd.berth.v2 berth-
 sleep 3
-mapfile -t GO < <(shim_pids containerd-shim-runc-v2)
-mapfile -t RS < <(shim_pids containerd-shim-berth-v2)
+mapfile -t GO < <(shim_pids containerd-shim-runc-v2 "$CTRD_SOCK")
+mapfile -t RS < <(shim_pids containerd-shim-berth-v2 "$CTRD_SOCK")
 report containerd-shim-runc-v2 "${GO[@]}"
 report containerd-shim-berth-v2 "${RS[@]}"
-go_pss=$(median $(field Pss "${GO[@]}"))
-rs_pss=$(median $(field Pss "${RS[@]}"))
+go_pss=$(median $(smaps_field Pss "${GO[@]}"))
+rs_pss=$(median $(smaps_field Pss "${RS[@]}"))
 go_uss=$(median $(uss "${GO[@]}"))
 rs_uss=$(median $(uss "${RS[@]}"))
 awk -v a="$rs_pss" -v b="$go_pss" -v c="$rs_uss" -v d="$go_uss" \
