@@ -51,6 +51,55 @@ pub(crate) unsafe fn clone_fork(flags: libc::c_int) -> io::Result<libc::pid_t> {
     }
 }
 
+/// `clone3(2)` with fork semantics, namespace `flags`, and the child born in the cgroup2
+/// directory `cgroup` (`CLONE_INTO_CGROUP`, Linux 5.7+). Returns 0 in the child.
+///
+/// # Safety
+/// As [`clone_fork`].
+pub(crate) unsafe fn clone_fork_into(flags: libc::c_int, cgroup: RawFd) -> io::Result<libc::pid_t> {
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: u64::from(flags as u32) | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup as u64,
+    };
+    // SAFETY: a null stack means fork semantics, as in clone_fork; args outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as libc::pid_t)
+    }
+}
+
 #[repr(C)]
 struct OpenHow {
     flags: u64,

@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxResources, Spec};
 
-use super::Runtime;
 use super::namespaces::{NsPlan, join_in_parent, plan_init};
+use super::{Runtime, clone_joining};
 use crate::cgroups::{Cgroup, CgroupPaths, Layout, default_device_rules};
 use crate::error::{PathContext, Result, RuntimeError, SysContext};
 use crate::init::{ChildArgs, Role, child_main};
 use crate::state::{
     ContainerState, EXEC_FIFO, Status, now_rfc3339, proc_start_time, validate_id, write_atomic,
 };
-use crate::sys::{SyncSocket, clone_fork, msg};
+use crate::sys::{SyncSocket, msg};
 
 /// Options of `create` (and `run`).
 #[derive(Debug, Clone, Default)]
@@ -394,14 +394,14 @@ impl Runtime {
         // Directories first (cheap); the move into them overlaps the child's set-up below.
         undo.cgroup = Some(cg_paths.open());
         cgroup.create()?;
+        let self_join = cg_paths.self_join().ok();
         join_in_parent(&plan, linux.time_offsets().as_ref())?;
         let (parent_sock, child_sock) = SyncSocket::pair()?;
         let hostname = spec.hostname().as_deref().filter(|_| plan.has_uts);
         let domainname = spec.domainname().as_deref().filter(|_| plan.has_uts);
         // SAFETY: berth-runc is single-threaded here (no thread was spawned), so the child may
         // keep running Rust code after the fork-like clone.
-        let pid =
-            unsafe { clone_fork(plan.clone.bits()) }.map_err(|e| RuntimeError::sys("clone", e))?;
+        let (pid, self_join) = unsafe { clone_joining(plan.clone.bits(), self_join) }?;
         if pid == 0 {
             crate::sys::child_stdio(o.stdio);
             drop(parent_sock);
@@ -432,6 +432,7 @@ impl Runtime {
                 hostname,
                 domainname,
                 sync: child_sock,
+                self_join: self_join.as_ref(),
             };
             child_main(args);
         }
@@ -486,10 +487,13 @@ impl Runtime {
         }
         // The child is setting up its mounts meanwhile. Limits come once it is done: a device
         // list half written would make its mknods in /dev fail.
-        cgroup.join(pid)?;
-        parent_sock
-            .send(msg::JOINED)
-            .map_err(|e| RuntimeError::sys("sync", e))?;
+        if self_join.is_none() {
+            cgroup.join(pid)?;
+            parent_sock
+                .send(msg::JOINED)
+                .map_err(|e| RuntimeError::sys("sync", e))?;
+        }
+        drop(self_join);
         let mut st = ContainerState {
             id: id.to_string(),
             pid,

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::Process;
 
-use super::Runtime;
 use super::namespaces::{join_in_parent, plan_exec};
+use super::{Runtime, clone_joining};
 use crate::error::{PathContext, Result, RuntimeError};
 use crate::init::{ChildArgs, Role, child_main};
 use crate::state::{Status, write_atomic};
-use crate::sys::{SyncSocket, clone_fork, msg};
+use crate::sys::{SyncSocket, msg};
 
 /// Options of `exec`.
 #[derive(Debug, Clone)]
@@ -71,7 +71,9 @@ impl Runtime {
         join_in_parent(&plan, None)?;
         let (parent_sock, child_sock) = SyncSocket::pair()?;
         // SAFETY: single-threaded caller (see create).
-        let pid = unsafe { clone_fork(0) }.map_err(|e| RuntimeError::sys("clone", e))?;
+        let self_join = st.cgroup.as_ref().and_then(|c| c.self_join().ok());
+        // SAFETY: single-threaded caller (see create).
+        let (pid, self_join) = unsafe { clone_joining(0, self_join) }?;
         if pid == 0 {
             crate::sys::child_stdio(o.stdio);
             drop(parent_sock);
@@ -94,6 +96,7 @@ impl Runtime {
                 hostname: None,
                 domainname: None,
                 sync: child_sock,
+                self_join: self_join.as_ref(),
             });
         }
         drop(child_sock);
@@ -106,9 +109,10 @@ impl Runtime {
             }
             e
         };
-        if let Some(cg) = &cgroup {
+        if let Some(cg) = cgroup.as_ref().filter(|_| self_join.is_none()) {
             cg.apply(pid).map_err(|e| fail(e.into()))?;
         }
+        drop(self_join);
         parent_sock
             .send(msg::GO)
             .map_err(|e| fail(RuntimeError::sys("sync", e)))?;

@@ -61,3 +61,36 @@ pub(crate) fn bad_state(op: &'static str, id: &str, status: Status) -> RuntimeEr
         status: status.to_string(),
     }
 }
+
+/// Clones the container's child (fork-like, with namespace `flags`) straight into its cgroup
+/// when `join` allows: born in the cgroup2 directory, left to move itself into the v1 ones
+/// (see [`SelfJoin`](crate::cgroups::SelfJoin)). Returns the pid (0 in the child) and the
+/// self-join the child must do; `None` means the parent moves the child the old way (no
+/// self-join possible, or a kernel without `clone3`/`CLONE_INTO_CGROUP`).
+///
+/// # Safety
+/// As [`clone_fork`](crate::sys::clone_fork): the caller is single-threaded.
+pub(crate) unsafe fn clone_joining(
+    flags: libc::c_int,
+    join: Option<crate::cgroups::SelfJoin>,
+) -> Result<(libc::pid_t, Option<crate::cgroups::SelfJoin>)> {
+    use std::os::fd::AsRawFd;
+    let clone = |flags| {
+        // SAFETY: the caller's guarantee.
+        unsafe { crate::sys::clone_fork(flags) }.map_err(|e| RuntimeError::sys("clone", e))
+    };
+    match join {
+        Some(j) => match &j.into {
+            Some(dir) => {
+                // SAFETY: the caller's guarantee.
+                match unsafe { crate::sys::clone_fork_into(flags, dir.as_raw_fd()) } {
+                    Ok(pid) => Ok((pid, Some(j))),
+                    // Whatever the kernel refused here, the plain move reports it better.
+                    Err(_) => Ok((clone(flags)?, None)),
+                }
+            }
+            None => Ok((clone(flags)?, Some(j))),
+        },
+        None => Ok((clone(flags)?, None)),
+    }
+}

@@ -68,6 +68,8 @@ pub(crate) struct ChildArgs<'a> {
     pub(crate) hostname: Option<&'a str>,
     pub(crate) domainname: Option<&'a str>,
     pub(crate) sync: SyncSocket,
+    /// The child moves itself into its (v1) cgroup first thing; the parent sends no JOINED.
+    pub(crate) self_join: Option<&'a crate::cgroups::SelfJoin>,
 }
 
 /// The child's entry point; never returns.
@@ -91,6 +93,9 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
     prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0)
         .map_err(|e| RuntimeError::sys("pdeathsig", e))?;
     prctl(libc::PR_SET_DUMPABLE, 0, 0).map_err(|e| RuntimeError::sys("dumpable", e))?;
+    if let Some(j) = a.self_join {
+        j.enter()?;
+    }
     a.sync.expect(msg::GO)?;
     let agent_payload = if a.seccomp_agent.is_some() {
         Some(
@@ -119,8 +124,8 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         }
         wait_joined(a)?;
     }
-    // An exec'd process is in its cgroup before GO; an init is moved while it sets up its
-    // mounts (the move costs the kernel an RCU grace period: overlap it with our work).
+    // An exec'd process is in its cgroup before GO; an init moved by its parent is moved while
+    // it sets up its mounts (the move costs the kernel an RCU grace period: overlap it).
     let mut joined = a.double_fork || matches!(a.role, Role::Exec);
     let in_userns = a.new_userns
         || a.join
@@ -261,7 +266,9 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
 /// Waits until the parent has moved us into the container's cgroup, then makes the namespaces
 /// that must come after that (the cgroup namespace).
 fn wait_joined(a: &ChildArgs<'_>) -> Result<()> {
-    a.sync.expect(msg::JOINED)?;
+    if a.self_join.is_none() {
+        a.sync.expect(msg::JOINED)?;
+    }
     if !a.unshare_late.is_empty() {
         nix::sched::unshare(a.unshare_late).sys(format!("unshare {:?}", a.unshare_late))?;
     }

@@ -52,8 +52,7 @@ fn exec_runs_inside() {
     let ps: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &id])).unwrap();
     assert!(ps.contains(&pid), "{ps:?} lacks {pid}");
     // The exec'd process joined the container's cgroup.
-    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(cg.contains(&b.cgroup), "{cg}");
+    b.assert_member(pid.into());
     env.ok(&["kill", "--all", &id, "KILL"]);
     env.wait_status(&id, "stopped");
     let err = env.fail(&["exec", &id, "true"]);

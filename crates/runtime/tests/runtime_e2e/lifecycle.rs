@@ -29,6 +29,7 @@ fn create_start_kill_delete() {
     assert_eq!(st["id"], json!(id));
     assert_eq!(st["bundle"], json!(b.dir.to_str().unwrap()));
     assert!(st["created"].as_str().unwrap().ends_with('Z'));
+    b.assert_member(st["pid"].as_i64().unwrap());
     // The created init is the process we asked for, not yet executed.
     let err = env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
     assert!(

@@ -37,7 +37,7 @@ fn user_namespace_maps_root() {
     let mut b = env.bundle(&[
         "sh",
         "-c",
-        "id -u; cat /proc/self/uid_map; cat /proc/self/gid_map",
+        "id -u; cat /proc/self/uid_map; cat /proc/self/gid_map; cat /proc/self/cgroup",
     ]);
     b.config["linux"]["namespaces"] = json!([
         {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "user"}
@@ -54,6 +54,7 @@ fn user_namespace_maps_root() {
     assert_eq!(lines[0], vec!["0"]);
     assert_eq!(lines[1], vec!["0", "100000", "65536"]);
     assert_eq!(lines[2], vec!["0", "100000", "65536"]);
+    b.assert_cgroup_lines(&out.lines().skip(3).collect::<Vec<_>>().join("\n"));
 }
 
 #[test]
@@ -180,7 +181,12 @@ fn join_user_namespace_with_new_pid_namespace() {
     env.create(&holder, &hid);
     env.ok(&["start", &hid]);
     let hpid = env.state(&hid)["pid"].as_i64().unwrap();
-    let mut b = env.bundle(&["sh", "-c", "echo $$; cat /proc/self/uid_map"]);
+    holder.assert_member(hpid);
+    let mut b = env.bundle(&[
+        "sh",
+        "-c",
+        "echo $$; cat /proc/self/uid_map; cat /proc/self/cgroup",
+    ]);
     b.config["linux"]["namespaces"] = json!([
         {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
         {"type": "network", "path": format!("/proc/{hpid}/ns/net")},
@@ -198,6 +204,7 @@ fn join_user_namespace_with_new_pid_namespace() {
         .collect();
     assert_eq!(lines[0], vec!["1"], "pid 1 of its own pid namespace: {out}");
     assert_eq!(lines[1], vec!["0", "200000", "65536"], "{out}");
+    b.assert_cgroup_lines(&out.lines().skip(2).collect::<Vec<_>>().join("\n"));
     // Joining a namespace of the wrong type is refused.
     b.config["linux"]["namespaces"][4]["path"] = json!(format!("/proc/{hpid}/ns/ipc"));
     b.save();

@@ -67,6 +67,25 @@ impl Bundle {
             .to_string()
     }
 
+    /// `pid` is in this bundle's cgroup in every hierarchy (v1 controllers, named ones and the
+    /// unified one of a hybrid host).
+    pub(crate) fn assert_member(&self, pid: i64) {
+        self.assert_cgroup_lines(&std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap());
+    }
+
+    /// Every line of a `/proc/<pid>/cgroup` text names this bundle's cgroup.
+    pub(crate) fn assert_cgroup_lines(&self, text: &str) {
+        assert!(text.lines().count() > 1, "{text}");
+        for line in text.lines() {
+            let path = line.splitn(3, ':').nth(2).unwrap_or_default();
+            assert!(
+                path.ends_with(&self.cgroup),
+                "outside {} in {line:?}:\n{text}",
+                self.cgroup
+            );
+        }
+    }
+
     pub(crate) fn cgroup_exists(&self) -> bool {
         ["memory", "pids", "cpu", "freezer", "devices"]
             .iter()
