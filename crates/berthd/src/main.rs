@@ -12,6 +12,7 @@ mod runtime;
 mod server;
 mod services;
 mod telemetry;
+mod trim;
 mod ttrpc_events;
 
 use std::path::PathBuf;
@@ -110,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => {}
     }
     let cfg = effective_config(&cli)?;
+    trim::configure_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")

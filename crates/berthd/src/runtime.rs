@@ -154,32 +154,36 @@ fn follow_log(
     }
     // Read-write: the open never blocks, and the FIFO stays open while the shim restarts its
     // end. The flip side, no EOF, is why the task ends on `stop`.
-    let mut rx = tokio::net::unix::pipe::OpenOptions::new()
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(&fifo)?;
     let (ns, id) = (ns.to_string(), id.to_string());
     tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
         let emit = |data: &[u8]| {
             for line in String::from_utf8_lossy(data).lines() {
                 tracing::info!(namespace = %ns, id = %id, "shim: {line}");
             }
         };
-        let mut buf = vec![0u8; 4096];
+        // Reads what is there into a buffer on the stack: a quiet FIFO (one per container)
+        // holds no memory. False at the end of the stream or on an error.
+        let drain = |rx: &tokio::net::unix::pipe::Receiver| {
+            let mut buf = [0u8; 4096];
+            loop {
+                match rx.try_read(&mut buf) {
+                    Ok(0) => return false,
+                    Ok(n) => emit(&buf[..n]),
+                    Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+                }
+            }
+        };
         let mut stop = stop;
         loop {
             tokio::select! {
-                r = rx.read(&mut buf) => match r {
-                    Ok(n) if n > 0 => emit(&buf[..n]),
-                    _ => return,
+                r = rx.readable() => if r.is_err() || !drain(&rx) {
+                    return;
                 },
                 _ = &mut stop => {
-                    while let Ok(n) = rx.try_read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        emit(&buf[..n]);
-                    }
+                    drain(&rx);
                     return;
                 }
             }

@@ -29,6 +29,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::events::Exchange;
 use crate::gc::Collector;
+use crate::trim::Trimmer;
 use crate::{plugins, services, telemetry, ttrpc_events};
 
 /// How long in-flight RPCs may run after SIGTERM before the daemon stops anyway.
@@ -79,19 +80,26 @@ pub(crate) fn bind_unix(
     Ok(listener)
 }
 
-/// Counts RPCs in flight, so shutdown can wait for calls rather than for idle connections.
-#[derive(Debug, Clone, Default)]
-struct InFlight(Arc<AtomicUsize>);
+/// Counts RPCs in flight, so shutdown can wait for calls rather than for idle connections; the
+/// last call to end wakes the heap trimmer.
+#[derive(Debug, Clone)]
+struct InFlight(Arc<AtomicUsize>, Trimmer);
 
-struct InFlightGuard(Arc<AtomicUsize>);
+struct InFlightGuard(Arc<AtomicUsize>, Trimmer);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.1.idle();
+        }
     }
 }
 
 impl InFlight {
+    fn new(trimmer: Trimmer) -> Self {
+        InFlight(Arc::default(), trimmer)
+    }
+
     fn count(&self) -> usize {
         self.0.load(Ordering::Acquire)
     }
@@ -103,6 +111,7 @@ impl<S> tower::Layer<S> for InFlight {
         InFlightService {
             inner,
             count: self.0.clone(),
+            trimmer: self.1.clone(),
         }
     }
 }
@@ -111,6 +120,7 @@ impl<S> tower::Layer<S> for InFlight {
 struct InFlightService<S> {
     inner: S,
     count: Arc<AtomicUsize>,
+    trimmer: Trimmer,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for InFlightService<S>
@@ -131,7 +141,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         self.count.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlightGuard(self.count.clone());
+        let guard = InFlightGuard(self.count.clone(), self.trimmer.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
@@ -245,7 +255,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
                 .max_encoding_message_size(send)
         };
     }
-    let in_flight = InFlight::default();
+    let in_flight = InFlight::new(Trimmer::spawn());
     let router = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB windows throttle blob streams on a local socket; let a client
         // have several MiB in flight.

@@ -1,7 +1,6 @@
 //! The ttrpc frame: a 10-byte header and up to [`MAX_DATA_LEN`] bytes of payload.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Length of the frame header in bytes.
 pub const HEADER_LEN: usize = 10;
@@ -97,25 +96,40 @@ pub(crate) fn encode_frame(stream_id: u32, ty: MessageType, flags: u8, payload: 
     out
 }
 
+/// The read half of a connection, read by readiness: nothing waits on a buffer, so an idle
+/// connection (the daemon keeps one per container, a shim one per client) holds no memory.
+pub(crate) trait ReadHalf {
+    /// Resolves once a read may find bytes (cancel-safe).
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Reads without blocking; `WouldBlock` when nothing is there after all.
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl ReadHalf for tokio::net::unix::OwnedReadHalf {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        self.as_ref().readable()
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.as_ref().try_read(buf)
+    }
+}
+
 /// Reads frames from a connection. Cancel-safe: all state lives in the reader, so a `select!`
 /// that drops a pending [`FrameReader::next`] loses no bytes.
 pub(crate) struct FrameReader<R> {
     rd: R,
     decoder: FrameDecoder,
-    /// Read buffer: small while messages are (an idle shim's connection holds little memory),
-    /// doubled up to [`READ_BUF_MAX`] whenever a read fills it.
-    scratch: Vec<u8>,
 }
 
-const READ_BUF_MIN: usize = 4 * 1024;
-const READ_BUF_MAX: usize = 64 * 1024;
+/// Bytes taken per read, into a buffer on the stack.
+const READ_CHUNK: usize = 16 * 1024;
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: ReadHalf> FrameReader<R> {
     pub(crate) fn new(rd: R) -> Self {
         FrameReader {
             rd,
             decoder: FrameDecoder::new(),
-            scratch: vec![0u8; READ_BUF_MIN],
         }
     }
 
@@ -125,16 +139,31 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(d) = self.decoder.next_frame() {
                 return Ok(Some(d));
             }
-            let n = self.rd.read(&mut self.scratch).await?;
-            if n == 0 {
+            self.rd.readable().await?;
+            if !self.read_ready()? {
                 if self.decoder.has_partial() {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
                 return Ok(None);
             }
-            self.decoder.extend(&self.scratch[..n]);
-            if n == self.scratch.len() && n < READ_BUF_MAX {
-                self.scratch.resize(n * 2, 0);
+        }
+    }
+
+    /// Takes what the socket holds; false at the end of the stream.
+    fn read_ready(&mut self) -> std::io::Result<bool> {
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            match self.rd.try_read(&mut buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.decoder.extend(&buf[..n]);
+                    if n < buf.len() {
+                        return Ok(true);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -201,6 +230,11 @@ impl FrameDecoder {
         }
         self.buf.advance(HEADER_LEN);
         let payload = self.buf.split_to(len).freeze();
+        if self.buf.is_empty() {
+            // Keep no spare capacity between messages (it would live as long as the
+            // connection); the payload keeps its bytes alive on its own.
+            self.buf = BytesMut::new();
+        }
         Some(Decoded::Frame(header, payload))
     }
 }
@@ -269,8 +303,8 @@ mod tests {
     #[tokio::test]
     async fn reader_is_cancel_safe() {
         use tokio::io::AsyncWriteExt;
-        let (mut w, r) = tokio::io::duplex(64);
-        let mut reader = FrameReader::new(r);
+        let (r, mut w) = tokio::net::UnixStream::pair().unwrap();
+        let mut reader = FrameReader::new(r.into_split().0);
         let writer = tokio::spawn(async move {
             for i in 0..50u32 {
                 let f = encode_frame(2 * i + 1, MessageType::Request, 0, &[i as u8; 40]);

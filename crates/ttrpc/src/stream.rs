@@ -1,7 +1,7 @@
 //! Server-side stream halves handed to streaming handlers, and the shared frame writer.
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::frame::{FLAG_NO_DATA, FLAG_REMOTE_CLOSED, MAX_DATA_LEN, MessageType, encode_frame};
@@ -11,22 +11,18 @@ use crate::status::{Code, Status};
 pub(crate) type FrameSink = mpsc::UnboundedSender<Vec<u8>>;
 
 /// Spawns the task that owns the write half of a connection. Frames queued while a write is in
-/// progress are coalesced into one flush, so concurrent calls share syscalls.
-pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(w: W) -> FrameSink {
+/// progress are coalesced into one write, so concurrent calls share syscalls. No buffer is
+/// kept between writes: an idle connection (one per container in the daemon) holds nothing.
+pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(mut w: W) -> FrameSink {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        // Small: frames larger than the buffer are written through it directly.
-        let mut w = BufWriter::with_capacity(8 * 1024, w);
-        while let Some(frame) = rx.recv().await {
-            if w.write_all(&frame).await.is_err() {
-                return;
+        while let Some(mut batch) = rx.recv().await {
+            while batch.len() < COALESCE_MAX
+                && let Ok(more) = rx.try_recv()
+            {
+                batch.extend_from_slice(&more);
             }
-            while let Ok(more) = rx.try_recv() {
-                if w.write_all(&more).await.is_err() {
-                    return;
-                }
-            }
-            if w.flush().await.is_err() {
+            if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
                 return;
             }
         }
@@ -34,6 +30,9 @@ pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(w: W) -> Fram
     });
     tx
 }
+
+/// Frames are appended to one write until it is this long.
+const COALESCE_MAX: usize = 64 * 1024;
 
 pub(crate) fn too_large(len: usize) -> Status {
     Status::new(
