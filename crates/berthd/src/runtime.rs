@@ -27,7 +27,7 @@ use crate::events::Exchange;
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Exits found at start-up are published this long after the daemon serves, so that event
 /// subscribers (kubelet, ctr events) have reconnected.
-const RECOVERED_EXIT_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const RECOVERED_EXIT_DELAY: Duration = Duration::from_secs(1);
 /// How long a shim's `start` or `delete` action may take.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -10,8 +10,12 @@ use berth_api::containerd::services::events::v1::Envelope;
 use berth_ttrpc::{Context, PeerCheck, Server, ServerHandle, Status};
 
 use crate::events::{Exchange, validate_topic};
+use crate::runtime::RECOVERED_EXIT_DELAY;
 
-struct Forwarder(Arc<Exchange>);
+/// The exchange, and when the daemon's first moments are over: until then forwarded events
+/// wait, so that clients subscribing right after a restart see the exits shims were holding
+/// (the start-up's own reports of recovered exits wait the same [`RECOVERED_EXIT_DELAY`]).
+struct Forwarder(Arc<Exchange>, tokio::time::Instant);
 
 impl Events for Forwarder {
     async fn forward(&self, _ctx: Context, req: ForwardRequest) -> Result<(), Status> {
@@ -22,6 +26,7 @@ impl Events for Forwarder {
             .map_err(|e| Status::invalid_argument(format!("envelope.namespace: {e}")))?;
         validate_topic(&env.topic)
             .map_err(|e| Status::invalid_argument(format!("envelope.{e}")))?;
+        tokio::time::sleep_until(self.1).await;
         self.0.forward(Envelope {
             timestamp: env.timestamp,
             namespace: env.namespace,
@@ -38,7 +43,10 @@ pub(crate) fn start(path: &Path, exchange: Arc<Exchange>) -> anyhow::Result<Serv
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let listener = crate::server::bind_unix(path, uid, gid, "ttrpc address")?;
     Ok(Server::new()
-        .register(EventsServer::new(Forwarder(exchange)))
+        .register(EventsServer::new(Forwarder(
+            exchange,
+            tokio::time::Instant::now() + RECOVERED_EXIT_DELAY,
+        )))
         .peer_check(PeerCheck::SameUser)
         .start(listener))
 }
