@@ -413,3 +413,14 @@ async fn shutdown_finishes_in_flight_calls_then_closes() {
     assert_eq!(e.code(), Code::Unavailable);
     assert!(UnixStream::connect(&h.path).await.is_err() || c.is_closed());
 }
+
+/// A handler that takes its time answers once, on a connection that was quiet meanwhile.
+#[tokio::test]
+async fn a_slow_answer_arrives() {
+    let h = Harness::start(PeerCheck::SameUser);
+    let c = h.client().await;
+    let opts = CallOptions::with_timeout(Duration::from_secs(10));
+    for ms in ["300", "1100"] {
+        assert_eq!(echo(&c, "Sleep", ms, &opts).await.unwrap(), "woke");
+    }
+}
