@@ -18,7 +18,7 @@ use crate::runtime::RECOVERED_EXIT_DELAY;
 /// them; live events pass at once.
 struct Forwarder {
     exchange: Arc<Exchange>,
-    started: std::time::SystemTime,
+    started: prost_types::Timestamp,
     release: tokio::time::Instant,
 }
 
@@ -26,20 +26,14 @@ impl Forwarder {
     fn new(exchange: Arc<Exchange>) -> Self {
         Forwarder {
             exchange,
-            started: std::time::SystemTime::now(),
+            started: crate::services::sys_ts(std::time::SystemTime::now()).unwrap_or_default(),
             release: tokio::time::Instant::now() + RECOVERED_EXIT_DELAY,
         }
     }
 
     /// Whether the event was made before this daemon started.
     fn made_while_down(&self, ts: Option<&prost_types::Timestamp>) -> bool {
-        let Some(ts) = ts else { return false };
-        let started = self
-            .started
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let secs = i64::try_from(started.as_secs()).unwrap_or(i64::MAX);
-        (ts.seconds, ts.nanos) < (secs, started.subsec_nanos() as i32)
+        ts.is_some_and(|t| (t.seconds, t.nanos) < (self.started.seconds, self.started.nanos))
     }
 }
 
@@ -83,15 +77,12 @@ mod tests {
     #[tokio::test]
     async fn only_events_made_before_the_start_are_held() {
         let f = Forwarder::new(Arc::new(Exchange::default()));
-        let at = |t: std::time::SystemTime| {
-            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
-            prost_types::Timestamp {
-                seconds: d.as_secs() as i64,
-                nanos: d.subsec_nanos() as i32,
-            }
+        let at = |secs: i64, nanos: i32| prost_types::Timestamp {
+            seconds: f.started.seconds + secs,
+            nanos: f.started.nanos + nanos,
         };
-        let before = at(f.started - std::time::Duration::from_secs(3));
-        let after = at(f.started + std::time::Duration::from_millis(1));
+        let before = at(-3, 0);
+        let after = at(0, 1);
         assert!(f.made_while_down(Some(&before)));
         assert!(!f.made_while_down(Some(&after)));
         assert!(!f.made_while_down(None));

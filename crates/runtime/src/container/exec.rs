@@ -70,7 +70,6 @@ impl Runtime {
         let cgroup = st.cgroup.as_ref().map(|c| c.open());
         join_in_parent(&plan, None)?;
         let (parent_sock, child_sock) = SyncSocket::pair()?;
-        // SAFETY: single-threaded caller (see create).
         let self_join = st.cgroup.as_ref().and_then(|c| c.self_join().ok());
         // SAFETY: single-threaded caller (see create).
         let (pid, self_join) = unsafe { clone_joining(0, self_join) }?;

@@ -75,22 +75,21 @@ pub(crate) unsafe fn clone_joining(
     join: Option<crate::cgroups::SelfJoin>,
 ) -> Result<(libc::pid_t, Option<crate::cgroups::SelfJoin>)> {
     use std::os::fd::AsRawFd;
-    let clone = |flags| {
+    let clone = || {
         // SAFETY: the caller's guarantee.
         unsafe { crate::sys::clone_fork(flags) }.map_err(|e| RuntimeError::sys("clone", e))
     };
-    match join {
-        Some(j) => match &j.into {
-            Some(dir) => {
-                // SAFETY: the caller's guarantee.
-                match unsafe { crate::sys::clone_fork_into(flags, dir.as_raw_fd()) } {
-                    Ok(pid) => Ok((pid, Some(j))),
-                    // Whatever the kernel refused here, the plain move reports it better.
-                    Err(_) => Ok((clone(flags)?, None)),
-                }
-            }
-            None => Ok((clone(flags)?, Some(j))),
-        },
-        None => Ok((clone(flags)?, None)),
+    let Some(dir) = join
+        .as_ref()
+        .and_then(|j| j.into.as_ref())
+        .map(|d| d.as_raw_fd())
+    else {
+        return Ok((clone()?, join));
+    };
+    // SAFETY: the caller's guarantee; `dir` stays open (owned by `join`) through the call.
+    match unsafe { crate::sys::clone_fork_into(flags, dir) } {
+        Ok(pid) => Ok((pid, join)),
+        // Whatever the kernel refused here, the plain move reports it better.
+        Err(_) => Ok((clone()?, None)),
     }
 }
