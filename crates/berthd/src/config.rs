@@ -194,7 +194,7 @@ impl Config {
                 self.grpc.max_send_message_size
             );
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+        crate::telemetry::log_filter(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level: {:?} is not a valid filter: {e}", self.log.level)
         })?;
         if !(0.0..=1.0).contains(&self.otlp.sampling_ratio) {
@@ -233,7 +233,7 @@ impl Config {
                 "grpc.address: unix socket path longer than 101 bytes (the .ttrpc socket next to it must fit 107)"
             );
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+        crate::telemetry::log_filter(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level: {:?} is not a valid filter: {e}", self.log.level)
         })?;
         Ok(())

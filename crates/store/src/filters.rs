@@ -5,11 +5,12 @@
 //! fields, each either a bare word or a quoted string (`labels."a.b/c"`). Operators: `==`, `!=`,
 //! `~=` (regular expression) and `@=` (substring); a selector without an operator tests presence.
 //! Quotes are `"`, `/` or `|` with Go-style escapes, so regular expressions read naturally:
-//! `name~=/^foo\./`.
+//! `name~=/^foo\./`. Regular expressions are RE2 syntax as in Go's `regexp` (through `regex-lite`:
+//! the same syntax without Unicode classes such as `\pL`; `\w`, `\d` and `\s` are ASCII, as in Go).
 
 use std::fmt;
 
-use regex::Regex;
+use regex_lite::Regex;
 
 /// Resolves a field path on the object being filtered: `Some(value)` when present.
 pub trait Adaptor {
