@@ -80,7 +80,7 @@ pub(crate) struct Log {
     pub(crate) format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
     Text,

@@ -1,5 +1,6 @@
 //! `berthd`: the Berth daemon. Serves the containerd v1 API over gRPC on a unix socket.
 
+mod cli;
 mod config;
 mod errors;
 mod events;
@@ -15,54 +16,10 @@ mod telemetry;
 mod trim;
 mod ttrpc_events;
 
-use std::path::PathBuf;
-
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
-
-#[derive(Debug, Parser)]
-#[command(name = "berthd", version = services::version_string(), about = "Berth container supervisor daemon")]
-struct Cli {
-    /// Configuration file (default: /etc/berth/config.toml if it exists, else built-in defaults).
-    #[arg(short, long, env = "BERTH_CONFIG")]
-    config: Option<PathBuf>,
-    /// Persistent data directory (overrides `root`).
-    #[arg(long)]
-    root: Option<PathBuf>,
-    /// Runtime state directory (overrides `state`).
-    #[arg(long)]
-    state: Option<PathBuf>,
-    /// gRPC unix socket path (overrides `grpc.address`).
-    #[arg(short, long)]
-    address: Option<PathBuf>,
-    /// Log level or filter (overrides `log.level`).
-    #[arg(short, long)]
-    log_level: Option<String>,
-    /// Log format (overrides `log.format`).
-    #[arg(long, value_enum)]
-    log_format: Option<LogFormat>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Configuration helpers.
-    Config {
-        #[command(subcommand)]
-        action: ConfigAction,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ConfigAction {
-    /// Print the default configuration, with comments.
-    Default,
-    /// Print the configuration the daemon would run with (file + flags), validated.
-    Dump,
-}
+use crate::cli::{Cli, ConfigAction, Parsed};
+use crate::config::Config;
 
 fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
     let mut cfg = Config::load(cli.config.as_deref())?;
@@ -86,7 +43,24 @@ fn effective_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match cli::parse(
+        std::env::args_os().skip(1),
+        std::env::var_os("BERTH_CONFIG"),
+    ) {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Help) => {
+            print!("{}", cli::HELP);
+            return;
+        }
+        Ok(Parsed::Version) => {
+            println!("berthd {}", services::version_string());
+            return;
+        }
+        Err(e) => {
+            eprintln!("berthd: {e}\n\nFor more information, try 'berthd --help'.");
+            std::process::exit(2);
+        }
+    };
     if let Err(e) = run(cli) {
         eprintln!("berthd: {e:#}");
         std::process::exit(1);
@@ -94,16 +68,12 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match &cli.command {
-        Some(Command::Config {
-            action: ConfigAction::Default,
-        }) => {
+    match cli.command {
+        Some(ConfigAction::Default) => {
             print!("{}", config::DEFAULT_CONFIG);
             return Ok(());
         }
-        Some(Command::Config {
-            action: ConfigAction::Dump,
-        }) => {
+        Some(ConfigAction::Dump) => {
             let cfg = effective_config(&cli)?;
             println!("{cfg:#?}");
             return Ok(());
