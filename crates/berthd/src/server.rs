@@ -197,9 +197,11 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             .with_context(|| format!("proxy plugin {name}"))?;
         proxies.push((name.clone(), Arc::new(proxy)));
     }
-    let store = tokio::task::spawn_blocking(move || Store::open_with(&root, proxies))
-        .await?
-        .with_context(|| format!("opening metadata store {}", cfg.db_path().display()))?;
+    let store = tokio::task::spawn_blocking(move || {
+        crate::trim::with_small_mmap_threshold(|| Store::open_with(&root, proxies))
+    })
+    .await?
+    .with_context(|| format!("opening metadata store {}", cfg.db_path().display()))?;
     let events = Arc::new(Exchange::default());
     let stale = {
         let store = store.clone();
