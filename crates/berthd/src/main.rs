@@ -7,6 +7,7 @@ mod events;
 mod gc;
 mod mount;
 mod plugins;
+mod pow;
 mod proxy_snapshotter;
 mod pull;
 mod runtime;
