@@ -21,6 +21,9 @@ pub(crate) struct Config {
     pub(crate) log: Log,
     pub(crate) otlp: Otlp,
     pub(crate) registry: RegistryConfig,
+    /// Kubernetes CRI.
+    #[serde(default)]
+    pub(crate) cri: berth_cri::CriConfig,
     /// External plugins by name, as containerd's `[proxy_plugins.<name>]`.
     #[serde(default)]
     pub(crate) proxy_plugins: std::collections::BTreeMap<String, ProxyPlugin>,
@@ -156,6 +159,7 @@ impl Config {
             );
         }
         self.check_overrides()?;
+        self.cri.validate().map_err(|e| anyhow::anyhow!(e))?;
         for (name, p) in &self.proxy_plugins {
             if p.r#type != "snapshot" {
                 bail!(

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod cri_host;
 mod errors;
 mod events;
 mod gc;

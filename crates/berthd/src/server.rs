@@ -241,6 +241,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         default_scheme: None,
         insecure: cfg.registry.insecure.clone(),
     };
+    let (cri_puller, cri_hosts) = (puller.clone(), host_options.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -317,14 +318,48 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         .add_service(limits!(IntrospectionServer::new(
             services::Introspection::new(store.clone(), plugins)
         )))
-        .add_service(health_service);
+        .add_service(health_service.clone());
+
+    let cri = if cfg.cri.enable {
+        let c = berth_cri::Cri::new(
+            cfg.cri.clone(),
+            berth_cri::Dirs {
+                root: cfg.root.join("io.berth.cri"),
+                state: cfg.state.join("io.berth.cri"),
+                image_fs: cfg.root.join("snapshots").join(&cfg.cri.snapshotter),
+                socket: cfg.grpc.address.clone(),
+            },
+            Arc::new(crate::cri_host::CriHost {
+                puller: cri_puller,
+                hosts: cri_hosts,
+                mounts_dir: cfg.state.join("io.berth.cri").join("mnt"),
+            }),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        Some(c)
+    } else {
+        None
+    };
+    let router = match &cri {
+        Some(c) => router
+            .add_service(limits!(c.runtime_service()))
+            .add_service(limits!(c.image_service())),
+        None => router,
+    };
 
     let listener = bind_socket(cfg)?;
     let ttrpc = ttrpc_events::start(&cfg.ttrpc_address(), events.clone())?;
-    {
-        // Shims that outlived a previous daemon: reconnect (in parallel) or clean up.
+    // Shims that outlived a previous daemon: reconnect (in parallel) or clean up. The CRI
+    // subscribes to task events first, so that exits found by the restore reach it.
+    let restore = {
         let runtimes = runtimes.clone();
-        tokio::spawn(async move { runtimes.restore().await });
+        async move { runtimes.restore().await }
+    };
+    match &cri {
+        Some(c) => c.start(restore),
+        None => {
+            tokio::spawn(restore);
+        }
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -335,6 +370,26 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         },
     ));
+    // The CRI alone on a second socket, if configured: stops with the main one.
+    let (cri_stop_tx, cri_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cri_server = match &cri {
+        Some(c) if !cfg.cri.address.as_os_str().is_empty() => {
+            let l = bind_unix(&cfg.cri.address, cfg.grpc.uid, cfg.grpc.gid, "cri.address")?;
+            let r = tonic::transport::Server::builder()
+                .layer(in_flight.clone())
+                .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+                .add_service(limits!(c.runtime_service()))
+                .add_service(limits!(c.image_service()))
+                .add_service(health_service);
+            Some(tokio::spawn(r.serve_with_incoming_shutdown(
+                UnixListenerStream::new(l),
+                async {
+                    let _ = cri_stop_rx.await;
+                },
+            )))
+        }
+        _ => None,
+    };
     tracing::info!(
         address = %cfg.grpc.address.display(),
         root = %cfg.root.display(),
@@ -367,6 +422,11 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         server.abort();
+    }
+    let _ = cri_stop_tx.send(());
+    if let Some(s) = cri_server {
+        s.abort();
+        let _ = std::fs::remove_file(&cfg.cri.address);
     }
     ttrpc.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_file(&cfg.grpc.address);

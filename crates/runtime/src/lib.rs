@@ -43,6 +43,7 @@ pub use seccomp::{
     supported_actions as seccomp_actions,
 };
 pub use state::{
-    ContainerState, OCI_VERSION, OciState, Status, now_rfc3339, validate_id, write_atomic,
+    ContainerState, OCI_VERSION, OciState, Status, format_rfc3339_fixed, now_rfc3339, validate_id,
+    write_atomic,
 };
 pub use sys::recv_fd;

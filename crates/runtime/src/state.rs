@@ -229,6 +229,16 @@ pub fn now_rfc3339() -> String {
 }
 
 pub(crate) fn format_rfc3339(secs: i64, nanos: u32) -> String {
+    format_rfc3339_with(secs, nanos, true)
+}
+
+/// RFC 3339 in UTC with exactly nine fractional digits (Go's
+/// `2006-01-02T15:04:05.000000000Z07:00`, the CRI log format's time stamp).
+pub fn format_rfc3339_fixed(secs: i64, nanos: u32) -> String {
+    format_rfc3339_with(secs, nanos, false)
+}
+
+fn format_rfc3339_with(secs: i64, nanos: u32, trim: bool) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -242,9 +252,9 @@ pub(crate) fn format_rfc3339(secs: i64, nanos: u32) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let mut frac = String::new();
-    if nanos != 0 {
+    if nanos != 0 || !trim {
         frac = format!(".{nanos:09}");
-        while frac.ends_with('0') {
+        while trim && frac.ends_with('0') {
             frac.pop();
         }
     }

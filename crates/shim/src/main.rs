@@ -6,6 +6,7 @@
 //! shim v2 notes in `containerd-wire.md` §3.
 
 mod cleanup;
+mod crilog;
 mod error;
 mod events;
 mod flags;

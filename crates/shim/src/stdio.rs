@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::crilog::{CriLog, CriStream};
 use crate::runc::ChildStdio;
 use crate::sys;
 
@@ -45,7 +46,7 @@ pub(crate) struct StdioPaths {
 pub(crate) enum StdioError {
     #[error("opening {path}: {source}")]
     Open { path: String, source: io::Error },
-    #[error("unsupported stdio URI {0:?} (FIFO paths and file:// are supported)")]
+    #[error("unsupported stdio URI {0:?} (FIFO paths, file:// and cri-log:// are supported)")]
     Unsupported(String),
     #[error("creating stdio pipes: {0}")]
     Pipe(io::Error),
@@ -161,9 +162,33 @@ fn open_fifo(uri: &str, output: bool) -> Result<FdStream, StdioError> {
 enum Sink {
     Fifo(FdStream),
     File(std::fs::File),
+    Cri(CriStream),
 }
 
 impl Sink {
+    /// Opens `uri` for `stream`; a CRI log is opened once and shared by both streams.
+    fn open_for(
+        uri: &str,
+        stream: &'static str,
+        log: &mut Option<Arc<CriLog>>,
+    ) -> Result<Sink, StdioError> {
+        if let Some((path, max)) = CriLog::parse(uri) {
+            let l = match log {
+                Some(l) => l.clone(),
+                None => {
+                    let l = CriLog::open(path.clone(), max).map_err(|source| StdioError::Open {
+                        path: path.to_string_lossy().into_owned(),
+                        source,
+                    })?;
+                    *log = Some(l.clone());
+                    l
+                }
+            };
+            return Ok(Sink::Cri(CriStream::new(l, stream)));
+        }
+        Sink::open(uri)
+    }
+
     fn open(uri: &str) -> Result<Sink, StdioError> {
         if let Some(path) = uri.strip_prefix("file://") {
             let f = std::fs::OpenOptions::new()
@@ -184,6 +209,16 @@ impl Sink {
             Sink::Fifo(s) => s.write_all(data).await,
             // A regular file never blocks for long; writing it inline keeps the shim threadless.
             Sink::File(f) => std::io::Write::write_all(f, data),
+            Sink::Cri(c) => c.write(data),
+        }
+    }
+
+    /// At the end of the output: a CRI log's unfinished line is written as partial.
+    fn finish(&mut self) {
+        if let Sink::Cri(c) = self
+            && let Err(e) = c.finish()
+        {
+            tracing::warn!(error = %e, "writing the container log");
         }
     }
 }
@@ -272,13 +307,17 @@ async fn copy_out(src: FdStream, src_is_pipe: bool, dst: Sink) {
     let mut buf = vec![0u8; BUF];
     loop {
         let n = match src.read(&mut buf).await {
-            Ok(0) => return,
+            Ok(0) => {
+                dst.finish();
+                return;
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if e.raw_os_error() != Some(libc::EIO) {
                     tracing::warn!(error = %e, "reading process output");
                 }
+                dst.finish();
                 return;
             }
         };
@@ -355,6 +394,8 @@ fn open_stdin(path: &str) -> Result<FdStream, StdioError> {
 /// The shim's side of a process's stdio.
 #[derive(Debug, Default)]
 pub(crate) struct ProcessIo {
+    /// The CRI log both streams write, for ReopenContainerLog.
+    cri_log: Option<Arc<CriLog>>,
     stdin_close: Option<oneshot::Sender<()>>,
     copies: Vec<JoinHandle<()>>,
     console: Option<FdStream>,
@@ -372,6 +413,7 @@ pub(crate) struct PreparedIo {
     /// Our end of the process's stdin pipe (without a terminal).
     stdin_pipe: Option<OwnedFd>,
     outputs: Vec<(OwnedFd, Sink)>,
+    cri_log: Option<Arc<CriLog>>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -379,6 +421,7 @@ impl std::fmt::Debug for Sink {
         f.write_str(match self {
             Sink::Fifo(_) => "Fifo",
             Sink::File(_) => "File",
+            Sink::Cri(_) => "CriLog",
         })
     }
 }
@@ -394,6 +437,7 @@ impl PreparedIo {
             stdin: None,
             stdin_pipe: None,
             outputs: Vec::new(),
+            cri_log: None,
         };
         if paths.terminal {
             p.console = Some(ConsoleSocket::new().map_err(StdioError::Console)?);
@@ -414,7 +458,8 @@ impl PreparedIo {
             if path.is_empty() {
                 continue;
             }
-            let sink = Sink::open(path)?;
+            let stream = if slot == 1 { "stdout" } else { "stderr" };
+            let sink = Sink::open_for(path, stream, &mut p.cri_log)?;
             let (r, w) = sys::pipe().map_err(StdioError::Pipe)?;
             chown(&w, uid, gid);
             if slot == 1 {
@@ -428,7 +473,7 @@ impl PreparedIo {
     }
 
     /// Starts copying, once the runtime created the process (`master`: the pty, with a terminal).
-    pub(crate) fn start(self, master: Option<OwnedFd>) -> Result<ProcessIo, StdioError> {
+    pub(crate) fn start(mut self, master: Option<OwnedFd>) -> Result<ProcessIo, StdioError> {
         let mut io = ProcessIo::default();
         if let Some(master) = master {
             let m = FdStream::new(master).map_err(StdioError::Console)?;
@@ -438,11 +483,12 @@ impl PreparedIo {
                 tokio::spawn(copy_in(src, m.clone(), false, rx));
             }
             if !self.paths.stdout.is_empty() {
-                let sink = Sink::open(&self.paths.stdout)?;
+                let sink = Sink::open_for(&self.paths.stdout, "stdout", &mut self.cri_log)?;
                 io.copies
                     .push(tokio::spawn(copy_out(m.clone(), false, sink)));
             }
             io.console = Some(m);
+            io.cri_log = self.cri_log;
             return Ok(io);
         }
         if let (Some(src), Some(w)) = (self.stdin, self.stdin_pipe) {
@@ -455,6 +501,7 @@ impl PreparedIo {
             let src = FdStream::new(r).map_err(StdioError::Pipe)?;
             io.copies.push(tokio::spawn(copy_out(src, true, sink)));
         }
+        io.cri_log = self.cri_log;
         Ok(io)
     }
 }
@@ -472,6 +519,14 @@ impl ProcessIo {
     pub(crate) fn close_stdin(&mut self) {
         if let Some(tx) = self.stdin_close.take() {
             let _ = tx.send(());
+        }
+    }
+
+    /// Opens the CRI log file again (no-op without one).
+    pub(crate) fn reopen_log(&self) -> io::Result<()> {
+        match &self.cri_log {
+            Some(l) => l.reopen(),
+            None => Ok(()),
         }
     }
 

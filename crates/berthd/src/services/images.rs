@@ -48,7 +48,7 @@ pub(crate) fn descriptor_from_pb(d: Descriptor) -> berth_store::Descriptor {
     }
 }
 
-fn to_pb(i: berth_store::Image) -> Image {
+pub(crate) fn to_pb(i: berth_store::Image) -> Image {
     Image {
         name: i.name,
         labels: i.labels,

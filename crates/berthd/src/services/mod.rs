@@ -18,7 +18,7 @@ pub(crate) use containers::Containers;
 pub(crate) use content::Content;
 pub(crate) use diff::Diff;
 pub(crate) use events::Events;
-pub(crate) use images::Images;
+pub(crate) use images::{Images, to_pb as images_to_pb};
 pub(crate) use introspection::Introspection;
 pub(crate) use leases::Leases;
 pub(crate) use namespaces::Namespaces;

@@ -98,6 +98,18 @@ impl Shim {
 
     pub(crate) async fn update(&self, req: UpdateTaskRequest) -> Result<(), ShimError> {
         let c = self.container(&req.id)?;
+        if req
+            .annotations
+            .contains_key(crate::crilog::REOPEN_ANNOTATION)
+        {
+            c.init.reopen_log().map_err(|source| ShimError::Io {
+                context: "reopening the container log".into(),
+                source,
+            })?;
+            if req.resources.is_none() {
+                return Ok(());
+            }
+        }
         let Some(resources) = req.resources else {
             return Err(ShimError::InvalidArgument(
                 "update without resources".into(),

@@ -68,6 +68,11 @@ impl Process {
         }
     }
 
+    /// Opens its CRI log file again (ReopenContainerLog).
+    pub(crate) fn reopen_log(&self) -> std::io::Result<()> {
+        lock(&self.io).reopen_log()
+    }
+
     fn new(exec_id: String, stdio: StdioPaths, spec: Vec<u8>) -> Process {
         Process {
             exec_id,

@@ -1,0 +1,240 @@
+//! ExecSync: a process in a running container, its output collected through FIFOs, with a
+//! time limit after which it is killed (the answer is then DeadlineExceeded, which the kubelet
+//! reads as a probe timeout, as with containerd).
+
+use std::path::Path;
+use std::time::Duration;
+
+use berth_api::containerd::services::containers::v1 as ctrd;
+use berth_api::containerd::services::tasks::v1 as tasks;
+use berth_api::runtime::v1 as cri;
+use serde_json::Value;
+use tonic::Status;
+
+use crate::state::Inner;
+
+/// Output kept per stream; the rest is read and dropped (the kubelet caps at 16 MiB too).
+const MAX_OUTPUT: usize = 16 << 20;
+
+fn mkfifo(p: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("NUL in path"))?;
+    // SAFETY: a valid NUL-terminated path; mkfifo retains nothing.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads a FIFO until `done` fires, then what is left in it, keeping at most [`MAX_OUTPUT`].
+/// Opened read-write, so the open never waits and no EOF comes before the shim's end opens;
+/// the shim writes all of a process's output before it reports the exit, which fires `done`.
+async fn collect(
+    path: std::path::PathBuf,
+    mut done: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Vec<u8>> {
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 << 10];
+    let mut take = |rx: &tokio::net::unix::pipe::Receiver, out: &mut Vec<u8>| loop {
+        match rx.try_read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    };
+    loop {
+        tokio::select! {
+            r = rx.readable() => {
+                r?;
+                if take(&rx, &mut out)? {
+                    return Ok(out);
+                }
+            }
+            _ = done.wait_for(|d| *d) => {
+                take(&rx, &mut out)?;
+                return Ok(out);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// The process part of a container's spec, for an exec.
+    pub(crate) async fn exec_process(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+    ) -> Result<Value, Status> {
+        let rec = self
+            .api
+            .containers()
+            .get(
+                self.api
+                    .req(ctrd::GetContainerRequest { id: id.to_string() }),
+            )
+            .await?
+            .into_inner()
+            .container
+            .unwrap_or_default();
+        let spec: Value = rec
+            .spec
+            .as_ref()
+            .and_then(|s| serde_json::from_slice(&s.value).ok())
+            .ok_or_else(|| Status::internal(format!("container {id}: its spec is unreadable")))?;
+        let mut p = spec.get("process").cloned().unwrap_or_default();
+        p["args"] = serde_json::json!(cmd);
+        p["terminal"] = serde_json::json!(tty);
+        Ok(p)
+    }
+
+    pub(crate) async fn exec_sync(
+        &self,
+        req: cri::ExecSyncRequest,
+    ) -> Result<cri::ExecSyncResponse, Status> {
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd: must not be empty"));
+        }
+        let c = self.meta.find_container(&req.container_id)?;
+        if c.state() != cri::ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!(
+                "container {}: is {}, not running",
+                c.id,
+                c.state().as_str_name()
+            )));
+        }
+        let process = self.exec_process(&c.id, &req.cmd, false).await?;
+        let exec_id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = self.dirs.state.join("exec").join(&exec_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Status::internal(format!("exec directory: {e}")))?;
+        let r = self
+            .exec_in(&c.id, &exec_id, &dir, process, req.timeout)
+            .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    async fn exec_in(
+        &self,
+        id: &str,
+        exec_id: &str,
+        dir: &Path,
+        process: Value,
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, Status> {
+        let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+        for p in [&out, &err] {
+            mkfifo(p).map_err(|e| Status::internal(format!("exec FIFO {}: {e}", p.display())))?;
+        }
+        // Our read ends first, so the shim's opens and writes never wait for us.
+        let (done, done_rx) = tokio::sync::watch::channel(false);
+        let stdout = tokio::spawn(collect(out.clone(), done_rx.clone()));
+        let stderr = tokio::spawn(collect(err.clone(), done_rx));
+        let tasks_api = self.api.tasks();
+        let mut t = tasks_api.clone();
+        let exec = t
+            .exec(self.api.req(tasks::ExecProcessRequest {
+                container_id: id.to_string(),
+                stdin: String::new(),
+                stdout: out.to_string_lossy().into_owned(),
+                stderr: err.to_string_lossy().into_owned(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: serde_json::to_vec(&process).expect("JSON"),
+                }),
+                exec_id: exec_id.to_string(),
+            }))
+            .await;
+        if let Err(e) = exec {
+            stdout.abort();
+            stderr.abort();
+            return Err(e);
+        }
+        let mut w = tasks_api.clone();
+        let wait_req = self.api.req(tasks::WaitRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        });
+        let started = t
+            .start(self.api.req(tasks::StartRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await;
+        let result = match started {
+            Err(e) => Err(e),
+            Ok(_) => {
+                let wait = w.wait(wait_req);
+                let limited = if timeout > 0 {
+                    match tokio::time::timeout(Duration::from_secs(timeout as u64), wait).await {
+                        Ok(r) => Some(r),
+                        Err(_) => None,
+                    }
+                } else {
+                    Some(wait.await)
+                };
+                match limited {
+                    Some(Ok(r)) => Ok(r.into_inner().exit_status as i32),
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        // Timed out: kill it, wait for it, and say so.
+                        let _ = t
+                            .kill(self.api.req(tasks::KillRequest {
+                                container_id: id.to_string(),
+                                exec_id: exec_id.to_string(),
+                                signal: libc::SIGKILL as u32,
+                                all: false,
+                            }))
+                            .await;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            w.wait(self.api.req(tasks::WaitRequest {
+                                container_id: id.to_string(),
+                                exec_id: exec_id.to_string(),
+                            })),
+                        )
+                        .await;
+                        Err(Status::deadline_exceeded(format!(
+                            "command timed out: timeout {timeout}s exceeded"
+                        )))
+                    }
+                }
+            }
+        };
+        let _ = t
+            .delete_process(self.api.req(tasks::DeleteProcessRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await;
+        let code = match result {
+            Ok(c) => c,
+            Err(e) => {
+                stdout.abort();
+                stderr.abort();
+                return Err(e);
+            }
+        };
+        let _ = done.send(true);
+        let grab = |h: tokio::task::JoinHandle<std::io::Result<Vec<u8>>>| async move {
+            match tokio::time::timeout(Duration::from_secs(5), h).await {
+                Ok(Ok(Ok(v))) => v,
+                _ => Vec::new(),
+            }
+        };
+        Ok(cri::ExecSyncResponse {
+            stdout: grab(stdout).await,
+            stderr: grab(stderr).await,
+            exit_code: code,
+        })
+    }
+}

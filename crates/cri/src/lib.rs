@@ -1,0 +1,151 @@
+//! `berth-cri`: Kubernetes' Container Runtime Interface (`runtime.v1.RuntimeService` and
+//! `ImageService`) for berthd.
+//!
+//! In `DESIGN.md` terms this is a services-layer adapter that, like containerd's CRI plugin,
+//! drives the daemon through the containerd API (in the `k8s.io` namespace, over berthd's own
+//! socket): a pod sandbox is a pause container holding the pod's namespaces, a CRI container is
+//! a containerd container whose task joins them, and CRI state lives in the records' extensions
+//! in the sled store. What the containerd API has no verb for (a pull with the caller's
+//! credentials, reading a file of a rootfs) the daemon provides through [`Host`].
+
+mod api;
+mod config;
+mod container;
+mod exec;
+mod image;
+mod image_service;
+mod meta;
+mod metrics;
+mod netns;
+mod pause;
+mod runtime_service;
+mod sandbox;
+mod spec;
+mod state;
+mod stats;
+mod user;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use berth_api::containerd::services::images::v1::Image;
+use berth_api::containerd::types::Mount;
+use berth_api::runtime::v1::image_service_server::ImageServiceServer;
+use berth_api::runtime::v1::runtime_service_server::RuntimeServiceServer;
+use tonic::Status;
+
+pub use api::NAMESPACE;
+pub use config::{BERTH_RUNTIME, CriConfig, RuntimeHandler};
+pub use image_service::ImageService;
+pub use runtime_service::RuntimeService;
+
+/// A boxed future, for [`Host`]'s object-safe methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Registry credentials of a PullImage call.
+#[derive(Clone, Default)]
+pub struct PullAuth {
+    /// User name (empty with a token).
+    pub username: String,
+    /// Password, or an identity/registry token when `username` is empty.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for PullAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullAuth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the daemon does for the CRI beyond its gRPC API.
+pub trait Host: Send + Sync + std::fmt::Debug + 'static {
+    /// Pulls and unpacks `reference` (normalised) into `snapshotter` in `namespace`, with
+    /// `auth` for the registry if given, through the daemon's pull engine; returns the image
+    /// record.
+    fn pull<'a>(
+        &'a self,
+        namespace: &'a str,
+        reference: &'a str,
+        snapshotter: &'a str,
+        auth: Option<PullAuth>,
+    ) -> BoxFuture<'a, Result<Image, Status>>;
+
+    /// Reads `path` (absolute, inside the root) of the file system `mounts` make, read-only;
+    /// `None` if it does not exist.
+    fn read_rootfs_file<'a>(
+        &'a self,
+        mounts: Vec<Mount>,
+        path: &'a str,
+    ) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>>;
+}
+
+/// Where the CRI keeps its files, and how it reaches the daemon.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// Persistent files (pod hosts, hostname, resolv.conf): `<root>/io.berth.cri`.
+    pub root: PathBuf,
+    /// Runtime files (network namespaces, /dev/shm mounts, exec FIFOs): `<state>/io.berth.cri`.
+    pub state: PathBuf,
+    /// The image file system's mount point (the snapshotter's root), for ImageFsInfo.
+    pub image_fs: PathBuf,
+    /// The daemon's containerd API socket.
+    pub socket: PathBuf,
+}
+
+/// The CRI: both services, sharing one state.
+#[derive(Debug, Clone)]
+pub struct Cri {
+    inner: Arc<state::Inner>,
+}
+
+impl Cri {
+    /// Makes the CRI. Nothing is read until [`Cri::start`] runs, after the daemon serves.
+    pub fn new(cfg: CriConfig, dirs: Dirs, host: Arc<dyn Host>) -> Result<Cri, String> {
+        cfg.validate()?;
+        Ok(Cri {
+            inner: Arc::new(state::Inner::new(cfg, dirs, host)),
+        })
+    }
+
+    /// Once the daemon serves: subscribes to task events, lets `restore` (the daemon's
+    /// reconnection to shims, which reports exits that happened while it was down) run, then
+    /// loads the CRI's records and reconciles them with the tasks. RPCs wait until then.
+    pub fn start<F>(&self, restore: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.start(restore).await });
+    }
+
+    /// The `runtime.v1.RuntimeService` server.
+    pub fn runtime_service(&self) -> RuntimeServiceServer<RuntimeService> {
+        RuntimeServiceServer::new(RuntimeService::new(self.inner.clone()))
+    }
+
+    /// The `runtime.v1.ImageService` server.
+    pub fn image_service(&self) -> ImageServiceServer<ImageService> {
+        ImageServiceServer::new(ImageService::new(self.inner.clone()))
+    }
+}
+
+/// Nanoseconds since the epoch.
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A new object id: 64 hex digits, as containerd's CRI makes them.
+pub(crate) fn new_id() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}

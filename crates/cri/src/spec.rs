@@ -1,0 +1,1138 @@
+//! OCI runtime specs for pod sandboxes and containers, as containerd's CRI builds them:
+//! containerd's default spec, the image config, then the CRI config (namespaces shared with the
+//! pod's pause process, mounts with propagation, security context, resources).
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use berth_api::runtime::v1 as cri;
+use cri::security_profile::ProfileType;
+use serde_json::{Value, json};
+use tonic::Status;
+
+use crate::user::User;
+
+/// containerd's default capabilities (`oci.populateDefaultUnixSpec`).
+pub(crate) const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability by number (`include/uapi/linux/capability.h`).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+pub(crate) const DEFAULT_MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+pub(crate) const DEFAULT_READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The capabilities this kernel has.
+fn all_caps() -> Vec<String> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(40);
+    ALL_CAPS
+        .iter()
+        .take(last + 1)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn cap_name(c: &str) -> String {
+    let up = c.to_ascii_uppercase();
+    if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    }
+}
+
+/// The capability set from containerd's defaults and the CRI's add/drop lists ("ALL" first,
+/// then the named ones, as containerd).
+pub(crate) fn capabilities(
+    c: Option<&cri::Capability>,
+    privileged: bool,
+) -> Result<Vec<String>, Status> {
+    if privileged {
+        return Ok(all_caps());
+    }
+    let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    let Some(c) = c else { return Ok(caps) };
+    let is_all = |s: &String| s.eq_ignore_ascii_case("ALL");
+    if c.add_capabilities.iter().any(is_all) {
+        caps = all_caps();
+    }
+    if c.drop_capabilities.iter().any(is_all) {
+        caps.clear();
+    }
+    let known = |n: &str| ALL_CAPS.contains(&n);
+    for a in c.add_capabilities.iter().filter(|s| !is_all(s)) {
+        let n = cap_name(a);
+        if !known(&n) {
+            return Err(Status::invalid_argument(format!(
+                "linux.security_context.capabilities.add_capabilities: unknown capability {a:?}"
+            )));
+        }
+        if !caps.contains(&n) {
+            caps.push(n);
+        }
+    }
+    for d in c.drop_capabilities.iter().filter(|s| !is_all(s)) {
+        let n = cap_name(d);
+        if !known(&n) {
+            return Err(Status::invalid_argument(format!(
+                "linux.security_context.capabilities.drop_capabilities: unknown capability {d:?}"
+            )));
+        }
+        caps.retain(|x| x != &n);
+    }
+    Ok(caps)
+}
+
+/// The seccomp section for a profile (`None`: unconfined).
+pub(crate) fn seccomp(
+    profile: Option<&cri::SecurityProfile>,
+    deprecated_path: &str,
+    caps: &[String],
+    privileged: bool,
+    field: &str,
+) -> Result<Option<Value>, Status> {
+    if privileged {
+        return Ok(None);
+    }
+    let (kind, local) = match profile {
+        Some(p) => (
+            ProfileType::try_from(p.profile_type).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "{field}.profile_type: {} is unknown",
+                    p.profile_type
+                ))
+            })?,
+            p.localhost_ref.clone(),
+        ),
+        None => match deprecated_path {
+            "" | "unconfined" => return Ok(None),
+            "runtime/default" | "docker/default" => (ProfileType::RuntimeDefault, String::new()),
+            p => match p.strip_prefix("localhost/") {
+                Some(path) => (ProfileType::Localhost, path.to_string()),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "{field}: unknown seccomp profile {p:?}"
+                    )));
+                }
+            },
+        },
+    };
+    match kind {
+        ProfileType::Unconfined => Ok(None),
+        ProfileType::RuntimeDefault => {
+            let _ = caps;
+            Err(Status::unimplemented(
+                "seccomp RuntimeDefault: the default profile is not in yet",
+            ))
+        }
+        ProfileType::Localhost => {
+            if !local.starts_with('/') {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.localhost_ref: {local:?} is not an absolute path"
+                )));
+            }
+            let text = std::fs::read(&local).map_err(|e| {
+                Status::invalid_argument(format!("{field}.localhost_ref: reading {local}: {e}"))
+            })?;
+            let v: Value = serde_json::from_slice(&text).map_err(|e| {
+                Status::invalid_argument(format!("{field}.localhost_ref: {local}: {e}"))
+            })?;
+            Ok(Some(localhost_profile(v)))
+        }
+    }
+}
+
+/// A Docker-format seccomp profile (what Kubernetes' localhost profiles are) as the OCI
+/// spec's: the same fields but for `archMap`, which becomes `architectures`.
+fn localhost_profile(mut v: Value) -> Value {
+    if let Some(map) = v.get("archMap").and_then(Value::as_array).cloned() {
+        let host = match std::env::consts::ARCH {
+            "x86_64" => "SCMP_ARCH_X86_64",
+            "aarch64" => "SCMP_ARCH_AARCH64",
+            other => other,
+        };
+        let mut arches = Vec::new();
+        for m in map {
+            if m.get("architecture").and_then(Value::as_str) == Some(host) {
+                arches.push(json!(host));
+                if let Some(subs) = m.get("subArchitectures").and_then(Value::as_array) {
+                    arches.extend(subs.iter().cloned());
+                }
+            }
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("archMap");
+            o.insert("architectures".into(), json!(arches));
+        }
+    }
+    if let Some(o) = v.as_object_mut() {
+        if let Some(calls) = o.get_mut("syscalls").and_then(Value::as_array_mut) {
+            for c in calls {
+                if let Some(c) = c.as_object_mut() {
+                    if let Some(name) = c.remove("name") {
+                        c.insert("names".into(), json!([name]));
+                    }
+                    for k in ["includes", "excludes", "comment"] {
+                        c.remove(k);
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// `MountPropagation` → the mount option, with what the host mount must be.
+fn propagation(p: i32) -> Result<&'static str, Status> {
+    match cri::MountPropagation::try_from(p) {
+        Ok(cri::MountPropagation::PropagationPrivate) => Ok("rprivate"),
+        Ok(cri::MountPropagation::PropagationHostToContainer) => Ok("rslave"),
+        Ok(cri::MountPropagation::PropagationBidirectional) => Ok("rshared"),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "mounts.propagation: {p} is not a known propagation"
+        ))),
+    }
+}
+
+/// The optional fields of the mount (from /proc/self/mountinfo) that holds `path`.
+fn mount_propagation_of(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(usize, String)> = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 7 {
+            continue;
+        }
+        let mp = f[4].replace("\\040", " ");
+        if path.starts_with(&mp) && best.as_ref().is_none_or(|(l, _)| mp.len() >= *l) {
+            let sep = f.iter().position(|x| *x == "-").unwrap_or(f.len());
+            best = Some((mp.len(), f[6..sep].join(" ")));
+        }
+    }
+    best.map(|(_, o)| o)
+}
+
+/// The CRI's mounts as OCI mounts, and the rootfs propagation they need.
+pub(crate) fn user_mounts(
+    mounts: &[cri::Mount],
+) -> Result<(Vec<Value>, Option<&'static str>), Status> {
+    let mut out = Vec::new();
+    let mut root_prop: Option<&'static str> = None;
+    for (i, m) in mounts.iter().enumerate() {
+        if m.container_path.is_empty() || !m.container_path.starts_with('/') {
+            return Err(Status::invalid_argument(format!(
+                "mounts[{i}].container_path: {:?} must be an absolute path",
+                m.container_path
+            )));
+        }
+        if m.host_path.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "mounts[{i}].host_path: must be set"
+            )));
+        }
+        let host = Path::new(&m.host_path);
+        if !host.exists() {
+            // As containerd: a missing host path becomes a directory.
+            std::fs::create_dir_all(host).map_err(|e| {
+                Status::internal(format!(
+                    "mounts[{i}].host_path: creating {}: {e}",
+                    m.host_path
+                ))
+            })?;
+        }
+        let src = std::fs::canonicalize(host).map_err(|e| {
+            Status::invalid_argument(format!("mounts[{i}].host_path: {}: {e}", m.host_path))
+        })?;
+        let prop = propagation(m.propagation)?;
+        let opts = mount_propagation_of(&src).unwrap_or_default();
+        match prop {
+            "rshared" => {
+                if !opts.contains("shared:") {
+                    return Err(Status::failed_precondition(format!(
+                        "mounts[{i}]: path {} is not on a shared mount",
+                        src.display()
+                    )));
+                }
+                root_prop = Some("rshared");
+            }
+            "rslave" => {
+                if !opts.contains("shared:") && !opts.contains("master:") {
+                    return Err(Status::failed_precondition(format!(
+                        "mounts[{i}]: path {} is not on a shared or slave mount",
+                        src.display()
+                    )));
+                }
+                if root_prop != Some("rshared") {
+                    root_prop = Some("rslave");
+                }
+            }
+            _ => {}
+        }
+        let mut options = vec!["rbind", prop];
+        options.push(if m.readonly { "ro" } else { "rw" });
+        out.push(json!({
+            "destination": m.container_path,
+            "type": "bind",
+            "source": src,
+            "options": options,
+        }));
+    }
+    Ok((out, root_prop))
+}
+
+/// Host devices for the spec and the cgroup allow-list.
+pub(crate) fn devices(list: &[cri::Device]) -> Result<(Vec<Value>, Vec<Value>), Status> {
+    let mut devs = Vec::new();
+    let mut allow = Vec::new();
+    for (i, d) in list.iter().enumerate() {
+        let perms = if d.permissions.is_empty() {
+            "rwm"
+        } else {
+            &d.permissions
+        };
+        if perms.chars().any(|c| !"rwm".contains(c)) {
+            return Err(Status::invalid_argument(format!(
+                "devices[{i}].permissions: {perms:?} (want letters of \"rwm\")"
+            )));
+        }
+        let meta = std::fs::metadata(&d.host_path).map_err(|e| {
+            Status::invalid_argument(format!("devices[{i}].host_path: {}: {e}", d.host_path))
+        })?;
+        let mut add = |path: &str, meta: &std::fs::Metadata| {
+            let ft = meta.file_type();
+            let ty = if ft.is_char_device() {
+                "c"
+            } else if ft.is_block_device() {
+                "b"
+            } else {
+                return;
+            };
+            let rdev = meta.rdev();
+            let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+            devs.push(
+                json!({"path": path, "type": ty, "major": major, "minor": minor,
+                "fileMode": meta.mode() & 0o777, "uid": meta.uid(), "gid": meta.gid()}),
+            );
+            allow.push(
+                json!({"allow": true, "type": ty, "major": major, "minor": minor, "access": perms}),
+            );
+        };
+        if meta.is_dir() {
+            // A directory of devices: each one, under container_path.
+            let rd = std::fs::read_dir(&d.host_path).map_err(|e| {
+                Status::invalid_argument(format!("devices[{i}].host_path: {}: {e}", d.host_path))
+            })?;
+            for e in rd.flatten() {
+                if let Ok(m) = e.metadata() {
+                    let p = format!(
+                        "{}/{}",
+                        d.container_path.trim_end_matches('/'),
+                        e.file_name().to_string_lossy()
+                    );
+                    add(&p, &m);
+                }
+            }
+        } else {
+            let path = if d.container_path.is_empty() {
+                &d.host_path
+            } else {
+                &d.container_path
+            };
+            add(path, &meta);
+            if devs.len() == i {
+                return Err(Status::invalid_argument(format!(
+                    "devices[{i}].host_path: {} is not a device",
+                    d.host_path
+                )));
+            }
+        }
+    }
+    Ok((devs, allow))
+}
+
+/// Every device of the host's /dev, for privileged containers.
+fn host_devices() -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut walk = vec![std::path::PathBuf::from("/dev")];
+    while let Some(dir) = walk.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let ft = m.file_type();
+            if ft.is_dir() {
+                let n = e.file_name();
+                if !matches!(
+                    n.to_str(),
+                    Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts")
+                ) {
+                    walk.push(p);
+                }
+                continue;
+            }
+            let ty = if ft.is_char_device() {
+                "c"
+            } else if ft.is_block_device() {
+                "b"
+            } else {
+                continue;
+            };
+            if p == Path::new("/dev/console") {
+                continue;
+            }
+            let rdev = m.rdev();
+            out.push(json!({"path": p, "type": ty, "major": libc::major(rdev), "minor": libc::minor(rdev),
+                "fileMode": m.mode() & 0o777, "uid": m.uid(), "gid": m.gid()}));
+        }
+    }
+    out
+}
+
+/// The image config's `config` object.
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Entrypoint/cmd merged with the CRI's command/args, as Kubernetes defines it.
+pub(crate) fn process_args(image: &Value, command: &[String], args: &[String]) -> Vec<String> {
+    let entry = strings(image.get("Entrypoint"));
+    let cmd = strings(image.get("Cmd"));
+    if !command.is_empty() {
+        let mut a = command.to_vec();
+        a.extend(args.iter().cloned());
+        a
+    } else if !args.is_empty() {
+        let mut a = entry;
+        a.extend(args.iter().cloned());
+        a
+    } else {
+        let mut a = entry;
+        a.extend(cmd);
+        a
+    }
+}
+
+/// The image's environment, then the CRI's (a later key replaces an earlier one).
+pub(crate) fn env(image: &Value, envs: &[cri::KeyValue]) -> Vec<String> {
+    let mut out = vec![DEFAULT_PATH.to_string()];
+    let mut set = |kv: String| {
+        let key = kv.split('=').next().unwrap_or_default().to_string();
+        out.retain(|x| x.split('=').next() != Some(key.as_str()));
+        out.push(kv);
+    };
+    for e in strings(image.get("Env")) {
+        set(e);
+    }
+    for kv in envs {
+        set(format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value)));
+    }
+    out
+}
+
+/// containerd's default mounts, without `/run` (as the CRI) and with `/dev/shm` left to the
+/// caller.
+fn default_mounts(privileged: bool) -> Vec<Value> {
+    let sys_opts: Vec<&str> = if privileged {
+        vec!["nosuid", "noexec", "nodev"]
+    } else {
+        vec!["nosuid", "noexec", "nodev", "ro"]
+    };
+    let cg_opts: Vec<&str> = if privileged {
+        vec!["nosuid", "noexec", "nodev", "relatime"]
+    } else {
+        vec!["nosuid", "noexec", "nodev", "relatime", "ro"]
+    };
+    vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": cg_opts}),
+    ]
+}
+
+fn bind(dest: &str, src: &Path, ro: bool) -> Value {
+    json!({"destination": dest, "type": "bind", "source": src,
+        "options": ["rbind", "rprivate", if ro { "ro" } else { "rw" }]})
+}
+
+/// The pod's namespace modes.
+pub(crate) struct NsModes {
+    pub(crate) network: cri::NamespaceMode,
+    pub(crate) pid: cri::NamespaceMode,
+    pub(crate) ipc: cri::NamespaceMode,
+    pub(crate) target: String,
+}
+
+pub(crate) fn ns_modes(o: Option<&cri::NamespaceOption>, field: &str) -> Result<NsModes, Status> {
+    let mode = |v: i32, what: &str| {
+        cri::NamespaceMode::try_from(v).map_err(|_| {
+            Status::invalid_argument(format!("{field}.namespace_options.{what}: {v} is unknown"))
+        })
+    };
+    let o = o.cloned().unwrap_or_default();
+    Ok(NsModes {
+        network: mode(o.network, "network")?,
+        pid: mode(o.pid, "pid")?,
+        ipc: mode(o.ipc, "ipc")?,
+        target: o.target_id,
+    })
+}
+
+fn resources_json(r: &cri::LinuxContainerResources) -> Value {
+    let mut cpu = serde_json::Map::new();
+    if r.cpu_shares != 0 {
+        cpu.insert("shares".into(), json!(r.cpu_shares));
+    }
+    if r.cpu_quota != 0 {
+        cpu.insert("quota".into(), json!(r.cpu_quota));
+    }
+    if r.cpu_period != 0 {
+        cpu.insert("period".into(), json!(r.cpu_period));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(r.cpuset_mems));
+    }
+    let mut mem = serde_json::Map::new();
+    if r.memory_limit_in_bytes != 0 {
+        mem.insert("limit".into(), json!(r.memory_limit_in_bytes));
+    }
+    if r.memory_swap_limit_in_bytes != 0 {
+        mem.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
+    }
+    let mut out = serde_json::Map::new();
+    if !cpu.is_empty() {
+        out.insert("cpu".into(), Value::Object(cpu));
+    }
+    if !mem.is_empty() {
+        out.insert("memory".into(), Value::Object(mem));
+    }
+    if !r.hugepage_limits.is_empty() {
+        out.insert(
+            "hugepageLimits".into(),
+            r.hugepage_limits
+                .iter()
+                .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+                .collect(),
+        );
+    }
+    if !r.unified.is_empty() {
+        out.insert("unified".into(), json!(r.unified));
+    }
+    Value::Object(out)
+}
+
+/// The resources of an update, as the task Update's `LinuxResources` JSON.
+pub(crate) fn update_resources(r: &cri::LinuxContainerResources) -> Value {
+    resources_json(r)
+}
+
+/// What the pod's files and namespaces are, for a container's spec.
+pub(crate) struct PodFiles<'a> {
+    pub(crate) hostname: &'a Path,
+    pub(crate) hosts: &'a Path,
+    pub(crate) resolv: &'a Path,
+    /// The pod's /dev/shm (`None`: the host's).
+    pub(crate) shm: Option<&'a Path>,
+}
+
+/// Everything a container's spec is made from.
+pub(crate) struct ContainerInput<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) sandbox_id: &'a str,
+    pub(crate) sandbox: &'a cri::PodSandboxConfig,
+    pub(crate) config: &'a cri::ContainerConfig,
+    pub(crate) image: &'a Value,
+    pub(crate) image_name: &'a str,
+    pub(crate) user: &'a User,
+    pub(crate) files: PodFiles<'a>,
+    pub(crate) sandbox_pid: u32,
+    pub(crate) target_pid: Option<u32>,
+    pub(crate) netns: &'a str,
+    pub(crate) cgroup_parent: &'a str,
+    pub(crate) oom_floor: Option<i64>,
+}
+
+/// `v`, raised to `floor` when the daemon may not go lower.
+pub(crate) fn clamp_oom(v: i64, floor: Option<i64>) -> i64 {
+    match floor {
+        Some(f) if v < f => f,
+        _ => v,
+    }
+}
+
+fn annotations(
+    kind: &str,
+    sandbox_id: &str,
+    sb: &cri::PodSandboxConfig,
+) -> serde_json::Map<String, Value> {
+    let md = sb.metadata.clone().unwrap_or_default();
+    let mut a = serde_json::Map::new();
+    a.insert("io.kubernetes.cri.container-type".into(), json!(kind));
+    a.insert("io.kubernetes.cri.sandbox-id".into(), json!(sandbox_id));
+    a.insert("io.kubernetes.cri.sandbox-name".into(), json!(md.name));
+    a.insert(
+        "io.kubernetes.cri.sandbox-namespace".into(),
+        json!(md.namespace),
+    );
+    a.insert("io.kubernetes.cri.sandbox-uid".into(), json!(md.uid));
+    a
+}
+
+fn ns_path(kind: &str, pid: u32) -> Value {
+    let f = match kind {
+        "network" => "net",
+        other => other,
+    };
+    json!({"type": kind, "path": format!("/proc/{pid}/ns/{f}")})
+}
+
+/// Sorts mounts so that a parent is mounted before what is under it (containerd's order:
+/// by number of path components, stable).
+fn order_mounts(mounts: &mut [Value]) {
+    mounts.sort_by_key(|m| {
+        m.get("destination")
+            .and_then(Value::as_str)
+            .map(|d| Path::new(d).components().count())
+            .unwrap_or(0)
+    });
+}
+
+/// A container's spec. (`seccomp_profile_path` is deprecated in CRI but still sent by the
+/// kubelet and critest of Kubernetes 1.26.)
+#[allow(deprecated)]
+pub(crate) fn container_spec(c: &ContainerInput<'_>) -> Result<Value, Status> {
+    let cfg = c.config;
+    let linux = cfg.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.clone().unwrap_or_default();
+    let modes = ns_modes(
+        sc.namespace_options.as_ref(),
+        "config.linux.security_context",
+    )?;
+    let privileged = sc.privileged;
+    if privileged
+        && !c
+            .sandbox
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .is_some_and(|s| s.privileged)
+    {
+        return Err(Status::invalid_argument(
+            "linux.security_context.privileged: a privileged container needs a privileged pod",
+        ));
+    }
+    let args = process_args(c.image, &cfg.command, &cfg.args);
+    if args.is_empty() {
+        return Err(Status::invalid_argument(
+            "config.command: no command given and the image has none",
+        ));
+    }
+    let cwd = if !cfg.working_dir.is_empty() {
+        cfg.working_dir.clone()
+    } else {
+        c.image
+            .get("WorkingDir")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("/")
+            .to_string()
+    };
+    if !cwd.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "config.working_dir: {cwd:?} must be an absolute path"
+        )));
+    }
+    let caps = capabilities(sc.capabilities.as_ref(), privileged)?;
+    let seccomp = seccomp(
+        sc.seccomp.as_ref(),
+        &sc.seccomp_profile_path,
+        &caps,
+        privileged,
+        "linux.security_context.seccomp",
+    )?;
+
+    // Mounts: the defaults, the pod's files, then the CRI's (which win at the same place).
+    let (user, root_prop) = user_mounts(&cfg.mounts)?;
+    let taken = |d: &str| {
+        user.iter()
+            .any(|m| m.get("destination").and_then(Value::as_str) == Some(d))
+    };
+    let mut mounts: Vec<Value> = default_mounts(privileged)
+        .into_iter()
+        .filter(|m| !taken(m["destination"].as_str().unwrap_or_default()))
+        .collect();
+    for (dest, src) in [
+        ("/etc/hostname", c.files.hostname),
+        ("/etc/hosts", c.files.hosts),
+        ("/etc/resolv.conf", c.files.resolv),
+    ] {
+        if !taken(dest) && src.exists() {
+            mounts.push(bind(dest, src, sc.readonly_rootfs));
+        }
+    }
+    if !taken("/dev/shm") {
+        match c.files.shm {
+            Some(p) => mounts.push(bind("/dev/shm", p, false)),
+            None => mounts.push(bind("/dev/shm", Path::new("/dev/shm"), false)),
+        }
+    }
+    mounts.extend(user);
+    order_mounts(&mut mounts);
+
+    // Namespaces: joined from the pause process, or the host's.
+    let mut namespaces = vec![json!({"type": "mount"})];
+    match modes.pid {
+        cri::NamespaceMode::Pod => namespaces.push(ns_path("pid", c.sandbox_pid)),
+        cri::NamespaceMode::Container => namespaces.push(json!({"type": "pid"})),
+        cri::NamespaceMode::Node => {}
+        cri::NamespaceMode::Target => {
+            let pid = c.target_pid.ok_or_else(|| {
+                Status::not_found(format!(
+                    "linux.security_context.namespace_options.target_id: container {:?} is not running",
+                    modes.target
+                ))
+            })?;
+            namespaces.push(ns_path("pid", pid));
+        }
+    }
+    if modes.ipc != cri::NamespaceMode::Node {
+        namespaces.push(ns_path("ipc", c.sandbox_pid));
+    }
+    if modes.network != cri::NamespaceMode::Node {
+        namespaces.push(ns_path("uts", c.sandbox_pid));
+        if c.netns.is_empty() {
+            namespaces.push(ns_path("network", c.sandbox_pid));
+        } else {
+            namespaces.push(json!({"type": "network", "path": c.netns}));
+        }
+    }
+
+    // Resources.
+    let res = linux.resources.clone().unwrap_or_default();
+    let mut resources = resources_json(&res);
+    let (devs, mut allow) = devices(&cfg.devices)?;
+    let mut dev_rules = vec![json!({"allow": false, "access": "rwm"})];
+    let spec_devices = if privileged {
+        dev_rules = vec![json!({"allow": true, "access": "rwm"})];
+        host_devices()
+    } else {
+        dev_rules.append(&mut allow);
+        devs
+    };
+    resources["devices"] = json!(dev_rules);
+
+    let masked: Vec<String> = if privileged {
+        vec![]
+    } else if sc.masked_paths.is_empty() {
+        DEFAULT_MASKED.iter().map(|s| s.to_string()).collect()
+    } else {
+        sc.masked_paths.clone()
+    };
+    let readonly: Vec<String> = if privileged {
+        vec![]
+    } else if sc.readonly_paths.is_empty() {
+        DEFAULT_READONLY.iter().map(|s| s.to_string()).collect()
+    } else {
+        sc.readonly_paths.clone()
+    };
+
+    let mut process = json!({
+        "terminal": cfg.tty,
+        "user": {"uid": c.user.uid, "gid": c.user.gid},
+        "args": args,
+        "env": env(c.image, &cfg.envs),
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": sc.no_new_privs,
+    });
+    if !c.user.groups.is_empty() {
+        process["user"]["additionalGids"] = json!(c.user.groups);
+    }
+    if res.oom_score_adj != 0 || c.oom_floor.is_some_and(|f| f > 0) {
+        process["oomScoreAdj"] = json!(clamp_oom(res.oom_score_adj, c.oom_floor));
+    }
+
+    let mut ann = annotations("container", c.sandbox_id, c.sandbox);
+    let md = cfg.metadata.clone().unwrap_or_default();
+    ann.insert("io.kubernetes.cri.container-name".into(), json!(md.name));
+    ann.insert("io.kubernetes.cri.image-name".into(), json!(c.image_name));
+    for (k, v) in &cfg.annotations {
+        ann.entry(k.clone()).or_insert(json!(v));
+    }
+
+    let mut linux_json = json!({
+        "resources": resources,
+        "cgroupsPath": format!("{}/{}", c.cgroup_parent.trim_end_matches('/'), c.id),
+        "namespaces": namespaces,
+        "maskedPaths": masked,
+        "readonlyPaths": readonly,
+        "devices": spec_devices,
+    });
+    if let Some(s) = seccomp {
+        linux_json["seccomp"] = s;
+    }
+    if let Some(p) = root_prop {
+        linux_json["rootfsPropagation"] = json!(p);
+    }
+    Ok(json!({
+        "ociVersion": "1.1.0",
+        "process": process,
+        "root": {"path": "rootfs", "readonly": sc.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": ann,
+        "linux": linux_json,
+    }))
+}
+
+/// Everything the pause container's spec is made from.
+pub(crate) struct SandboxInput<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) config: &'a cri::PodSandboxConfig,
+    pub(crate) image: &'a Value,
+    pub(crate) user: &'a User,
+    pub(crate) resolv: &'a Path,
+    pub(crate) shm: Option<&'a Path>,
+    pub(crate) netns: &'a str,
+    pub(crate) cgroup_parent: &'a str,
+    pub(crate) oom_floor: Option<i64>,
+}
+
+/// containerd's OOM score for pause processes.
+const SANDBOX_OOM_ADJ: i64 = -998;
+
+/// The pause container's spec.
+#[allow(deprecated)]
+pub(crate) fn sandbox_spec(s: &SandboxInput<'_>) -> Result<Value, Status> {
+    let linux = s.config.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.clone().unwrap_or_default();
+    let modes = ns_modes(
+        sc.namespace_options.as_ref(),
+        "config.linux.security_context",
+    )?;
+    if modes.pid == cri::NamespaceMode::Target {
+        return Err(Status::invalid_argument(
+            "config.linux.security_context.namespace_options.pid: TARGET is for containers, not pods",
+        ));
+    }
+    let args = process_args(s.image, &[], &[]);
+    if args.is_empty() {
+        return Err(Status::failed_precondition(
+            "the sandbox image has no entrypoint",
+        ));
+    }
+    let caps = capabilities(None, sc.privileged)?;
+    let seccomp = seccomp(
+        sc.seccomp.as_ref(),
+        &sc.seccomp_profile_path,
+        &caps,
+        sc.privileged,
+        "config.linux.security_context.seccomp",
+    )?;
+    let mut mounts = default_mounts(sc.privileged);
+    mounts.push(bind(
+        "/dev/shm",
+        s.shm.unwrap_or(Path::new("/dev/shm")),
+        false,
+    ));
+    if s.resolv.exists() {
+        mounts.push(bind("/etc/resolv.conf", s.resolv, true));
+    }
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if modes.pid != cri::NamespaceMode::Node {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    if modes.ipc != cri::NamespaceMode::Node {
+        namespaces.push(json!({"type": "ipc"}));
+    }
+    let host_net = modes.network == cri::NamespaceMode::Node;
+    if !host_net {
+        namespaces.push(json!({"type": "uts"}));
+        namespaces.push(json!({"type": "network", "path": s.netns}));
+    }
+    let mut sysctl = serde_json::Map::new();
+    for (k, v) in &linux.sysctls {
+        if host_net && k.starts_with("net.") {
+            return Err(Status::invalid_argument(format!(
+                "config.linux.sysctls: {k} cannot be set for a pod on the host's network"
+            )));
+        }
+        sysctl.insert(k.clone(), json!(v));
+    }
+    let uid = sc
+        .run_as_user
+        .as_ref()
+        .map(|v| v.value as u32)
+        .unwrap_or(s.user.uid);
+    let gid = sc
+        .run_as_group
+        .as_ref()
+        .map(|v| v.value as u32)
+        .unwrap_or(s.user.gid);
+    let mut process = json!({
+        "terminal": false,
+        "user": {"uid": uid, "gid": gid},
+        "args": args,
+        "env": env(s.image, &[]),
+        "cwd": "/",
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": true,
+        "oomScoreAdj": clamp_oom(SANDBOX_OOM_ADJ, s.oom_floor),
+    });
+    let groups: Vec<u32> = sc
+        .supplemental_groups
+        .iter()
+        .filter_map(|g| u32::try_from(*g).ok())
+        .collect();
+    if !groups.is_empty() {
+        process["user"]["additionalGids"] = json!(groups);
+    }
+    let mut resources =
+        json!({"devices": [{"allow": false, "access": "rwm"}], "cpu": {"shares": 2}});
+    if let Some(r) = &linux.resources {
+        let extra = resources_json(r);
+        if let Some(o) = extra.as_object() {
+            for (k, v) in o {
+                resources[k] = v.clone();
+            }
+        }
+    }
+    let mut ann = annotations("sandbox", s.id, s.config);
+    ann.insert(
+        "io.kubernetes.cri.sandbox-log-directory".into(),
+        json!(s.config.log_directory),
+    );
+    for (k, v) in &s.config.annotations {
+        ann.entry(k.clone()).or_insert(json!(v));
+    }
+    let mut linux_json = json!({
+        "resources": resources,
+        "cgroupsPath": format!("{}/{}", s.cgroup_parent.trim_end_matches('/'), s.id),
+        "namespaces": namespaces,
+        "sysctl": sysctl,
+        "maskedPaths": if sc.privileged { vec![] } else { DEFAULT_MASKED.to_vec() },
+        "readonlyPaths": if sc.privileged { vec![] } else { DEFAULT_READONLY.to_vec() },
+    });
+    if let Some(sc) = seccomp {
+        linux_json["seccomp"] = sc;
+    }
+    let mut spec = json!({
+        "ociVersion": "1.1.0",
+        "process": process,
+        "root": {"path": "rootfs", "readonly": true},
+        "mounts": mounts,
+        "annotations": ann,
+        "linux": linux_json,
+    });
+    if !host_net && !s.config.hostname.is_empty() {
+        spec["hostname"] = json!(s.config.hostname);
+    }
+    Ok(spec)
+}
+
+/// `/etc/resolv.conf` from the pod's DNS config (`None`: the host's file is copied).
+pub(crate) fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Option<String> {
+    let d = dns?;
+    if d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty() {
+        return None;
+    }
+    let mut s = String::new();
+    if !d.searches.is_empty() {
+        s.push_str(&format!("search {}\n", d.searches.join(" ")));
+    }
+    for n in &d.servers {
+        s.push_str(&format!("nameserver {n}\n"));
+    }
+    if !d.options.is_empty() {
+        s.push_str(&format!("options {}\n", d.options.join(" ")));
+    }
+    Some(s)
+}
+
+/// The default `/etc/hosts` of a pod with its own network.
+pub(crate) const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
+
+/// Labels of the containerd record: the CRI's labels and the kind.
+pub(crate) fn record_labels(
+    labels: &HashMap<String, String>,
+    kind: &str,
+) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = labels
+        .iter()
+        .filter(|(k, v)| k.len() + v.len() <= 4096 && !k.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    l.insert(crate::meta::LABEL_KIND.into(), kind.into());
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_follow_kubernetes_rules() {
+        let img = json!({"Entrypoint": ["/e"], "Cmd": ["c1"]});
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(process_args(&img, &[], &[]), s(&["/e", "c1"]));
+        assert_eq!(process_args(&img, &[], &s(&["a"])), s(&["/e", "a"]));
+        assert_eq!(process_args(&img, &s(&["/x"]), &[]), s(&["/x"]));
+        assert_eq!(process_args(&img, &s(&["/x"]), &s(&["a"])), s(&["/x", "a"]));
+    }
+
+    #[test]
+    fn env_later_keys_replace_earlier() {
+        let img = json!({"Env": ["PATH=/bin", "A=1"]});
+        let e = env(
+            &img,
+            &[cri::KeyValue {
+                key: "A".into(),
+                value: b"2".to_vec(),
+            }],
+        );
+        assert_eq!(e, vec!["PATH=/bin".to_string(), "A=2".to_string()]);
+    }
+
+    #[test]
+    fn capabilities_add_drop_all() {
+        let c = |add: &[&str], drop: &[&str]| {
+            capabilities(
+                Some(&cri::Capability {
+                    add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                    drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+                    add_ambient_capabilities: vec![],
+                }),
+                false,
+            )
+        };
+        let v = c(&["SYS_ADMIN"], &["CHOWN"]).unwrap();
+        assert!(v.contains(&"CAP_SYS_ADMIN".to_string()) && !v.contains(&"CAP_CHOWN".to_string()));
+        assert_eq!(c(&[], &["ALL"]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            c(&["NET_ADMIN"], &["ALL"]).unwrap(),
+            vec!["CAP_NET_ADMIN".to_string()]
+        );
+        assert!(c(&["ALL"], &["KILL"]).unwrap().len() > 20);
+        assert_eq!(
+            c(&["BOGUS"], &[]).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn oom_is_raised_to_the_floor() {
+        assert_eq!(clamp_oom(-998, Some(0)), 0);
+        assert_eq!(clamp_oom(-998, Some(-1000)), -998);
+        assert_eq!(clamp_oom(500, Some(0)), 500);
+        assert_eq!(clamp_oom(-5, None), -5);
+    }
+
+    #[test]
+    fn resolv_conf_from_dns_config() {
+        let d = cri::DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["svc.local".into(), "local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&d)).unwrap(),
+            "search svc.local local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
+        assert!(resolv_conf(None).is_none());
+    }
+}
