@@ -6,6 +6,7 @@ mod cri_host;
 mod errors;
 mod events;
 mod gc;
+mod h2_authority;
 mod mount;
 mod plugins;
 mod pow;

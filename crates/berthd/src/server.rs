@@ -24,6 +24,7 @@ use berth_api::containerd::services::{
 use berth_store::Store;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
@@ -365,7 +366,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        UnixListenerStream::new(listener),
+        UnixListenerStream::new(listener).map(|c| c.map(crate::h2_authority::wrap)),
         async {
             let _ = stop_rx.await;
         },
@@ -382,7 +383,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
                 .add_service(limits!(c.image_service()))
                 .add_service(health_service);
             Some(tokio::spawn(r.serve_with_incoming_shutdown(
-                UnixListenerStream::new(l),
+                UnixListenerStream::new(l).map(|c| c.map(crate::h2_authority::wrap)),
                 async {
                     let _ = cri_stop_rx.await;
                 },

@@ -130,7 +130,7 @@ impl Inner {
         let me = self.clone();
         tokio::spawn(async move { me.follow(events).await });
         self.reconcile().await;
-        let _ = self.ready.send(true);
+        self.ready.send_replace(true);
     }
 
     /// Records task exits (and OOM kills) as they come; resubscribes if the stream breaks.
