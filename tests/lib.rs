@@ -60,6 +60,11 @@ impl Daemon {
 
     /// As [`Daemon::start_for_tasks`], with extra environment variables for the daemon.
     pub fn start_for_tasks_with_env(env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_for_tasks_with("", env)
+    }
+
+    /// As [`Daemon::start_for_tasks`], with a configuration file's text and environment.
+    pub fn start_for_tasks_with(config: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
@@ -71,7 +76,7 @@ impl Daemon {
             sock,
             child: None,
             extra_args: Vec::new(),
-            config: String::new(),
+            config: config.to_string(),
             private_run: true,
             env: env
                 .iter()

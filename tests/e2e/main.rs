@@ -5,6 +5,7 @@
 mod berthctl_snapshots;
 mod containers;
 mod crash;
+mod cri;
 mod daemon;
 mod diff;
 mod otlp;

@@ -1,0 +1,1121 @@
+//! The Kubernetes CRI served by berthd (`runtime.v1`), driven over gRPC as the kubelet drives
+//! it, and by crictl where one is installed: pods and containers with real processes, exec,
+//! logs, stats, restart of the daemon, bad input, images.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_api::runtime::v1 as cri;
+use berth_e2e::{Daemon, Registry, busybox_oci_archive, ok};
+use cri::image_service_client::ImageServiceClient;
+use cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www:/var/www:/bin/sh\nu:x:1000:1000::/:/bin/sh\n";
+const GROUP: &[u8] = b"root:x:0:\nwww-data:x:33:\nextra:x:50000:u\n";
+
+struct Cri {
+    d: Daemon,
+    /// This daemon's cgroup parent for pods (tests run side by side).
+    cgroup: String,
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+    logs: tempfile::TempDir,
+}
+
+impl Cri {
+    async fn start() -> Cri {
+        // Our shim (and berth-runc beside it) from the build, on berthd's PATH.
+        berth_e2e::bin("containerd-shim-berth-v2");
+        let path = format!(
+            "{}:{}",
+            berth_e2e::bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let cgroup = format!(
+            "berth-e2e-{}",
+            std::process::id() as u64 * 1000
+                + u64::from(SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        );
+        let config = format!("[cri]\ncgroup_parent = \"/{cgroup}\"\n");
+        let d = Daemon::start_for_tasks_with(&config, &[("PATH", &path)]);
+        let ch = d.channel().await;
+        let mut c = Cri {
+            cgroup,
+            rt: RuntimeServiceClient::new(ch.clone()),
+            img: ImageServiceClient::new(ch),
+            d,
+            logs: tempfile::tempdir().expect("log dir"),
+        };
+        c.import_busybox();
+        c
+    }
+
+    /// Imports `busybox` (with /etc/passwd and /etc/group) into the k8s.io namespace.
+    fn import_busybox(&mut self) {
+        let archive = self.d.dir.path().join("busybox.tar");
+        busybox_oci_archive(
+            &archive,
+            "docker.io/library/busybox:latest",
+            &[("etc/passwd", PASSWD), ("etc/group", GROUP)],
+        );
+        ok(self.d.berthctl(&[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            &archive.display().to_string(),
+        ]));
+    }
+
+    async fn reconnect(&mut self) {
+        let ch = self.d.channel().await;
+        self.rt = RuntimeServiceClient::new(ch.clone());
+        self.img = ImageServiceClient::new(ch);
+    }
+
+    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "e2e".into(),
+                attempt: 0,
+            }),
+            hostname: format!("{name}-host"),
+            log_directory: self.logs.path().join(name).display().to_string(),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.0.0.10".into()],
+                searches: vec!["e2e.svc".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                // A negative score must be raised, not refused (no CAP_SYS_RESOURCE here).
+                resources: None,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn run_pod(&mut self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let config = self.pod_config(name);
+        let id = self
+            .rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        (id, config)
+    }
+
+    fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            labels: HashMap::from([("c".to_string(), name.to_string())]),
+            linux: Some(cri::LinuxContainerConfig {
+                resources: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    cpu_shares: 512,
+                    oom_score_adj: -500,
+                    ..Default::default()
+                }),
+                security_context: Some(cri::LinuxContainerSecurityContext::default()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn create_start(
+        &mut self,
+        pod: &str,
+        pc: &cri::PodSandboxConfig,
+        cc: cri::ContainerConfig,
+    ) -> String {
+        let id = self
+            .rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(cc),
+                sandbox_config: Some(pc.clone()),
+            })
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        self.rt
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("StartContainer");
+        id
+    }
+
+    async fn exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        self.rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn status(&mut self, id: &str) -> cri::ContainerStatus {
+        self.rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    async fn wait_state(&mut self, id: &str, want: cri::ContainerState) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.status(id).await;
+            if s.state == want as i32 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} never got to {want:?}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Mounts, network namespaces and shims of CRI objects still on the host.
+    fn leftovers(&self) -> Vec<String> {
+        let state = self.d.dir.path().join("state");
+        let mut out: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&*state.to_string_lossy()))
+            .map(|l| format!("mount: {l}"))
+            .collect();
+        for sub in [
+            "io.berth.cri/netns",
+            "io.berth.cri/sandboxes",
+            "io.berth.cri/exec",
+        ] {
+            for e in std::fs::read_dir(state.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(format!("file: {}", e.path().display()));
+            }
+        }
+        out.extend(self.d.leftover_pids().iter().map(|p| format!("pid: {p}")));
+        let ctrs = ok(self.d.ctr(&["-n", "k8s.io", "containers", "ls", "-q"]));
+        out.extend(
+            ctrs.lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| format!("container: {l}")),
+        );
+        for cg in ["memory", "pids", "cpu"] {
+            let p = Path::new("/sys/fs/cgroup").join(cg).join(&self.cgroup);
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    out.push(format!("cgroup: {}", e.path().display()));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cri {
+    fn drop(&mut self) {
+        for cg in [
+            "memory",
+            "pids",
+            "cpu",
+            "cpuacct",
+            "cpuset",
+            "devices",
+            "freezer",
+            "blkio",
+            "hugetlb",
+            "net_cls",
+            "perf_event",
+            "systemd",
+            "unified",
+        ] {
+            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(cg).join(&self.cgroup));
+        }
+    }
+}
+
+/// Log lines of a CRI log file: (stream, tag, text).
+fn log_lines(path: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let ts = f.next().unwrap_or_default();
+            assert!(
+                ts.ends_with('Z') && ts.len() == 30,
+                "timestamp {ts:?} in {l:?}"
+            );
+            (
+                f.next().unwrap_or_default().into(),
+                f.next().unwrap_or_default().into(),
+                f.next().unwrap_or_default().into(),
+            )
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_pod_and_container_lifecycle() {
+    let mut c = Cri::start().await;
+    let v =
+        c.rt.version(cri::VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+        ("berth", "v1")
+    );
+    let st =
+        c.rt.status(cri::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+    let conds = st.status.unwrap().conditions;
+    assert!(conds.iter().any(|x| x.r#type == "RuntimeReady" && x.status));
+    assert!(
+        conds
+            .iter()
+            .any(|x| x.r#type == "NetworkReady" && !x.status && !x.reason.is_empty())
+    );
+
+    let (pod, pc) = c.run_pod("web").await;
+    let ps =
+        c.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ps.status.unwrap().state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    let info: serde_json::Value = serde_json::from_str(&ps.info["info"]).unwrap();
+    let pause_pid = info["pid"].as_u64().unwrap();
+    // The pause process: oom_score_adj raised to the daemon's (not -998), in its own pid ns.
+    let adj: i64 = std::fs::read_to_string(format!("/proc/{pause_pid}/oom_score_adj"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(adj >= 0, "pause oom_score_adj {adj}");
+
+    let script = "echo hello; echo oops >&2; printf 'no newline'; trap 'echo bye; exit 3' TERM; while true; do sleep 0.1; done";
+    let id = c
+        .create_start(&pod, &pc, Cri::container_config("app", script))
+        .await;
+    let s = c
+        .wait_state(&id, cri::ContainerState::ContainerRunning)
+        .await;
+    assert_eq!(s.image_id, s.image.as_ref().unwrap().image);
+    assert!(
+        s.image_ref.starts_with("docker.io/library/busybox@sha256:"),
+        "{}",
+        s.image_ref
+    );
+    assert_eq!(
+        s.resources.unwrap().linux.unwrap().memory_limit_in_bytes,
+        64 << 20
+    );
+
+    // ExecSync: the pod's hostname, DNS, users; a failing command; a timeout.
+    let r = c.exec(&id, &["hostname"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "web-host");
+    let r = c.exec(&id, &["cat", "/etc/resolv.conf"], 10).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "search e2e.svc\nnameserver 10.0.0.10\noptions ndots:5\n"
+    );
+    let r = c
+        .exec(&id, &["sh", "-c", "echo out; echo err >&2; exit 4"], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 4)
+    );
+    let t0 = Instant::now();
+    let e = c.exec(&id, &["sleep", "30"], 1).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // The container's cgroup got the limits; the process its score (raised if negative).
+    let r = c
+        .exec(&id, &["cat", "/proc/self/oom_score_adj"], 10)
+        .await
+        .unwrap();
+    let adj: i64 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap();
+    assert!(adj >= 0);
+
+    // Logs: CRI format, both streams (the unterminated line waits for its end).
+    let log = PathBuf::from(&pc.log_directory).join("app.log");
+    wait_for("the log", || log_lines(&log).len() >= 2);
+    let lines = log_lines(&log);
+    assert!(
+        lines.contains(&("stdout".into(), "F".into(), "hello".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "F".into(), "oops".into())),
+        "{lines:?}"
+    );
+
+    // Stats and lists with filters.
+    let stats =
+        c.rt.container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    let list =
+        c.rt.list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: HashMap::from([("c".to_string(), "app".to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 1);
+    let none =
+        c.rt.list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerExited as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(none.is_empty());
+    let pstats =
+        c.rt.pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(pstats.linux.unwrap().containers.len(), 1);
+
+    // Reopen: after a rename, lines go to a new file at the path.
+    std::fs::rename(&log, log.with_extension("log.1")).unwrap();
+    c.rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(log.exists(), "reopened log file");
+
+    // Update the memory limit of the running container.
+    c.rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = c
+        .exec(
+            &id,
+            &["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"],
+            10,
+        )
+        .await;
+    if let Ok(r) = r
+        && r.exit_code == 0
+    {
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout).trim(),
+            (96u64 << 20).to_string()
+        );
+    }
+
+    // Stop: SIGTERM (the image's default), the trap runs and exits 3 within the grace period.
+    c.rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 10,
+    })
+    .await
+    .unwrap();
+    let s = c
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+    // The unfinished line got its end after the reopen, in the new file.
+    let lines = log_lines(&log);
+    assert!(
+        lines.contains(&("stdout".into(), "F".into(), "no newlinebye".into())),
+        "{lines:?}"
+    );
+    assert!(s.finished_at >= s.started_at);
+    // Idempotent stop and remove; removing twice, and stopping a pod twice, answer OK.
+    c.rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    c.rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    let ps =
+        c.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ps.status.unwrap().state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    wait_for("no leftovers", || c.leftovers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_security_context_and_namespaces() {
+    let mut c = Cri::start().await;
+    let (pod, pc) = c.run_pod("sec").await;
+    let mut cc = Cri::container_config("u", "sleep 1000");
+    let sc = cc
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    sc.run_as_username = "u".into();
+    sc.supplemental_groups = vec![1234];
+    sc.readonly_rootfs = true;
+    sc.no_new_privs = true;
+    sc.capabilities = Some(cri::Capability {
+        add_capabilities: vec!["SYS_ADMIN".into()],
+        drop_capabilities: vec!["CHOWN".into()],
+        ..Default::default()
+    });
+    sc.namespace_options = Some(cri::NamespaceOption {
+        pid: cri::NamespaceMode::Container as i32,
+        ..Default::default()
+    });
+    let id = c.create_start(&pod, &pc, cc).await;
+    c.wait_state(&id, cri::ContainerState::ContainerRunning)
+        .await;
+    let r = c.exec(&id, &["id"], 10).await.unwrap();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(
+        out.contains("uid=1000") && out.contains("gid=1000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("50000") && out.contains("1234"),
+        "groups from /etc/group and the context: {out}"
+    );
+    let r = c.exec(&id, &["sh", "-c", "echo x > /x"], 10).await.unwrap();
+    assert_ne!(r.exit_code, 0, "read-only rootfs");
+    let r = c
+        .exec(&id, &["cat", "/proc/self/status"], 10)
+        .await
+        .unwrap();
+    let status = String::from_utf8_lossy(&r.stdout).into_owned();
+    let caps = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
+    let bnd = u64::from_str_radix(caps.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert!(bnd & (1 << 21) != 0, "CAP_SYS_ADMIN added: {caps}");
+    assert!(bnd & 1 == 0, "CAP_CHOWN dropped: {caps}");
+    assert!(status.lines().any(|l| l.starts_with("NoNewPrivs:\t1")));
+    // Its own pid namespace: it is pid 1 there, and the pause process is not visible.
+    let r = c.exec(&id, &["cat", "/proc/1/cmdline"], 10).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&r.stdout).starts_with("sleep"),
+        "{:?}",
+        r.stdout
+    );
+    // Masked paths (the defaults).
+    let r = c.exec(&id, &["cat", "/proc/kcore"], 10).await.unwrap();
+    assert!(r.stdout.is_empty());
+
+    // A second container sharing the pod's pid namespace sees pause as pid 1.
+    let id2 = c
+        .create_start(&pod, &pc, Cri::container_config("shared", "sleep 1000"))
+        .await;
+    c.wait_state(&id2, cri::ContainerState::ContainerRunning)
+        .await;
+    let r = c.exec(&id2, &["cat", "/proc/1/cmdline"], 10).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&r.stdout).starts_with("/pause"),
+        "{:?}",
+        r.stdout
+    );
+    // The pod's network namespace has loopback up, and nothing else.
+    let r = c.exec(&id2, &["cat", "/proc/net/dev"], 10).await.unwrap();
+    let dev = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(dev.contains("lo:") && dev.lines().count() == 3, "{dev}");
+
+    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    wait_for("no leftovers", || c.leftovers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_bad_input_is_refused_and_leaves_nothing() {
+    let mut c = Cri::start().await;
+    let code =
+        |r: Result<tonic::Response<cri::RunPodSandboxResponse>, tonic::Status>| r.unwrap_err();
+    let e = code(
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest::default())
+            .await,
+    );
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("config"), "{e:?}");
+    let mut pc = c.pod_config("bad");
+    pc.metadata.as_mut().unwrap().uid.clear();
+    let e = code(
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pc),
+            runtime_handler: String::new(),
+        })
+        .await,
+    );
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("uid"), "{e:?}");
+    let e = code(
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(c.pod_config("x")),
+            runtime_handler: "nope".into(),
+        })
+        .await,
+    );
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("runtime_handler"), "{e:?}");
+    // A sysctl the kernel does not have: the pause task fails to start, and all is undone.
+    let mut pc = c.pod_config("sysctl");
+    pc.linux.as_mut().unwrap().sysctls =
+        HashMap::from([("net.no.such.sysctl".to_string(), "1".to_string())]);
+    assert!(
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pc),
+            runtime_handler: String::new()
+        })
+        .await
+        .is_err()
+    );
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+
+    let (pod, pc) = c.run_pod("dup").await;
+    let e = code(
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pc.clone()),
+            runtime_handler: String::new(),
+        })
+        .await,
+    );
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    assert!(e.message().contains(&pod), "names the holder: {e:?}");
+
+    let create = |cc: cri::ContainerConfig, pod: &str| cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cc),
+        sandbox_config: None,
+    };
+    let e =
+        c.rt.create_container(create(Cri::container_config("a", "true"), "no-such-pod"))
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let mut cc = Cri::container_config("a", "true");
+    cc.image.as_mut().unwrap().image = "no/such:image".into();
+    let e = c.rt.create_container(create(cc, &pod)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let mut cc = Cri::container_config("a", "true");
+    cc.metadata = None;
+    assert_eq!(
+        c.rt.create_container(create(cc, &pod))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    let mut cc = Cri::container_config("a", "true");
+    cc.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .run_as_username = "nobody-here".into();
+    let e = c.rt.create_container(create(cc, &pod)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let mut cc = Cri::container_config("a", "true");
+    cc.mounts = vec![cri::Mount {
+        container_path: "relative".into(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    assert_eq!(
+        c.rt.create_container(create(cc, &pod))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    // The same name twice.
+    let id =
+        c.rt.create_container(create(Cri::container_config("a", "true"), &pod))
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+    let e =
+        c.rt.create_container(create(Cri::container_config("a", "true"), &pod))
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    assert!(e.message().contains(&id), "{e:?}");
+    // Only the pod and the one container exist: nothing of the failed calls.
+    let ctrs = ok(c.d.ctr(&["-n", "k8s.io", "containers", "ls", "-q"]));
+    let mut got: Vec<&str> = ctrs.lines().collect();
+    got.sort();
+    let mut want = vec![pod.as_str(), id.as_str()];
+    want.sort();
+    assert_eq!(got, want);
+    let snaps = ok(c.d.ctr(&["-n", "k8s.io", "snapshots", "ls"]));
+    assert_eq!(
+        snaps.lines().filter(|l| l.contains("Active")).count(),
+        2,
+        "{snaps}"
+    );
+    // Unknown objects: status NotFound, stop/remove OK.
+    let e =
+        c.rt.container_status(cri::ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    c.rt.stop_container(cri::StopContainerRequest {
+        container_id: "nope".into(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: "nope".into(),
+    })
+    .await
+    .unwrap();
+    let e =
+        c.rt.exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::FailedPrecondition,
+        "exec in a created container: {e:?}"
+    );
+    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    wait_for("no leftovers", || c.leftovers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_state_survives_kill_9_of_the_daemon() {
+    let mut c = Cri::start().await;
+    let n: usize = std::env::var("BERTH_CRI_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut pods = Vec::new();
+    for i in 0..n {
+        let (pod, pc) = c.run_pod(&format!("p{i}")).await;
+        let id = c
+            .create_start(
+                &pod,
+                &pc,
+                Cri::container_config(
+                    "tick",
+                    "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+                ),
+            )
+            .await;
+        pods.push((pod, pc, id));
+    }
+    // One container exits while the daemon is down.
+    let (pod0, pc0, _) = pods[0].clone();
+    let quitter = c
+        .create_start(
+            &pod0,
+            &pc0,
+            Cri::container_config("quit", "sleep 1; exit 5"),
+        )
+        .await;
+    let before =
+        c.rt.list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .len();
+    c.d.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.d.restart();
+    c.reconnect().await;
+    let list =
+        c.rt.list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+    assert_eq!(list.len(), before);
+    let s = c
+        .wait_state(&quitter, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(s.exit_code, 5);
+    for (pod, pc, id) in &pods {
+        let s = c.status(id).await;
+        assert_eq!(
+            s.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{id}"
+        );
+        let ps =
+            c.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            ps.status.unwrap().state,
+            cri::PodSandboxState::SandboxReady as i32
+        );
+        let log = PathBuf::from(&pc.log_directory).join("tick.log");
+        let n0 = log_lines(&log).len();
+        wait_for("the log to go on", || log_lines(&log).len() > n0);
+    }
+    // The same names are still reserved.
+    let e =
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pods[1].1.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    for (pod, _, _) in &pods {
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    wait_for("no leftovers", || c.leftovers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_images_pull_status_list_remove() {
+    let mut c = Cri::start().await;
+    let reg = Registry::start();
+    let archive = c.d.dir.path().join("img.tar");
+    busybox_oci_archive(&archive, "x", &[("etc/hello", b"hi")]);
+    let reference = reg.push(&archive, "e2e/hello:1");
+    let r = c
+        .img
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("PullImage")
+        .into_inner();
+    assert!(r.image_ref.starts_with("sha256:"));
+    let st = c
+        .img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: r.image_ref.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let img = st.image.expect("found by id");
+    assert_eq!(img.repo_tags, vec![reference.clone()]);
+    assert_eq!(img.repo_digests.len(), 1);
+    assert!(img.size > 0);
+    // By digest reference too.
+    let by_digest = c
+        .img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: img.repo_digests[0].clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_digest.image.unwrap().id, img.id);
+    let all = c
+        .img
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(all.iter().any(|i| i.id == img.id));
+    let fs = c
+        .img
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fs.image_filesystems[0].used_bytes.unwrap().value > 0);
+    c.img
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let st = c
+        .img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: r.image_ref.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.image.is_none(), "every name of the image is gone");
+    // A missing image: status is empty, remove is OK, pull is NotFound.
+    c.img
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let e = c
+        .img
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: format!("{}/e2e/none:1", reg.host),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = c
+        .img
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "not a reference".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+/// crictl, where installed (`$CRICTL`, or `crictl` on PATH): the commands a person runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_drives_berthd() {
+    let crictl = std::env::var_os("CRICTL").map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join("crictl"))
+            .find(|p| p.is_file())
+    });
+    let Some(crictl) = crictl else {
+        eprintln!(
+            "crictl is not installed (set CRICTL); the gRPC tests above cover the same calls"
+        );
+        return;
+    };
+    let c = Cri::start().await;
+    let sock = format!("unix://{}", c.d.sock.display());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&crictl)
+            .args([
+                "--runtime-endpoint",
+                &sock,
+                "--image-endpoint",
+                &sock,
+                "--timeout",
+                "60s",
+            ])
+            .args(args)
+            .output()
+            .expect("running crictl");
+        assert!(
+            out.status.success(),
+            "crictl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let dir = c.d.dir.path();
+    let pod_json = dir.join("pod.json");
+    let ctr_json = dir.join("ctr.json");
+    let logs = c.logs.path().join("crictl");
+    std::fs::write(&pod_json, serde_json::json!({"metadata": {"name": "cp", "namespace": "e2e", "uid": "cp-uid"}, "log_directory": logs, "linux": {}}).to_string()).unwrap();
+    std::fs::write(&ctr_json, serde_json::json!({"metadata": {"name": "cc"}, "image": {"image": "busybox"}, "command": ["sh", "-c", "echo from-crictl; sleep 1000"], "log_path": "cc.log", "linux": {}}).to_string()).unwrap();
+    assert!(run(&["version"]).contains("RuntimeName:  berth"));
+    assert!(run(&["info"]).contains("RuntimeReady"));
+    let pod = run(&["runp", pod_json.to_str().unwrap()]);
+    let id = run(&[
+        "create",
+        &pod,
+        ctr_json.to_str().unwrap(),
+        pod_json.to_str().unwrap(),
+    ]);
+    run(&["start", &id]);
+    assert!(run(&["ps"]).contains(&id[..13]));
+    assert!(run(&["inspect", &id]).contains("CONTAINER_RUNNING"));
+    assert!(run(&["inspectp", &pod]).contains("SANDBOX_READY"));
+    assert_eq!(run(&["exec", "-s", &id, "echo", "hi"]), "hi");
+    wait_for("crictl logs", || {
+        run(&["logs", &id]).contains("from-crictl")
+    });
+    assert!(run(&["stats", "-a"]).contains(&id[..13]));
+    run(&["stop", &id]);
+    run(&["rm", &id]);
+    run(&["stopp", &pod]);
+    run(&["rmp", &pod]);
+    assert!(run(&["images"]).contains("busybox"));
+    assert!(run(&["inspecti", "busybox"]).contains("repoTags"));
+    assert!(run(&["imagefsinfo"]).contains("usedBytes"));
+    let reg = Registry::start();
+    let archive = dir.join("img.tar");
+    busybox_oci_archive(&archive, "x", &[("etc/x", b"x")]);
+    let reference = reg.push(&archive, "e2e/crictl:1");
+    run(&["pull", &reference]);
+    assert!(run(&["images"]).contains("e2e/crictl"));
+    run(&["rmi", &reference]);
+    assert!(!run(&["images"]).contains("e2e/crictl"));
+    wait_for("no leftovers", || c.leftovers().is_empty());
+}
