@@ -175,10 +175,9 @@ impl Inner {
             Ok(_) => {
                 let wait = w.wait(wait_req);
                 let limited = if timeout > 0 {
-                    match tokio::time::timeout(Duration::from_secs(timeout as u64), wait).await {
-                        Ok(r) => Some(r),
-                        Err(_) => None,
-                    }
+                    tokio::time::timeout(Duration::from_secs(timeout as u64), wait)
+                        .await
+                        .ok()
                 } else {
                     Some(wait.await)
                 };

@@ -259,7 +259,8 @@ mod tests {
     #[test]
     fn the_layer_is_reproducible_and_holds_the_program() {
         assert_eq!(layer(), layer());
-        let mut a = tar::Archive::new(&layer()[..]);
+        let bytes = layer();
+        let mut a = tar::Archive::new(&bytes[..]);
         let mut e = a.entries().unwrap();
         let f = e.next().unwrap().unwrap();
         assert_eq!(f.path().unwrap().to_str(), Some("pause"));

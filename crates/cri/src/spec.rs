@@ -245,8 +245,10 @@ fn localhost_profile(mut v: Value) -> Value {
             o.insert("architectures".into(), json!(arches));
         }
     }
-    if let Some(o) = v.as_object_mut() {
-        if let Some(calls) = o.get_mut("syscalls").and_then(Value::as_array_mut) {
+    if let Some(o) = v.as_object_mut()
+        && let Some(calls) = o.get_mut("syscalls").and_then(Value::as_array_mut)
+    {
+        {
             for c in calls {
                 if let Some(c) = c.as_object_mut() {
                     if let Some(name) = c.remove("name") {

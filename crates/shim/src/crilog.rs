@@ -121,7 +121,7 @@ impl CriStream {
                     let take = room.min(data.len());
                     self.pending.extend_from_slice(&data[..take]);
                     data = &data[take..];
-                    if self.pending.len() == max && !data.first().is_some_and(|b| *b == b'\n') {
+                    if self.pending.len() == max && data.first().is_none_or(|b| *b != b'\n') {
                         let line = std::mem::take(&mut self.pending);
                         self.log.write_line(self.stream, false, &line)?;
                     }
