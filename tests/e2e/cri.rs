@@ -629,11 +629,30 @@ async fn cri_security_context_and_namespaces() {
     // Masked paths (the defaults).
     let r = c.exec(&id, &["cat", "/proc/kcore"], 10).await.unwrap();
     assert!(r.stdout.is_empty());
+    // No seccomp profile unless asked for (as the kubelet's default, Unconfined).
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t0"),
+        "unconfined by default: {status}"
+    );
+    let r = c
+        .exec(&id, &["busybox", "unshare", "-U", "true"], 10)
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0, "unshare allowed unconfined: {r:?}");
 
     // A second container sharing the pod's pid namespace sees pause as pid 1.
-    let id2 = c
-        .create_start(&pod, &pc, Cri::container_config("shared", "sleep 1000"))
-        .await;
+    let mut cc = Cri::container_config("shared", "sleep 1000");
+    cc.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        ..Default::default()
+    });
+    let id2 = c.create_start(&pod, &pc, cc).await;
     c.wait_state(&id2, cri::ContainerState::ContainerRunning)
         .await;
     let r = c.exec(&id2, &["cat", "/proc/1/cmdline"], 10).await.unwrap();
@@ -642,6 +661,22 @@ async fn cri_security_context_and_namespaces() {
         "{:?}",
         r.stdout
     );
+    // RuntimeDefault: containerd's default profile, filtering (mode 2); a syscall it leaves
+    // out (`unshare` without CAP_SYS_ADMIN) is refused.
+    let r = c
+        .exec(&id2, &["cat", "/proc/self/status"], 10)
+        .await
+        .unwrap();
+    let status = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "runtime default is a filter: {status}"
+    );
+    let r = c
+        .exec(&id2, &["busybox", "unshare", "-U", "true"], 10)
+        .await
+        .unwrap();
+    assert_ne!(r.exit_code, 0, "unshare refused by the default profile");
     // The pod's network namespace has loopback up, and nothing else.
     let r = c.exec(&id2, &["cat", "/proc/net/dev"], 10).await.unwrap();
     let dev = String::from_utf8_lossy(&r.stdout).into_owned();

@@ -13,7 +13,6 @@ use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
 use berth_api::containerd::services::events::v1::events_client::EventsClient;
 use berth_api::containerd::services::images::v1::images_client::ImagesClient;
 use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
-use berth_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth_api::containerd::services::tasks::v1::tasks_client::TasksClient;
 use hyper_util::rt::TokioIo;
@@ -96,9 +95,6 @@ impl Api {
     }
     pub(crate) fn events(&self) -> EventsClient<Channel> {
         EventsClient::new(self.channel.clone())
-    }
-    pub(crate) fn namespaces(&self) -> NamespacesClient<Channel> {
-        NamespacesClient::new(self.channel.clone())
     }
 
     /// A whole blob of the content store.

@@ -20,6 +20,7 @@ mod netns;
 mod pause;
 mod runtime_service;
 mod sandbox;
+mod seccomp_default;
 mod spec;
 mod state;
 mod stats;

@@ -115,7 +115,10 @@ const CAP_ALLOW: &[(&str, &[&str])] = &[
     ),
     ("CAP_SYS_BOOT", &["reboot"]),
     ("CAP_SYS_CHROOT", &["chroot"]),
-    ("CAP_SYS_MODULE", &["delete_module", "init_module", "finit_module"]),
+    (
+        "CAP_SYS_MODULE",
+        &["delete_module", "init_module", "finit_module"],
+    ),
     ("CAP_SYS_PACCT", &["acct"]),
     (
         "CAP_SYS_PTRACE",
@@ -129,9 +132,20 @@ const CAP_ALLOW: &[(&str, &[&str])] = &[
         ],
     ),
     ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
-    ("CAP_SYS_TIME", &["settimeofday", "stime", "clock_settime", "clock_settime64"]),
+    (
+        "CAP_SYS_TIME",
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
     ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
-    ("CAP_SYS_NICE", &["get_mempolicy", "mbind", "set_mempolicy", "set_mempolicy_home_node"]),
+    (
+        "CAP_SYS_NICE",
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
     ("CAP_SYSLOG", &["syslog"]),
     ("CAP_BPF", &["bpf"]),
     ("CAP_PERFMON", &["perf_event_open"]),
@@ -166,14 +180,18 @@ fn profile_for(goarch: &str, caps: &[String], ptrace_by_kernel: bool) -> Value {
     let mut admin = false;
     for cap in caps {
         admin |= cap == "CAP_SYS_ADMIN";
-        if let Some((_, names)) = CAP_ALLOW.iter().find(|(c, _)| c == cap) {
+        if let Some((_, names)) = CAP_ALLOW.iter().find(|(c, _)| *c == cap.as_str()) {
             rules.push(allow(names));
         }
     }
 
     if !admin {
         // s390's clone(2) takes the flags as its second argument.
-        let index = if matches!(goarch, "s390" | "s390x") { 1 } else { 0 };
+        let index = if matches!(goarch, "s390" | "s390x") {
+            1
+        } else {
+            0
+        };
         rules.push(json!({
             "names": ["clone"],
             "action": "SCMP_ACT_ALLOW",
@@ -244,7 +262,11 @@ fn arch_allow(goarch: &str) -> &'static [&'static str] {
         ],
         "amd64" => &["arch_prctl", "modify_ldt"],
         "386" => &["modify_ldt"],
-        "s390" | "s390x" => &["s390_pci_mmio_read", "s390_pci_mmio_write", "s390_runtime_instr"],
+        "s390" | "s390x" => &[
+            "s390_pci_mmio_read",
+            "s390_pci_mmio_write",
+            "s390_runtime_instr",
+        ],
         "riscv64" => &["riscv_flush_icache"],
         _ => &[],
     }
@@ -311,7 +333,12 @@ mod tests {
     }
 
     fn names(rule: &Value) -> Vec<&str> {
-        rule["names"].as_array().expect("names").iter().map(|n| n.as_str().expect("name")).collect()
+        rule["names"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .map(|n| n.as_str().expect("name"))
+            .collect()
     }
 
     /// Names in unconditional allow rules, one per occurrence.
@@ -325,7 +352,10 @@ mod tests {
 
     /// The rules that name `name`.
     fn rules_for<'a>(p: &'a Value, name: &str) -> Vec<&'a Value> {
-        rules(p).iter().filter(|r| names(r).contains(&name)).collect()
+        rules(p)
+            .iter()
+            .filter(|r| names(r).contains(&name))
+            .collect()
     }
 
     #[test]
@@ -342,7 +372,14 @@ mod tests {
         assert_eq!(set.len(), BASE_ALLOW.len());
         let p = profile_for("amd64", &[], false);
         let allowed = allowed(&p);
-        for name in ["read", "write", "execve", "openat", "futex", "name_to_handle_at"] {
+        for name in [
+            "read",
+            "write",
+            "execve",
+            "openat",
+            "futex",
+            "name_to_handle_at",
+        ] {
             assert!(allowed.contains(&name), "{name}");
         }
     }
@@ -399,7 +436,9 @@ mod tests {
 
         let p = profile_for("amd64", &caps(&["CAP_SYS_ADMIN"]), true);
         let allowed = allowed(&p);
-        for name in ["mount", "umount2", "unshare", "setns", "clone", "clone3", "bpf"] {
+        for name in [
+            "mount", "umount2", "unshare", "setns", "clone", "clone3", "bpf",
+        ] {
             assert!(allowed.contains(&name), "{name}");
         }
         // No restricted clone rule and no ENOSYS for clone3.
@@ -442,21 +481,38 @@ mod tests {
             ("CAP_BPF", "bpf"),
             ("CAP_PERFMON", "perf_event_open"),
         ] {
-            assert!(!allowed_has(&profile_for("amd64", &[], true), name), "{name}");
-            assert!(allowed_has(&profile_for("amd64", &caps(&[cap]), true), name), "{cap}");
+            assert!(
+                !allowed_has(&profile_for("amd64", &[], true), name),
+                "{name}"
+            );
+            assert!(
+                allowed_has(&profile_for("amd64", &caps(&[cap]), true), name),
+                "{cap}"
+            );
         }
     }
 
     #[test]
     fn architectures_and_arch_calls() {
         let p = profile_for("amd64", &[], true);
-        assert_eq!(p["architectures"], json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]));
+        assert_eq!(
+            p["architectures"],
+            json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+        );
         assert!(allowed_has(&p, "arch_prctl") && allowed_has(&p, "modify_ldt"));
         assert!(!allowed_has(&p, "set_tls"));
 
         let p = profile_for("arm64", &[], true);
-        assert_eq!(p["architectures"], json!(["SCMP_ARCH_ARM", "SCMP_ARCH_AARCH64"]));
-        for name in ["arm_fadvise64_64", "arm_sync_file_range", "sync_file_range2", "set_tls"] {
+        assert_eq!(
+            p["architectures"],
+            json!(["SCMP_ARCH_ARM", "SCMP_ARCH_AARCH64"])
+        );
+        for name in [
+            "arm_fadvise64_64",
+            "arm_sync_file_range",
+            "sync_file_range2",
+            "set_tls",
+        ] {
             assert!(allowed_has(&p, name), "{name}");
         }
         assert!(!allowed_has(&p, "arch_prctl"));
@@ -479,11 +535,18 @@ mod tests {
     #[test]
     fn every_rule_is_well_formed() {
         for goarch in ["amd64", "arm64", "s390x", ""] {
-            for set in [&[][..], CRI_DEFAULT_CAPS, &["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]] {
+            for set in [
+                &[][..],
+                CRI_DEFAULT_CAPS,
+                &["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"][..],
+            ] {
                 let p = profile_for(goarch, &caps(set), true);
                 for rule in rules(&p) {
                     assert!(!names(rule).is_empty(), "{rule}");
-                    assert!(rule["action"].as_str().is_some_and(|a| !a.is_empty()), "{rule}");
+                    assert!(
+                        rule["action"].as_str().is_some_and(|a| !a.is_empty()),
+                        "{rule}"
+                    );
                 }
             }
         }

@@ -199,12 +199,7 @@ pub(crate) fn seccomp(
     };
     match kind {
         ProfileType::Unconfined => Ok(None),
-        ProfileType::RuntimeDefault => {
-            let _ = caps;
-            Err(Status::unimplemented(
-                "seccomp RuntimeDefault: the default profile is not in yet",
-            ))
-        }
+        ProfileType::RuntimeDefault => Ok(Some(crate::seccomp_default::default_profile(caps))),
         ProfileType::Localhost => {
             if !local.starts_with('/') {
                 return Err(Status::invalid_argument(format!(

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use berth_api::containerd::events::{TaskExit, TaskOom};
 use berth_api::containerd::services::events::v1::SubscribeRequest;
-use berth_api::containerd::services::namespaces::v1 as nss;
 use berth_api::containerd::services::tasks::v1 as tasks;
 use berth_api::containerd::v1::types::Status as TaskStatus;
 use berth_api::runtime::v1 as cri;
@@ -87,37 +86,22 @@ impl Inner {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        // The daemon is serving by now, or about to: retry until it answers.
+        // The daemon is serving by now, or about to: retry until it answers. The `k8s.io`
+        // namespace is made by the first write into it, as containerd's metadata store does.
         let mut delay = Duration::from_millis(10);
         let events = loop {
-            let ns = self
+            let sub = self
                 .api
-                .namespaces()
-                .create(self.api.req(nss::CreateNamespaceRequest {
-                    namespace: Some(nss::Namespace {
-                        name: NAMESPACE.into(),
-                        labels: HashMap::new(),
-                    }),
+                .events()
+                .subscribe(self.api.req(SubscribeRequest {
+                    filters: vec![
+                        format!("topic==\"/tasks/exit\",namespace=={NAMESPACE}"),
+                        format!("topic==\"/tasks/oom\",namespace=={NAMESPACE}"),
+                    ],
                 }))
                 .await;
-            let ns_ok = match ns {
-                Ok(_) => true,
-                Err(s) => s.code() == tonic::Code::AlreadyExists,
-            };
-            if ns_ok {
-                let sub = self
-                    .api
-                    .events()
-                    .subscribe(self.api.req(SubscribeRequest {
-                        filters: vec![
-                            format!("topic==\"/tasks/exit\",namespace=={NAMESPACE}"),
-                            format!("topic==\"/tasks/oom\",namespace=={NAMESPACE}"),
-                        ],
-                    }))
-                    .await;
-                if let Ok(s) = sub {
-                    break s.into_inner();
-                }
+            if let Ok(s) = sub {
+                break s.into_inner();
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
