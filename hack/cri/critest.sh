@@ -156,6 +156,9 @@ export CRITEST CRICTL
 if [ "$RUNTIME" = berth ]; then
   BERTHD=${BERTHD:-$ROOT/target/debug/berthd}
   [ -x "$BERTHD" ] || die "no berthd at $BERTHD (cargo build --bin berthd, or set BERTHD)"
+  # The shim (containerd-shim-berth-v2) and berth-runc are found next to berthd, as installed.
+  PATH=$(dirname "$BERTHD"):$PATH
+  export PATH
 fi
 
 OUT=${CRI_OUT:-$ROOT/target/critest-$RUNTIME}
