@@ -4,12 +4,14 @@
 //! binary; a container can also make us execute `/proc/self/exe` (a `#!/proc/self/exe`
 //! entrypoint). Either way a container process can get hold of the binary through the magic
 //! link and, once it stops running, open it for writing. The fix used here: before any
-//! container process is made, the CLI moves itself into a private mount namespace, bind-mounts
-//! its own binary read-only over itself there, and re-executes through that path. From then on
-//! the exe link of this process and of every child points into a read-only mount, so an open
-//! for writing fails with EROFS, and nothing is copied: the cost is one unshare, two mounts and
-//! one execve per `create`/`run`/`exec`, and nothing is left on the host (the namespace dies
-//! with its processes). A binary that already lives on a read-only mount skips all of it.
+//! container process is made, the CLI clones a detached, read-only bind mount of its own binary
+//! (open_tree + mount_setattr, attached to no mount namespace) and re-executes from it
+//! (execveat). From then on the exe link of this process and of every child points into a
+//! read-only mount, so an open for writing fails with EROFS, and nothing is copied: the cost is
+//! three syscalls and one execve per `create`/`run`/`exec`, no mount namespace or propagation
+//! is changed (a container's bidirectional volumes need the host's shared propagation), and
+//! nothing is left on the host (the detached mount goes with the last process holding it). A
+//! binary that already lives on a read-only mount skips all of it.
 //!
 //! Why not runc's sealed-memfd copy: it copies the whole binary on every start (runc later
 //! cached it for this reason), and a copy created once would need a process to hold it.
@@ -17,10 +19,9 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 
-use nix::mount::{MsFlags, mount};
 use nix::sys::statvfs::{FsFlags, statvfs};
 
-use crate::error::{Result, RuntimeError, SysContext};
+use crate::error::{Result, RuntimeError};
 
 const MARK: &str = "_BERTH_RUNC_PROTECTED";
 
@@ -51,33 +52,52 @@ pub fn protect_self_exe() -> Result<()> {
             exe.display()
         )));
     }
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).sys("unshare mount namespace")?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .sys("make / rslave")?;
-    mount(
-        Some(&exe),
-        &exe,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .sys(format!("bind {}", exe.display()))?;
-    mount(
-        None::<&str>,
-        &exe,
-        None::<&str>,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .sys(format!("remount {} read-only", exe.display()))?;
+    // A detached read-only bind of the binary (open_tree + mount_setattr): it is attached
+    // nowhere, so no mount namespace (and no propagation, which a shared root would need for
+    // its bidirectional volumes) is touched, and it goes away when the last process using it
+    // exits.
     let path = CString::new(exe.as_os_str().as_bytes())
         .map_err(|_| RuntimeError::Init("exe path holds NUL".into()))?;
+    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor (or -1).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(RuntimeError::sys(
+            format!("open_tree {}", exe.display()),
+            nix::errno::Errno::last(),
+        ));
+    }
+    let fd = fd as libc::c_int;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: mount_setattr reads `attr` (its size given) and the empty path; fd is ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(RuntimeError::sys(
+            format!("mount_setattr read-only {}", exe.display()),
+            nix::errno::Errno::last(),
+        ));
+    }
     let argv: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
         .collect();
@@ -90,9 +110,24 @@ pub fn protect_self_exe() -> Result<()> {
         })
         .collect();
     envp.push(CString::new(format!("{MARK}=1")).unwrap_or_default());
-    let e = nix::unistd::execve(&path, &argv, &envp);
+    let mut argp: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    let mut envpp: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envpp.push(std::ptr::null());
+    // SAFETY: execveat with AT_EMPTY_PATH runs the file `fd` refers to; argv and envp are
+    // NULL-terminated arrays of NUL-terminated strings that outlive the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            empty.as_ptr(),
+            argp.as_ptr(),
+            envpp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
     Err(RuntimeError::sys(
         format!("re-exec {}", exe.display()),
-        e.err().unwrap_or(nix::errno::Errno::EINVAL),
+        nix::errno::Errno::last(),
     ))
 }

@@ -202,10 +202,10 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
             hooks.and_then(|h| h.create_container().as_ref()),
             &container_state(id, spec, bundle, "created"),
         )?;
+        mounts::write_sysctls(spec, &root)?;
         setup.mask_and_protect(&root)?;
         drop(root);
         mounts::pivot(rootfs, *no_pivot)?;
-        mounts::write_sysctls(spec)?;
         if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
             mounts::remount_root_ro()?;
         }

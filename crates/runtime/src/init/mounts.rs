@@ -272,6 +272,20 @@ impl RootfsSetup<'_> {
             .rootfs
             .to_str()
             .ok_or_else(|| RuntimeError::Spec("rootfs path is not UTF-8".into()))?;
+        // pivot_root refuses a new root whose mount is shared: with a shared root propagation
+        // the mount holding the rootfs is made private first (its bind is private then), as runc.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| RuntimeError::path("read", "/proc/self/mountinfo", e))?;
+        if let Some(parent) = shared_parent_mount(&mountinfo, self.rootfs) {
+            do_mount(
+                None,
+                &parent,
+                None,
+                MsFlags::MS_PRIVATE,
+                None,
+                Path::new(&parent),
+            )?;
+        }
         do_mount(
             Some(rootfs),
             rootfs,
@@ -632,8 +646,58 @@ pub(crate) fn mount_console(slave_path: &Path) -> Result<()> {
     )
 }
 
-/// Writes the spec's sysctls through /proc/sys (after pivot_root, in the new namespaces).
-pub(crate) fn write_sysctls(spec: &Spec) -> Result<()> {
+/// The mount point holding `path` (the longest one that is a prefix of it) when that mount is
+/// shared (its optional fields have `shared:N`); None when it is not shared.
+fn shared_parent_mount(mountinfo: &str, path: &Path) -> Option<String> {
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        if f.len() < 5 || sep < 6 {
+            continue;
+        }
+        let mp = PathBuf::from(unescape_mountinfo(f[4]));
+        if !path.starts_with(&mp) {
+            continue;
+        }
+        let shared = f[6..sep].iter().any(|o| o.starts_with("shared:"));
+        // Later lines are mounted on top of earlier ones at the same point.
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len())
+        {
+            best = Some((mp, shared));
+        }
+    }
+    best.filter(|(_, shared)| *shared)
+        .and_then(|(mp, _)| mp.to_str().map(str::to_string))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes the spec's sysctls through the new root's /proc/sys (in the new namespaces), before
+/// the read-only and masked paths cover /proc/sys, as runc orders them.
+pub(crate) fn write_sysctls(spec: &Spec, root: &OwnedFd) -> Result<()> {
     for (k, v) in spec
         .linux()
         .as_ref()
@@ -642,13 +706,6 @@ pub(crate) fn write_sysctls(spec: &Spec) -> Result<()> {
         .flatten()
     {
         let rel = PathBuf::from("proc/sys").join(k.replace('.', "/"));
-        let root = openat2(
-            libc::AT_FDCWD,
-            Path::new("/"),
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .map_err(|e| RuntimeError::path("open", "/", e))?;
         let fd = openat2(
             root.as_raw_fd(),
             &rel,
@@ -664,6 +721,36 @@ pub(crate) fn write_sysctls(spec: &Spec) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_mount_holding_the_rootfs() {
+        let mi = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:40 / /run rw shared:5 - tmpfs tmpfs rw
+31 30 0:41 / /run/k8s\\040x/rootfs rw - overlay overlay rw
+32 22 0:42 / /var/lib rw master:3 - tmpfs tmpfs rw
+";
+        // The rootfs itself is a (private) mount point: nothing to change.
+        assert_eq!(
+            shared_parent_mount(mi, Path::new("/run/k8s x/rootfs")),
+            None
+        );
+        // A plain directory on a shared mount: that mount.
+        assert_eq!(
+            shared_parent_mount(mi, Path::new("/run/other/rootfs")).as_deref(),
+            Some("/run")
+        );
+        assert_eq!(
+            shared_parent_mount(mi, Path::new("/srv/rootfs")).as_deref(),
+            Some("/")
+        );
+        // A slave (not shared) mount: left alone; bad lines are skipped.
+        assert_eq!(
+            shared_parent_mount(&format!("garbage\n{mi}"), Path::new("/var/lib/x")),
+            None
+        );
+        assert_eq!(unescape_mountinfo("a\\134b\\011"), "a\\b\t");
+    }
 
     #[test]
     fn options() {

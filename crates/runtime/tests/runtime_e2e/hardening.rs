@@ -92,9 +92,16 @@ fn runtime_binary_cannot_be_overwritten() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    // The runtime's binary as the attacker will see it: by device and inode (a detached bind
+    // mount of it has no meaningful path).
+    let st = std::fs::metadata(crate::util::bin()).unwrap();
     std::fs::write(
         b.rootfs().join("attack.py"),
-        r#"
+        format!(
+            "DEV, INO = {}, {}\n",
+            std::os::unix::fs::MetadataExt::dev(&st),
+            std::os::unix::fs::MetadataExt::ino(&st)
+        ) + r#"
 import os, errno, time
 deadline = time.time() + 20
 caught = None
@@ -103,7 +110,8 @@ while time.time() < deadline and caught is None:
         if not p.isdigit() or p == str(os.getpid()):
             continue
         try:
-            if 'runc' not in os.readlink('/proc/%s/exe' % p):
+            st = os.stat('/proc/%s/exe' % p)
+            if (st.st_dev, st.st_ino) != (DEV, INO) and 'runc' not in os.readlink('/proc/%s/exe' % p):
                 continue
             caught = os.open('/proc/%s/exe' % p, os.O_PATH)
             break

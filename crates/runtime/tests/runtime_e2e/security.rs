@@ -213,3 +213,107 @@ fn join_user_namespace_with_new_pid_namespace() {
     env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
     assert!(!env.root.join(&id).exists());
 }
+
+/// Sysctls are written before /proc/sys is made read-only (the default readonlyPaths), in the
+/// container's namespaces: an IPC one (kernel.shm_rmid_forced) and a network one.
+#[test]
+fn sysctls_under_read_only_proc_sys() {
+    let env = Env::new();
+    let mut b = env.bundle(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start",
+    ]);
+    b.config["linux"]["sysctl"] = json!({
+        "kernel.shm_rmid_forced": "1",
+        "net.ipv4.ip_unprivileged_port_start": "77",
+    });
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("sysctl"));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["1", "77"]);
+    // The host's values are untouched.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .unwrap()
+            .trim(),
+        "1024"
+    );
+}
+
+/// Unmounts (lazily) what a test mounted on the host, before the temp dir goes.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A bidirectional volume (rootfsPropagation rshared, an rshared bind of a shared host
+/// mount): a mount made on the host shows in the container, and one made in the container
+/// shows on the host, as runc does (and Kubernetes' Bidirectional mount propagation needs).
+#[test]
+fn shared_volume_propagates_both_ways() {
+    let env = Env::new();
+    let vol = env.tmp.path().join("vol");
+    std::fs::create_dir_all(vol.join("fromhost")).unwrap();
+    std::fs::create_dir_all(vol.join("fromctr")).unwrap();
+    let mut guard = Unmount(vec![vol.clone()]);
+    let none: Option<&str> = None;
+    nix::mount::mount(Some(&vol), &vol, none, nix::mount::MsFlags::MS_BIND, none).unwrap();
+    nix::mount::mount(
+        none,
+        &vol,
+        none,
+        nix::mount::MsFlags::MS_SHARED | nix::mount::MsFlags::MS_REC,
+        none,
+    )
+    .unwrap();
+    let mut b = env.bundle(&["sh", "-c", "mount --bind /etc /vol/fromctr && sleep 1000"]);
+    b.config["linux"]["rootfsPropagation"] = json!("rshared");
+    b.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/vol", "type": "bind", "source": vol, "options": ["rbind", "rshared"]
+    }));
+    for set in ["bounding", "effective", "permitted"] {
+        b.config["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_SYS_ADMIN"));
+    }
+    b.save();
+    let id = unique("prop");
+    guard.0.push(vol.join("fromctr"));
+    guard.0.push(vol.join("fromhost"));
+    env.create(&b, &id);
+    env.ok(&["start", &id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !vol.join("fromctr/passwd").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container's mount never reached the host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        &vol.join("fromhost"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        none,
+    )
+    .unwrap();
+    std::fs::write(vol.join("fromhost/flag"), "x").unwrap();
+    let out = env.ok(&["exec", &id, "ls", "/vol/fromhost"]);
+    assert!(
+        out.contains("flag"),
+        "host mount not seen in the container: {out}"
+    );
+    env.ok(&["kill", &id, "KILL"]);
+    env.wait_status(&id, "stopped");
+    env.ok(&["delete", &id]);
+    drop(guard);
+    env.assert_no_mounts();
+}
