@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 # Debian packages: ctr + containerd-shim-runc-v2 (interop), runc (bundles, interop),
 # busybox-static (test root file systems), skopeo + docker-registry (registry fixtures), openssl
 # (test CA), python3 (bcrypt via crypt(3), image building), util-linux (unshare, mount, script),
-# mount. Idempotent: apt-get only runs when one is missing.
-packages=(containerd runc busybox-static skopeo docker-registry openssl python3 util-linux mount)
+# mount; for critest (hack/cri): golang-go (builds cri-tools from a local repository), gcc and
+# libc6-dev (static helpers of the stand-in images), iptables, iproute2 and
+# containernetworking-plugins (the CNI bridge). Idempotent: apt-get only runs when one is missing.
+packages=(containerd runc busybox-static skopeo docker-registry openssl python3 util-linux mount
+  golang-go gcc libc6-dev iptables iproute2 containernetworking-plugins)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
