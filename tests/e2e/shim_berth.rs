@@ -37,8 +37,8 @@ impl Drop for CgroupCleanup {
     }
 }
 
-/// PIDs of our shims: processes whose executable is the built shim and whose working
-/// directory is a bundle of `d`.
+/// PIDs of our shims: processes run as the built shim (argv[0]: their exe link reads `/`, a
+/// detached read-only mount of the binary) whose working directory is a bundle of `d`.
 fn berth_shims(d: &Daemon) -> Vec<i32> {
     let bundles = d.dir.path().join("state/io.containerd.runtime.v2.task");
     let mut v = Vec::new();
@@ -46,9 +46,10 @@ fn berth_shims(d: &Daemon) -> Vec<i32> {
         let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let exe = std::fs::read_link(p.path().join("exe")).unwrap_or_default();
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
         let cwd = std::fs::read_link(p.path().join("cwd")).unwrap_or_default();
-        if exe.ends_with("containerd-shim-berth-v2") && cwd.starts_with(&bundles) {
+        if argv0.ends_with(b"containerd-shim-berth-v2") && cwd.starts_with(&bundles) {
             v.push(pid);
         }
     }

@@ -37,7 +37,7 @@ pub use container::{CreateOptions, ExecOptions, Runtime};
 pub use container::{load_spec, parse_spec};
 pub use error::{Result, RuntimeError};
 pub use init::process::known_capabilities;
-pub use protect::{protect_self_exe, self_exe_is_readonly};
+pub use protect::{protect_self_exe, readonly_clone, self_exe_is_readonly};
 pub use seccomp::{
     Program as SeccompProgram, SeccompError, compile as compile_seccomp,
     supported_actions as seccomp_actions,

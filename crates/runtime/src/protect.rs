@@ -17,6 +17,7 @@
 //! cached it for this reason), and a copy created once would need a process to hold it.
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::sys::statvfs::{FsFlags, statvfs};
@@ -52,52 +53,8 @@ pub fn protect_self_exe() -> Result<()> {
             exe.display()
         )));
     }
-    // A detached read-only bind of the binary (open_tree + mount_setattr): it is attached
-    // nowhere, so no mount namespace (and no propagation, which a shared root would need for
-    // its bidirectional volumes) is touched, and it goes away when the last process using it
-    // exits.
-    let path = CString::new(exe.as_os_str().as_bytes())
-        .map_err(|_| RuntimeError::Init("exe path holds NUL".into()))?;
-    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor (or -1).
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(RuntimeError::sys(
-            format!("open_tree {}", exe.display()),
-            nix::errno::Errno::last(),
-        ));
-    }
-    let fd = fd as libc::c_int;
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    let fd = readonly_clone(&exe)?;
     let empty = c"";
-    // SAFETY: mount_setattr reads `attr` (its size given) and the empty path; fd is ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd,
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(RuntimeError::sys(
-            format!("mount_setattr read-only {}", exe.display()),
-            nix::errno::Errno::last(),
-        ));
-    }
     let argv: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
         .collect();
@@ -119,7 +76,7 @@ pub fn protect_self_exe() -> Result<()> {
     unsafe {
         libc::syscall(
             libc::SYS_execveat,
-            fd,
+            fd.as_raw_fd(),
             empty.as_ptr(),
             argp.as_ptr(),
             envpp.as_ptr(),
@@ -130,4 +87,56 @@ pub fn protect_self_exe() -> Result<()> {
         format!("re-exec {}", exe.display()),
         nix::errno::Errno::last(),
     ))
+}
+
+/// A detached, read-only bind mount of the file `path` (open_tree + mount_setattr), as an
+/// `O_PATH` descriptor (close-on-exec). It is attached to no mount namespace, so no mount
+/// propagation is involved (a container's bidirectional volumes need the host's shared
+/// propagation left alone), and it goes away with the last descriptor or process using it.
+/// Executing it (execveat, or `/proc/self/fd/N`) runs the file from a mount nobody can write
+/// through; `/proc/<pid>/exe` then reads as `/`.
+pub fn readonly_clone(path: &std::path::Path) -> Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| RuntimeError::Init("exe path holds NUL".into()))?;
+    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor (or -1).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(RuntimeError::sys(
+            format!("open_tree {}", path.display()),
+            nix::errno::Errno::last(),
+        ));
+    }
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `attr` (its size given) and the empty path; fd is ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(RuntimeError::sys(
+            format!("mount_setattr read-only {}", path.display()),
+            nix::errno::Errno::last(),
+        ));
+    }
+    Ok(fd)
 }

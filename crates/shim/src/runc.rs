@@ -84,8 +84,7 @@ fn null_or(fd: Option<OwnedFd>) -> Stdio {
 /// `berth-runc` installed next to this shim, else `berth-runc` on `PATH`, else `runc`.
 pub(crate) fn default_binary() -> String {
     const BUNDLED: &str = "berth-runc";
-    let beside = std::env::current_exe()
-        .ok()
+    let beside = crate::start::shim_exe()
         .and_then(|exe| exe.parent().map(|dir| dir.join(BUNDLED)))
         .filter(|p| p.is_file());
     if let Some(p) = beside {

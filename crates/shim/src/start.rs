@@ -233,7 +233,28 @@ fn spawn_server(
     child_flags.action = None;
     child_flags.socket = Some(sock.to_path_buf());
     child_flags.bundle = Some(bundle.to_path_buf());
-    let mut cmd = Command::new(&exe);
+    // The server runs from a detached read-only bind of our binary (CVE-2019-5736): nobody can
+    // open it for writing through /proc/<pid>/exe. No mount namespace is made for it, so the
+    // containers' mount propagation (bidirectional volumes) is the host's. Executed through
+    // /proc/self/fd/N (resolved before close-on-exec closes N), at a number above fd 3.
+    let sealed = match berth_runtime::readonly_clone(&exe).map(|fd| {
+        // SAFETY: F_DUPFD_CLOEXEC on our own descriptor returns a new one (or -1).
+        let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        // SAFETY: a new descriptor that nothing else owns.
+        (n >= 0).then(|| unsafe { OwnedFd::from_raw_fd(n) })
+    }) {
+        Ok(Some(fd)) => Some(fd),
+        Ok(None) | Err(_) => {
+            tracing::warn!("cannot seal the shim binary; the server runs from it unsealed");
+            None
+        }
+    };
+    let program = sealed
+        .as_ref()
+        .map(|fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())))
+        .unwrap_or_else(|| exe.clone());
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&exe).env(EXE_ENV, &exe);
     cmd.args(child_flags.to_args())
         .current_dir(bundle)
         .stdin(Stdio::null())
@@ -246,16 +267,12 @@ fn spawn_server(
         cmd.env("TTRPC_ADDRESS", &b.containerd_ttrpc_address);
     }
     let fd = listener.as_raw_fd();
-    let exe_c = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).ok();
     // SAFETY: the closure runs in the child between fork and exec and only makes async-signal-safe
-    // system calls (setsid, unshare, mount, dup2, fcntl) on integers and prepared C strings.
+    // system calls (setsid, dup2, fcntl) on integers and prepared C strings.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
-            }
-            if let Some(exe) = &exe_c {
-                seal_exe(exe);
             }
             if fd == 3 {
                 let flags = libc::fcntl(3, libc::F_GETFD);
@@ -303,51 +320,15 @@ pub(crate) fn inherited_listener() -> anyhow::Result<std::os::unix::net::UnixLis
     Ok(l)
 }
 
-/// Between fork and exec of the server: a private mount namespace in which our binary is
-/// bind-mounted read-only over itself, so the server (and every container process cloned from
-/// it before its own execve) runs from a binary nobody can open for writing (CVE-2019-5736).
-/// Nothing is copied, nothing is left on the host; the namespace goes with the shim. On any
-/// failure the server runs unsealed, and the runtime's `create`/`exec` go through its binary.
-///
-/// # Safety
-/// Only async-signal-safe system calls: call it between fork and exec.
-unsafe fn seal_exe(exe: &std::ffi::CStr) {
-    let none = c"none";
-    let root = c"/";
-    // SAFETY: plain system calls on valid C strings; each step only if the one before worked,
-    // so the bind never happens in a namespace that would propagate it to the host.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return;
-        }
-        if libc::mount(
-            none.as_ptr(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_SLAVE | libc::MS_REC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return;
-        }
-        if libc::mount(
-            exe.as_ptr(),
-            exe.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ) != 0
-        {
-            return;
-        }
-        libc::mount(
-            std::ptr::null(),
-            exe.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-            std::ptr::null(),
-        );
-    }
+/// The environment variable holding the shim binary's path for the server (whose
+/// `/proc/self/exe` reads as `/`, being a detached mount).
+pub(crate) const EXE_ENV: &str = "BERTH_SHIM_EXE";
+
+/// The shim binary's path: the one the server was started from, else our own.
+pub(crate) fn shim_exe() -> Option<PathBuf> {
+    std::env::var_os(EXE_ENV)
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_exe().ok())
 }
 
 #[cfg(test)]

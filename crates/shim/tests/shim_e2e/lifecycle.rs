@@ -58,6 +58,17 @@ async fn create_start_wait_delete() {
         0,
         "the shim's binary is on a writable mount"
     );
+    // ...without a mount namespace of its own (which would cut the containers' bidirectional
+    // volumes off the host's propagation).
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/ns/mnt", w.shim_pid.unwrap())).unwrap(),
+        std::fs::read_link("/proc/self/ns/mnt").unwrap(),
+        "the shim made a mount namespace"
+    );
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/exe", w.shim_pid.unwrap()));
+    assert!(write.is_err(), "the shim's binary opened for writing");
     let out = collect(out_r);
     let err = collect(err_r);
     let state = task
