@@ -432,6 +432,10 @@ config_path = "$T/hosts"
 
 [cri]
 sandbox_image = ""
+
+[cri.cni]
+conf_dir = "$T/cni/net.d"
+bin_dir = "/usr/lib/cni"
 EOF
     if [ -n "${BERTH_EXTRA_CONFIG:-}" ]; then
       cat "$BERTH_EXTRA_CONFIG" >>"$T/berthd.toml" || die "cannot read $BERTH_EXTRA_CONFIG"

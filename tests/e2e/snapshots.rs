@@ -138,10 +138,8 @@ fn gc_collects_unreferenced_snapshots_and_keeps_referenced_ones() {
     ctr(&d, &["snapshots", "commit", "a-c", "a"]);
     ctr(&d, &["snapshots", "prepare", "b", "a-c"]);
     ctr(&d, &["snapshots", "prepare", "orphan", ""]);
-    for k in ["a-c", "b", "orphan"] {
-        ctr(&d, &["snapshots", "label", k, "containerd.io/gc.root="]);
-    }
-    // b stays a root (a lease holds it); a-c is kept as its parent.
+    // b stays a root (a lease holds it, before its label goes: a label update schedules a
+    // collection); a-c is kept as its parent.
     ctr(&d, &["leases", "create", "--id", "hold"]);
     // Trigger a synchronous collection through a sync lease delete of an unrelated lease.
     ctr(&d, &["leases", "create", "--id", "tmp"]);
@@ -164,6 +162,9 @@ fn gc_collects_unreferenced_snapshots_and_keeps_referenced_ones() {
         ))
         .await
         .unwrap();
+        for k in ["a-c", "b", "orphan"] {
+            ctr(&d, &["snapshots", "label", k, "containerd.io/gc.root="]);
+        }
         l.delete(berth_e2e::with_ns(
             "snap",
             DeleteRequest {

@@ -29,6 +29,8 @@ pub struct CriConfig {
     pub max_container_log_line_size: usize,
     /// Cgroup parent of pods that name none (cgroupfs driver).
     pub cgroup_parent: String,
+    /// Pod networks through CNI (`[cri.cni]`).
+    pub cni: crate::CniConfig,
 }
 
 /// One runtime handler: which shim runs its pods.
@@ -59,6 +61,7 @@ impl Default for CriConfig {
             restrict_oom_score_adj: true,
             max_container_log_line_size: 16 * 1024,
             cgroup_parent: "/k8s.io".into(),
+            cni: crate::CniConfig::default(),
         }
     }
 }

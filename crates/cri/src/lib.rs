@@ -9,6 +9,7 @@
 //! credentials, reading a file of a rootfs) the daemon provides through [`Host`].
 
 mod api;
+mod cni;
 mod config;
 mod container;
 mod exec;
@@ -38,6 +39,7 @@ use berth_api::runtime::v1::runtime_service_server::RuntimeServiceServer;
 use tonic::Status;
 
 pub use api::NAMESPACE;
+pub use cni::CniConfig;
 pub use config::{BERTH_RUNTIME, CriConfig, RuntimeHandler};
 pub use image_service::ImageService;
 pub use runtime_service::RuntimeService;

@@ -38,6 +38,9 @@ pub(crate) struct SandboxState {
     /// The pod's /dev/shm (a tmpfs mount); empty with the host's IPC.
     pub(crate) shm: String,
     pub(crate) image: String,
+    /// The pod's IPs from its CNI result (IPv4 first); empty without a CNI network.
+    #[serde(default)]
+    pub(crate) ips: Vec<String>,
 }
 
 /// What a container is besides its config.

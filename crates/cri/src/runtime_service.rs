@@ -371,6 +371,7 @@ impl Svc for RuntimeService {
         req: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
         let verbose = req.into_inner().verbose;
+        let network = self.inner.cni.load();
         let conditions = vec![
             cri::RuntimeCondition {
                 r#type: "RuntimeReady".into(),
@@ -380,10 +381,16 @@ impl Svc for RuntimeService {
             },
             cri::RuntimeCondition {
                 r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: "Network plugin returns error: no CNI support yet; pods get loopback only"
-                    .into(),
+                status: network.is_ok(),
+                reason: if network.is_ok() {
+                    String::new()
+                } else {
+                    "NetworkPluginNotReady".into()
+                },
+                message: match &network {
+                    Ok(_) => String::new(),
+                    Err(e) => format!("Network plugin returns error: cni config load failed: {e}"),
+                },
             },
         ];
         let runtime_handlers = self

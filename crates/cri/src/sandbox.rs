@@ -232,6 +232,14 @@ impl Inner {
             let ns = self.netns_path(id);
             crate::netns::create(&ns).map_err(|e| io(e, "creating the network namespace"))?;
             st.netns = ns.to_string_lossy().into_owned();
+            // The pod's network, when a CNI network is configured (else loopback only).
+            if self.cni.load().is_ok() {
+                let a = cni_attachment(id, &st.netns, config);
+                let result = self.cni.setup(&a).await.map_err(|e| {
+                    Status::internal(format!("failed to setup network for sandbox {id:?}: {e}"))
+                })?;
+                st.ips = crate::cni::result_ips(&result, &a.ifname);
+            }
         }
 
         let user = UserSpec::from_image(
@@ -330,6 +338,12 @@ impl Inner {
     async fn teardown_sandbox(&self, id: &str) {
         let _ = self.kill(id, libc::SIGKILL as u32, true).await;
         self.delete_task(id).await;
+        if self.cni.cached_ids().iter().any(|c| c == id) {
+            let ns = self.netns_path(id);
+            if let Err(e) = self.cni.teardown(id, &ns.to_string_lossy(), "eth0").await {
+                tracing::warn!(id = %id, error = %e, "tearing down a failed sandbox's network");
+            }
+        }
         self.release_sandbox_mounts(id);
         let r = self
             .api
@@ -397,6 +411,19 @@ impl Inner {
         self.stop_task(&sb.id, libc::SIGKILL as u32, Duration::ZERO)
             .await?;
         let _g = self.meta.lock(&sb.id).await;
+        // The network first (its plugins need the namespace), from the cached result; a
+        // failure fails the stop, so the kubelet retries it.
+        if !sb.st.netns.is_empty() {
+            self.cni
+                .teardown(&sb.id, &sb.st.netns, "eth0")
+                .await
+                .map_err(|e| {
+                    Status::internal(format!(
+                        "failed to destroy network for sandbox {:?}: {e}",
+                        sb.id
+                    ))
+                })?;
+        }
         self.release_sandbox_mounts(&sb.id);
         if let Some(mut cur) = self.meta.sandbox(&sb.id)
             && (cur.st.ready || !cur.st.netns.is_empty() || !cur.st.shm.is_empty())
@@ -485,7 +512,16 @@ pub(crate) fn status(sb: &Sandbox) -> cri::PodSandboxStatus {
         metadata: Some(sb.metadata()),
         state: sb.state() as i32,
         created_at: sb.st.created_at,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: sb.st.ips.first().cloned().unwrap_or_default(),
+            additional_ips: sb
+                .st
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: Some(sc.namespace_options.unwrap_or_default()),
@@ -525,6 +561,57 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The CNI call for a pod: CNI_ARGS as the kubelet's network plugins expect them, and the
+/// capability arguments from its config (port mappings, DNS).
+fn cni_attachment(id: &str, netns: &str, config: &cri::PodSandboxConfig) -> crate::cni::Attachment {
+    let md = config.metadata.clone().unwrap_or_default();
+    let mut caps = serde_json::Map::new();
+    let ports: Vec<serde_json::Value> = config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| {
+            let proto = match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => "udp",
+                Ok(cri::Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            };
+            serde_json::json!({
+                "hostPort": p.host_port,
+                "containerPort": p.container_port,
+                "protocol": proto,
+                "hostIP": p.host_ip,
+            })
+        })
+        .collect();
+    if !ports.is_empty() {
+        caps.insert("portMappings".into(), serde_json::Value::Array(ports));
+    }
+    if let Some(dns) = &config.dns_config {
+        caps.insert(
+            "dns".into(),
+            serde_json::json!({
+                "servers": dns.servers,
+                "searches": dns.searches,
+                "options": dns.options,
+            }),
+        );
+    }
+    crate::cni::Attachment {
+        id: id.to_string(),
+        netns: netns.to_string(),
+        ifname: "eth0".into(),
+        args: vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            ("K8S_POD_NAMESPACE".into(), md.namespace),
+            ("K8S_POD_NAME".into(), md.name),
+            ("K8S_POD_INFRA_CONTAINER_ID".into(), id.to_string()),
+            ("K8S_POD_UID".into(), md.uid),
+        ],
+        caps,
+    }
 }
 
 #[cfg(test)]

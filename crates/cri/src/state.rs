@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub(crate) cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     /// Containers whose task was OOM-killed (until their exit is recorded).
     pub(crate) ooms: Mutex<HashSet<String>>,
+    /// Pod networks.
+    pub(crate) cni: crate::cni::Cni,
 }
 
 fn own_oom_score_adj() -> i64 {
@@ -55,7 +57,9 @@ impl Inner {
     pub(crate) fn new(cfg: CriConfig, dirs: Dirs, host: Arc<dyn Host>) -> Inner {
         let api = Api::lazy(dirs.socket.clone());
         let oom_floor = cfg.restrict_oom_score_adj.then(own_oom_score_adj);
+        let cni = crate::cni::Cni::new(cfg.cni.clone(), dirs.state.join("cni"));
         Inner {
+            cni,
             cfg,
             dirs,
             api,
