@@ -28,6 +28,11 @@ struct Cri {
 
 impl Cri {
     async fn start() -> Cri {
+        Cri::start_with("").await
+    }
+
+    /// With more berthd configuration (tables after `[cri]`'s keys).
+    async fn start_with(extra: &str) -> Cri {
         // Our shim (and berth-runc beside it) from the build, on berthd's PATH.
         berth_e2e::bin("containerd-shim-berth-v2");
         let path = format!(
@@ -40,7 +45,7 @@ impl Cri {
             std::process::id() as u64 * 1000
                 + u64::from(SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
         );
-        let config = format!("[cri]\ncgroup_parent = \"/{cgroup}\"\n");
+        let config = format!("[cri]\ncgroup_parent = \"/{cgroup}\"\n{extra}");
         let d = Daemon::start_for_tasks_with(&config, &[("PATH", &path)]);
         let ch = d.channel().await;
         let mut c = Cri {
@@ -1230,4 +1235,183 @@ fn critest_conformance_outside_streaming() {
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or(0);
     assert!(passed >= 60, "too few specs ran: {summary}");
+}
+
+/// Undoes what a CNI bridge network did to the host: the bridge, and net.ipv4.ip_forward
+/// (the bridge plugin's isGateway turns it on).
+struct BridgeCleanup {
+    bridge: String,
+    ip_forward: String,
+}
+
+impl Drop for BridgeCleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.ip_forward);
+    }
+}
+
+/// Pods on a CNI bridge network (Debian's bridge + host-local plugins): each gets an IP of
+/// the subnet, reported by PodSandboxStatus; the host reaches a pod's server through the
+/// bridge; one pod reaches the other; StopPodSandbox removes the veth, the IP reservation and
+/// the cached result.
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_pods_on_a_cni_bridge() {
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs containernetworking-plugins"
+        );
+        eprintln!(
+            "SKIP: no CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let n = std::process::id() % 200 + 20;
+    let bridge = format!("bcri{n}");
+    let _cleanup = BridgeCleanup {
+        bridge: bridge.clone(),
+        ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+    };
+    let net_d = t.path().join("net.d");
+    let ipam = t.path().join("ipam");
+    std::fs::create_dir_all(&net_d).unwrap();
+    let subnet = format!("10.213.{n}.0/24");
+    std::fs::write(
+        net_d.join("10-e2e.conflist"),
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "e2e",
+            "plugins": [{
+                "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                         "dataDir": ipam}
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut c = Cri::start_with(&format!(
+        "[cri.cni]\nconf_dir = \"{}\"\nbin_dir = \"/usr/lib/cni\"\n",
+        net_d.display()
+    ))
+    .await;
+    let status =
+        c.rt.status(cri::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+    let net = status
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|x| x.r#type == "NetworkReady")
+        .unwrap();
+    assert!(net.status, "{net:?}");
+
+    let mut ips = Vec::new();
+    let mut pods = Vec::new();
+    for name in ["web1", "web2"] {
+        let (pod, pc) = c.run_pod(name).await;
+        let st =
+            c.rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        let ip = st.network.unwrap().ip;
+        assert!(ip.starts_with(&format!("10.213.{n}.")), "{ip}");
+        let id = c
+            .create_start(
+                &pod,
+                &pc,
+                Cri::container_config(
+                    "srv",
+                    &format!("mkdir -p /www && echo hello-{name} > /www/index.html && exec httpd -f -p 8080 -h /www"),
+                ),
+            )
+            .await;
+        c.wait_state(&id, cri::ContainerState::ContainerRunning)
+            .await;
+        ips.push(ip);
+        pods.push((pod, id));
+    }
+    assert_ne!(ips[0], ips[1]);
+    // The host, through the bridge.
+    let get = |ip: &str| {
+        let addr: std::net::SocketAddr = format!("{ip}:8080").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(
+                |mut s| {
+                    use std::io::{Read, Write};
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out)?;
+                    Ok(out)
+                },
+            );
+            match r {
+                Ok(out) => return out,
+                Err(e) if Instant::now() > deadline => panic!("GET {addr}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    assert!(get(&ips[0]).contains("hello-web1"));
+    assert!(get(&ips[1]).contains("hello-web2"));
+    // One pod reaches the other.
+    let url = format!("http://{}:8080/index.html", ips[1]);
+    let r = c
+        .exec(&pods[0].1, &["busybox", "wget", "-q", "-O", "-", &url], 10)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("hello-web2"),
+        "{r:?}"
+    );
+    let reserved = |ip: &str| ipam.join("e2e").join(ip).exists();
+    assert!(reserved(&ips[0]) && reserved(&ips[1]));
+    let cache = c.d.dir.path().join("state/io.berth.cri/cni");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+
+    for (pod, _) in &pods {
+        c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    assert!(!reserved(&ips[0]) && !reserved(&ips[1]), "IPs released");
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "cache emptied"
+    );
+    let links = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["-o", "link", "show", "master", &bridge])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(links.trim().is_empty(), "veths left on the bridge: {links}");
+    for (pod, _) in &pods {
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    }
 }
