@@ -57,12 +57,10 @@ impl Target {
                     }
                 }
             }
-            Target::Attach { container_id } => {
-                match inner.runtime.attach(container_id, io).await {
-                    Ok(()) => Outcome::Success,
-                    Err(e) => Outcome::Internal(format!("error attaching to container: {e}")),
-                }
-            }
+            Target::Attach { container_id } => match inner.runtime.attach(container_id, io).await {
+                Ok(()) => Outcome::Success,
+                Err(e) => Outcome::Internal(format!("error attaching to container: {e}")),
+            },
         }
     }
 }
@@ -76,7 +74,13 @@ pub(crate) struct Pipes {
 }
 
 /// Pipes for the streams present; the runtime gets the other ends.
-pub(crate) fn pipes(stdin: bool, stdout: bool, stderr: bool, resize: bool, tty: bool) -> (StreamIo, Pipes) {
+pub(crate) fn pipes(
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    resize: bool,
+    tty: bool,
+) -> (StreamIo, Pipes) {
     fn pipe(want: bool) -> (Option<DuplexStream>, Option<DuplexStream>) {
         if want {
             let (a, b) = tokio::io::duplex(PIPE_BUF);
@@ -304,7 +308,9 @@ mod tests {
     fn resize_events_are_decoded_across_splits() {
         let mut d = ResizeDecoder::default();
         assert!(d.push(b"{\"Width\":80,").unwrap().is_empty());
-        let got = d.push(b"\"Height\":24}\n{\"Width\":100,\"Height\":50}\n{\"Wi").unwrap();
+        let got = d
+            .push(b"\"Height\":24}\n{\"Width\":100,\"Height\":50}\n{\"Wi")
+            .unwrap();
         assert_eq!(
             got,
             [

@@ -161,7 +161,10 @@ mod tests {
         ));
         let mut r = exec(false, true, false, false);
         r.cmd.clear();
-        assert!(matches!(Prepared::exec(r), Err(StreamError::MissingField("cmd"))));
+        assert!(matches!(
+            Prepared::exec(r),
+            Err(StreamError::MissingField("cmd"))
+        ));
     }
 
     #[test]
@@ -172,7 +175,10 @@ mod tests {
             stderr: true,
             ..Default::default()
         };
-        assert!(matches!(Prepared::attach(a), Err(StreamError::TtyWithStderr)));
+        assert!(matches!(
+            Prepared::attach(a),
+            Err(StreamError::TtyWithStderr)
+        ));
         let pf = |ports: Vec<i32>| {
             Prepared::port_forward(PortForwardRequest {
                 pod_sandbox_id: "p".into(),
@@ -182,7 +188,10 @@ mod tests {
         assert!(pf(vec![]).is_ok());
         assert!(pf(vec![1, 65535]).is_ok());
         assert!(matches!(pf(vec![0]), Err(StreamError::InvalidPort(0))));
-        assert!(matches!(pf(vec![65536]), Err(StreamError::InvalidPort(65536))));
+        assert!(matches!(
+            pf(vec![65536]),
+            Err(StreamError::InvalidPort(65536))
+        ));
         assert!(matches!(
             Prepared::port_forward(PortForwardRequest::default()),
             Err(StreamError::MissingField("pod_sandbox_id"))

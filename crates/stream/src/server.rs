@@ -301,7 +301,11 @@ fn spdy_upgrade(inner: Arc<Inner>, mut req: Request<Incoming>, prepared: Prepare
         }
         return r;
     };
-    let protocol: &'static str = server.iter().copied().find(|p| *p == protocol).unwrap_or("");
+    let protocol: &'static str = server
+        .iter()
+        .copied()
+        .find(|p| *p == protocol)
+        .unwrap_or("");
     if !contains_ci(req.headers(), header::CONNECTION, "upgrade")
         || !contains_ci(req.headers(), header::UPGRADE, "spdy/3.1")
     {

@@ -98,10 +98,15 @@ where
             error: None,
             deadline: Instant::now() + inner.config.stream_creation_timeout,
         });
-        let slot = if is_data { &mut pair.data } else { &mut pair.error };
+        let slot = if is_data {
+            &mut pair.data
+        } else {
+            &mut pair.error
+        };
         if slot.is_some() {
             let kind = if is_data { "data" } else { "error" };
-            let msg = format!("error processing stream for request {id}: {kind} stream already assigned");
+            let msg =
+                format!("error processing stream for request {id}: {kind} stream already assigned");
             if let Some(e) = &pair.error {
                 let _ = e.writer().write(msg.as_bytes()).await;
             }

@@ -39,7 +39,10 @@ struct Cause {
 pub(crate) enum Outcome {
     Success,
     /// The process exited with a non-zero code; `message` is the runtime-level description.
-    ExitCode { code: i32, message: String },
+    ExitCode {
+        code: i32,
+        message: String,
+    },
     /// The runtime failed (`InternalError`, HTTP 500).
     Internal(String),
 }
@@ -52,7 +55,10 @@ impl Outcome {
         }
         Self::ExitCode {
             code,
-            message: format!("error executing command [{}], exit code {code}", cmd.join(" ")),
+            message: format!(
+                "error executing command [{}], exit code {code}",
+                cmd.join(" ")
+            ),
         }
     }
 
@@ -136,6 +142,9 @@ mod tests {
         );
         // Before v4: text, and nothing at all on success.
         assert!(Outcome::Success.encode(false).is_empty());
-        assert_eq!(Outcome::Internal("boom".into()).encode(false), b"Internal error occurred: boom");
+        assert_eq!(
+            Outcome::Internal("boom".into()).encode(false),
+            b"Internal error occurred: boom"
+        );
     }
 }

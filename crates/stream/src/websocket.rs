@@ -100,13 +100,21 @@ impl Codec {
 /// and starts the session.
 pub(crate) fn upgrade(inner: Arc<Inner>, mut req: Request<Incoming>, prepared: Prepared) -> Resp {
     if req.method() != Method::GET {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "websocket: method must be GET");
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "websocket: method must be GET",
+        );
     }
     let h = req.headers();
-    if h.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
         let mut r = error(StatusCode::BAD_REQUEST, "websocket: missing or bad version");
-        r.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return r;
     }
     let Some(key) = h
@@ -347,7 +355,9 @@ async fn port_forward(inner: Arc<Inner>, ws: Ws, codec: Codec, pod: String, port
     for (i, &port) in ports.iter().enumerate() {
         let data_ch = (2 * i) as u8;
         let _ = out.send(codec.encode(data_ch, &port.to_le_bytes())).await;
-        let _ = out.send(codec.encode(data_ch + 1, &port.to_le_bytes())).await;
+        let _ = out
+            .send(codec.encode(data_ch + 1, &port.to_le_bytes()))
+            .await;
         let (tx, rx) = mpsc::channel::<Vec<u8>>(32);
         inputs.push(tx);
         forwards.push(tokio::spawn(forward_port(
@@ -441,7 +451,10 @@ mod tests {
     fn channels_are_framed_per_subprotocol() {
         let bin = Codec::of("v4.channel.k8s.io");
         assert!(bin.v4 && !bin.v5 && !bin.base64);
-        assert_eq!(bin.encode(1, b"hi"), Message::Binary(Bytes::from_static(b"\x01hi")));
+        assert_eq!(
+            bin.encode(1, b"hi"),
+            Message::Binary(Bytes::from_static(b"\x01hi"))
+        );
         assert_eq!(
             bin.decode(Message::Binary(Bytes::from_static(b"\x00in"))),
             Some((0, b"in".to_vec()))
@@ -450,14 +463,20 @@ mod tests {
         let b64 = Codec::of("base64.channel.k8s.io");
         assert!(b64.base64 && !b64.v4);
         assert_eq!(b64.encode(1, b"hi"), Message::text("1aGk="));
-        assert_eq!(b64.decode(Message::text("0Zm9vCg==")), Some((0, b"foo\n".to_vec())));
+        assert_eq!(
+            b64.decode(Message::text("0Zm9vCg==")),
+            Some((0, b"foo\n".to_vec()))
+        );
         assert!(Codec::of("v5.channel.k8s.io").v5);
         assert!(!Codec::of("").v4);
     }
 
     #[test]
     fn ports_come_from_the_query() {
-        assert_eq!(query_ports(Some("port=80&port=81,82")).unwrap(), [80, 81, 82]);
+        assert_eq!(
+            query_ports(Some("port=80&port=81,82")).unwrap(),
+            [80, 81, 82]
+        );
         assert!(query_ports(None).is_err());
         assert!(query_ports(Some("port=")).is_err());
         assert!(query_ports(Some("port=0")).is_err());

@@ -350,7 +350,10 @@ async fn handle(
 ) {
     match frame {
         Frame::SynStream {
-            stream_id, flags, headers, ..
+            stream_id,
+            flags,
+            headers,
+            ..
         } => {
             let last = shared.last_stream.load(Ordering::Relaxed);
             if stream_id % 2 == 0 || stream_id <= last {

@@ -603,7 +603,9 @@ impl FrameEncoder {
                 let mut p = Vec::with_capacity(4 + 8 * entries.len());
                 p.extend_from_slice(&(entries.len() as u32).to_be_bytes());
                 for e in entries {
-                    p.extend_from_slice(&((u32::from(e.flags) << 24) | (e.id & 0x00ff_ffff)).to_be_bytes());
+                    p.extend_from_slice(
+                        &((u32::from(e.flags) << 24) | (e.id & 0x00ff_ffff)).to_be_bytes(),
+                    );
                     p.extend_from_slice(&e.value.to_be_bytes());
                 }
                 control(

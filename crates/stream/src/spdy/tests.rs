@@ -144,7 +144,8 @@ fn fixed_layouts_match_the_specification() {
         0x80, 0x03, 0x00, 0x06, 0x00, 0x00, 0x00, 0x04, 0, 0, 0, 1, // PING
         0, 0, 0, 5, 0x01, 0, 0, 2, b'a', b'b', // DATA with FIN
         0x80, 0x03, 0x00, 0x03, 0x00, 0x00, 0x00, 0x08, 0, 0, 0, 7, 0, 0, 0, 5, // RST_STREAM
-        0x80, 0x03, 0x00, 0x09, 0x00, 0x00, 0x00, 0x08, 0, 0, 0, 1, 0, 1, 0, 0, // WINDOW_UPDATE
+        0x80, 0x03, 0x00, 0x09, 0x00, 0x00, 0x00, 0x08, 0, 0, 0, 1, 0, 1, 0,
+        0, // WINDOW_UPDATE
     ];
     assert_eq!(wire, want);
 }
@@ -221,12 +222,22 @@ fn malformed_frames_are_errors() {
     ));
     // SETTINGS claiming more entries than it carries, and fewer.
     assert!(matches!(
-        decode_err(&[0x80, 0x03, 0x00, 0x04, 0, 0, 0, 12, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 4, 0, 0, 0, 1]),
-        SpdyError::BadLength { frame: "SETTINGS", .. }
+        decode_err(&[
+            0x80, 0x03, 0x00, 0x04, 0, 0, 0, 12, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 4, 0, 0, 0, 1
+        ]),
+        SpdyError::BadLength {
+            frame: "SETTINGS",
+            ..
+        }
     ));
     assert!(matches!(
-        decode_err(&[0x80, 0x03, 0x00, 0x04, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1]),
-        SpdyError::BadLength { frame: "SETTINGS", .. }
+        decode_err(&[
+            0x80, 0x03, 0x00, 0x04, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1
+        ]),
+        SpdyError::BadLength {
+            frame: "SETTINGS",
+            ..
+        }
     ));
     // Data on stream 0.
     assert_eq!(
@@ -235,7 +246,9 @@ fn malformed_frames_are_errors() {
     );
     // A header block that is not zlib.
     assert!(matches!(
-        decode_err(&[0x80, 0x03, 0x00, 0x02, 0, 0, 0, 8, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]),
+        decode_err(&[
+            0x80, 0x03, 0x00, 0x02, 0, 0, 0, 8, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef
+        ]),
         SpdyError::Zlib(_)
     ));
 }
@@ -277,7 +290,9 @@ fn malformed_header_blocks_are_errors() {
     let e = decode_err(&reply_with_plain(&[0, 0, 0, 9]));
     assert_eq!(e, SpdyError::HeaderBlock("pair count exceeds block"));
     // A name length running past the end.
-    let e = decode_err(&reply_with_plain(&[0, 0, 0, 1, 0, 0, 0, 200, b'a', 0, 0, 0, 0]));
+    let e = decode_err(&reply_with_plain(&[
+        0, 0, 0, 1, 0, 0, 0, 200, b'a', 0, 0, 0, 0,
+    ]));
     assert_eq!(e, SpdyError::HeaderBlock("truncated"));
     // Empty name.
     let e = decode_err(&reply_with_plain(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
