@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use berth_runtime::pidfd::signal_if;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -44,6 +45,10 @@ pub struct Daemon {
     private_run: bool,
     /// Extra environment for the daemon (and so for the shims it starts).
     env: Vec<(String, String)>,
+    /// How each earlier run of this daemon ended (for the report of a failed test).
+    runs: Vec<String>,
+    /// Length of the log when the current run started.
+    log_start: usize,
 }
 
 impl Daemon {
@@ -82,6 +87,8 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            runs: Vec::new(),
+            log_start: 0,
         };
         d.spawn();
         d
@@ -115,6 +122,8 @@ impl Daemon {
             config: config.to_string(),
             private_run: false,
             env: Vec::new(),
+            runs: Vec::new(),
+            log_start: 0,
         };
         d.spawn();
         d
@@ -130,6 +139,17 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
     }
 
+    /// Waits until the daemon has logged a finished garbage collection: called right after a
+    /// start, the one every start schedules (it would take unleased, unlabelled things a test
+    /// makes before it runs).
+    pub fn wait_startup_collection(&self) {
+        wait_for("the start-up garbage collection", || {
+            self.log()
+                .get(self.log_start..)
+                .is_some_and(|l| l.contains("garbage collected"))
+        });
+    }
+
     /// PID of the running daemon.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -141,6 +161,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("berthd.log"))
             .expect("log file");
+        self.log_start = log.metadata().map_or(0, |m| m.len() as usize);
         // By default an empty config file: the daemon runs on its embedded defaults plus our flags.
         std::fs::write(self.dir.path().join("config.toml"), &self.config).expect("config file");
         let mut cmd = if self.private_run {
@@ -207,10 +228,15 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = child.try_wait().expect("wait") {
+                self.runs
+                    .push(format!("stopped by the test (SIGTERM): {st}"));
                 return st;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
+                let _ = child.wait();
+                self.runs
+                    .push("did not stop on SIGTERM within 20 s: killed".to_string());
                 panic!("berthd did not stop on SIGTERM:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -222,6 +248,7 @@ impl Daemon {
         let mut child = self.child.take().expect("running");
         let _ = child.kill();
         let _ = child.wait();
+        self.runs.push("killed by the test (SIGKILL)".to_string());
     }
 
     /// Starts the daemon again on the same root, state and socket.
@@ -303,21 +330,154 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILLs what this daemon's tasks left: each candidate of [`Daemon::leftover_pids`] is
+    /// pinned by a pidfd and signalled only if it is still ours: a shim working in one of our
+    /// bundles, a child of such a shim, or a process whose root file system was mounted from
+    /// under our directory (a container whose shim is gone). A PID from a stale `init.pid` that
+    /// the kernel gave to somebody else fails all three.
+    fn kill_leftovers(&self) {
+        let bundles = self.dir.path().join("state/io.containerd.runtime.v2.task");
+        let shims: Vec<i32> = self
+            .leftover_pids()
+            .into_iter()
+            .filter(|&p| cwd_under(p, &bundles))
+            .collect();
+        let pinned: Vec<_> = self
+            .leftover_pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let fd = berth_runtime::pidfd::Pidfd::open(pid).ok()?;
+                let ours = cwd_under(pid, &bundles)
+                    || parent_of(pid).is_some_and(|pp| shims.contains(&pp))
+                    || root_mounted_from(pid, self.dir.path());
+                ours.then_some(fd)
+            })
+            .collect();
+        for fd in &pinned {
+            let _ = fd.send_signal(libc::SIGKILL);
+        }
+    }
+
+    /// Prints what a failed test needs to know about this daemon: how each of its runs ended
+    /// (a signal or an exit code), the tail of its log and of its shims' lines in it (shims
+    /// write into the daemon's log through each bundle's `log` FIFO); the whole log is copied to
+    /// `target/<profile>/e2e-logs/`.
+    fn report(&self, now: &str) {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = |v: &[&str], n: usize| v[v.len().saturating_sub(n)..].join("\n");
+        let shim_lines: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains("shim: "))
+            .collect();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("test")
+            .replace("::", "-");
+        let kept = bin_dir().join("e2e-logs").join(format!(
+            "{test}-{}.log",
+            self.dir
+                .path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        ));
+        let kept = std::fs::create_dir_all(kept.parent().expect("parent"))
+            .and_then(|_| std::fs::write(&kept, &log))
+            .map(|_| kept.display().to_string())
+            .unwrap_or_else(|e| format!("not kept: {e}"));
+        let mut runs = self.runs.clone();
+        runs.push(now.to_string());
+        eprintln!(
+            "==== berthd in {}: {} run(s) ====\n{}\n---- berthd.log, last 60 of {} lines (all of it: {kept}) ----\n{}\n---- shim lines in it, last 30 of {} ----\n{}\n====",
+            self.dir.path().display(),
+            runs.len(),
+            runs.iter()
+                .enumerate()
+                .map(|(i, r)| format!("  run {}: {r}", i + 1))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            lines.len(),
+            tail(&lines, 60),
+            shim_lines.len(),
+            tail(&shim_lines, 30),
+        );
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        // A daemon that exited while the test still held it died during the test: that is a
+        // failure of its own, reported with its exit status.
+        let died = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(st) = died {
+            self.report(&format!("exited by itself during the test: {st}"));
+        } else if panicking {
+            self.report(if self.child.is_some() {
+                "running when the test failed (killed now)"
+            } else {
+                "not running when the test failed"
+            });
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Whatever our tasks left running goes too (by PID, found through our own state dir).
-        for pid in self.leftover_pids() {
-            // SAFETY: kill(2) on a PID read from our own bundles or found working in them.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        self.kill_leftovers();
+        if let Some(st) = died
+            && !panicking
+        {
+            panic!(
+                "berthd ({}) died during the test: {st} (report above)",
+                self.dir.path().display()
+            );
         }
     }
 }
 
-/// Stdout of a command that must succeed.
+/// Whether process `pid` works in a directory under `dir` (a shim runs in its bundle).
+pub fn cwd_under(pid: i32, dir: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c.starts_with(dir))
+}
+
+/// Whether the root file system of process `pid` was mounted from under `dir` (a container of a
+/// daemon rooted there: its `/` is an overlay or bind mount of a snapshot or bundle in `dir`).
+pub fn root_mounted_from(pid: i32, dir: &Path) -> bool {
+    let dir = dir.display().to_string();
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split(' ').nth(4) == Some("/") && l.contains(&dir))
+    })
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) may hold spaces and parentheses; the fields after it follow the last ')'.
+    stat.get(stat.rfind(')')? + 2..)?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Waits up to 20 s for `f` to hold, looking every 50 ms; the test fails naming `what` if it
+/// never does. For what the daemon does in its own time (a scheduled garbage collection, an
+/// exit event), instead of a fixed sleep.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// How long one client command may take before its test fails (so a hang fails one test
 /// instead of the whole suite's time budget).
 pub const CLIENT_LIMIT: Duration = Duration::from_secs(240);
@@ -364,6 +524,7 @@ impl OutputWithin for Command {
     }
 }
 
+/// Stdout of a command that must succeed.
 pub fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -602,13 +763,18 @@ pub fn oci_archive(path: &Path, name: &str, layers: &[(Vec<u8>, String, &str)]) 
 }
 
 /// Every blob file in a daemon root's content store: digest → size, each checked against its name.
+/// A blob the daemon's garbage collector removes while this looks is left out.
 pub fn blobs_on_disk(root: &Path) -> std::collections::BTreeMap<String, u64> {
     let dir = root.join("content/blobs/sha256");
     let mut out = std::collections::BTreeMap::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let data = std::fs::read(e.path()).expect("read blob");
+            let data = match std::fs::read(e.path()) {
+                Ok(d) => d,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => panic!("read blob {}: {err}", e.path().display()),
+            };
             let d = sha256(&data);
             assert_eq!(
                 d,
@@ -984,7 +1150,26 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the PID of a child we started and have not yet reaped.
+        // Reaps it if it has exited (after which its PID must not be signalled).
+        let exited = self.child.try_wait().ok().flatten();
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "==== containerd in {} ({}) ====\n{}\n====",
+                self.dir.path().display(),
+                exited.map_or("running when the test failed".to_string(), |st| format!(
+                    "exited during the test: {st}"
+                )),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        if exited.is_some() {
+            return;
+        }
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped (try_wait above
+        // found it running), so the PID is still its own.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -1,20 +1,22 @@
 # Shared helpers for the side-by-side benchmarks: start berthd and a private containerd (in its
 # own mount namespace, /run replaced by a temp dir, so the host's /run/containerd is never
 # touched), time commands, print medians and ratios. Source it; it sets BENCH_TMP and traps EXIT.
+# Processes are signalled only through hack/lib/procs.py, chosen as children of this shell (or by
+# a path in BENCH_TMP) and pinned by a pidfd: never a bare PID that may have been reused.
 
 set -euo pipefail
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BENCH_TMP="$(mktemp -d /tmp/berth-bench.XXXXXX)"
 BENCH_PIDS=()
+PROCS="$ROOT_DIR/hack/lib/procs.py"
+
+# procs VERB [ARGS...]: hack/lib/procs.py (list, signal SIG, stop) over this shell's children.
+procs() { python3 "$PROCS" "$@" --ppid "$$"; }
 
 bench_cleanup() {
-  for pid in "${BENCH_PIDS[@]:-}"; do
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  done
-  sleep 0.5
-  for pid in "${BENCH_PIDS[@]:-}"; do
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-  done
+  local args=() pid
+  for pid in "${BENCH_PIDS[@]:-}"; do [ -n "$pid" ] && args+=(--pid "$pid"); done
+  [ "${#args[@]}" -gt 0 ] && procs stop "${args[@]}" --grace 0.5 >/dev/null
   rm -rf "$BENCH_TMP"
 }
 trap bench_cleanup EXIT
@@ -40,12 +42,8 @@ start_berthd() {
   wait_sock "$BERTH_SOCK"
 }
 
-# stop_pid PID: SIGTERM, then wait for it.
-stop_pid() {
-  kill "$1" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
-  kill -9 "$1" 2>/dev/null || true
-}
+# stop_pid PID: SIGTERM to this shell's child PID, up to 5 s for it to exit, then SIGKILL.
+stop_pid() { procs stop --pid "$1" >/dev/null || true; }
 
 # start_containerd [suffix]: Debian's containerd with its own root/state/sockets; sets CTRD_SOCK
 # and CTRD_PID.

@@ -31,9 +31,8 @@ shimmem_cleanup() {
   for id in $("${CTR[@]}" containers ls -q 2>/dev/null || true); do
     "${CTR[@]}" containers rm "$id" >/dev/null 2>&1 || true
   done
-  for pid in $(shim_pids containerd-shim-runc-v2 "$CTRD_SOCK") $(shim_pids containerd-shim-berth-v2 "$CTRD_SOCK"); do
-    kill -9 "$pid" 2>/dev/null || true
-  done
+  # Shims are not our children: chosen by the socket under BENCH_TMP in their command line.
+  python3 "$PROCS" signal KILL --cmdline-has containerd-shim- --cmdline-has "-address $CTRD_SOCK " >/dev/null || true
   bench_cleanup
   # The runtimes remove each container's cgroup, not the namespace's parent directory.
   for d in /sys/fs/cgroup/*/shimmem; do rmdir "$d" 2>/dev/null || true; done

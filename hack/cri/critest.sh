@@ -17,8 +17,10 @@
 # Exit status: 0 when every failure is a known one (hack/cri/known-failures.txt: specs that
 # fail for every runtime here); 1 otherwise; with CRI_STRICT=1, critest's own status.
 #
-# Everything it did to the host is undone on exit (trap): processes it started are stopped
-# by PID, pods removed, the bridge deleted, the iptables rules/chains CNI added removed,
+# Everything it did to the host is undone on exit (trap): every process it started runs in
+# this run's own cgroup (berth-critest.<random>, made by the run and removed at its end) and is
+# stopped through that cgroup and pidfds (hack/lib/procs.py), never by a PID, name or namespace
+# number read earlier, which the kernel may have handed to somebody else meanwhile; pods removed, the bridge deleted, the iptables rules/chains CNI added removed,
 # net.ipv4.ip_forward restored, SysV shm segments created during the run removed (critest's
 # HostIpc specs leave them), /var/lib/cni entries created during the run and new cgroups
 # removed, the temp dir unmounted and deleted.
@@ -37,6 +39,7 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+PROCS=$ROOT/hack/lib/procs.py
 BRIDGE=critest0
 NETNAME=critest
 SUBNET=10.99.47.0/24
@@ -61,7 +64,6 @@ find_tool() { # NAME: $NAME from the environment, on PATH, or in /work/scratch/b
 # are made inside this run's sub-tree and no other user's cgroups are touched.
 if [ "${1:-}" = __inner ]; then
   T=$2
-  readlink /proc/self/ns/mnt >"$T/ns"
   n=$(cat "$T/cgroup-name")
   while read -r m _; do
     echo $$ >"$m/$n/cgroup.procs" || exit 3
@@ -95,10 +97,12 @@ if [ "${1:-}" = __inner2 ]; then
     if [ -S "$SOCK" ] && cri version >/dev/null 2>&1; then up=1; break; fi
     sleep 0.2
   done
+  # The runtime is this shell's child: chosen by that and its PID, pinned by a pidfd.
+  stop_runtime() { python3 "$PROCS" stop --ppid $$ --pid "$rpid" --grace 15 >/dev/null; }
   if [ -z "$up" ]; then
     log "$RUNTIME did not come up on $SOCK; the end of its log:"
     tail -n 30 "$T/runtime.log" >&2
-    kill "$rpid" 2>/dev/null
+    stop_runtime
     exit 3
   fi
   cri version 2>/dev/null | sed 's/^/  /' >&2
@@ -122,9 +126,7 @@ if [ "${1:-}" = __inner2 ]; then
   echo "$rc" >"$T/critest.rc"
   # Pods critest left behind (an interrupted or failed spec), then the runtime.
   cri rmp -af >/dev/null 2>&1
-  kill -TERM "$rpid" 2>/dev/null
-  for _ in $(seq 1 75); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.2; done
-  kill -KILL "$rpid" 2>/dev/null
+  stop_runtime
   wait "$rpid" 2>/dev/null
   exit "$rc"
 fi
@@ -193,14 +195,30 @@ if ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link del "$BRIDGE" || die "cannot delete $BRIDGE"
 fi
 
-# Kills what the inner namespace still runs, by PID: every process in that mount namespace.
-ns_pids() {
-  local ns p
-  ns=$(cat "$T/ns" 2>/dev/null) || return 0
-  [ -n "$ns" ] || return 0
-  for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
-  done
+# This run's cgroup in each hierarchy: every process the run started is in one of them or below
+# (the registry, the inner part, the runtime, its shims and containers, critest).
+run_roots() {
+  local m n
+  [ -f "$T/cgroup-mounts" ] || return 0
+  n=$(cat "$T/cgroup-name" 2>/dev/null) || return 0
+  while read -r m _; do [ -d "$m/$n" ] && echo "--cgroup=$m/$n"; done <"$T/cgroup-mounts"
+}
+# procs VERB [ARGS...]: hack/lib/procs.py over this run's cgroups.
+procs() {
+  local v=$1 roots
+  shift
+  roots=$(run_roots)
+  [ -n "$roots" ] || return 1
+  # shellcheck disable=SC2086 # one --cgroup=DIR word per hierarchy; DIR has no blanks
+  python3 "$PROCS" "$v" "$@" $roots
+}
+# Starts a command inside this run's cgroups, in the background.
+in_run_cgroup() {
+  (
+    n=$(cat "$T/cgroup-name")
+    while read -r m _; do echo "$BASHPID" >"$m/$n/cgroup.procs" || exit 3; done <"$T/cgroup-mounts"
+    exec "$@"
+  ) &
 }
 # This run's cgroups, deepest first.
 run_cgroups() {
@@ -216,47 +234,27 @@ cleanup() {
   local rc=$? pids d t i line chain
   trap - EXIT INT TERM HUP
   set +e
-  # critest first (it would go on making pods), then the runtime and its shims, then whatever
-  # container is left.
-  if [ -f "$T/critest.pid" ] && kill -0 "$(cat "$T/critest.pid")" 2>/dev/null; then
+  # critest first (it would go on making pods), then the pods through the runtime if it is
+  # still up, then every process left in this run's cgroups: the runtime, its shims, containers,
+  # the registry.
+  if [ -f "$T/critest.pid" ] && procs list --pid "$(cat "$T/critest.pid")" >/dev/null; then
     log "stopping critest"
-    kill -TERM "$(cat "$T/critest.pid")" 2>/dev/null
-    for i in $(seq 1 100); do kill -0 "$(cat "$T/critest.pid")" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$(cat "$T/critest.pid")" 2>/dev/null
+    procs stop --pid "$(cat "$T/critest.pid")" --grace 10 >/dev/null
   fi
-  if [ -n "$(ns_pids)" ]; then
-    if [ -f "$T/runtime.pid" ] && kill -0 "$(cat "$T/runtime.pid")" 2>/dev/null && [ -S "$(cat "$T/sock")" ]; then
-      timeout 60 "$CRICTL" --runtime-endpoint "unix://$(cat "$T/sock")" rmp -af >/dev/null 2>&1
-    fi
-    pids=$(ns_pids)
-    [ -n "$pids" ] && kill -TERM $pids 2>/dev/null
-    for i in $(seq 1 50); do [ -z "$(ns_pids)" ] && break; sleep 0.1; done
-    for i in 1 2 3; do
-      pids=$(ns_pids)
-      [ -z "$pids" ] && break
-      kill -KILL $pids 2>/dev/null
-      sleep 0.2
-    done
+  if [ -f "$T/runtime.pid" ] && procs list --pid "$(cat "$T/runtime.pid")" >/dev/null &&
+    [ -S "$(cat "$T/sock")" ]; then
+    timeout 60 "$CRICTL" --runtime-endpoint "unix://$(cat "$T/sock")" rmp -af >/dev/null 2>&1
   fi
+  pids=$(procs stop --grace 5)
+  [ -n "$pids" ] && log "stopped what was left in this run's cgroups: $(echo $pids)"
   [ -n "$INNER_PID" ] && wait "$INNER_PID" 2>/dev/null
-  # Containers left behind (they have mount namespaces of their own): by their cgroups.
-  for i in 1 2 3 4 5; do
-    pids=$(run_cgroups | while read -r d; do cat "$d/cgroup.procs" 2>/dev/null; done | sort -u)
-    [ -z "$pids" ] && break
-    [ "$i" = 1 ] && log "killing processes left in this run's cgroups: $(echo $pids)"
-    kill -KILL $pids 2>/dev/null
-    sleep 0.2
-  done
+  [ -n "$REG_PID" ] && wait "$REG_PID" 2>/dev/null
   for i in 1 2 3 4 5; do
     run_cgroups | while read -r d; do rmdir "$d" 2>/dev/null; done
     [ -z "$(run_cgroups)" ] && break
     sleep 0.3
   done
   [ -n "$(run_cgroups)" ] && log "could not remove cgroups: $(run_cgroups | tr '\n' ' ')"
-  if [ -n "$REG_PID" ]; then
-    kill -TERM "$REG_PID" 2>/dev/null
-    wait "$REG_PID" 2>/dev/null
-  fi
   # Anything mounted under the temp dir in this namespace (nothing, normally).
   awk -v t="$T" '$5 == t || index($5, t "/") == 1 {print $5}' /proc/self/mountinfo | sort -r |
     while read -r d; do log "unmounting $d"; umount -n -l "$d"; done
@@ -316,6 +314,23 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
+# --- this run's cgroups ---------------------------------------------------------------------
+# This run's cgroup sub-tree in every hierarchy: every process of the run lives there (so the
+# clean-up finds exactly those), and it is the root of the runtime's cgroup namespace (so that
+# clean-up touches no other user's cgroups, e.g. /k8s.io/...). Lines: mount point, type, super
+# options.
+echo "berth-critest.${T##*.}" >"$T/cgroup-name"
+awk '{for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i+1) ~ /^cgroup2?$/) print $5, $(i+1), $(i+3); break }}' \
+  /proc/self/mountinfo | grep -E '^/sys/fs/cgroup(/| )' >"$T/cgroup-mounts"
+[ -s "$T/cgroup-mounts" ] || die "no cgroup hierarchy under /sys/fs/cgroup"
+while read -r m _; do
+  mkdir "$m/$(cat "$T/cgroup-name")" || die "cannot create a cgroup in $m"
+  if [ -f "$m/cpuset.cpus" ]; then
+    cat "$m/cpuset.cpus" >"$m/$(cat "$T/cgroup-name")/cpuset.cpus"
+    cat "$m/cpuset.mems" >"$m/$(cat "$T/cgroup-name")/cpuset.mems"
+  fi
+done <"$T/cgroup-mounts"
+
 # --- registry and images ---------------------------------------------------------------------
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 REG=127.0.0.1:$PORT
@@ -333,7 +348,7 @@ storage:
 http:
   addr: $REG
 EOF
-docker-registry serve "$T/registry.yml" >"$T/registry.log" 2>&1 &
+in_run_cgroup docker-registry serve "$T/registry.yml" >"$T/registry.log" 2>&1
 REG_PID=$!
 python3 - "$REG" <<'EOF' || { tail -n 20 "$T/registry.log" >&2; die "the registry did not come up"; }
 import sys, time, urllib.request
@@ -445,19 +460,6 @@ esac
 echo "$SOCK" >"$T/sock"
 
 # --- the run -----------------------------------------------------------------------------------
-# This run's cgroup sub-tree in every hierarchy (the root of the runtime's cgroup namespace), so
-# that clean-up touches no other user's cgroups (e.g. /k8s.io/...). Lines: mount point, type,
-# super options.
-echo "berth-critest.${T##*.}" >"$T/cgroup-name"
-awk '{for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i+1) ~ /^cgroup2?$/) print $5, $(i+1), $(i+3); break }}' \
-  /proc/self/mountinfo | grep '^/sys/fs/cgroup/' >"$T/cgroup-mounts"
-while read -r m _; do
-  mkdir "$m/$(cat "$T/cgroup-name")" || die "cannot create a cgroup in $m"
-  if [ -f "$m/cpuset.cpus" ]; then
-    cat "$m/cpuset.cpus" >"$m/$(cat "$T/cgroup-name")/cpuset.cpus"
-    cat "$m/cpuset.mems" >"$m/$(cat "$T/cgroup-name")/cpuset.mems"
-  fi
-done <"$T/cgroup-mounts"
 log "starting $RUNTIME (private mount namespace, state in $T)"
 unshare --mount --propagation private -- bash "$HERE/critest.sh" __inner "$T" "$RUNTIME" "$OUT" "$@" &
 INNER_PID=$!

@@ -29,7 +29,7 @@ fn bytes(out: std::process::Output) -> Vec<u8> {
 #[test]
 fn berthctl_snapshots_and_images_check_match_ctr() {
     let d = Daemon::start();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    d.wait_startup_collection();
     let dir = tempfile::tempdir().unwrap();
     let a1 = dir.path().join("one.tar");
     busybox_oci_archive(&a1, "one:1", &[("etc/motd", b"one\n")]);

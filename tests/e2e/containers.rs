@@ -17,7 +17,7 @@ fn spec() -> prost_types::Any {
 #[test]
 fn ctr_containers_lifecycle_and_gc_roots() {
     let d = Daemon::start();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    d.wait_startup_collection();
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("img.tar");
     let img = busybox_oci_archive(&archive, "docker.io/library/box:1", &[("etc/motd", b"c\n")]);
@@ -57,9 +57,10 @@ fn ctr_containers_lifecycle_and_gc_roots() {
             .trim()
             .is_empty()
     );
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    let snaps = ok(d.ctr(&["-n", "c", "snapshots", "ls"]));
-    assert_eq!(snaps.lines().count(), 1, "all collected: {snaps}");
+    // The collection the removal scheduled takes the snapshots.
+    berth_e2e::wait_for("the snapshots collected", || {
+        ok(d.ctr(&["-n", "c", "snapshots", "ls"])).lines().count() == 1
+    });
     let e = fails(d.ctr(&["-n", "c", "containers", "rm", "web"]));
     assert!(e.contains("not found"), "{e}");
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_api::runtime::v1 as cri;
-use berth_e2e::{Daemon, Registry, busybox_oci_archive, ok};
+use berth_e2e::{Daemon, Registry, busybox_oci_archive, ok, wait_for};
 use cri::image_service_client::ImageServiceClient;
 use cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -300,14 +300,6 @@ fn log_lines(path: &Path) -> Vec<(String, String, String)> {
             )
         })
         .collect()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1197,8 +1189,17 @@ async fn crictl_drives_berthd() {
 /// streaming (exec/attach/port-forward URLs, not served yet) must pass, pod networking through
 /// CNI included; the only failure allowed is the one no runtime here can pass
 /// (hack/cri/known-failures.txt).
+///
+/// And the script's clean-up touches nothing it did not start: from the moment critest's run
+/// has ended (the summary is printed; the run's mount namespace is gone, and the kernel hands
+/// its number to the next new one) until the script exits, this test keeps starting processes
+/// in new mount namespaces of its own, and every one of them must still be running afterwards.
+/// (A clean-up that chose processes by the number of the run's mount namespace killed such a
+/// bystander: a test's berthd, once.)
 #[test]
 fn critest_conformance_outside_streaming() {
+    use std::io::{BufRead, Read};
+    use std::sync::atomic::{AtomicBool, Ordering};
     let (Some(critest), Some(crictl)) = (cri_tool("critest"), cri_tool("crictl")) else {
         eprintln!(
             "SKIP: no critest and no cri-tools repository to build it from (set CRITEST and \
@@ -1208,25 +1209,96 @@ fn critest_conformance_outside_streaming() {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out_dir = tempfile::tempdir().unwrap();
+    let _host_network = HOST_NETWORK.blocking_lock();
     // Streaming (exec/attach/port-forward URLs) is not served yet; benchmarks are not tests.
     let skip = "Streaming|Benchmark";
-    let out = std::process::Command::new(root.join("hack/cri/critest.sh"))
+    let mut script = std::process::Command::new(root.join("hack/cri/critest.sh"))
         .arg("berth")
         .arg(format!("--ginkgo.skip={skip}"))
         .env("CRITEST", &critest)
         .env("CRICTL", &crictl)
         .env("BERTHD", berth_e2e::bin("berthd"))
         .env("CRI_OUT", out_dir.path())
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running hack/cri/critest.sh");
+    let mut err = script.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut v = String::new();
+        let _ = err.read_to_string(&mut v);
+        v
+    });
+    // Bystanders: `sleep` in a new mount namespace each, one every 20 ms from the summary line
+    // until the script has exited.
+    let (ended, exited) = (
+        std::sync::Arc::new(AtomicBool::new(false)),
+        std::sync::Arc::new(AtomicBool::new(false)),
+    );
+    let spawner = {
+        let (ended, exited) = (ended.clone(), exited.clone());
+        std::thread::spawn(move || {
+            let mut kids = Vec::new();
+            while !ended.load(Ordering::SeqCst) && !exited.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            while !exited.load(Ordering::SeqCst) && kids.len() < 1000 {
+                kids.push(
+                    std::process::Command::new("unshare")
+                        .args(["--mount", "--propagation", "private", "sleep", "600"])
+                        .stdin(std::process::Stdio::null())
+                        .spawn()
+                        .expect("unshare"),
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            kids
+        })
+    };
+    let mut stdout = String::new();
+    for line in std::io::BufReader::new(script.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if line.starts_with("critest: ") {
+            ended.store(true, Ordering::SeqCst);
+        }
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let status = script.wait().unwrap();
+    exited.store(true, Ordering::SeqCst);
+    let mut bystanders = spawner.join().unwrap();
+    let hit: Vec<String> = bystanders
+        .iter_mut()
+        .filter_map(|k| {
+            k.try_wait()
+                .unwrap()
+                .map(|st| format!("pid {}: {st}", k.id()))
+        })
+        .collect();
+    for k in &mut bystanders {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
     let summary = std::fs::read_to_string(out_dir.path().join("summary.txt")).unwrap_or_default();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{}", stderr.join().unwrap());
     eprintln!("{summary}");
     assert!(
-        out.status.success(),
-        "critest: unexpected failures (critest.log kept in {}):\n{}\n{summary}",
+        hit.is_empty(),
+        "critest.sh's clean-up ended {} of {} processes it did not start: {hit:?}",
+        hit.len(),
+        bystanders.len()
+    );
+    assert!(
+        status.success(),
+        "critest: unexpected failures (critest.log kept in {}):\n{stdout}\n{summary}",
         out_dir.keep().display(),
-        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !bystanders.is_empty(),
+        "no bystander was started: the summary line never came"
     );
     let passed: u32 = summary
         .split_whitespace()
@@ -1236,6 +1308,11 @@ fn critest_conformance_outside_streaming() {
         .unwrap_or(0);
     assert!(passed >= 60, "too few specs ran: {summary}");
 }
+
+/// Held by each test that changes the host's network settings (a CNI bridge turns on
+/// net.ipv4.ip_forward, and each test restores the value it found): two at once would each
+/// restore what the other set.
+static HOST_NETWORK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Undoes what a CNI bridge network did to the host: the bridge, and net.ipv4.ip_forward
 /// (the bridge plugin's isGateway turns it on).
@@ -1273,6 +1350,7 @@ async fn cri_pods_on_a_cni_bridge() {
     let t = tempfile::tempdir().unwrap();
     let n = std::process::id() % 200 + 20;
     let bridge = format!("bcri{n}");
+    let _host_network = HOST_NETWORK.lock().await;
     let _cleanup = BridgeCleanup {
         bridge: bridge.clone(),
         ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),

@@ -180,7 +180,7 @@ fn content_labels(d: &Daemon, digest: &str) -> String {
 #[test]
 fn ctr_snapshots_diff_makes_layers_that_apply_to_the_same_tree() {
     let d = Daemon::start();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    d.wait_startup_collection();
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("img.tar");
     busybox_oci_archive(&archive, "diff:1", &[("etc/motd", b"motd\n")]);

@@ -12,8 +12,8 @@ fn snapshots_and_pulls_go_through_a_remote_snapshotter() {
         remote.sock.display()
     );
     let d = Daemon::start_with_config(&config, &[]);
-    // Let the start-up collections pass (unleased snapshots are collectable).
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    // Let the start-up collection pass (unleased snapshots are collectable).
+    d.wait_startup_collection();
     let plugins = ok(d.ctr(&["plugins", "ls"]));
     assert!(
         plugins

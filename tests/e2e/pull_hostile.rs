@@ -154,7 +154,6 @@ fn image(
 }
 
 fn nothing_left(d: &Daemon, ns: &str) {
-    std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
         ok(d.ctr(&["-n", ns, "images", "ls", "-q"]))
             .trim()
@@ -165,8 +164,10 @@ fn nothing_left(d: &Daemon, ns: &str) {
             .trim()
             .is_empty()
     );
-    let snaps = ok(d.ctr(&["-n", ns, "snapshots", "ls"]));
-    assert_eq!(snaps.lines().count(), 1, "{snaps}");
+    // The snapshots go with the collection the failed pull scheduled.
+    berth_e2e::wait_for("the pull's snapshots collected", || {
+        ok(d.ctr(&["-n", ns, "snapshots", "ls"])).lines().count() == 1
+    });
 }
 
 #[test]

@@ -82,7 +82,7 @@ fn kill_9_during_a_pull_then_the_next_pull_resumes() {
     d.restart();
     // The leftovers of the dead pull: its lease is gone at start-up, GC removes its extraction
     // snapshots; the partial download stays to be resumed; nothing is committed.
-    std::thread::sleep(Duration::from_millis(600));
+    d.wait_startup_collection();
     let snaps = ok(d.ctr(&["-n", "r", "snapshots", "ls"]));
     assert_eq!(snaps.lines().count(), 1, "no snapshot survives: {snaps}");
     assert!(
@@ -134,9 +134,9 @@ fn a_stalled_registry_is_a_clear_error_and_leaves_nothing_half_done() {
     let e = fails(d.berthctl(&["-n", "s", "pull", "--plain", &reference]));
     assert!(e.contains("stalled"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(400));
-    let snaps = ok(d.ctr(&["-n", "s", "snapshots", "ls"]));
-    assert!(!snaps.contains("extract"), "{snaps}");
+    berth_e2e::wait_for("the pull's extraction snapshots collected", || {
+        !ok(d.ctr(&["-n", "s", "snapshots", "ls"])).contains("extract")
+    });
     assert!(
         ok(d.ctr(&["-n", "s", "images", "ls", "-q"]))
             .trim()

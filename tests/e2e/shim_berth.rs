@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_e2e::{Daemon, bin, bin_dir, busybox_oci_archive, fails, ok};
+use berth_e2e::{Daemon, bin, bin_dir, busybox_oci_archive, fails, ok, wait_for};
 
 const IMAGE: &str = "docker.io/library/shimberth:1";
 const RUNTIME: &str = "io.containerd.berth.v2";
@@ -79,14 +79,6 @@ fn topics_during(sock: &Path, ns: &str, f: impl FnOnce()) -> Vec<String> {
             (n == ns && t.starts_with("/tasks/")).then(|| t.to_string())
         })
         .collect()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -362,8 +354,12 @@ fn berth_shim_tasks_survive_a_daemon_restart_and_a_shim_kill() {
         .into_iter()
         .find(|p| std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c == bundle("orphan")))
         .expect("orphan's shim");
-    // SAFETY: kill(2) on the PID of a shim this test started (found by its cwd).
-    unsafe { libc::kill(orphan_shim, libc::SIGKILL) };
+    assert!(
+        berth_e2e::signal_if(orphan_shim, libc::SIGKILL, |p| {
+            berth_e2e::cwd_under(p, &bundle("orphan"))
+        }),
+        "the orphan's shim exited before the test killed it"
+    );
     std::thread::sleep(Duration::from_secs(2));
     d.restart();
     std::thread::sleep(Duration::from_millis(500));

@@ -37,6 +37,7 @@ impl Events for Forwarded {
 /// whatever happened.
 struct Cleanup {
     shim_pid: Option<i32>,
+    bundle: PathBuf,
     runc_root: PathBuf,
     id: String,
     cgroup: String,
@@ -50,8 +51,11 @@ impl Drop for Cleanup {
             .args(["delete", "--force", &self.id])
             .output();
         if let Some(pid) = self.shim_pid {
-            // SAFETY: kill(2) on the PID the shim reported for itself via Connect.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // The PID the shim reported for itself via Connect, if it still names a process
+            // working in our bundle.
+            berth_e2e::signal_if(pid, libc::SIGKILL, |p| {
+                berth_e2e::cwd_under(p, &self.bundle)
+            });
         }
         berth_e2e::remove_cgroup(&self.cgroup);
     }
@@ -93,6 +97,7 @@ async fn drive_containerd_shim_runc_v2_over_ttrpc() {
     open_log_fifo(&bundle);
     let mut cleanup = Cleanup {
         shim_pid: None,
+        bundle: bundle.clone(),
         runc_root: t.join("run/containerd/runc").join(NS),
         id: id.clone(),
         cgroup,

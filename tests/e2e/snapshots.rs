@@ -13,7 +13,7 @@ fn ctr(d: &Daemon, args: &[&str]) -> String {
 fn ctr_snapshot_lifecycle() {
     let d = Daemon::start();
     // Let the start-up collection pass: the view below has no gc.root label and would go.
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    d.wait_startup_collection();
     ctr(&d, &["snapshots", "prepare", "base", ""]);
     let m = ctr(&d, &["snapshots", "mounts", "/mnt/x", "base"]);
     let fs = d.root().join("snapshots/overlayfs/snapshots");
@@ -132,7 +132,7 @@ fn ctr_snapshot_lifecycle() {
 #[test]
 fn gc_collects_unreferenced_snapshots_and_keeps_referenced_ones() {
     let d = Daemon::start();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    d.wait_startup_collection();
     // ctr labels what it prepares with containerd.io/gc.root; strip it to make them collectable.
     ctr(&d, &["snapshots", "prepare", "a", ""]);
     ctr(&d, &["snapshots", "commit", "a-c", "a"]);

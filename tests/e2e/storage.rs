@@ -389,24 +389,30 @@ fn gc_removes_unreachable_blobs_on_disk() {
     let two = busybox_oci_archive(&a2, "example.com/two:1", &[("two.txt", b"2")]);
     import_with_ctr(&d, "gc", &one, &a1);
     import_with_ctr(&d, "gc", &two, &a2);
-    // A blob nothing references (no image, no lease, no gc.root label).
+    // A blob only a lease holds (as real clients write, so no scheduled collection can take it
+    // before the test looks; the imports' own leases scheduled one).
     let extra = b"unreferenced blob".to_vec();
     ok(ctr_ns(&d, "gc", &["leases", "create", "--id", "keep"]));
     let dg = sha256(&extra);
-    let out = ctr_stdin(
-        &d,
-        &[
-            "-n",
-            "gc",
+    let mut child = Command::new(berth_e2e::bin("berthctl"))
+        .args(["--address", &d.sock.display().to_string(), "-n", "gc"])
+        .args([
             "content",
             "ingest",
+            "--lease",
+            "keep",
             "--expected-digest",
             &dg,
             "extra",
-        ],
-        &extra,
-    );
-    ok(out);
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&extra).unwrap();
+    let out = ok(child.wait_with_output().unwrap());
+    assert_eq!(out.trim(), dg);
     let on_disk = blobs_on_disk(&d.root());
     for x in [
         &one.manifest,
@@ -417,7 +423,20 @@ fn gc_removes_unreachable_blobs_on_disk() {
     ] {
         assert!(on_disk.contains_key(x.as_str()), "{x} missing: {on_disk:?}");
     }
-    // Without a lease or image, the ingested blob is unreachable: gone after a synchronous GC.
+    // Without its lease, and with no image or gc.root label, the blob is unreachable: gone
+    // after a synchronous collection; every image blob stays.
+    ok(ctr_ns(&d, "gc", &["leases", "rm", "--sync", "keep"]));
+    let on_disk = blobs_on_disk(&d.root());
+    assert!(
+        !on_disk.contains_key(&dg),
+        "unleased, unreferenced blob collected"
+    );
+    for x in [&one.manifest, &one.config, &one.layers[1], &two.manifest] {
+        assert!(
+            on_disk.contains_key(x.as_str()),
+            "{x} (reachable) was removed"
+        );
+    }
     ok(ctr_ns(&d, "gc", &["images", "rm", "--sync", &one.name]));
     let on_disk = blobs_on_disk(&d.root());
     assert!(
@@ -428,10 +447,6 @@ fn gc_removes_unreachable_blobs_on_disk() {
         !on_disk.contains_key(&one.layers[1]),
         "one's own layer collected"
     );
-    assert!(
-        !on_disk.contains_key(&dg),
-        "unleased, unreferenced blob collected"
-    );
     // The shared busybox layer stays: two still needs it.
     for x in [&two.manifest, &two.config, &two.layers[0], &two.layers[1]] {
         assert!(
@@ -441,8 +456,6 @@ fn gc_removes_unreachable_blobs_on_disk() {
     }
     assert_eq!(one.layers[0], two.layers[0]);
     ok(ctr_ns(&d, "gc", &["images", "rm", "--sync", &two.name]));
-    ok(ctr_ns(&d, "gc", &["leases", "rm", "keep"]));
-    std::thread::sleep(Duration::from_millis(500));
     assert!(
         blobs_on_disk(&d.root()).is_empty(),
         "{:?}",

@@ -16,16 +16,21 @@ use tonic::Code;
 
 const NS: &str = "bad";
 
-/// Runs one Write stream with `msgs`; returns the answers, or the status that ended it.
+/// The lease every write of these tests is made under, as real clients write: what a write
+/// commits stays until the test is done with it, whenever the daemon's collector runs.
+const LEASE: &str = "bad-input-hold";
+
+/// Runs one Write stream with `msgs` under [`LEASE`] (made by the caller); returns the answers,
+/// or the status that ended it.
 async fn write(
     d: &Daemon,
     msgs: Vec<WriteContentRequest>,
 ) -> Result<Vec<WriteContentResponse>, tonic::Status> {
     let mut c = ContentClient::new(d.channel().await);
-    let mut out = c
-        .write(with_ns(NS, tokio_stream::iter(msgs)))
-        .await?
-        .into_inner();
+    let mut req = with_ns(NS, tokio_stream::iter(msgs));
+    req.metadata_mut()
+        .insert("containerd-lease", LEASE.parse().expect("header value"));
+    let mut out = c.write(req).await?.into_inner();
     let mut got = Vec::new();
     while let Some(r) = out.next().await {
         got.push(r?);
@@ -46,6 +51,16 @@ fn msg(action: WriteAction, r: &str, offset: i64, data: &[u8]) -> WriteContentRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_write_rejects_bad_input() {
     let d = tokio::task::spawn_blocking(Daemon::start).await.unwrap();
+    LeasesClient::new(d.channel().await)
+        .create(with_ns(
+            NS,
+            CreateRequest {
+                id: LEASE.into(),
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap();
     let data = b"0123456789".repeat(100);
     let right = sha256(&data);
     let wrong = sha256(b"something else");

@@ -13,7 +13,7 @@ impl Drop for Unmount {
 #[test]
 fn ctr_import_unpacks_layers_into_snapshots() {
     let d = Daemon::start();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    d.wait_startup_collection();
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("img.tar");
     let img = busybox_oci_archive(

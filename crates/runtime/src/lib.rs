@@ -27,6 +27,7 @@ mod container;
 mod error;
 mod hooks;
 mod init;
+pub mod pidfd;
 mod protect;
 mod seccomp;
 mod state;

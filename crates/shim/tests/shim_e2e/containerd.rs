@@ -112,6 +112,7 @@ fn busybox_archive(path: &Path) {
 /// A private containerd, and everything it started, killed and removed on drop.
 struct Containerd {
     dir: tempfile::TempDir,
+    child: std::process::Child,
     pid: u32,
     sock: PathBuf,
 }
@@ -155,6 +156,7 @@ impl Containerd {
             .expect("containerd (apt-get install containerd)");
         let c = Containerd {
             pid: child.id(),
+            child,
             dir,
             sock,
         };
@@ -167,7 +169,6 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::mem::forget(child);
         c
     }
 
@@ -283,23 +284,27 @@ impl Containerd {
 
     /// Shims of a binary name serving this containerd.
     fn shims_named(&self, name: &str) -> Vec<i32> {
-        let needle = self.sock.display().to_string();
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
-            let Ok(mut f) = std::fs::File::open(e.path().join("cmdline")) else {
-                continue;
-            };
-            let mut cmd = Vec::new();
-            let _ = f.read_to_end(&mut cmd);
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(name) && cmd.contains(&needle) {
+            if self.is_shim(pid, name) {
                 out.push(pid);
             }
         }
         out
+    }
+
+    /// Whether process `pid` is a shim of binary `name` whose command line names our socket.
+    fn is_shim(&self, pid: i32, name: &str) -> bool {
+        let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let mut cmd = Vec::new();
+        let _ = f.read_to_end(&mut cmd);
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        cmd.contains(name) && cmd.contains(&self.sock.display().to_string())
     }
 
     /// Mounts under this containerd's directories, as its mount namespace sees them.
@@ -317,13 +322,12 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        for pid in self
-            .shims()
-            .into_iter()
-            .chain(self.shims_named("containerd-shim-runc-v2"))
-        {
-            // SAFETY: a shim this containerd (which the test started) spawned, found by its socket.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        for name in ["containerd-shim-berth-v2", "containerd-shim-runc-v2"] {
+            for pid in self.shims_named(name) {
+                // A shim of this containerd (which the test started), found by its socket, and
+                // checked again once pinned.
+                berth_runtime::pidfd::signal_if(pid, libc::SIGKILL, |p| self.is_shim(p, name));
+            }
         }
         // Our shim's runtime root, and the Go shim's (/run/containerd/runc in containerd's view).
         for runc_root in [
@@ -341,14 +345,9 @@ impl Drop for Containerd {
                 }
             }
         }
-        // SAFETY: kill(2) on the containerd the test started; its mounts go with its namespace.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        for _ in 0..100 {
-            if !crate::harness::alive(self.pid as i32) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // The containerd the test started (our child); its mounts go with its namespace.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let cg = Path::new("/sys/fs/cgroup");
         if let Ok(entries) = std::fs::read_dir(cg) {
             for e in entries.flatten() {

@@ -405,8 +405,9 @@ impl Drop for World {
             eprintln!("--- shim log ({}) ---\n{log}", self.id);
         }
         if let Some(pid) = self.shim_pid {
-            // SAFETY: kill(2) on the pid the shim reported for itself.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // The pid the shim reported for itself, if it still names a process working in
+            // our bundle.
+            berth_runtime::pidfd::signal_if(pid, libc::SIGKILL, |p| works_in(p, &self.bundle));
         }
         let _ = Command::new(&self.runtime)
             .arg("--root")
@@ -437,6 +438,11 @@ impl Drop for World {
 /// Call options with the namespace, as containerd sends them.
 pub(crate) fn opts() -> CallOptions {
     CallOptions::with_timeout(Duration::from_secs(30)).metadata("containerd-namespace-ttrpc", NS)
+}
+
+/// Whether process `pid` works in `dir` (a shim runs in its bundle).
+pub(crate) fn works_in(pid: i32, dir: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir)
 }
 
 pub(crate) fn alive(pid: i32) -> bool {

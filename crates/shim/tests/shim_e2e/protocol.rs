@@ -170,8 +170,12 @@ async fn delete_action_cleans_up_after_a_dead_shim() {
     .await
     .unwrap();
     let shim = w.shim_pid.take().unwrap();
-    // SAFETY: kill(2) on the shim we started.
-    unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert!(
+        berth_runtime::pidfd::signal_if(shim, libc::SIGKILL, |p| crate::harness::works_in(
+            p, &w.bundle
+        )),
+        "the shim exited before the test killed it"
+    );
     assert!(wait_gone(shim, Duration::from_secs(5)).await);
     assert!(alive(pid as i32), "the container survives its shim");
 
