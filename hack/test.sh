@@ -27,6 +27,53 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# Every gate runs, whatever the one before it did, and the last line says what each gave:
+# formatting and lints as reviewers gate them, then every test binary (--no-fail-fast: one
+# failing binary does not hide the others). The whole output is also in target/test.log.
+set +e
+start=$(date +%s)
+mkdir -p target
+out=target/test.log
+: >"$out"
+gates=()
+failed=0
+gate() { # NAME COMMAND...
+  local name=$1
+  shift
+  echo "hack/test.sh: $name: $*" | tee -a "$out"
+  if "$@" 2>&1 | tee -a "$out"; then
+    gates+=("$name ok")
+  else
+    gates+=("$name FAILED")
+    failed=1
+  fi
+}
+gate fmt cargo fmt --all -- --check
+gate clippy cargo clippy --workspace --all-targets -- -D warnings
 # The e2e tests run the built daemon and CLI as processes.
-cargo build --workspace --bins
-cargo test --workspace
+gate build cargo build --workspace --bins
+tests_from=$(wc -l <"$out")
+gate tests cargo test --workspace --no-fail-fast
+
+# Totals over every test binary's "test result:" line; a binary that started and printed none
+# (it crashed) is counted apart.
+tail -n +"$((tests_from + 1))" "$out" | awk -v secs="$(($(date +%s) - start))" -v gates="$(IFS=,; echo "${gates[*]}")" \
+  -v verdict="$([ "$failed" = 0 ] && echo PASS || echo FAIL)" '
+  /^     Running / || /^   Doc-tests / { started++ }
+  /^test result: / {
+    reported++
+    for (i = 1; i <= NF; i++) {
+      if ($(i+1) ~ /^passed/) passed += $i
+      if ($(i+1) ~ /^failed/) failed += $i
+      if ($(i+1) ~ /^ignored/) ignored += $i
+    }
+  }
+  / \.\.\. FAILED$/ { sub(/^test /, ""); sub(/ \.\.\. FAILED$/, ""); names = names "\n  failed: " $0 }
+  END {
+    crashed = started - reported
+    printf "%s", substr(names, 2) (names != "" ? "\n" : "")
+    printf "hack/test.sh: %s: %d passed, %d failed, %d ignored in %d test binaries%s; %s; %dm%02ds\n",
+      verdict, passed, failed, ignored, reported, (crashed > 0 ? sprintf(", %d crashed", crashed) : ""),
+      gates, secs / 60, secs % 60
+  }' | tee -a "$out"
+exit "$failed"
