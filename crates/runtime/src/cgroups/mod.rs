@@ -281,6 +281,58 @@ impl Layout {
     }
 }
 
+/// A resource of the OCI spec that some hosts cannot apply at all (asked before a spec is
+/// written, so that a client can drop or refuse it instead of a create failing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optional {
+    /// `hugepageLimits`: the hugetlb controller.
+    Hugetlb,
+    /// `memory.swap`: swap accounting (v1 `memory.memsw.*`, v2 `memory.swap.max`).
+    Swap,
+}
+
+impl Layout {
+    /// Whether a cgroup at the absolute `cgroups_path` can apply `what` here, as the runtime
+    /// would create it. v1 (hybrid hosts included, driven through v1 as runc does): the
+    /// controller's hierarchy is mounted (swap: and has `memory.memsw.limit_in_bytes`). v2: the
+    /// controller is in `cgroup.controllers` of the nearest existing ancestor of the path (the
+    /// runtime enables it on the way down; swap: and that ancestor, or any cgroup below the
+    /// root when only the root exists, has `memory.swap.max`).
+    pub fn supports(&self, what: Optional, cgroups_path: &str) -> bool {
+        match self {
+            Layout::V1 { mounts, .. } => match what {
+                Optional::Hugetlb => mounts.contains_key("hugetlb"),
+                Optional::Swap => mounts
+                    .get("memory")
+                    .is_some_and(|(m, _)| m.join("memory.memsw.limit_in_bytes").exists()),
+            },
+            Layout::V2 { mount } => {
+                let rel = cgroups_path.trim_start_matches('/');
+                let mut dir = mount.join(rel);
+                while !dir.is_dir() && dir != *mount {
+                    dir = dir
+                        .parent()
+                        .map_or_else(|| mount.clone(), Path::to_path_buf);
+                }
+                let controllers =
+                    std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+                let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+                match what {
+                    Optional::Hugetlb => has("hugetlb"),
+                    Optional::Swap if !has("memory") => false,
+                    // The root cgroup has no memory.* files: look at one of its children.
+                    Optional::Swap if dir == *mount => std::fs::read_dir(mount)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .any(|e| e.path().join("memory.swap.max").exists()),
+                    Optional::Swap => dir.join("memory.swap.max").exists(),
+                }
+            }
+        }
+    }
+}
+
 /// Parses `/proc/<pid>/cgroup`: controllers (comma list, "" for v2) → path.
 pub(crate) fn parse_proc_cgroup(text: &str) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
@@ -414,6 +466,74 @@ mod tests {
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
+
+    /// A fixture tree of files (`path` or `path=content`) standing in for cgroup mounts, and
+    /// the layout of a mountinfo naming them.
+    fn fixture(files: &[&str], v2: bool) -> (tempfile::TempDir, Layout) {
+        let t = tempfile::tempdir().unwrap();
+        for f in files {
+            let (path, text) = f.split_once('=').unwrap_or((f, ""));
+            let p = t.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let root = t.path().display();
+        let info = if v2 {
+            format!("30 23 0:27 / {root} rw - cgroup2 cgroup2 rw\n")
+        } else {
+            let mut s = String::new();
+            for (i, c) in ["memory", "cpu", "hugetlb"].iter().enumerate() {
+                if t.path().join(c).is_dir() {
+                    s.push_str(&format!(
+                        "{i} 23 0:{i} / {root}/{c} rw - cgroup cgroup rw,{c}\n"
+                    ));
+                }
+            }
+            s
+        };
+        let l = Layout::from_mountinfo(&info).unwrap();
+        (t, l)
+    }
+
+    #[test]
+    fn optional_resources_follow_the_host() {
+        // v1 without a hugetlb hierarchy (this project's CI host), with swap accounting.
+        let (_t, l) = fixture(
+            &["memory/memory.memsw.limit_in_bytes", "cpu/cpu.shares"],
+            false,
+        );
+        assert!(!l.supports(Optional::Hugetlb, "/kubepods/burstable/pod1/c"));
+        assert!(l.supports(Optional::Swap, "/kubepods/burstable/pod1/c"));
+        // v1 with hugetlb mounted, memory without memsw (swapaccount=0).
+        let (_t, l) = fixture(
+            &[
+                "memory/memory.limit_in_bytes",
+                "hugetlb/hugetlb.2MB.limit_in_bytes",
+            ],
+            false,
+        );
+        assert!(l.supports(Optional::Hugetlb, "/kubepods/pod1/c"));
+        assert!(!l.supports(Optional::Swap, "/kubepods/pod1/c"));
+        // v2: what the nearest existing ancestor offers.
+        let (_t, l) = fixture(
+            &[
+                "cgroup.controllers=cpu memory hugetlb pids",
+                "kubepods/cgroup.controllers=cpu memory pids",
+                "kubepods/memory.swap.max=max",
+                "system/memory.swap.max=max",
+            ],
+            true,
+        );
+        assert!(!l.supports(Optional::Hugetlb, "/kubepods/burstable/pod1/c"));
+        assert!(l.supports(Optional::Hugetlb, "/other/pod1/c"), "the root's");
+        assert!(l.supports(Optional::Swap, "/kubepods/burstable/pod1/c"));
+        assert!(
+            l.supports(Optional::Swap, "/other/c"),
+            "a child of the root has it"
+        );
+        let (_t, l) = fixture(&["cgroup.controllers=cpu pids"], true);
+        assert!(!l.supports(Optional::Swap, "/a") && !l.supports(Optional::Hugetlb, "/a"));
+    }
 
     #[test]
     fn hybrid_is_v1_with_unified() {

@@ -187,25 +187,34 @@ impl V1Cgroup {
     fn set_blkio(&self, r: &LinuxResources) -> CgResult<()> {
         let Some(b) = r.block_io() else { return Ok(()) };
         let dir = self.dir("blkio")?;
-        let weight_file = if dir.join("blkio.weight").exists() {
-            "blkio.weight"
+        // CFQ's files where the kernel has them, else BFQ's (runc's choice). A weight of 0
+        // means "not set" (docker sends one for every container) and is not written: a
+        // kernel with neither scheduler has neither file.
+        let (weight_file, weight_device_file) = if dir.join("blkio.weight").exists() {
+            ("blkio.weight", "blkio.weight_device")
         } else {
-            "blkio.bfq.weight"
+            ("blkio.bfq.weight", "blkio.bfq.weight_device")
         };
-        if let Some(w) = b.weight() {
+        if let Some(w) = b.weight().filter(|&w| w != 0) {
             write(dir, weight_file, &w.to_string())?;
         }
-        if let Some(w) = b.leaf_weight() {
+        if let Some(w) = b.leaf_weight().filter(|&w| w != 0) {
             write(dir, "blkio.leaf_weight", &w.to_string())?;
         }
         for d in b.weight_device().iter().flatten() {
-            if let Some(w) = d.weight() {
-                let f = if weight_file == "blkio.weight" {
-                    "blkio.weight_device"
-                } else {
-                    "blkio.bfq.weight_device"
-                };
-                write(dir, f, &format!("{}:{} {w}", d.major(), d.minor()))?;
+            if let Some(w) = d.weight().filter(|&w| w != 0) {
+                write(
+                    dir,
+                    weight_device_file,
+                    &format!("{}:{} {w}", d.major(), d.minor()),
+                )?;
+            }
+            if let Some(w) = d.leaf_weight().filter(|&w| w != 0) {
+                write(
+                    dir,
+                    "blkio.leaf_weight_device",
+                    &format!("{}:{} {w}", d.major(), d.minor()),
+                )?;
             }
         }
         let throttles = [

@@ -139,7 +139,8 @@ impl V2Cgroup {
     fn set_io(&self, r: &LinuxResources) -> CgResult<()> {
         let Some(b) = r.block_io() else { return Ok(()) };
         let dir = &self.path;
-        if let Some(w) = b.weight() {
+        // A weight of 0 means "not set" (runc skips it too).
+        if let Some(w) = b.weight().filter(|&w| w != 0) {
             write(
                 dir,
                 "io.weight",
@@ -147,7 +148,7 @@ impl V2Cgroup {
             )?;
         }
         for d in b.weight_device().iter().flatten() {
-            if let Some(w) = d.weight() {
+            if let Some(w) = d.weight().filter(|&w| w != 0) {
                 write(
                     dir,
                     "io.weight",

@@ -1,6 +1,7 @@
 //! cgroup limits at create time and through update.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 
 use serde_json::json;
@@ -110,4 +111,59 @@ fn events_stream_reports_oom() {
     let _ = events.kill();
     let _ = events.wait();
     assert!(saw_oom, "no oom event");
+}
+
+/// Block-IO weights of 0 mean "not set" (docker sends `weight: 0` for every container) and
+/// need no scheduler file: this kernel may have neither CFQ's `blkio.weight` nor BFQ's
+/// `blkio.bfq.weight` (runc skips them too). A real weight goes to whichever file the kernel
+/// has, and fails clearly where it has none. Runs against runc as well (BERTH_RUNC_BIN=runc).
+#[test]
+fn blkio_weight_zero_is_not_set() {
+    let env = Env::new();
+    // A block device of this machine (throttling takes only those).
+    let (major, minor): (u32, u32) = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .find_map(|e| {
+            let dev = std::fs::read_to_string(e.path().join("dev")).ok()?;
+            let (a, b) = dev.trim().split_once(':')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .expect("a block device in /sys/block");
+    let mut b = env.bundle(&["sleep", "1000"]);
+    b.config["linux"]["resources"]["blockIO"] = json!({
+        "weight": 0,
+        "leafWeight": 0,
+        "weightDevice": [{"major": major, "minor": minor, "weight": 0, "leafWeight": 0}],
+        "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}],
+    });
+    b.save();
+    let id = unique("blkio0");
+    env.create(&b, &id);
+    env.ok(&["start", &id]);
+    assert_eq!(
+        b.cgroup_file("blkio", "blkio.throttle.read_bps_device"),
+        format!("{major}:{minor} 1048576")
+    );
+
+    let mut b = env.bundle(&["sleep", "1000"]);
+    b.config["linux"]["resources"]["blockIO"] = json!({"weight": 500});
+    b.save();
+    let id = unique("blkio5");
+    let dir = Path::new("/sys/fs/cgroup/blkio");
+    let file = ["blkio.weight", "blkio.bfq.weight"]
+        .into_iter()
+        .find(|f| dir.join(f).exists());
+    match file {
+        Some(f) => {
+            env.create(&b, &id);
+            assert_eq!(b.cgroup_file("blkio", f).trim(), "500");
+        }
+        None => {
+            env.track(&id);
+            let err = env.fail(&["create", "--bundle", b.dir.to_str().unwrap(), &id]);
+            assert!(err.contains("blkio.bfq.weight"), "{err}");
+        }
+    }
 }
