@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # (test CA), python3 (bcrypt via crypt(3), image building), util-linux (unshare, mount, script),
 # mount; for critest (hack/cri): golang-go (builds cri-tools from a local repository), gcc and
 # libc6-dev (static helpers of the stand-in images), iptables, iproute2 and
-# containernetworking-plugins (the CNI bridge). Idempotent: apt-get only runs when one is missing.
+# containernetworking-plugins (the CNI bridge); docker.io (dockerd 20.10 on berthd). Idempotent:
+# apt-get only runs when one is missing (and starts no service: there is no systemd here).
 packages=(containerd runc busybox-static skopeo docker-registry openssl python3 util-linux mount
-  golang-go gcc libc6-dev iptables iproute2 containernetworking-plugins)
+  golang-go gcc libc6-dev iptables iproute2 containernetworking-plugins docker.io)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

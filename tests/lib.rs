@@ -365,7 +365,14 @@ impl Daemon {
     /// `target/<profile>/e2e-logs/`.
     fn report(&self, now: &str) {
         let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
+        // Debug and trace lines (HTTP/2 frames, sled's I/O) would bury the story.
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let head = l.get(..l.len().min(64)).unwrap_or(l);
+                !head.contains("DEBUG") && !head.contains("TRACE")
+            })
+            .collect();
         let tail = |v: &[&str], n: usize| v[v.len().saturating_sub(n)..].join("\n");
         let shim_lines: Vec<&str> = lines
             .iter()
@@ -391,7 +398,7 @@ impl Daemon {
         let mut runs = self.runs.clone();
         runs.push(now.to_string());
         eprintln!(
-            "==== berthd in {}: {} run(s) ====\n{}\n---- berthd.log, last 60 of {} lines (all of it: {kept}) ----\n{}\n---- shim lines in it, last 30 of {} ----\n{}\n====",
+            "==== berthd in {}: {} run(s) ====\n{}\n---- berthd.log, last 60 of {} lines above debug level (all of it: {kept}) ----\n{}\n---- shim lines in it, last 30 of {} ----\n{}\n====",
             self.dir.path().display(),
             runs.len(),
             runs.iter()

@@ -218,6 +218,19 @@ impl Cri {
         }
     }
 
+    /// Waits up to 20 s for [`Cri::leftovers`] to be empty; fails listing them.
+    fn assert_no_leftovers(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "left behind: {left:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Mounts, network namespaces and shims of CRI objects still on the host.
     fn leftovers(&self) -> Vec<String> {
         let state = self.d.dir.path().join("state");
@@ -1492,4 +1505,573 @@ async fn cri_pods_on_a_cni_bridge() {
         .await
         .unwrap();
     }
+}
+
+/// Page sizes as the kubelet names them (runc's `HugePageSizes`): `hugepages-2048kB` → `2MB`.
+fn host_hugepage_sizes() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/kernel/mm/hugepages")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let kb: u64 = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
+            Some(if kb.is_multiple_of(1 << 20) {
+                format!("{}GB", kb >> 20)
+            } else if kb.is_multiple_of(1 << 10) {
+                format!("{}MB", kb >> 10)
+            } else {
+                format!("{kb}KB")
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether a cgroup v1 hierarchy with the hugetlb controller is mounted here.
+fn hugetlb_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(" - "))
+        .any(|(_, post)| {
+            let f: Vec<&str> = post.split(' ').collect();
+            f.first() == Some(&"cgroup")
+                && f.get(2)
+                    .is_some_and(|o| o.split(',').any(|o| o == "hugetlb"))
+        })
+}
+
+/// Removes the kubelet-style pod cgroups a test made (deepest first), in every hierarchy.
+struct PodCgroups(Vec<String>);
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        for rel in &self.0 {
+            for e in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = std::fs::remove_dir(e.path().join(rel.trim_start_matches('/')));
+            }
+        }
+    }
+}
+
+/// What a kubelet v1.26 (cgroupfs driver, burstable QoS pod: requests cpu 100m, memory 64Mi;
+/// limits cpu 500m, memory 128Mi) sends: the pod in `kubepods/burstable/pod<uid>` with the
+/// pod-level resources and an empty overhead, the container by image id, with the resources
+/// the kubelet fills in (a hugepage limit of 0 for every page size of this host, swap equal to
+/// the memory limit, its oom_score_adj), the default masked and read-only paths, an unconfined
+/// seccomp profile, the termination-log and /etc/hosts mounts, and a log path under the pod's
+/// log directory.
+fn kubelet_shaped(
+    c: &Cri,
+    uid: &str,
+    image_id: &str,
+) -> (cri::PodSandboxConfig, cri::ContainerConfig, String) {
+    let pod_dir = c.d.dir.path().join("kubelet/pods").join(uid);
+    std::fs::create_dir_all(pod_dir.join("containers/web")).unwrap();
+    std::fs::write(pod_dir.join("containers/web/1a2b3c4d"), b"").unwrap();
+    std::fs::write(
+        pod_dir.join("etc-hosts"),
+        b"127.0.0.1 localhost\n10.1.2.3 web\n",
+    )
+    .unwrap();
+    let log_dir = c.logs.path().join(format!("default_web_{uid}"));
+    // The kubelet makes the container's log directory before CreateContainer.
+    std::fs::create_dir_all(log_dir.join("web")).unwrap();
+    let cgroup_parent = format!("/{}/kubepods/burstable/pod{uid}", c.cgroup);
+    let ns = cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    let unconfined = cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+        localhost_ref: String::new(),
+    };
+    let k8s_labels = |name: &str| {
+        HashMap::from([
+            ("io.kubernetes.pod.name".to_string(), "web".to_string()),
+            (
+                "io.kubernetes.pod.namespace".to_string(),
+                "default".to_string(),
+            ),
+            ("io.kubernetes.pod.uid".to_string(), uid.to_string()),
+        ])
+        .into_iter()
+        .chain(
+            (!name.is_empty())
+                .then(|| ("io.kubernetes.container.name".to_string(), name.to_string())),
+        )
+        .collect::<HashMap<_, _>>()
+    };
+    let pod_resources = cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 102,
+        memory_limit_in_bytes: 128 << 20,
+        ..Default::default()
+    };
+    let pod = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: uid.into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "web".into(),
+        log_directory: log_dir.display().to_string(),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+                "cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into()],
+        }),
+        labels: k8s_labels(""),
+        annotations: HashMap::from([
+            (
+                "kubernetes.io/config.source".to_string(),
+                "file".to_string(),
+            ),
+            (
+                "kubernetes.io/config.seen".to_string(),
+                "2026-12-07T10:00:00.000000000Z".to_string(),
+            ),
+        ]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.clone(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(ns.clone()),
+                seccomp: Some(unconfined.clone()),
+                ..Default::default()
+            }),
+            overhead: Some(cri::LinuxContainerResources::default()),
+            resources: Some(pod_resources.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    #[allow(deprecated)]
+    let container = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "web".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image_id.into(),
+            ..Default::default()
+        }),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo kubelet-shaped; exec sleep 1000".into(),
+        ],
+        envs: [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+        ]
+        .into_iter()
+        .map(|(k, v)| cri::KeyValue {
+            key: k.into(),
+            value: v.into(),
+        })
+        .collect(),
+        mounts: vec![
+            cri::Mount {
+                container_path: "/dev/termination-log".into(),
+                host_path: pod_dir
+                    .join("containers/web/1a2b3c4d")
+                    .display()
+                    .to_string(),
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/etc/hosts".into(),
+                host_path: pod_dir.join("etc-hosts").display().to_string(),
+                ..Default::default()
+            },
+        ],
+        labels: k8s_labels("web"),
+        annotations: [
+            ("io.kubernetes.container.hash", "8a3b1c2d"),
+            ("io.kubernetes.container.restartCount", "0"),
+            (
+                "io.kubernetes.container.terminationMessagePath",
+                "/dev/termination-log",
+            ),
+            ("io.kubernetes.container.terminationMessagePolicy", "File"),
+            ("io.kubernetes.pod.terminationGracePeriod", "30"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        log_path: "web/0.log".into(),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                oom_score_adj: 968,
+                hugepage_limits: host_hugepage_sizes()
+                    .into_iter()
+                    .map(|page_size| cri::HugepageLimit {
+                        page_size,
+                        limit: 0,
+                    })
+                    .collect(),
+                memory_swap_limit_in_bytes: 128 << 20,
+                ..pod_resources
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(ns),
+                masked_paths: [
+                    "/proc/acpi",
+                    "/proc/kcore",
+                    "/proc/keys",
+                    "/proc/latency_stats",
+                    "/proc/timer_list",
+                    "/proc/timer_stats",
+                    "/proc/sched_debug",
+                    "/proc/scsi",
+                    "/sys/firmware",
+                ]
+                .map(String::from)
+                .to_vec(),
+                readonly_paths: [
+                    "/proc/asound",
+                    "/proc/bus",
+                    "/proc/fs",
+                    "/proc/irq",
+                    "/proc/sys",
+                    "/proc/sysrq-trigger",
+                ]
+                .map(String::from)
+                .to_vec(),
+                seccomp: Some(unconfined),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    (pod, container, cgroup_parent)
+}
+
+/// A kubelet's requests, replayed: RunPodSandbox, CreateContainer and StartContainer with what
+/// a stock kubelet v1.26 sends (see [`kubelet_shaped`]), on this host whose hugepage sizes have
+/// no hugetlb cgroup controller. The container runs with the kubelet's limits; with
+/// `tolerate_missing_hugetlb_controller = false` the same CreateContainer is refused, naming
+/// the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelet_shaped_requests_start_a_container() {
+    let mut c = Cri::start().await;
+    let image_id = c
+        .img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .expect("busybox")
+        .id;
+    let uid = "0b6f3f7e-8d2c-4f55-9c1e-5a7d2a9c3e11";
+    let (pod, container, cgroup_parent) = kubelet_shaped(&c, uid, &image_id);
+    let cgroups = PodCgroups(vec![
+        cgroup_parent.clone(),
+        format!("/{}/kubepods/burstable", c.cgroup),
+        format!("/{}/kubepods", c.cgroup),
+    ]);
+    assert!(
+        !container
+            .linux
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .hugepage_limits
+            .is_empty()
+            || host_hugepage_sizes().is_empty()
+    );
+    let pod_id =
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let id = c.create_start(&pod_id, &pod, container.clone()).await;
+    let st = c
+        .wait_state(&id, cri::ContainerState::ContainerRunning)
+        .await;
+    assert_eq!(st.log_path, format!("{}/web/0.log", pod.log_directory));
+    wait_for("the container's first log line", || {
+        std::fs::read_to_string(&st.log_path).is_ok_and(|l| l.contains("kubelet-shaped"))
+    });
+    // The kubelet's limits, in the container's cgroup below the pod's.
+    let cg = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join(cgroup_parent.trim_start_matches('/'))
+                .join(&id)
+                .join(file),
+        )
+        .unwrap_or_else(|e| panic!("{ctrl}/{file}: {e}"))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        assert_eq!(
+            cg("memory", "memory.memsw.limit_in_bytes"),
+            (128u64 << 20).to_string()
+        );
+    }
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cg("cpu", "cpu.shares"), "102");
+    let out = c
+        .exec(&id, &["cat", "/etc/hosts", "/proc/1/oom_score_adj"], 10)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("10.1.2.3 web") && text.contains("968"),
+        "{text}"
+    );
+
+    // Not tolerated: refused at CreateContainer, naming the field, and nothing is left.
+    if !hugetlb_mounted() && !host_hugepage_sizes().is_empty() {
+        let mut strict = Cri::start_with("tolerate_missing_hugetlb_controller = false\n").await;
+        let (pod2, container2, parent2) = kubelet_shaped(&strict, uid, &image_id);
+        let cgroups2 = PodCgroups(vec![
+            parent2,
+            format!("/{}/kubepods/burstable", strict.cgroup),
+            format!("/{}/kubepods", strict.cgroup),
+        ]);
+        let pod2_id = strict
+            .rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod2.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        let e = strict
+            .rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod2_id.clone(),
+                config: Some(container2),
+                sandbox_config: Some(pod2),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("linux.resources.hugepage_limits"),
+            "{}",
+            e.message()
+        );
+        strict
+            .rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod2_id.clone(),
+            })
+            .await
+            .unwrap();
+        strict
+            .rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod2_id,
+            })
+            .await
+            .unwrap();
+        // The pod cgroups are the kubelet's to remove.
+        drop(cgroups2);
+        strict.assert_no_leftovers();
+    }
+
+    c.rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 2,
+    })
+    .await
+    .unwrap();
+    c.rt.remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id,
+    })
+    .await
+    .unwrap();
+    drop(cgroups);
+    c.assert_no_leftovers();
+}
+
+/// `crictl create` with a kubelet-shaped container config (the JSON below: what a kubelet
+/// v1.26 sends for a burstable pod, hugepage limits of 0 for each page size of this host
+/// included) starts and runs on berthd.
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_runs_a_kubelet_shaped_container() {
+    let Some(crictl) = cri_tool("crictl") else {
+        eprintln!(
+            "SKIP: no crictl and no cri-tools repository to build it from (set CRICTL or CRI_TOOLS_GIT)"
+        );
+        return;
+    };
+    let c = Cri::start().await;
+    let uid = "7d4c2b1a-0e9f-4a3b-8c6d-5e4f3a2b1c0d";
+    let parent = format!("/{}/kubepods/burstable/pod{uid}", c.cgroup);
+    let cgroups = PodCgroups(vec![
+        parent.clone(),
+        format!("/{}/kubepods/burstable", c.cgroup),
+        format!("/{}/kubepods", c.cgroup),
+    ]);
+    let dir = c.d.dir.path();
+    let logs = c.logs.path().join(format!("default_web_{uid}"));
+    std::fs::create_dir_all(logs.join("web")).unwrap();
+    std::fs::write(dir.join("etc-hosts"), "127.0.0.1 localhost\n").unwrap();
+    let pod = serde_json::json!({
+        "metadata": {"name": "web", "uid": uid, "namespace": "default", "attempt": 0},
+        "hostname": "web",
+        "log_directory": logs,
+        "dns_config": {"servers": ["10.96.0.10"], "searches": ["default.svc.cluster.local"], "options": ["ndots:5"]},
+        "labels": {"io.kubernetes.pod.name": "web", "io.kubernetes.pod.namespace": "default", "io.kubernetes.pod.uid": uid},
+        "annotations": {"kubernetes.io/config.source": "file"},
+        "linux": {
+            "cgroup_parent": parent,
+            "security_context": {
+                "namespace_options": {"network": 0, "pid": 1, "ipc": 0},
+                "seccomp": {"profile_type": 1}
+            },
+            "overhead": {},
+            "resources": {"cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 102, "memory_limit_in_bytes": 134217728}
+        }
+    });
+    let hugepages: Vec<_> = host_hugepage_sizes()
+        .into_iter()
+        .map(|s| serde_json::json!({"page_size": s, "limit": 0}))
+        .collect();
+    let container = serde_json::json!({
+        "metadata": {"name": "web", "attempt": 0},
+        "image": {"image": "busybox"},
+        "command": ["/bin/sh", "-c", "echo from-a-kubelet-shaped-config; exec sleep 1000"],
+        "envs": [{"key": "KUBERNETES_SERVICE_HOST", "value": "10.96.0.1"}],
+        "mounts": [{"container_path": "/etc/hosts", "host_path": dir.join("etc-hosts")}],
+        "labels": {"io.kubernetes.container.name": "web", "io.kubernetes.pod.name": "web", "io.kubernetes.pod.namespace": "default", "io.kubernetes.pod.uid": uid},
+        "annotations": {"io.kubernetes.container.restartCount": "0", "io.kubernetes.container.terminationMessagePath": "/dev/termination-log"},
+        "log_path": "web/0.log",
+        "linux": {
+            "resources": {
+                "cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 102,
+                "memory_limit_in_bytes": 134217728, "memory_swap_limit_in_bytes": 134217728,
+                "oom_score_adj": 968, "hugepage_limits": hugepages, "unified": {}
+            },
+            "security_context": {
+                "namespace_options": {"network": 0, "pid": 1, "ipc": 0},
+                "masked_paths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+                "readonly_paths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+                "seccomp": {"profile_type": 1}
+            }
+        }
+    });
+    let (pod_json, ctr_json) = (dir.join("kubelet-pod.json"), dir.join("kubelet-ctr.json"));
+    std::fs::write(&pod_json, pod.to_string()).unwrap();
+    std::fs::write(&ctr_json, container.to_string()).unwrap();
+    let sock = format!("unix://{}", c.d.sock.display());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&crictl)
+            .args([
+                "--runtime-endpoint",
+                &sock,
+                "--image-endpoint",
+                &sock,
+                "--timeout",
+                "60s",
+            ])
+            .args(args)
+            .output()
+            .expect("running crictl");
+        assert!(
+            out.status.success(),
+            "crictl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let pod_id = run(&["runp", pod_json.to_str().unwrap()]);
+    let id = run(&[
+        "create",
+        &pod_id,
+        ctr_json.to_str().unwrap(),
+        pod_json.to_str().unwrap(),
+    ]);
+    run(&["start", &id]);
+    assert!(run(&["inspect", &id]).contains("CONTAINER_RUNNING"));
+    wait_for("the container's log line", || {
+        run(&["logs", &id]).contains("from-a-kubelet-shaped-config")
+    });
+    let limit = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(parent.trim_start_matches('/'))
+            .join(&id)
+            .join("memory.limit_in_bytes"),
+    )
+    .unwrap();
+    assert_eq!(limit.trim(), "134217728");
+    run(&["stop", &id]);
+    run(&["rm", &id]);
+    run(&["stopp", &pod_id]);
+    run(&["rmp", &pod_id]);
+    drop(cgroups);
+    c.assert_no_leftovers();
+}
+
+/// The image file system exists from start-up, before any image is unpacked: ImageFsInfo names
+/// a real directory (the kubelet's image garbage collection reads its capacity).
+#[tokio::test(flavor = "multi_thread")]
+async fn image_fs_exists_from_start_up() {
+    let d = tokio::task::spawn_blocking(Daemon::start).await.unwrap();
+    let fs = ImageServiceClient::new(d.channel().await)
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .image_filesystems;
+    let mountpoint = &fs[0].fs_id.as_ref().unwrap().mountpoint;
+    assert_eq!(
+        Path::new(mountpoint),
+        d.root().join("snapshots/overlayfs"),
+        "{fs:?}"
+    );
+    assert!(Path::new(mountpoint).is_dir(), "{mountpoint} missing");
 }

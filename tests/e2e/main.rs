@@ -8,6 +8,7 @@ mod crash;
 mod cri;
 mod daemon;
 mod diff;
+mod docker;
 mod otlp;
 mod proxy_snapshotter;
 mod pull;

@@ -322,12 +322,24 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         .add_service(health_service.clone());
 
     let cri = if cfg.cri.enable {
+        // The image file system is the CRI snapshotter's directory, which the snapshotter makes
+        // on first use: made now, so that ImageFsInfo (and the kubelet's image garbage
+        // collection, which wants its capacity) sees a real directory from the first call.
+        let image_fs = cfg.root.join("snapshots").join(&cfg.cri.snapshotter);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&image_fs)
+                .with_context(|| format!("creating {}", image_fs.display()))?;
+        }
         let c = berth_cri::Cri::new(
             cfg.cri.clone(),
             berth_cri::Dirs {
                 root: cfg.root.join("io.berth.cri"),
                 state: cfg.state.join("io.berth.cri"),
-                image_fs: cfg.root.join("snapshots").join(&cfg.cri.snapshotter),
+                image_fs,
                 socket: cfg.grpc.address.clone(),
             },
             Arc::new(crate::cri_host::CriHost {

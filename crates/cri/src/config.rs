@@ -29,6 +29,15 @@ pub struct CriConfig {
     pub max_container_log_line_size: usize,
     /// Cgroup parent of pods that name none (cgroupfs driver).
     pub cgroup_parent: String,
+    /// Hugepage limits where the host has no hugetlb cgroup controller (v1: no hugetlb
+    /// hierarchy mounted; v2: not in the pod cgroup's `cgroup.controllers`): dropped with a
+    /// debug line (true, containerd's default: the kubelet sends a limit of 0 for every page
+    /// size the host has, whatever the controller), or CreateContainer fails with
+    /// InvalidArgument (false).
+    pub tolerate_missing_hugetlb_controller: bool,
+    /// Drop hugepage limits even where the controller exists (containerd 1.6 defaults to true;
+    /// Berth applies them where the host can).
+    pub disable_hugetlb_controller: bool,
     /// Pod networks through CNI (`[cri.cni]`).
     pub cni: crate::CniConfig,
 }
@@ -61,6 +70,8 @@ impl Default for CriConfig {
             restrict_oom_score_adj: true,
             max_container_log_line_size: 16 * 1024,
             cgroup_parent: "/k8s.io".into(),
+            tolerate_missing_hugetlb_controller: true,
+            disable_hugetlb_controller: false,
             cni: crate::CniConfig::default(),
         }
     }

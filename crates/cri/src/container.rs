@@ -15,6 +15,7 @@ use serde_json::Value;
 use tonic::Status;
 
 use crate::meta::{Container, ContainerState, extensions};
+use crate::resources::{self, HostLimits};
 use crate::sandbox::SPEC_TYPE;
 use crate::spec::{self, ContainerInput, PodFiles};
 use crate::state::Inner;
@@ -123,7 +124,7 @@ impl Inner {
         image_ref: &str,
         lease: &str,
     ) -> Result<Container, Status> {
-        let record = crate::image::get_record(&self.api, image_ref)
+        let record = crate::image::get_record(&self.api, &self.images, image_ref)
             .await?
             .ok_or_else(|| Status::not_found(format!("image {image_ref:?}: not found")))?;
         let target = record.target.clone().unwrap_or_default();
@@ -237,6 +238,7 @@ impl Inner {
             netns: &sb.st.netns,
             cgroup_parent: &cgroup_parent,
             oom_floor: self.oom_floor,
+            host: HostLimits::detect(&self.cfg, &format!("{cgroup_parent}/{id}")),
         })?;
 
         let log_path = if !sb.config.log_directory.is_empty() && !config.log_path.is_empty() {
@@ -531,7 +533,12 @@ impl Inner {
             .ok_or_else(|| {
                 Status::internal(format!("container {}: its spec is unreadable", c.id))
             })?;
-        let patch = spec::update_resources(&new);
+        let cgroups_path = spec["linux"]["cgroupsPath"]
+            .as_str()
+            .unwrap_or("/")
+            .to_string();
+        let patch =
+            resources::to_spec(&new, &HostLimits::detect(&self.cfg, &cgroups_path), "linux")?;
         let res = &mut spec["linux"]["resources"];
         if let Some(o) = patch.as_object() {
             for (k, v) in o {

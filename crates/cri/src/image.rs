@@ -109,17 +109,35 @@ pub(crate) fn candidate_names(reference: &str) -> Result<Vec<String>, Status> {
     Ok(vec![r.to_string()])
 }
 
-/// An image record by CRI reference.
-pub(crate) async fn get_record(api: &Api, reference: &str) -> Result<Option<imgs::Image>, Status> {
+/// An image record by CRI reference. An image id also finds images that have no record named
+/// by it (imported with `ctr -n k8s.io images import`, pulled by a containerd client): the
+/// kubelet creates containers by the id ImageStatus gave it, as containerd's CRI allows.
+pub(crate) async fn get_record(
+    api: &Api,
+    cache: &InfoCache,
+    reference: &str,
+) -> Result<Option<imgs::Image>, Status> {
     for name in candidate_names(reference)? {
         match api
             .images()
-            .get(api.req(imgs::GetImageRequest { name }))
+            .get(api.req(imgs::GetImageRequest { name: name.clone() }))
             .await
         {
             Ok(r) => return Ok(r.into_inner().image),
             Err(s) if s.code() == tonic::Code::NotFound => {}
             Err(s) => return Err(s),
+        }
+        if name.starts_with("sha256:") {
+            let mut same: Vec<imgs::Image> = all(api, cache)
+                .await?
+                .into_iter()
+                .filter(|(_, info)| info.id == name)
+                .map(|(r, _)| r)
+                .collect();
+            same.sort_by(|a, b| a.name.cmp(&b.name));
+            if let Some(r) = same.into_iter().next() {
+                return Ok(Some(r));
+            }
         }
     }
     Ok(None)

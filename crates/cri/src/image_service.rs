@@ -25,7 +25,8 @@ impl ImageService {
 
     /// The CRI image `reference` names, with every record of its id.
     async fn find(&self, reference: &str) -> Result<Option<cri::Image>, Status> {
-        let Some(rec) = image::get_record(&self.inner.api, reference).await? else {
+        let Some(rec) = image::get_record(&self.inner.api, &self.inner.images, reference).await?
+        else {
             return Ok(None);
         };
         let target = rec.target.clone().unwrap_or_default();
@@ -198,7 +199,8 @@ impl Svc for ImageService {
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let reference = req.into_inner().image.map(|i| i.image).unwrap_or_default();
         // A missing image is already removed.
-        let Some(rec) = image::get_record(&self.inner.api, &reference).await? else {
+        let Some(rec) = image::get_record(&self.inner.api, &self.inner.images, &reference).await?
+        else {
             return Ok(Response::new(cri::RemoveImageResponse {}));
         };
         let info = self

@@ -19,6 +19,7 @@ mod meta;
 mod metrics;
 mod netns;
 mod pause;
+mod resources;
 mod runtime_service;
 mod sandbox;
 mod seccomp_default;

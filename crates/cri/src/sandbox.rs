@@ -14,6 +14,7 @@ use berth_api::runtime::v1 as cri;
 use tonic::Status;
 
 use crate::meta::{Sandbox, SandboxState, extensions};
+use crate::resources::HostLimits;
 use crate::spec::{self, SandboxInput};
 use crate::state::Inner;
 use crate::user::UserSpec;
@@ -263,6 +264,7 @@ impl Inner {
             netns: &st.netns,
             cgroup_parent: &cgroup_parent,
             oom_floor: self.oom_floor,
+            host: HostLimits::detect(&self.cfg, &format!("{cgroup_parent}/{id}")),
         })?;
 
         self.api

@@ -11,6 +11,7 @@ use cri::security_profile::ProfileType;
 use serde_json::{Value, json};
 use tonic::Status;
 
+use crate::resources::{self, HostLimits};
 use crate::user::User;
 
 /// containerd's default capabilities (`oci.populateDefaultUnixSpec`).
@@ -567,57 +568,6 @@ pub(crate) fn ns_modes(o: Option<&cri::NamespaceOption>, field: &str) -> Result<
     })
 }
 
-fn resources_json(r: &cri::LinuxContainerResources) -> Value {
-    let mut cpu = serde_json::Map::new();
-    if r.cpu_shares != 0 {
-        cpu.insert("shares".into(), json!(r.cpu_shares));
-    }
-    if r.cpu_quota != 0 {
-        cpu.insert("quota".into(), json!(r.cpu_quota));
-    }
-    if r.cpu_period != 0 {
-        cpu.insert("period".into(), json!(r.cpu_period));
-    }
-    if !r.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
-    }
-    if !r.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(r.cpuset_mems));
-    }
-    let mut mem = serde_json::Map::new();
-    if r.memory_limit_in_bytes != 0 {
-        mem.insert("limit".into(), json!(r.memory_limit_in_bytes));
-    }
-    if r.memory_swap_limit_in_bytes != 0 {
-        mem.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
-    }
-    let mut out = serde_json::Map::new();
-    if !cpu.is_empty() {
-        out.insert("cpu".into(), Value::Object(cpu));
-    }
-    if !mem.is_empty() {
-        out.insert("memory".into(), Value::Object(mem));
-    }
-    if !r.hugepage_limits.is_empty() {
-        out.insert(
-            "hugepageLimits".into(),
-            r.hugepage_limits
-                .iter()
-                .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
-                .collect(),
-        );
-    }
-    if !r.unified.is_empty() {
-        out.insert("unified".into(), json!(r.unified));
-    }
-    Value::Object(out)
-}
-
-/// The resources of an update, as the task Update's `LinuxResources` JSON.
-pub(crate) fn update_resources(r: &cri::LinuxContainerResources) -> Value {
-    resources_json(r)
-}
-
 /// What the pod's files and namespaces are, for a container's spec.
 pub(crate) struct PodFiles<'a> {
     pub(crate) hostname: &'a Path,
@@ -642,6 +592,8 @@ pub(crate) struct ContainerInput<'a> {
     pub(crate) netns: &'a str,
     pub(crate) cgroup_parent: &'a str,
     pub(crate) oom_floor: Option<i64>,
+    /// What the host can apply of the resources.
+    pub(crate) host: HostLimits,
 }
 
 /// `v`, raised to `floor` when the daemon may not go lower.
@@ -801,7 +753,7 @@ pub(crate) fn container_spec(c: &ContainerInput<'_>) -> Result<Value, Status> {
 
     // Resources.
     let res = linux.resources.clone().unwrap_or_default();
-    let mut resources = resources_json(&res);
+    let mut resources = resources::to_spec(&res, &c.host, "linux.resources")?;
     let (devs, mut allow) = devices(&cfg.devices)?;
     let mut dev_rules = vec![json!({"allow": false, "access": "rwm"})];
     let spec_devices = if privileged {
@@ -888,6 +840,8 @@ pub(crate) struct SandboxInput<'a> {
     pub(crate) netns: &'a str,
     pub(crate) cgroup_parent: &'a str,
     pub(crate) oom_floor: Option<i64>,
+    /// What the host can apply of the pod's resources.
+    pub(crate) host: HostLimits,
 }
 
 /// containerd's OOM score for pause processes.
@@ -982,7 +936,7 @@ pub(crate) fn sandbox_spec(s: &SandboxInput<'_>) -> Result<Value, Status> {
     let mut resources =
         json!({"devices": [{"allow": false, "access": "rwm"}], "cpu": {"shares": 2}});
     if let Some(r) = &linux.resources {
-        let extra = resources_json(r);
+        let extra = resources::to_spec(r, &s.host, "linux.resources")?;
         if let Some(o) = extra.as_object() {
             for (k, v) in o {
                 resources[k] = v.clone();

@@ -415,7 +415,9 @@ impl Inner {
     pub(crate) async fn sandbox_image(&self) -> Result<(String, ImageInfo), Status> {
         let mut g = self.sandbox_image.lock().await;
         if let Some((name, info)) = g.as_ref()
-            && crate::image::get_record(&self.api, name).await?.is_some()
+            && crate::image::get_record(&self.api, &self.images, name)
+                .await?
+                .is_some()
         {
             return Ok((name.clone(), info.clone()));
         }
@@ -427,7 +429,7 @@ impl Inner {
         } else {
             crate::pause::builtin_name()
         };
-        let info = match crate::image::get_record(&self.api, &name).await? {
+        let info = match crate::image::get_record(&self.api, &self.images, &name).await? {
             Some(img) => {
                 let t = img.target.unwrap_or_default();
                 crate::image::add_cri_records(&self.api, &self.images, &name, &t, true).await?
