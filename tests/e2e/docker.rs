@@ -171,7 +171,27 @@ fn docker_runs_containers_on_berthd_with_berth_runc() {
         eprintln!("SKIP: no dockerd (apt-get install docker.io)");
         return;
     }
-    let d = Daemon::start_for_tasks();
+    // dockerd 20.10 always asks for io.containerd.runc.v2: Debian's Go shim, or Berth's shim
+    // under that name first on berthd's PATH.
+    docker_flow(None);
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        berth_e2e::bin("containerd-shim-berth-v2"),
+        bin.path().join("containerd-shim-runc-v2"),
+    )
+    .unwrap();
+    docker_flow(Some(bin.path()));
+}
+
+/// The flow of [`docker_runs_containers_on_berthd_with_berth_runc`], with `shim_dir` first on
+/// berthd's PATH.
+fn docker_flow(shim_dir: Option<&Path>) {
+    let path = format!(
+        "{}{}",
+        shim_dir.map_or(String::new(), |d| format!("{}:", d.display())),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = Daemon::start_for_tasks_with_env(&[("PATH", &path)]);
     let runc = berth_e2e::bin("berth-runc");
     let dk = Dockerd::start(&d, &serde_json::json!({"berth": {"path": runc}}), "berth");
     assert!(
@@ -258,6 +278,12 @@ fn docker_runs_containers_on_berthd_with_berth_runc() {
     );
     dk.ok(&["rm", "web"]);
     assert!(dk.ok(&["ps", "-aq"]).is_empty());
+    // The shim that ran them (each writes into berthd's log).
+    assert_eq!(
+        d.log().contains("containerd_shim_berth_v2"),
+        shim_dir.is_some(),
+        "which shim ran the containers"
+    );
     assert!(
         ok(d.ctr(&["-n", "moby", "containers", "ls", "-q"]))
             .trim()
