@@ -300,6 +300,20 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Waits up to 20 s for [`Daemon::leftover_pids`] to be empty (a shim exits just after it
+    /// answers Shutdown, not before); fails listing what is left.
+    pub fn assert_no_leftover_pids(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = self.leftover_pids();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// PIDs of the processes this daemon's tasks left: shims (their working directory is a
     /// bundle under our state dir) and container inits (the bundles' `init.pid`).
     pub fn leftover_pids(&self) -> Vec<i32> {
@@ -338,13 +352,13 @@ impl Daemon {
     /// the kernel gave to somebody else fails all three.
     fn kill_leftovers(&self) {
         let bundles = self.dir.path().join("state/io.containerd.runtime.v2.task");
-        let shims: Vec<i32> = self
-            .leftover_pids()
-            .into_iter()
+        let candidates = self.leftover_pids();
+        let shims: Vec<i32> = candidates
+            .iter()
+            .copied()
             .filter(|&p| cwd_under(p, &bundles))
             .collect();
-        let pinned: Vec<_> = self
-            .leftover_pids()
+        let pinned: Vec<_> = candidates
             .into_iter()
             .filter_map(|pid| {
                 let fd = berth_runtime::pidfd::Pidfd::open(pid).ok()?;
@@ -528,6 +542,135 @@ impl OutputWithin for Command {
             stdout: out.join().unwrap_or_default(),
             stderr: err.join().unwrap_or_default(),
         })
+    }
+}
+
+/// `ctr events` (or `berthctl events`) against a daemon in the background, its lines collected.
+/// [`Events::sync`] makes the subscription's state known instead of guessed: it publishes a
+/// probe event (creating and removing a uniquely named namespace) and waits until the probe
+/// arrives, so everything published before it has arrived too. Stopped on drop (our child).
+#[derive(Debug)]
+pub struct Events {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    /// How much of `seen` [`Events::sync`] has returned.
+    returned: usize,
+    sock: PathBuf,
+    probes: u32,
+}
+
+impl Events {
+    /// Starts `ctr events` (`cmd` "ctr") or `berthctl events` ("berthctl") and waits until it
+    /// receives events.
+    pub fn start(d: &Daemon, cmd: &str) -> Events {
+        use std::io::BufRead;
+        let mut c = match cmd {
+            "ctr" => Command::new("ctr"),
+            _ => Command::new(bin("berthctl")),
+        };
+        let mut child = c
+            .arg("--address")
+            .arg(&d.sock)
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("events client");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut e = Events {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            returned: 0,
+            sock: d.sock.clone(),
+            probes: 0,
+        };
+        e.sync();
+        // What arrived before the subscription was known to be in place counts too.
+        e.returned = 0;
+        e
+    }
+
+    /// Publishes a probe event and waits (up to 20 s) until it arrives; returns the lines that
+    /// came before it and after what the last call returned, the probes' own lines left out.
+    /// Until the first probe arrives the subscription may not be in place yet, so it is
+    /// repeated every half second.
+    pub fn sync(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.probes += 1;
+            let probe = format!("events-probe-{}-{}", std::process::id(), self.probes);
+            let ns = |verb: &str| {
+                Command::new("ctr")
+                    .arg("--address")
+                    .arg(&self.sock)
+                    .args(["namespaces", verb, &probe])
+                    .output_within(CLIENT_LIMIT)
+                    .expect("ctr namespaces")
+            };
+            ok(ns("create"));
+            ok(ns("rm"));
+            let retry = Instant::now() + Duration::from_millis(500);
+            loop {
+                let wait = retry
+                    .min(deadline)
+                    .saturating_duration_since(Instant::now());
+                match self.lines.recv_timeout(wait) {
+                    Ok(l) if l.contains(&probe) => {
+                        // Its remove event follows; it is dropped with the next call's lines.
+                        let out = self.seen[self.returned..]
+                            .iter()
+                            .filter(|l| !l.contains("events-probe-"))
+                            .cloned()
+                            .collect();
+                        self.returned = self.seen.len();
+                        return out;
+                    }
+                    Ok(l) => self.seen.push(l),
+                    Err(_) if Instant::now() < deadline => break,
+                    Err(_) => panic!("the event probe never arrived; saw {:#?}", self.seen),
+                }
+            }
+        }
+    }
+
+    /// Waits (up to 20 s) until lines containing each of `needles` have arrived; returns every
+    /// line so far.
+    pub fn wait_for(&mut self, needles: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut missing: Vec<&str> = needles
+            .iter()
+            .copied()
+            .filter(|n| !self.seen.iter().any(|l| l.contains(n)))
+            .collect();
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    missing.retain(|n| !l.contains(n));
+                    self.seen.push(l);
+                }
+                Err(_) => panic!("events never showed {missing:?}; saw {:#?}", self.seen),
+            }
+        }
+        self.seen.clone()
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -22,14 +22,7 @@ fn ctr_containers_lifecycle_and_gc_roots() {
     let archive = dir.path().join("img.tar");
     let img = busybox_oci_archive(&archive, "docker.io/library/box:1", &[("etc/motd", b"c\n")]);
     ok(d.ctr(&["-n", "c", "images", "import", archive.to_str().unwrap()]));
-    let events = std::process::Command::new("ctr")
-        .arg("--address")
-        .arg(&d.sock)
-        .args(["events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut events = berth_e2e::Events::start(&d, "ctr");
     ok(d.ctr(&["-n", "c", "containers", "create", &img.name, "web", "sh"]));
     let ls = ok(d.ctr(&["-n", "c", "containers", "ls"]));
     assert!(
@@ -64,10 +57,7 @@ fn ctr_containers_lifecycle_and_gc_roots() {
     let e = fails(d.ctr(&["-n", "c", "containers", "rm", "web"]));
     assert!(e.contains("not found"), "{e}");
 
-    // SAFETY: kill(2) on the PID of a child we started.
-    unsafe { libc::kill(events.id() as libc::pid_t, libc::SIGTERM) };
-    let out = events.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
+    let out = events.sync().join("\n");
     for topic in [
         "/containers/create",
         "/containers/update",

@@ -576,7 +576,7 @@ async fn cri_pod_and_container_lifecycle() {
     })
     .await
     .unwrap();
-    wait_for("no leftovers", || c.leftovers().is_empty());
+    c.assert_no_leftovers();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -697,7 +697,7 @@ async fn cri_security_context_and_namespaces() {
     })
     .await
     .unwrap();
-    wait_for("no leftovers", || c.leftovers().is_empty());
+    c.assert_no_leftovers();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -743,7 +743,8 @@ async fn cri_bad_input_is_refused_and_leaves_nothing() {
         .await
         .is_err()
     );
-    assert_eq!(c.leftovers(), Vec::<String>::new());
+    // The shim exits just after it answers Shutdown: wait for it.
+    c.assert_no_leftovers();
 
     let (pod, pc) = c.run_pod("dup").await;
     let e = code(
@@ -866,7 +867,7 @@ async fn cri_bad_input_is_refused_and_leaves_nothing() {
     })
     .await
     .unwrap();
-    wait_for("no leftovers", || c.leftovers().is_empty());
+    c.assert_no_leftovers();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -961,7 +962,7 @@ async fn cri_state_survives_kill_9_of_the_daemon() {
         .await
         .unwrap();
     }
-    wait_for("no leftovers", || c.leftovers().is_empty());
+    c.assert_no_leftovers();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1121,6 +1122,23 @@ fn cri_tool(name: &str) -> Option<PathBuf> {
         .or_else(|| cri_tools().map(|d| d.join(name)))
 }
 
+/// `crictl ARGS` against `c`'s daemon, which must succeed: its stdout, trimmed.
+fn run_crictl(crictl: &Path, c: &Cri, args: &[&str]) -> String {
+    let sock = format!("unix://{}", c.d.sock.display());
+    let out = std::process::Command::new(crictl)
+        .args(["--runtime-endpoint", &sock, "--image-endpoint", &sock])
+        .args(["--timeout", "60s"])
+        .args(args)
+        .output()
+        .expect("running crictl");
+    assert!(
+        out.status.success(),
+        "crictl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// crictl (`$CRICTL`, on PATH, or built by hack/cri/build-critest.sh): the commands a person
 /// runs.
 #[tokio::test(flavor = "multi_thread")]
@@ -1133,27 +1151,7 @@ async fn crictl_drives_berthd() {
         return;
     };
     let c = Cri::start().await;
-    let sock = format!("unix://{}", c.d.sock.display());
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&crictl)
-            .args([
-                "--runtime-endpoint",
-                &sock,
-                "--image-endpoint",
-                &sock,
-                "--timeout",
-                "60s",
-            ])
-            .args(args)
-            .output()
-            .expect("running crictl");
-        assert!(
-            out.status.success(),
-            "crictl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let run = |args: &[&str]| run_crictl(&crictl, &c, args);
     let dir = c.d.dir.path();
     let pod_json = dir.join("pod.json");
     let ctr_json = dir.join("ctr.json");
@@ -1193,7 +1191,7 @@ async fn crictl_drives_berthd() {
     assert!(run(&["images"]).contains("e2e/crictl"));
     run(&["rmi", &reference]);
     assert!(!run(&["images"]).contains("e2e/crictl"));
-    wait_for("no leftovers", || c.leftovers().is_empty());
+    c.assert_no_leftovers();
 }
 
 /// critest v1.26.1, Kubernetes' CRI conformance suite, against berthd through
@@ -1507,33 +1505,6 @@ async fn cri_pods_on_a_cni_bridge() {
     }
 }
 
-/// Page sizes as the kubelet names them (runc's `HugePageSizes`): `hugepages-2048kB` → `2MB`.
-fn host_hugepage_sizes() -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir("/sys/kernel/mm/hugepages")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let kb: u64 = e
-                .file_name()
-                .to_str()?
-                .strip_prefix("hugepages-")?
-                .strip_suffix("kB")?
-                .parse()
-                .ok()?;
-            Some(if kb.is_multiple_of(1 << 20) {
-                format!("{}GB", kb >> 20)
-            } else if kb.is_multiple_of(1 << 10) {
-                format!("{}MB", kb >> 10)
-            } else {
-                format!("{kb}KB")
-            })
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Whether a cgroup v1 hierarchy with the hugetlb controller is mounted here.
 fn hugetlb_mounted() -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -1723,7 +1694,7 @@ fn kubelet_shaped(
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(cri::LinuxContainerResources {
                 oom_score_adj: 968,
-                hugepage_limits: host_hugepage_sizes()
+                hugepage_limits: berth_runtime::cgroups::hugepage_sizes()
                     .into_iter()
                     .map(|page_size| cri::HugepageLimit {
                         page_size,
@@ -1807,7 +1778,7 @@ async fn kubelet_shaped_requests_start_a_container() {
             .unwrap()
             .hugepage_limits
             .is_empty()
-            || host_hugepage_sizes().is_empty()
+            || berth_runtime::cgroups::hugepage_sizes().is_empty()
     );
     let pod_id =
         c.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -1862,7 +1833,7 @@ async fn kubelet_shaped_requests_start_a_container() {
     );
 
     // Not tolerated: refused at CreateContainer, naming the field, and nothing is left.
-    if !hugetlb_mounted() && !host_hugepage_sizes().is_empty() {
+    if !hugetlb_mounted() && !berth_runtime::cgroups::hugepage_sizes().is_empty() {
         let mut strict = Cri::start_with("tolerate_missing_hugetlb_controller = false\n").await;
         let (pod2, container2, parent2) = kubelet_shaped(&strict, uid, &image_id);
         let cgroups2 = PodCgroups(vec![
@@ -1977,7 +1948,7 @@ async fn crictl_runs_a_kubelet_shaped_container() {
             "resources": {"cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 102, "memory_limit_in_bytes": 134217728}
         }
     });
-    let hugepages: Vec<_> = host_hugepage_sizes()
+    let hugepages: Vec<_> = berth_runtime::cgroups::hugepage_sizes()
         .into_iter()
         .map(|s| serde_json::json!({"page_size": s, "limit": 0}))
         .collect();
@@ -2007,27 +1978,7 @@ async fn crictl_runs_a_kubelet_shaped_container() {
     let (pod_json, ctr_json) = (dir.join("kubelet-pod.json"), dir.join("kubelet-ctr.json"));
     std::fs::write(&pod_json, pod.to_string()).unwrap();
     std::fs::write(&ctr_json, container.to_string()).unwrap();
-    let sock = format!("unix://{}", c.d.sock.display());
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&crictl)
-            .args([
-                "--runtime-endpoint",
-                &sock,
-                "--image-endpoint",
-                &sock,
-                "--timeout",
-                "60s",
-            ])
-            .args(args)
-            .output()
-            .expect("running crictl");
-        assert!(
-            out.status.success(),
-            "crictl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let run = |args: &[&str]| run_crictl(&crictl, &c, args);
     let pod_id = run(&["runp", pod_json.to_str().unwrap()]);
     let id = run(&[
         "create",

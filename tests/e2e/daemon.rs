@@ -465,3 +465,35 @@ fn json_logs() {
     }
     assert!(log.contains("namespace created"), "{log}");
 }
+
+/// The harness reports a daemon that dies while a test holds it as a failure of its own, with
+/// its exit status (here a SIGKILL from outside), and keeps its log.
+#[test]
+fn a_daemon_that_dies_during_a_test_fails_it_with_its_status() {
+    let d = Daemon::start();
+    let pidfd = berth_runtime::pidfd::Pidfd::open(d.pid() as i32).expect("pidfd");
+    pidfd.send_signal(libc::SIGKILL).expect("kill");
+    // Readable once the whole process has exited (its leader's zombie state alone is not
+    // enough: other threads may still be on their way out, and waitpid waits for them).
+    assert!(pidfd.wait_exit(std::time::Duration::from_secs(20)));
+    let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(d)))
+        .expect_err("dropping a daemon that died must fail the test");
+    let msg = e
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        msg.contains("died during the test") && msg.contains("SIGKILL"),
+        "{msg}"
+    );
+    let kept = berth_e2e::bin_dir().join("e2e-logs");
+    assert!(
+        std::fs::read_dir(&kept).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e
+            .file_name()
+            .to_string_lossy()
+            .contains("a_daemon_that_dies")))),
+        "log kept under {}",
+        kept.display()
+    );
+}

@@ -56,23 +56,13 @@ fn berth_shims(d: &Daemon) -> Vec<i32> {
     v
 }
 
-/// The topics `ctr events` (against `sock`) saw while `f` ran, in order, for namespace `ns`.
-fn topics_during(sock: &Path, ns: &str, f: impl FnOnce()) -> Vec<String> {
-    let mut child = Command::new("ctr")
-        .arg("--address")
-        .arg(sock)
-        .arg("events")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ctr events");
-    std::thread::sleep(Duration::from_millis(300));
+/// The topics `ctr events` (against `d`) saw while `f` ran, in order, for namespace `ns`.
+fn topics_during(d: &Daemon, ns: &str, f: impl FnOnce()) -> Vec<String> {
+    let mut events = berth_e2e::Events::start(d, "ctr");
     f();
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    events
+        .sync()
+        .iter()
         .filter_map(|l| {
             let mut w = l.split_whitespace().skip(4);
             let (n, t) = (w.next()?, w.next()?);
@@ -98,7 +88,7 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
     let out = ok(run(&["--rm", IMAGE, "hello", "echo", "hi"]));
     assert_eq!(out.trim(), "hi");
     let mut st = None;
-    let topics = topics_during(&d.sock, NS, || {
+    let topics = topics_during(&d, NS, || {
         st = Some(run(&["--rm", IMAGE, "seven", "sh", "-c", "exit 7"]));
     });
     let st = st.unwrap();
@@ -132,7 +122,7 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
 
     // A container over its memory limit: /tasks/oom.
     let mut st = None;
-    let topics = topics_during(&d.sock, NS, || {
+    let topics = topics_during(&d, NS, || {
         st = Some(run(&[
             "--rm",
             "--memory-limit",
@@ -362,20 +352,22 @@ fn berth_shim_tasks_survive_a_daemon_restart_and_a_shim_kill() {
     );
     std::thread::sleep(Duration::from_secs(2));
     d.restart();
-    std::thread::sleep(Duration::from_millis(500));
-    let ls = ok(d.ctr(&["-n", NS, "task", "ls"]));
-    assert!(
-        ls.lines()
-            .any(|l| l.starts_with("long ") && l.contains("RUNNING")),
-        "{ls}"
-    );
-    assert!(
-        ls.lines()
-            .any(|l| l.starts_with("short ") && l.contains("STOPPED")),
-        "{ls}"
-    );
-    // The dead shim's task was cleaned up with our `delete` action: its container is gone.
-    assert!(!ls.lines().any(|l| l.starts_with("orphan ")), "{ls}");
+    // Restored: long still running, short stopped while the daemon was down, and the dead
+    // shim's task cleaned up with our `delete` action (its container is gone).
+    let mut ls = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(ls
+        .lines()
+        .any(|l| l.starts_with("long ") && l.contains("RUNNING"))
+        && ls
+            .lines()
+            .any(|l| l.starts_with("short ") && l.contains("STOPPED"))
+        && !ls.lines().any(|l| l.starts_with("orphan ")))
+    {
+        assert!(std::time::Instant::now() < deadline, "after restart: {ls}");
+        std::thread::sleep(Duration::from_millis(50));
+        ls = ok(d.ctr(&["-n", NS, "task", "ls"]));
+    }
     assert!(!bundle("orphan").exists());
     assert!(d.log().contains("reconnected to shims"), "{}", d.log());
     // Still controllable.

@@ -1,8 +1,7 @@
 //! Content, images, leases and events through Debian's `ctr` and `berthctl`; GC checked on disk.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use berth_e2e::{Daemon, TestImage, blobs_on_disk, busybox_oci_archive, fails, ok, sha256};
 
@@ -24,70 +23,6 @@ fn ctr_stdin(d: &Daemon, args: &[&str], input: &[u8]) -> std::process::Output {
         .expect("ctr");
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
-}
-
-/// `ctr events` in the background, collecting lines; stopped by PID on drop.
-struct EventTail {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl EventTail {
-    fn start(d: &Daemon, cmd: &str) -> EventTail {
-        let mut child = if cmd == "ctr" {
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&d.sock)
-                .arg("events")
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        } else {
-            Command::new(berth_e2e::bin("berthctl"))
-                .arg("--address")
-                .arg(&d.sock)
-                .arg("events")
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        };
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
-        // Let the subscription reach the daemon before the test acts.
-        std::thread::sleep(Duration::from_millis(300));
-        EventTail { child, lines: rx }
-    }
-
-    fn wait_for(&self, needles: &[&str]) -> Vec<String> {
-        let mut seen = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut missing: Vec<&str> = needles.to_vec();
-        while !missing.is_empty() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    missing.retain(|n| !l.contains(n));
-                    seen.push(l);
-                }
-                Err(_) => panic!("events never showed {missing:?}; saw {seen:#?}"),
-            }
-        }
-        seen
-    }
-}
-
-impl Drop for EventTail {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn import_with_ctr(d: &Daemon, ns: &str, img: &TestImage, archive: &std::path::Path) {
@@ -116,7 +51,7 @@ fn ctr_images_content_leases_and_events() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("busybox.tar");
     let img = busybox_oci_archive(&archive, "docker.io/library/busybox:e2e", &[]);
-    let events = EventTail::start(&d, "ctr");
+    let mut events = berth_e2e::Events::start(&d, "ctr");
 
     // content ingest / label / rm: first, while no GC is pending (unreferenced content is collectable)
     let blob = b"hello from ctr content ingest\n".repeat(1000);
@@ -250,7 +185,7 @@ fn berthctl_images_content_leases_and_events() {
         "docker.io/library/busybox:bctl",
         &[("etc/motd", b"hi\n")],
     );
-    let events = EventTail::start(&d, "berthctl");
+    let mut events = berth_e2e::Events::start(&d, "berthctl");
     let b = |args: &[&str]| {
         let mut all = vec!["-n", "bns"];
         all.extend_from_slice(args);

@@ -144,8 +144,7 @@ fn ctr_run_and_task_commands_through_the_go_shim() {
     );
 
     // Nothing left: no shim, no bundle.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    d.assert_no_leftover_pids();
     let bundles = d
         .dir
         .path()
@@ -210,13 +209,7 @@ fn tasks_survive_a_daemon_restart() {
     d.kill9();
     std::thread::sleep(Duration::from_secs(4));
     d.restart();
-    let events = Command::new("ctr")
-        .arg("--address")
-        .arg(&d.sock)
-        .args(["events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut events = berth_e2e::Events::start(&d, "ctr");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let ls = ok(d.ctr(&["-n", NS, "task", "ls"]));
@@ -244,16 +237,16 @@ fn tasks_survive_a_daemon_restart() {
     for i in 0..LIVE {
         ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", &format!("live-{i}")]));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    berth_e2e::wait_for("the killed tasks to stop", || {
+        !ok(d.ctr(&["-n", NS, "task", "ls"]))
+            .lines()
+            .any(|l| l.starts_with("live-") && !l.contains("STOPPED"))
+    });
     for i in 0..LIVE {
         ok(d.ctr(&["-n", NS, "task", "rm", &format!("live-{i}")]));
         ok(d.ctr(&["-n", NS, "containers", "rm", &format!("live-{i}")]));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: kill(2) on the PID of a child we started.
-    unsafe { libc::kill(events.id() as libc::pid_t, libc::SIGTERM) };
-    let out = events.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
+    let out = events.sync().join("\n");
     // Each exit during the downtime is reported once, with its status.
     for i in 0..EXITING {
         let id = format!("\"container_id\":\"exits-{i}\"");
@@ -268,11 +261,7 @@ fn tasks_survive_a_daemon_restart() {
         shims_before >= LIVE + EXITING,
         "one shim per task: {shims_before}"
     );
-    assert!(
-        d.leftover_pids().is_empty(),
-        "no shim leaked: {:?}",
-        d.leftover_pids()
-    );
+    d.assert_no_leftover_pids();
     let bundles = d
         .dir
         .path()
@@ -311,8 +300,7 @@ fn churn_leaves_nothing_behind() {
             "true",
         ]));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    d.assert_no_leftover_pids();
     assert!(
         ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))
             .trim()
@@ -482,6 +470,5 @@ fn berthctl_run() {
         "true",
     ]));
     assert!(e.contains("containerd-shim-nope-v1"), "{e}");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(d.leftover_pids().is_empty(), "{:?}", d.leftover_pids());
+    d.assert_no_leftover_pids();
 }

@@ -23,7 +23,7 @@ pub use stats::{
     BlkioEntry, BlkioStats, CpuStats, CpuUsage, HugetlbStats, MemoryEntry, MemoryStats, PidsStats,
     Stats, Throttling,
 };
-pub use v1::V1Cgroup;
+pub use v1::{V1Cgroup, hugepage_sizes};
 pub use v2::V2Cgroup;
 
 /// What can go wrong with cgroups.

@@ -463,8 +463,9 @@ impl Cgroup for V1Cgroup {
     }
 }
 
-/// Hugepage sizes the kernel offers, as cgroup file names spell them ("2MB", "1GB").
-pub(crate) fn hugepage_sizes() -> Vec<String> {
+/// Hugepage sizes the kernel offers, as cgroup file names spell them ("2MB", "1GB"), sorted:
+/// also how runc and the kubelet name them in hugepage limits.
+pub fn hugepage_sizes() -> Vec<String> {
     let Ok(rd) = std::fs::read_dir("/sys/kernel/mm/hugepages") else {
         return Vec::new();
     };
