@@ -431,8 +431,46 @@ fn berthctl_run() {
     assert!(ok(b(&["tasks", "metrics", "three"])).contains("cgroups"));
     let e = fails(b(&["tasks", "kill", "-s", "NOPE", "three"]));
     assert!(e.contains("unknown signal"), "{e}");
-    ok(b(&["tasks", "rm", "-f", "three"]));
-    ok(b(&["containers", "rm", "three"]));
+    // A container whose task exists keeps its snapshot (the task's root file system): the
+    // daemon refuses to delete it for any client (ctr only checks on its side), berthctl
+    // says so, and the task goes on working.
+    let st = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use berth_api::containerd::services::containers::v1::DeleteContainerRequest;
+        use berth_api::containerd::services::containers::v1::containers_client::ContainersClient;
+        ContainersClient::new(d.channel().await)
+            .delete(berth_e2e::with_ns(
+                NS,
+                DeleteContainerRequest { id: "three".into() },
+            ))
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+    assert!(
+        st.message().contains("three") && st.message().contains("task"),
+        "{st:?}"
+    );
+    let e = fails(b(&["containers", "rm", "three"]));
+    assert!(e.contains("task still exists"), "{e}");
+    let out = ok(b(&[
+        "tasks",
+        "exec",
+        "--fifo-dir",
+        fifo,
+        "--exec-id",
+        "x3",
+        "three",
+        "cat",
+        "/etc/motd",
+    ]));
+    assert_eq!(out.trim(), "tasks", "the root file system is intact");
+    // --force kills and deletes the task first.
+    ok(b(&["containers", "rm", "--force", "three"]));
+    assert!(!ok(b(&["tasks", "ls"])).contains("three"));
+    // tasks rm -f on another.
+    ok(run(&["-d", IMAGE, "four", "sleep", "1000"]));
+    ok(b(&["tasks", "rm", "-f", "four"]));
+    ok(b(&["containers", "rm", "four"]));
     // --rm left no container and no snapshot of its own.
     assert!(
         ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))

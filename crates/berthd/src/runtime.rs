@@ -223,6 +223,12 @@ impl Runtimes {
             .cloned()
     }
 
+    /// Whether container `id` has a task: a shim serves it, or its bundle is there (a shim
+    /// that outlived a restart and is not reconnected yet, or one being started or deleted).
+    pub(crate) fn has_task(&self, ns: &str, id: &str) -> bool {
+        self.get(ns, id).is_some() || self.bundle(ns, id).exists()
+    }
+
     /// The shims of namespace `ns`.
     pub(crate) fn list(&self, ns: &str) -> Vec<Arc<Shim>> {
         let mut v: Vec<Arc<Shim>> = self

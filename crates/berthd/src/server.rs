@@ -282,6 +282,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             store.clone(),
             events.clone(),
             gc.clone(),
+            runtimes.clone(),
         ))))
         .add_service(limits!(ImagesServer::new(services::Images::new(
             store.clone(),

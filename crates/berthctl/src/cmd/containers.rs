@@ -30,10 +30,15 @@ pub(crate) enum ContainersAction {
     },
     /// Show a container as JSON.
     Info { id: String },
-    /// Delete containers (and their snapshots).
+    /// Delete containers (and their snapshots). A container whose task exists is refused;
+    /// `--force` kills and deletes the task first.
     #[command(alias = "del", alias = "delete", alias = "remove")]
     Rm {
-        #[arg(required = true)]
+        /// Kill (SIGKILL) and delete each container's task first, as `nerdctl rm -f`.
+        #[arg(short, long)]
+        force: bool,
+        /// The containers.
+        #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
     /// Set (`key=value`) or remove (`key`) labels.
@@ -168,11 +173,14 @@ pub(crate) async fn containers(conn: &Conn, action: ContainersAction) -> anyhow:
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        ContainersAction::Rm { ids } => {
+        ContainersAction::Rm { force, ids } => {
             let mut failed = false;
             for id in ids {
                 let r = async {
                     let x = get(conn, &id).await?;
+                    if force {
+                        kill_and_delete_task(conn, &id).await?;
+                    }
                     c.clone()
                         .delete(conn.req(DeleteContainerRequest { id: id.clone() }))
                         .await?;
@@ -376,20 +384,7 @@ pub(crate) async fn tasks(conn: &Conn, action: TasksAction) -> anyhow::Result<()
         }
         TasksAction::Rm { id, force } => {
             if force {
-                let _ = t
-                    .kill(conn.req(KillRequest {
-                        container_id: id.clone(),
-                        exec_id: String::new(),
-                        signal: libc::SIGKILL as u32,
-                        all: true,
-                    }))
-                    .await;
-                let _ = t
-                    .wait(conn.req(WaitRequest {
-                        container_id: id.clone(),
-                        exec_id: String::new(),
-                    }))
-                    .await;
+                kill_task(conn, &id).await;
             }
             let r = t
                 .delete(conn.req(DeleteTaskRequest { container_id: id }))
@@ -399,4 +394,39 @@ pub(crate) async fn tasks(conn: &Conn, action: TasksAction) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// SIGKILLs every process of task `id` and waits for its exit (errors ignored: a task that
+/// is not there or already stopped is fine).
+async fn kill_task(conn: &Conn, id: &str) {
+    let mut t = TasksClient::new(conn.channel.clone());
+    let _ = t
+        .kill(conn.req(KillRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+            signal: libc::SIGKILL as u32,
+            all: true,
+        }))
+        .await;
+    let _ = t
+        .wait(conn.req(WaitRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        }))
+        .await;
+}
+
+/// Kills and deletes container `id`'s task, if it has one.
+async fn kill_and_delete_task(conn: &Conn, id: &str) -> anyhow::Result<()> {
+    kill_task(conn, id).await;
+    match TasksClient::new(conn.channel.clone())
+        .delete(conn.req(DeleteTaskRequest {
+            container_id: id.to_string(),
+        }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(anyhow::anyhow!("deleting its task: {}", s.message())),
+    }
 }

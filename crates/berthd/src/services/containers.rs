@@ -22,17 +22,31 @@ use super::{namespace, parse_filters, ts};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
+use crate::runtime::Runtimes;
 
 #[derive(Debug)]
 pub(crate) struct Containers {
     store: Store,
     events: Arc<Exchange>,
     gc: Collector,
+    /// The tasks: a container whose task is there cannot be deleted (its snapshot is the
+    /// task's root file system).
+    runtimes: Arc<Runtimes>,
 }
 
 impl Containers {
-    pub(crate) fn new(store: Store, events: Arc<Exchange>, gc: Collector) -> Self {
-        Containers { store, events, gc }
+    pub(crate) fn new(
+        store: Store,
+        events: Arc<Exchange>,
+        gc: Collector,
+        runtimes: Arc<Runtimes>,
+    ) -> Self {
+        Containers {
+            store,
+            events,
+            gc,
+            runtimes,
+        }
     }
 }
 
@@ -240,6 +254,13 @@ impl containers_server::Containers for Containers {
         let id = req.into_inner().id;
         if id.is_empty() {
             return Err(Status::invalid_argument("id: must be set"));
+        }
+        // Deleting the record would let the collector take the snapshot a task runs on (ctr
+        // refuses client-side; any client's call is refused here).
+        if self.runtimes.has_task(&ns, &id) {
+            return Err(Status::failed_precondition(format!(
+                "container {id:?}: its task still exists; kill and delete the task first"
+            )));
         }
         self.store.delete_container(&ns, &id).map_err(to_status)?;
         self.store.flush().await.map_err(to_status)?;
