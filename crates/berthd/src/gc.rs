@@ -69,6 +69,7 @@ impl Collector {
             blobs = stats.blobs,
             ingests = stats.ingests,
             snapshots = stats.snapshots,
+            lease_resources = stats.lease_resources,
             duration_ms = stats.duration.as_millis() as u64,
             "garbage collected"
         );

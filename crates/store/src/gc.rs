@@ -40,6 +40,8 @@ pub struct GcStats {
     pub ingests: usize,
     /// Snapshots removed.
     pub snapshots: usize,
+    /// Lease resource records whose lease was gone, removed (they hold nothing).
+    pub lease_resources: usize,
     /// Time the store was locked.
     pub duration: Duration,
 }
@@ -71,10 +73,25 @@ impl Store {
             }
         }
 
+        // Resource records whose lease is gone (written by a store from before lease deletion
+        // was one transaction, or added as the lease went) hold nothing: removed, not roots.
+        let resources = {
+            let mut live: HashSet<(String, String)> = HashSet::new();
+            for ns in self.list_namespaces()? {
+                for l in self.list_leases(&ns.name)? {
+                    live.insert((ns.name.clone(), l.id));
+                }
+            }
+            let (keep, orphans): (Vec<_>, Vec<_>) = self
+                .all_lease_resources()?
+                .into_iter()
+                .partition(|(ns, lease, _)| live.contains(&(ns.clone(), lease.clone())));
+            stats.lease_resources = self.remove_lease_resources(&orphans)?;
+            keep
+        };
         let content = self.db.open_tree("content")?;
         let mut leased_ingests: HashSet<String> = HashSet::new();
         let mut live_blobs: HashSet<Digest> = HashSet::new();
-        let resources = self.all_lease_resources()?;
         for ns in self.list_namespaces()? {
             let ns = ns.name;
             let records: HashMap<Digest, HashMap<String, String>> =

@@ -148,15 +148,26 @@ impl Store {
 
     /// Deletes a lease and releases its resources; `NotFound` if missing.
     pub fn delete_lease(&self, ns: &str, id: &str) -> Result<(), StoreError> {
+        use sled::Transactional;
+        use sled::transaction::ConflictableTransactionError::Abort;
         let (leases, resources) = self.leases()?;
-        if leases.remove(key(ns, id))?.is_none() {
-            return Err(StoreError::NotFound(format!("lease {id:?}")));
-        }
-        let mut batch = sled::Batch::default();
-        for k in resources.scan_prefix(resource_prefix(ns, id)).keys() {
-            batch.remove(k?);
-        }
-        resources.apply_batch(batch)?;
+        // The lease and its resources go in one transaction: a crash leaves both or neither.
+        // A resource added after the scan (its writer saw the lease) is an orphan, which the
+        // collector removes.
+        let keys: Vec<sled::IVec> = resources
+            .scan_prefix(resource_prefix(ns, id))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let lease_key = key(ns, id);
+        (&leases, &resources).transaction(|(l, r)| {
+            if l.remove(lease_key.as_slice())?.is_none() {
+                return Err(Abort(StoreError::NotFound(format!("lease {id:?}"))));
+            }
+            for k in &keys {
+                r.remove(k)?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -224,6 +235,20 @@ impl Store {
     }
 
     /// Every lease resource in every namespace: `(namespace, lease, resource)`.
+    /// Removes resource records (namespace, lease, resource) in one batch; how many.
+    pub(crate) fn remove_lease_resources(
+        &self,
+        list: &[(String, String, Resource)],
+    ) -> Result<usize, StoreError> {
+        let (_, resources) = self.leases()?;
+        let mut batch = sled::Batch::default();
+        for (ns, lease, r) in list {
+            batch.remove(resource_key(ns, lease, r));
+        }
+        resources.apply_batch(batch)?;
+        Ok(list.len())
+    }
+
     pub(crate) fn all_lease_resources(
         &self,
     ) -> Result<Vec<(String, String, Resource)>, StoreError> {
@@ -248,5 +273,51 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Writes `data` under `lease` in namespace "t"; its digest.
+    fn blob(s: &Store, lease: &str, data: &[u8]) -> berth_content::Digest {
+        let mut w = s
+            .content_writer("t", &format!("r-{}", data.len()), None, None, Some(lease))
+            .unwrap();
+        w.inner().write_at(0, data).unwrap();
+        s.content_commit(w, data.len() as i64, None, &HashMap::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_lease_goes_with_its_resources_and_orphans_hold_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.create_lease("t", "one", HashMap::new()).unwrap();
+        let d1 = blob(&s, "one", b"first blob");
+        assert_eq!(s.list_lease_resources("t", "one").unwrap().len(), 1);
+        s.delete_lease("t", "one").unwrap();
+        assert!(s.all_lease_resources().unwrap().is_empty());
+        assert!(matches!(
+            s.delete_lease("t", "one"),
+            Err(StoreError::NotFound(_))
+        ));
+
+        // A lease record gone without its resources (what a crash between two writes left
+        // before deletion was one transaction): the resources are orphans, removed by the
+        // next collection, and what only they held goes with them.
+        s.create_lease("t", "two", HashMap::new()).unwrap();
+        let d2 = blob(&s, "two", b"second blob, held by an orphan");
+        let (leases, _) = s.leases().unwrap();
+        leases.remove(key("t", "two")).unwrap();
+        assert_eq!(s.all_lease_resources().unwrap().len(), 1);
+        let stats = s.collect_garbage(Duration::from_secs(3600)).unwrap();
+        assert_eq!(stats.lease_resources, 1, "{stats:?}");
+        assert!(s.all_lease_resources().unwrap().is_empty());
+        for d in [&d1, &d2] {
+            assert!(s.content_info("t", d).is_err(), "{d} collected");
+        }
     }
 }
