@@ -847,12 +847,46 @@ impl Puller {
     /// Downloads a layer into the content store (resuming a partial ingest), and when `apply`
     /// is given and the download starts at byte 0, applies it into that directory as it
     /// streams. Returns the apply's result, or `None` if nothing was applied.
+    ///
+    /// A partial download that cannot be resumed is discarded and the layer downloaded again
+    /// from its first byte, once: one that is complete but does not verify, one the registry
+    /// refuses to resume (416 Range Not Satisfiable, or any other HTTP error for the Range
+    /// request), one whose resumed bytes end in a digest mismatch.
     async fn download(
         &self,
         ctx: &Ctx,
         desc: &ImgDesc,
         apply: Option<(PathBuf, Whiteouts)>,
     ) -> Result<Option<Result<berth_image::Applied, berth_image::ImageError>>, Status> {
+        match self.download_once(ctx, desc, apply.clone()).await {
+            Err(Attempt::StartOver(why)) => {
+                tracing::warn!(layer = %desc.digest, reason = %why,
+                    "the partial download cannot be resumed: downloading the layer again");
+                let (store, ns, r) = (
+                    self.store.clone(),
+                    ctx.ns.clone(),
+                    format!("layer-{}", desc.digest),
+                );
+                blocking(move || match store.content_abort(&ns, &r) {
+                    Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+                    Err(e) => Err(to_status(e)),
+                })
+                .await?;
+                self.download_once(ctx, desc, apply)
+                    .await
+                    .map_err(Attempt::into_status)
+            }
+            other => other.map_err(Attempt::into_status),
+        }
+    }
+
+    /// One attempt of [`Puller::download`]; a resumed one that cannot go on asks to start over.
+    async fn download_once(
+        &self,
+        ctx: &Ctx,
+        desc: &ImgDesc,
+        apply: Option<(PathBuf, Whiteouts)>,
+    ) -> Result<Option<Result<berth_image::Applied, berth_image::ImageError>>, Attempt> {
         let name = desc.digest.to_string();
         let store = self.store.clone();
         let (ns, lease) = (ctx.ns.clone(), ctx.lease.clone());
@@ -878,14 +912,46 @@ impl Puller {
             });
         };
         let offset = writer.inner().offset();
+        if offset > 0 && offset >= desc.size as u64 {
+            // Downloaded in full before an interruption, never committed: commit it (which
+            // verifies size and digest) instead of asking the registry for nothing.
+            tracing::info!(layer = %desc.digest, offset, "committing a complete partial download");
+            let store = self.store.clone();
+            let labels = HashMap::from([ctx.source_label.clone()]);
+            let (size, digest) = (desc.size, desc.digest.clone());
+            let committed =
+                blocking(
+                    move || match store.content_commit(writer, size, Some(digest), &labels) {
+                        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+                        Err(e) => Err(to_status(e)),
+                    },
+                )
+                .await;
+            if let Err(e) = committed {
+                return Err(Attempt::StartOver(format!(
+                    "the complete partial download does not verify: {}",
+                    e.message()
+                )));
+            }
+            ctx.progress
+                .send("downloaded", &name, desc.size, desc.size, Some(desc));
+            return Ok(match apply {
+                Some((dir, w)) => Some(self.apply_from_store(&ctx.ns, desc, dir, w).await),
+                None => None,
+            });
+        }
         if offset > 0 {
             tracing::info!(layer = %desc.digest, offset, "resuming a partial download");
         }
-        let mut stream = ctx
-            .repo
-            .fetch_blob(desc, offset)
-            .await
-            .map_err(registry_status)?;
+        let mut stream = match ctx.repo.fetch_blob(desc, offset).await {
+            Ok(s) => s,
+            Err(e @ berth_image::registry::RegistryError::Status { .. }) if offset > 0 => {
+                return Err(Attempt::StartOver(format!(
+                    "resuming at byte {offset}: {e}"
+                )));
+            }
+            Err(e) => return Err(registry_status(e).into()),
+        };
         ctx.progress
             .send("downloading", &name, offset as i64, desc.size, Some(desc));
 
@@ -970,10 +1036,43 @@ impl Puller {
             None => None,
         };
         streamed?;
-        sunk?;
+        match sunk {
+            // The bytes kept from before did not belong to this blob after all.
+            Err(e) if offset > 0 && e.code() == tonic::Code::FailedPrecondition => {
+                return Err(Attempt::StartOver(format!(
+                    "the resumed download does not verify: {}",
+                    e.message()
+                )));
+            }
+            other => other?,
+        }
         ctx.progress
             .send("downloaded", &name, desc.size, desc.size, Some(desc));
         Ok(applied)
+    }
+}
+
+/// How one download attempt failed.
+#[derive(Debug)]
+enum Attempt {
+    /// The partial download it resumed is no good: discard it and download from byte 0.
+    StartOver(String),
+    /// For good.
+    Failed(Status),
+}
+
+impl Attempt {
+    fn into_status(self) -> Status {
+        match self {
+            Attempt::StartOver(why) => Status::data_loss(why),
+            Attempt::Failed(s) => s,
+        }
+    }
+}
+
+impl From<Status> for Attempt {
+    fn from(s: Status) -> Self {
+        Attempt::Failed(s)
     }
 }
 
