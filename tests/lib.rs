@@ -70,12 +70,22 @@ impl Daemon {
 
     /// As [`Daemon::start_for_tasks`], with a configuration file's text and environment.
     pub fn start_for_tasks_with(config: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_for_tasks_full(config, env, None)
+    }
+
+    /// As [`Daemon::start_for_tasks_with_env`], serving on `sock` (somewhere the test chose,
+    /// e.g. a directory shared with another daemon's socket) instead of in its own directory.
+    pub fn start_for_tasks_at(sock: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_for_tasks_full("", env, Some(sock.to_path_buf()))
+    }
+
+    fn start_for_tasks_full(config: &str, env: &[(&str, &str)], sock: Option<PathBuf>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-")
             .tempdir()
             .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("run")).expect("run dir");
-        let sock = dir.path().join("berthd.sock");
+        let sock = sock.unwrap_or_else(|| dir.path().join("berthd.sock"));
         let mut d = Daemon {
             dir,
             sock,

@@ -199,7 +199,8 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o700);
-    assert!(d.dir.path().join("runc").join(NS).join("bg").exists());
+    // The OCI runtime's state is under the daemon's own state directory.
+    assert!(d.dir.path().join("state/runc").join(NS).join("bg").exists());
 
     let out = ok(task(&[
         "exec",
@@ -446,7 +447,7 @@ fn berth_shim_churn_leaves_nothing_behind() {
     for dir in [
         state.join("io.containerd.runtime.v2.task").join(NS),
         d.dir.path().join("s"),
-        d.dir.path().join("runc").join(NS),
+        state.join("runc").join(NS),
     ] {
         assert_eq!(
             std::fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0),
@@ -478,5 +479,98 @@ fn berth_shim_churn_leaves_nothing_behind() {
             .map(|r| r.flatten().filter(|e| e.path().is_dir()).count())
             .unwrap_or(0);
         assert_eq!(children, 0, "{}", dir.display());
+    }
+}
+
+/// Two daemons whose sockets share a directory run same-named containers of one namespace at
+/// once, through Berth's shim and containerd's Go shim: each keeps its OCI runtime state under
+/// its own state directory (a shim left to itself would put both in `<socket dir>/runc`).
+#[test]
+fn daemons_with_sockets_in_one_directory_keep_their_runtime_state_apart() {
+    const NS: &str = "berth-e2e-twodaemons";
+    let _cg = CgroupCleanup(NS);
+    bin("containerd-shim-berth-v2");
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shared = tempfile::tempdir().unwrap();
+    let daemons: Vec<Daemon> = ["one", "two"]
+        .iter()
+        .map(|n| {
+            Daemon::start_for_tasks_at(&shared.path().join(format!("{n}.sock")), &[("PATH", &path)])
+        })
+        .collect();
+    for (i, d) in daemons.iter().enumerate() {
+        setup(d, NS);
+        let fifo = d.fifo_dir();
+        for (id, runtime) in [
+            ("same-berth", RUNTIME),
+            ("same-go", "io.containerd.runc.v2"),
+        ] {
+            ok(d.ctr(&[
+                "-n",
+                NS,
+                "run",
+                "-d",
+                "--runtime",
+                runtime,
+                "--fifo-dir",
+                fifo.to_str().unwrap(),
+                // Their own cgroups: the runtime state is what this test is about.
+                "--cgroup",
+                &format!("/{NS}/{i}-{id}"),
+                IMAGE,
+                id,
+                "sleep",
+                "1000",
+            ]));
+        }
+    }
+    for d in &daemons {
+        let ls = ok(d.ctr(&["-n", NS, "task", "ls"]));
+        for id in ["same-berth", "same-go"] {
+            assert!(
+                ls.lines()
+                    .any(|l| l.starts_with(id) && l.contains("RUNNING")),
+                "{ls}"
+            );
+            let state = d.dir.path().join("state/runc").join(NS).join(id);
+            assert!(state.join("state.json").exists(), "{}", state.display());
+            // Each daemon still controls its own.
+            let fifo = d.fifo_dir();
+            let out = ok(d.ctr(&[
+                "-n",
+                NS,
+                "task",
+                "exec",
+                "--fifo-dir",
+                fifo.to_str().unwrap(),
+                "--exec-id",
+                "x",
+                id,
+                "cat",
+                "/etc/motd",
+            ]));
+            assert_eq!(out.trim(), "berth shim");
+        }
+    }
+    assert!(
+        !shared.path().join("runc").exists(),
+        "no state in the shared directory"
+    );
+    for d in &daemons {
+        for id in ["same-berth", "same-go"] {
+            ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", id]));
+            wait_for("the task to stop", || {
+                ok(d.ctr(&["-n", NS, "task", "ls"]))
+                    .lines()
+                    .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            });
+            ok(d.ctr(&["-n", NS, "task", "rm", id]));
+            ok(d.ctr(&["-n", NS, "containers", "rm", id]));
+        }
+        d.assert_no_leftover_pids();
     }
 }

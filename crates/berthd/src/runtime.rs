@@ -61,6 +61,9 @@ pub(crate) fn shim_status(e: berth_ttrpc::Status) -> Status {
 #[derive(Debug)]
 pub(crate) struct Runtimes {
     root: PathBuf,
+    /// The OCI runtime's state root given to runc-type shims (`Options.root`), under our own
+    /// state directory: two daemons never share it, wherever their sockets are.
+    runc_root: PathBuf,
     grpc_address: PathBuf,
     ttrpc_address: PathBuf,
     self_exe: PathBuf,
@@ -201,6 +204,7 @@ impl Runtimes {
     ) -> Runtimes {
         Runtimes {
             root: state.join("io.containerd.runtime.v2.task"),
+            runc_root: state.join("runc"),
             grpc_address: grpc_address.to_path_buf(),
             ttrpc_address: ttrpc_address.to_path_buf(),
             self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("berthd")),
@@ -221,6 +225,45 @@ impl Runtimes {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(ns.to_string(), id.to_string()))
             .cloned()
+    }
+
+    /// The runtime options a task of `runtime` is created with: the client's, and for the
+    /// runc-type shims (containerd's Go shim, Berth's) `root` set to this daemon's own runc
+    /// root when the client named none. Otherwise a shim derives it from the daemon's socket
+    /// directory (`<dir>/runc`), which two daemons with sockets in one directory would share:
+    /// same-named containers of one namespace would collide in it.
+    pub(crate) fn options_for(
+        &self,
+        runtime: &str,
+        options: Option<prost_types::Any>,
+    ) -> Result<Option<prost_types::Any>, Status> {
+        use berth_api::containerd::runc::v1::Options;
+        const TYPE: &str = "containerd.runc.v1.Options";
+        let runc_type = matches!(
+            runtime,
+            "io.containerd.runc.v2" | "io.containerd.runc.v1" | "io.containerd.berth.v2"
+        );
+        let of_type = |a: &prost_types::Any| a.type_url.rsplit('/').next() == Some(TYPE);
+        if !runc_type || options.as_ref().is_some_and(|a| !of_type(a)) {
+            return Ok(options);
+        }
+        let (mut opts, type_url) = match &options {
+            Some(a) => (
+                Options::decode(a.value.as_slice()).map_err(|e| {
+                    Status::invalid_argument(format!("options: decoding {TYPE}: {e}"))
+                })?,
+                a.type_url.clone(),
+            ),
+            None => (Options::default(), TYPE.to_string()),
+        };
+        if !opts.root.is_empty() {
+            return Ok(options);
+        }
+        opts.root = self.runc_root.display().to_string();
+        Ok(Some(prost_types::Any {
+            type_url,
+            value: opts.encode_to_vec(),
+        }))
     }
 
     /// Whether container `id` has a task: a shim serves it, or its bundle is there (a shim

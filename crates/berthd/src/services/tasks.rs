@@ -107,12 +107,15 @@ impl tasks_server::Tasks for Tasks {
         } else {
             r.runtime_path.clone()
         };
-        let options = r.options.clone().or_else(|| {
-            c.runtime_options.as_ref().map(|o| prost_types::Any {
-                type_url: o.type_url.clone(),
-                value: o.value.clone(),
-            })
-        });
+        let options = self.runtimes.options_for(
+            &runtime,
+            r.options.clone().or_else(|| {
+                c.runtime_options.as_ref().map(|o| prost_types::Any {
+                    type_url: o.type_url.clone(),
+                    value: o.value.clone(),
+                })
+            }),
+        )?;
         let s = self
             .runtimes
             .start_shim(&ns, &c.id, &runtime, &spec, options.clone())
