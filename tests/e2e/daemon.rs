@@ -106,7 +106,7 @@ fn berthctl_version_namespaces_and_plugins() {
             .output()
             .unwrap(),
     );
-    assert!(e.contains("connecting to /nonexistent/berthd.sock"), "{e}");
+    assert!(e.contains("cannot reach berthd at /nonexistent/berthd.sock"), "{e}");
 }
 
 fn code<T>(r: Result<T, tonic::Status>) -> Code {
@@ -387,7 +387,7 @@ fn socket_mode_and_refusing_a_second_daemon() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("meta.sled"),
+        String::from_utf8_lossy(&out.stderr).contains("another berthd is using"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

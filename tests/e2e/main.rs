@@ -9,6 +9,7 @@ mod cri;
 mod daemon;
 mod diff;
 mod docker;
+mod errors;
 mod otlp;
 mod proxy_snapshotter;
 mod pull;

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use hyper_util::rt::TokioIo;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -42,7 +41,17 @@ impl Conn {
                 }
             }))
             .await
-            .with_context(|| format!("connecting to {address}"))?;
+            .map_err(|e| {
+                // The transport error wraps the socket's: say the socket's once, with a hint.
+                let mut cause: &dyn std::error::Error = &e;
+                while let Some(c) = cause.source() {
+                    cause = c;
+                }
+                anyhow::anyhow!(
+                    "cannot reach berthd at {address}: {cause} (is it running? --address or \
+                     BERTH_ADDRESS names its socket)"
+                )
+            })?;
         Ok(Conn { channel, namespace })
     }
 

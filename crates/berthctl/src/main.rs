@@ -79,8 +79,42 @@ enum Command {
     Events(cmd::events::Args),
 }
 
+/// What to type instead of a command berthctl does not have, for words docker, nerdctl and
+/// ctr users reach for.
+fn instead_of(word: &str) -> Option<&'static str> {
+    Some(match word {
+        "stop" | "kill" => "berthctl tasks kill ID (SIGTERM; -s KILL to force)",
+        "start" | "create" => "berthctl run IMAGE ID (-d to detach)",
+        "ps" => "berthctl tasks ls, or berthctl containers ls",
+        "rm" | "remove" | "delete" => "berthctl containers rm ID (--force when its task runs)",
+        "rmi" => "berthctl images rm NAME",
+        "exec" => "berthctl tasks exec --exec-id NAME ID CMD...",
+        "inspect" | "info" => "berthctl containers info ID",
+        "pause" | "unpause" | "resume" => "berthctl tasks pause|resume ID",
+        "tag" | "import" | "export" | "ls" => "berthctl images tag|import|export|ls",
+        "top" => "berthctl tasks ps ID",
+        "stats" => "berthctl tasks metrics ID",
+        _ => return None,
+    })
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // clap's guess for an unknown command is by spelling, and often odd ("stop" -> "t").
+        Err(e) if e.kind() == clap::error::ErrorKind::InvalidSubcommand => {
+            let word = e
+                .get(clap::error::ContextKind::InvalidSubcommand)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            match instead_of(&word) {
+                Some(hint) => eprintln!("berthctl: no command {word:?}; try: {hint}"),
+                None => eprintln!("berthctl: no command {word:?} (berthctl --help lists them)"),
+            }
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,12 +126,30 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
-        match e.downcast_ref::<tonic::Status>() {
-            Some(st) => eprintln!("berthctl: {} ({:?})", st.message(), st.code()),
-            None => eprintln!("berthctl: {e:#}"),
-        }
+        eprintln!("berthctl: {}", describe(&e));
         std::process::exit(1);
     }
+}
+
+/// An error as one line: each cause once (a cause whose text the line already holds adds
+/// nothing: I/O errors repeat their source), and a gRPC status as its message and code name
+/// ("container \"c1\": not found (NotFound)") rather than tonic's field dump.
+pub(crate) fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = match cause.downcast_ref::<tonic::Status>() {
+            Some(st) => format!("{} ({:?})", st.message(), st.code()),
+            None => cause.to_string(),
+        };
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

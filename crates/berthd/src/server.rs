@@ -46,6 +46,21 @@ fn make_dir(p: &Path, mode: u32) -> anyhow::Result<()> {
 
 /// Binds the API socket: refuses to steal it from a live daemon, replaces a stale one, and sets
 /// its owner and mode (0660).
+/// The process holding a lock on `file`, from `/proc/locks` (its device and inode).
+fn lock_holder(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(file).ok()?;
+    let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));
+    let id = format!("{major:02x}:{minor:02x}:{}", md.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        // "1: FLOCK  ADVISORY  WRITE 13763 fe:00:10018873 0 EOF"
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let i = f.iter().position(|x| x.matches(':').count() == 2)?;
+        (f[i] == id).then(|| f.get(i.checked_sub(1)?)?.parse().ok())?
+    })
+}
+
 fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
     bind_unix(
         &cfg.grpc.address,
@@ -201,8 +216,23 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
     let store = tokio::task::spawn_blocking(move || {
         crate::trim::with_small_mmap_threshold(|| Store::open_with(&root, proxies))
     })
-    .await?
-    .with_context(|| format!("opening metadata store {}", cfg.db_path().display()))?;
+    .await?;
+    let store = match store {
+        Ok(s) => s,
+        // The database file is locked (flock) while a daemon has it open: name the holder
+        // instead of the storage engine's nested I/O error.
+        Err(e) => match lock_holder(&cfg.db_path().join("db")) {
+            Some(pid) => anyhow::bail!(
+                "another berthd is using {} (pid {pid}): one root serves one daemon",
+                cfg.root.display()
+            ),
+            None => {
+                return Err(anyhow::Error::new(e)).with_context(|| {
+                    format!("opening metadata store {}", cfg.db_path().display())
+                });
+            }
+        },
+    };
     let events = Arc::new(Exchange::default());
     let stale = {
         let store = store.clone();

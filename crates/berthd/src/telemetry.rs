@@ -66,7 +66,9 @@ pub(crate) fn log_filter(spec: &str) -> anyhow::Result<Targets> {
 pub(crate) fn init(cfg: &Config) -> anyhow::Result<Telemetry> {
     let filter = log_filter(&cfg.log.level).context("log.level")?;
     let fmt = match cfg.log.format {
+        // Colour only on a terminal: a log file or journald gets plain text.
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

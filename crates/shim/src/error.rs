@@ -51,11 +51,41 @@ impl From<ShimError> for Status {
                 Code::InvalidArgument
             }
             ShimError::Unimplemented(_) => Code::Unimplemented,
-            // The Go shim passes runtime failures up as plain errors, which travel as Unknown.
-            ShimError::Runtime(_) | ShimError::Mount(_) | ShimError::Stdio(_) => Code::Unknown,
+            ShimError::Runtime(r) => runtime_code(&r.message()),
+            // The Go shim passes such failures up as plain errors, which travel as Unknown.
+            ShimError::Mount(_) | ShimError::Stdio(_) => Code::Unknown,
             ShimError::Io { .. } => Code::Internal,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+/// The code of a runtime command's failure, from what the runtime said (runc's and
+/// berth-runc's wording): what a client can act on gets its code, the rest stays Unknown (the
+/// Go shim sends every runtime failure as Unknown).
+fn runtime_code(message: &str) -> Code {
+    let m = message.to_ascii_lowercase();
+    let any = |words: &[&str]| words.iter().any(|w| m.contains(w));
+    if any(&["already exists"]) {
+        Code::AlreadyExists
+    } else if any(&[
+        "executable file not found",
+        "no such file or directory",
+        "does not exist",
+    ]) {
+        Code::NotFound
+    } else if any(&[
+        "not running",
+        "is paused",
+        "is stopped",
+        "not mounted",
+        "cannot allocate memory",
+    ]) {
+        Code::FailedPrecondition
+    } else if any(&["invalid", "unknown signal", "not supported"]) {
+        Code::InvalidArgument
+    } else {
+        Code::Unknown
     }
 }
 
@@ -70,5 +100,28 @@ mod tests {
         assert_eq!(s.message(), "process x does not exist");
         let s: Status = ShimError::Stdio(StdioError::Unsupported("binary://x".into())).into();
         assert_eq!(s.code(), Code::InvalidArgument);
+        let failed = |m: &str| -> Status {
+            ShimError::Runtime(RuncError::Failed {
+                binary: "/opt/berth/bin/berth-runc".into(),
+                command: "create".into(),
+                status: 1,
+                message: m.into(),
+            })
+            .into()
+        };
+        let s = failed("container with given ID already exists");
+        assert_eq!(s.code(), Code::AlreadyExists);
+        assert_eq!(
+            s.message(),
+            "berth-runc create failed: container with given ID already exists",
+            "the runtime by name, not by install path"
+        );
+        let s = failed("exec: \"nope\": executable file not found in $PATH");
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(
+            failed("cgroup controller hugetlb is not mounted").code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(failed("something else").code(), Code::Unknown);
     }
 }

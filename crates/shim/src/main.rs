@@ -58,6 +58,15 @@ impl std::io::Write for LossyStderr {
     }
 }
 
+/// The server is executed through `/proc/self/fd/N` (a sealed copy of the binary), so the
+/// kernel names it `N`: `ps` would show a number and `pgrep containerd-shim` would miss it. It
+/// takes the name containerd's shims have (the 15 bytes the kernel keeps).
+fn set_process_name() {
+    const NAME: &std::ffi::CStr = c"containerd-shim";
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes, which NAME is.
+    unsafe { libc::prctl(libc::PR_SET_NAME, NAME.as_ptr()) };
+}
+
 fn main() -> ExitCode {
     let flags = match Flags::parse(std::env::args().skip(1)) {
         Ok(f) => f,
@@ -89,6 +98,7 @@ fn main() -> ExitCode {
             "unknown action {other:?} (expected start or delete)"
         )),
         None => {
+            set_process_name();
             init_logging(flags.debug);
             serve::run(flags)
         }

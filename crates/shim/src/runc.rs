@@ -49,12 +49,16 @@ pub(crate) enum RuncError {
     },
 }
 
-/// runc's own log lines already start with "runc create failed: ..."; do not say it twice.
+/// runc's own log lines already start with "runc create failed: ..."; do not say it twice. The
+/// runtime is named by its file name: where it is installed tells the reader nothing.
 fn failed_message(binary: &str, command: &str, message: &str) -> String {
     if message.contains(&format!("{command} failed")) {
         message.to_string()
     } else {
-        format!("{binary} {command} failed: {message}")
+        let name = std::path::Path::new(binary)
+            .file_name()
+            .map_or_else(|| binary.into(), |n| n.to_string_lossy());
+        format!("{name} {command} failed: {message}")
     }
 }
 

@@ -24,12 +24,17 @@ pub(crate) enum ContainersAction {
     /// List containers.
     #[command(alias = "list")]
     Ls {
+        /// Print only ids.
         #[arg(short, long)]
         quiet: bool,
+        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
         filters: Vec<String>,
     },
     /// Show a container as JSON.
-    Info { id: String },
+    Info {
+        /// The container.
+        id: String,
+    },
     /// Delete containers (and their snapshots). A container whose task exists is refused;
     /// `--force` kills and deletes the task first.
     #[command(alias = "del", alias = "delete", alias = "remove")]
@@ -42,7 +47,12 @@ pub(crate) enum ContainersAction {
         ids: Vec<String>,
     },
     /// Set (`key=value`) or remove (`key`) labels.
-    Label { id: String, labels: Vec<String> },
+    Label {
+        /// The container.
+        id: String,
+        /// Labels: `key=value` sets one, `key` alone removes it.
+        labels: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -50,11 +60,13 @@ pub(crate) enum TasksAction {
     /// List tasks.
     #[command(alias = "list")]
     Ls {
+        /// Print only ids.
         #[arg(short, long)]
         quiet: bool,
     },
     /// Signal a task (default SIGTERM).
     Kill {
+        /// The task's container.
         id: String,
         /// Signal number or name (`KILL`, `SIGTERM`, `9`).
         #[arg(short, long, default_value = "SIGTERM")]
@@ -67,27 +79,44 @@ pub(crate) enum TasksAction {
         exec_id: Option<String>,
     },
     /// Freeze a task.
-    Pause { id: String },
+    Pause {
+        /// The task's container.
+        id: String,
+    },
     /// Thaw a task.
-    Resume { id: String },
+    Resume {
+        /// The task's container.
+        id: String,
+    },
     /// A task's processes.
-    Ps { id: String },
+    Ps {
+        /// The task's container.
+        id: String,
+    },
     /// A task's cgroup metrics (raw, as the shim reports them).
-    Metrics { id: String },
+    Metrics {
+        /// The task's container.
+        id: String,
+    },
     /// Run another process in a task; waits for it and exits with its status.
     Exec {
+        /// The task's container.
         id: String,
+        /// An id for the new process, unique among the task's processes (as ctr's).
         #[arg(long)]
         exec_id: String,
+        /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
-        /// Directory for the stdio FIFOs.
-        #[arg(long, default_value = "/run/berth/fifo")]
-        fifo_dir: std::path::PathBuf,
+        /// Directory for the stdio FIFOs, which the shim must see too (default: the temporary
+        /// directory); a directory of their own is made in it and removed afterwards.
+        #[arg(long)]
+        fifo_dir: Option<std::path::PathBuf>,
     },
     /// Delete a stopped task (`-f`: kill it first).
     #[command(alias = "del", alias = "delete", alias = "remove")]
     Rm {
+        /// The task's container.
         id: String,
         #[arg(short, long)]
         force: bool,
@@ -196,7 +225,12 @@ pub(crate) async fn containers(conn: &Conn, action: ContainersAction) -> anyhow:
                 }
                 .await;
                 if let Err(e) = r {
-                    eprintln!("berthctl: {id}: {e:#}");
+                    let e = crate::describe(&e);
+                    if e.contains(&format!("{id:?}")) {
+                        eprintln!("berthctl: {e}");
+                    } else {
+                        eprintln!("berthctl: {id}: {e}");
+                    }
                     failed = true;
                 }
             }
@@ -318,7 +352,9 @@ pub(crate) async fn tasks(conn: &Conn, action: TasksAction) -> anyhow::Result<()
                 .context("spec without a process")?;
             process["args"] = serde_json::json!(args);
             process["terminal"] = serde_json::json!(false);
-            let dir = fifo_dir.join(format!("{id}-{exec_id}-{}", std::process::id()));
+            let dir = fifo_dir
+                .unwrap_or_else(std::env::temp_dir)
+                .join(format!("berthctl-{id}-{exec_id}-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
             let out = dir.join("stdout");
             let err = dir.join("stderr");

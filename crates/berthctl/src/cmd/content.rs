@@ -25,9 +25,13 @@ pub(crate) enum Action {
         filters: Vec<String>,
     },
     /// Write a blob to stdout.
-    Get { digest: String },
+    Get {
+        /// The blob's digest (`sha256:...`).
+        digest: String,
+    },
     /// Store stdin as a blob under an ingest ref (resumes an interrupted ingest of that ref).
     Ingest {
+        /// The ingest's ref: an interrupted ingest of the same ref resumes.
         r#ref: String,
         /// Expected size in bytes.
         #[arg(long)]
@@ -42,11 +46,17 @@ pub(crate) enum Action {
     /// Remove blobs from the namespace.
     #[command(alias = "del", alias = "remove", alias = "delete")]
     Rm {
+        /// The blobs' digests.
         #[arg(required = true)]
         digests: Vec<String>,
     },
     /// Set (`key=value`) or remove (`key`) labels of a blob.
-    Label { digest: String, labels: Vec<String> },
+    Label {
+        /// The blob's digest (`sha256:...`).
+        digest: String,
+        /// Labels: `key=value` sets one, `key` alone removes it.
+        labels: Vec<String>,
+    },
 }
 
 pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {

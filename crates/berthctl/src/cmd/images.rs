@@ -34,13 +34,17 @@ pub(crate) enum Action {
     /// List images.
     #[command(alias = "list")]
     Ls {
+        /// Print only names.
         #[arg(short, long)]
         quiet: bool,
+        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
         filters: Vec<String>,
     },
     /// Give an image another name.
     Tag {
+        /// The image to name again.
         source: String,
+        /// The new names.
         #[arg(required = true)]
         targets: Vec<String>,
         /// Replace a target name that exists.
@@ -50,6 +54,7 @@ pub(crate) enum Action {
     /// Remove images.
     #[command(alias = "del", alias = "remove", alias = "delete")]
     Rm {
+        /// The images.
         #[arg(required = true)]
         names: Vec<String>,
         /// Collect garbage before returning.
@@ -57,9 +62,15 @@ pub(crate) enum Action {
         sync: bool,
     },
     /// Set (`key=value`) or remove (`key`) labels of an image.
-    Label { name: String, labels: Vec<String> },
+    Label {
+        /// The image.
+        name: String,
+        /// Labels: `key=value` sets one, `key` alone removes it.
+        labels: Vec<String>,
+    },
     /// Import an OCI image layout archive or a `docker save` archive (`-` for stdin).
     Import {
+        /// The archive (`-`: standard input).
         file: String,
         /// Name images of the archive `<base-name>:<ref name>`.
         #[arg(long)]
@@ -82,11 +93,14 @@ pub(crate) enum Action {
         /// Snapshotter to check for the unpacked layers.
         #[arg(long, env = "BERTH_SNAPSHOTTER", default_value = "overlayfs")]
         snapshotter: String,
+        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
         filters: Vec<String>,
     },
     /// Export images as an OCI archive (`-` for stdout).
     Export {
+        /// The archive to write (`-`: standard output).
         file: String,
+        /// The images to export.
         #[arg(required = true)]
         names: Vec<String>,
         /// Skip manifests of other platforms that are not in the content store.

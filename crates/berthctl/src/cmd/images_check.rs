@@ -176,8 +176,9 @@ pub(crate) async fn run(
                 (ch.status, ch.size, u)
             }
             Err(e) => {
-                eprintln!("berthctl: unable to check {}: {e:#}", img.name);
-                first_error.get_or_insert_with(|| format!("unable to check {}: {e:#}", img.name));
+                let e = crate::describe(&e);
+                eprintln!("berthctl: unable to check {}: {e}", img.name);
+                first_error.get_or_insert_with(|| format!("unable to check {}: {e}", img.name));
                 ("error".to_string(), "-".to_string(), false)
             }
         };

@@ -14,22 +14,27 @@ pub(crate) enum Action {
     /// List leases.
     #[command(alias = "list")]
     Ls {
+        /// Print only ids.
         #[arg(short, long)]
         quiet: bool,
+        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
         filters: Vec<String>,
     },
     /// Create a lease (a generated id unless --id).
     Create {
+        /// The lease's id.
         #[arg(long)]
         id: Option<String>,
         /// Expiry, e.g. `24h`, `30m`, `90s` (sets containerd.io/gc.expire); 0 for none.
         #[arg(short = 'x', long, default_value = "24h")]
         expires: String,
+        /// Labels, `key=value`.
         labels: Vec<String>,
     },
     /// Delete leases.
     #[command(alias = "delete", alias = "remove")]
     Rm {
+        /// The leases.
         #[arg(required = true)]
         ids: Vec<String>,
         /// Collect garbage before returning.

@@ -20,15 +20,26 @@ pub(crate) enum Action {
         quiet: bool,
     },
     /// Create a namespace, with optional `key=value` labels.
-    Create { name: String, labels: Vec<String> },
+    Create {
+        /// The namespace.
+        name: String,
+        /// Labels, `key=value`.
+        labels: Vec<String>,
+    },
     /// Remove empty namespaces.
     #[command(alias = "remove", alias = "delete")]
     Rm {
+        /// The namespaces.
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Set (`key=value`) or remove (`key`) labels; with none, print the labels.
-    Label { name: String, labels: Vec<String> },
+    Label {
+        /// The namespace.
+        name: String,
+        /// Labels: `key=value` sets one, `key` alone removes it.
+        labels: Vec<String>,
+    },
 }
 
 pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ pub(crate) enum Action {
         /// Print requirements, exports and errors too.
         #[arg(short, long)]
         detailed: bool,
+        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
         filters: Vec<String>,
     },
 }

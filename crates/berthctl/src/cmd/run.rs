@@ -79,9 +79,10 @@ pub(crate) struct Args {
     /// Snapshotter.
     #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
     snapshotter: String,
-    /// Directory for the stdio FIFOs.
-    #[arg(long, default_value = "/run/berth/fifo")]
-    fifo_dir: PathBuf,
+    /// Directory for the stdio FIFOs, which the shim must see too (default: the temporary
+    /// directory); a directory of their own is made in it and removed afterwards.
+    #[arg(long)]
+    fifo_dir: Option<PathBuf>,
 }
 
 async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u8>> {
@@ -345,7 +346,23 @@ fn copy_out(path: PathBuf, mut to: impl Write + Send + 'static) -> std::thread::
     })
 }
 
+/// containerd's identifier rule for the container id, checked before anything is made (the
+/// lease and the snapshot are named after it), so that the error names the id.
+fn check_id(id: &str) -> anyhow::Result<()> {
+    let valid = id.len() <= 76
+        && id
+            .split(['.', '_', '-'])
+            .all(|run| !run.is_empty() && run.bytes().all(|b| b.is_ascii_alphanumeric()));
+    anyhow::ensure!(
+        valid,
+        "container id {id:?}: must be letters and digits joined by single '.', '_' or '-', \
+         at most 76 characters"
+    );
+    Ok(())
+}
+
 pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
+    check_id(&a.id)?;
     anyhow::ensure!(
         !(a.rm && a.detach),
         "--rm and --detach cannot be used together"
@@ -426,7 +443,11 @@ pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
 async fn run_task(conn: &Conn, a: &Args) -> anyhow::Result<i32> {
     let mut tasks = TasksClient::new(conn.channel.clone());
     let (mut stdin, mut stdout, mut stderr) = (String::new(), String::new(), String::new());
-    let fifo_dir = a.fifo_dir.join(format!("{}-{}", a.id, std::process::id()));
+    let fifo_dir = a
+        .fifo_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("berthctl-{}-{}", a.id, std::process::id()));
     let mut copies = Vec::new();
     if !a.detach {
         std::fs::create_dir_all(&fifo_dir).with_context(|| format!("{}", fifo_dir.display()))?;

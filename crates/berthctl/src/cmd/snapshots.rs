@@ -35,12 +35,19 @@ pub(crate) struct Args {
 enum Action {
     /// List snapshots.
     #[command(alias = "list")]
-    Ls { filters: Vec<String> },
+    Ls {
+        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
+        filters: Vec<String>,
+    },
     /// Print a snapshot's info as JSON.
-    Info { key: String },
+    Info {
+        /// The snapshot.
+        key: String,
+    },
     /// Remove snapshots.
     #[command(alias = "del", alias = "remove", alias = "delete")]
     Rm {
+        /// The snapshots.
         #[arg(required = true)]
         keys: Vec<String>,
     },
@@ -49,16 +56,24 @@ enum Action {
         /// Sizes in bytes.
         #[arg(short = 'b')]
         bytes: bool,
+        /// The snapshots (all without).
         keys: Vec<String>,
     },
     /// Print the mount commands for an active snapshot or a view at `target`.
     #[command(alias = "m", alias = "mount")]
-    Mounts { target: String, key: String },
+    Mounts {
+        /// Where the mount commands mount it.
+        target: String,
+        /// The snapshot.
+        key: String,
+    },
     /// The snapshots as a tree of parents and children.
     Tree,
     /// Make an active snapshot on `parent` (or an empty one).
     Prepare {
+        /// The new active snapshot.
         key: String,
+        /// The committed snapshot it is made on (none: empty).
         parent: Option<String>,
         /// Print the mount commands for this target.
         #[arg(short, long)]
@@ -69,7 +84,9 @@ enum Action {
     },
     /// Make a read-only view of a committed snapshot (labelled a GC root, unlike ctr's views).
     View {
+        /// The new view.
         key: String,
+        /// The committed snapshot it is made on (none: empty).
         parent: Option<String>,
         /// Print the mount commands for this target.
         #[arg(short, long)]
@@ -79,9 +96,19 @@ enum Action {
         mounts: bool,
     },
     /// Commit the active snapshot `active` as `name`.
-    Commit { name: String, active: String },
+    Commit {
+        /// The committed snapshot's name.
+        name: String,
+        /// The active snapshot to commit.
+        active: String,
+    },
     /// Set (`key=value`) or remove (`key`) labels of a snapshot.
-    Label { key: String, labels: Vec<String> },
+    Label {
+        /// The snapshot.
+        key: String,
+        /// Labels: `key=value` sets one, `key` alone removes it.
+        labels: Vec<String>,
+    },
     /// Write the layer of `a`'s changes against `b` (default: its parent) to stdout.
     Diff(super::snapshots_diff::Args),
 }
