@@ -220,18 +220,24 @@ impl Store {
 
 /// Re-opens a store just closed in this process: sled's background flusher may hold the file
 /// lock for a moment after the last handle is dropped.
+/// Opens the store at `root` again, waiting (up to 5 s) for the lock a dropped `Store` holds
+/// until sled's background threads let go of the database file.
 #[cfg(test)]
-pub(crate) fn reopen(root: &Path) -> Store {
+pub(crate) fn open_when_unlocked(root: &Path) -> Result<Store, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match Store::open(root) {
-            Ok(s) => return s,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(e) => panic!("reopening the store: {e}"),
+            other => return other,
         }
     }
+}
+
+#[cfg(test)]
+pub(crate) fn reopen(root: &Path) -> Store {
+    open_when_unlocked(root).unwrap_or_else(|e| panic!("reopening the store: {e}"))
 }
 
 #[cfg(test)]
@@ -258,7 +264,7 @@ mod tests {
             s.meta.insert(SCHEMA_KEY, b"99".as_ref()).unwrap();
             s.db.flush().unwrap();
         }
-        match Store::open(dir.path()) {
+        match open_when_unlocked(dir.path()) {
             Err(StoreError::SchemaMismatch { found, .. }) => assert_eq!(found, "99"),
             other => panic!("unexpected {other:?}"),
         }
