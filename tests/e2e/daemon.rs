@@ -106,7 +106,10 @@ fn berthctl_version_namespaces_and_plugins() {
             .output()
             .unwrap(),
     );
-    assert!(e.contains("cannot reach berthd at /nonexistent/berthd.sock"), "{e}");
+    assert!(
+        e.contains("cannot reach berthd at /nonexistent/berthd.sock"),
+        "{e}"
+    );
 }
 
 fn code<T>(r: Result<T, tonic::Status>) -> Code {
