@@ -16,7 +16,7 @@ procs() { python3 "$PROCS" "$@" --ppid "$$"; }
 bench_cleanup() {
   local args=() pid
   for pid in "${BENCH_PIDS[@]:-}"; do [ -n "$pid" ] && args+=(--pid "$pid"); done
-  [ "${#args[@]}" -gt 0 ] && procs stop "${args[@]}" --grace 0.5 >/dev/null
+  if [ "${#args[@]}" -gt 0 ]; then procs stop "${args[@]}" --grace 0.5 >/dev/null || true; fi
   rm -rf "$BENCH_TMP"
 }
 trap bench_cleanup EXIT
