@@ -1196,10 +1196,10 @@ async fn crictl_drives_berthd() {
 
 /// critest v1.26.1, Kubernetes' CRI conformance suite, against berthd through
 /// hack/cri/critest.sh (local stand-ins of every test image under their original names,
-/// a private berthd with a CNI bridge network, host side effects undone). Every spec outside
-/// streaming (exec/attach/port-forward URLs, not served yet) must pass, pod networking through
-/// CNI included; the only failure allowed is the one no runtime here can pass
-/// (hack/cri/known-failures.txt).
+/// a private berthd with a CNI bridge network, host side effects undone). Every spec but attach
+/// (to a container without a log path: not served yet) must pass, exec and port-forward
+/// through the streaming server and pod networking through CNI included; the only failure
+/// allowed is the one no runtime here can pass (hack/cri/known-failures.txt).
 ///
 /// And the script's clean-up touches nothing it did not start: from the moment critest's run
 /// has ended (the summary is printed; the run's mount namespace is gone, and the kernel hands
@@ -1208,7 +1208,7 @@ async fn crictl_drives_berthd() {
 /// (A clean-up that chose processes by the number of the run's mount namespace killed such a
 /// bystander: a test's berthd, once.)
 #[test]
-fn critest_conformance_outside_streaming() {
+fn critest_conformance() {
     use std::io::{BufRead, Read};
     use std::sync::atomic::{AtomicBool, Ordering};
     let (Some(critest), Some(crictl)) = (cri_tool("critest"), cri_tool("crictl")) else {
@@ -1221,8 +1221,9 @@ fn critest_conformance_outside_streaming() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out_dir = tempfile::tempdir().unwrap();
     let _host_network = HOST_NETWORK.blocking_lock();
-    // Streaming (exec/attach/port-forward URLs) is not served yet; benchmarks are not tests.
-    let skip = "Streaming|Benchmark";
+    // Benchmarks are not tests. Attach reads a container's output from its CRI log, and
+    // critest's attach spec makes a container without one (not served yet).
+    let skip = "Benchmark|runtime should support attach";
     let mut script = std::process::Command::new(root.join("hack/cri/critest.sh"))
         .arg("berth")
         .arg(format!("--ginkgo.skip={skip}"))
@@ -2025,4 +2026,190 @@ async fn image_fs_exists_from_start_up() {
         "{fs:?}"
     );
     assert!(Path::new(mountpoint).is_dir(), "{mountpoint} missing");
+}
+
+/// `kubectl exec`, `attach` and `port-forward` as crictl does them against berthd's streaming
+/// server: exec -it with a terminal (crictl's terminal size reaches the process: `stty size`),
+/// exec -i with stdin piped and closed, a failing command's exit code, attach to a container
+/// reading its stdin, port-forward to a server in the pod; and an exec whose client is killed
+/// midway leaves no process and no FIFO behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_streams_exec_attach_and_port_forward() {
+    let Some(crictl) = cri_tool("crictl") else {
+        eprintln!(
+            "SKIP: no crictl and no cri-tools repository to build it from (set CRICTL or CRI_TOOLS_GIT)"
+        );
+        return;
+    };
+    let mut c = Cri::start().await;
+    let (pod, pc) = c.run_pod("stream").await;
+    let srv = c
+        .create_start(
+            &pod,
+            &pc,
+            Cri::container_config(
+                "srv",
+                "mkdir -p /www && echo hello-port-forward > /www/index.html && exec httpd -f -p 8080 -h /www",
+            ),
+        )
+        .await;
+    c.wait_state(&srv, cri::ContainerState::ContainerRunning)
+        .await;
+    let sock = format!("unix://{}", c.d.sock.display());
+    let crictl_cmd = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&crictl);
+        cmd.args(["--runtime-endpoint", &sock, "--image-endpoint", &sock])
+            .args(["--timeout", "60s"])
+            .args(args);
+        cmd
+    };
+
+    // exec -it: a terminal, sized by crictl's own (given by `script`'s pty).
+    let line = format!(
+        "stty rows 33 cols 77; {} --runtime-endpoint {sock} exec -it {srv} sh -c 'stty size; tty'",
+        crictl.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        text.contains("33 77") && text.contains("/dev/pts/"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // exec -i: stdin piped, closed at its end.
+    let mut child = crictl_cmd(&["exec", "-i", &srv, "sh", "-c", "cat; echo done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from stdin\ndone\n");
+
+    // A failing command: its stderr, and its exit code in the status frame (crictl reports it
+    // and exits 1, as it does with containerd).
+    let st = crictl_cmd(&["exec", &srv, "sh", "-c", "echo err >&2; exit 3"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success(), "{st:?}");
+    assert!(
+        e.starts_with("err\n") && e.contains("command terminated with exit code 3"),
+        "{e}"
+    );
+
+    // attach: a container reading its stdin (stdin_once: it ends with the attacher's).
+    let mut cc = Cri::container_config("echoer", "exec cat");
+    cc.stdin = true;
+    cc.stdin_once = true;
+    let echoer = c.create_start(&pod, &pc, cc).await;
+    c.wait_state(&echoer, cri::ContainerState::ContainerRunning)
+        .await;
+    let mut child = crictl_cmd(&["attach", "-i", &echoer])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"through attach\n").unwrap();
+    // Give the line time to come back before stdin ends the container.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("through attach"),
+        "{out:?}"
+    );
+    c.wait_state(&echoer, cri::ContainerState::ContainerExited)
+        .await;
+
+    // port-forward to the pod's server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut fwd = crictl_cmd(&["port-forward", &pod, &format!("{port}:8080")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    wait_for("the forwarded port", || {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        use std::io::Read;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+        body.clear();
+        // The server's close reaches us through the forward: read to the end.
+        s.read_to_string(&mut body).is_ok() && body.contains("hello-port-forward")
+    });
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+
+    // A client killed midway: its process and FIFOs go.
+    let mut child = crictl_cmd(&["exec", &srv, "sh", "-c", "exec sleep 1234"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..100 {
+        let out = c.exec(&srv, &["sh", "-c", "ps"], 10).await.unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("sleep 1234") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the exec never started");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut gone = false;
+    for _ in 0..200 {
+        let out = c.exec(&srv, &["sh", "-c", "ps"], 10).await.unwrap();
+        if !String::from_utf8_lossy(&out.stdout).contains("sleep 1234") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the killed client's process is still running");
+
+    for id in [&srv, &echoer] {
+        c.rt.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+        c.rt.remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    c.assert_no_leftovers();
 }

@@ -38,6 +38,10 @@ pub struct CriConfig {
     /// Drop hugepage limits even where the controller exists (containerd 1.6 defaults to true;
     /// Berth applies them where the host can).
     pub disable_hugetlb_controller: bool,
+    /// Where the streaming server (Exec, Attach, PortForward URLs) listens: an IP address.
+    pub stream_server_address: String,
+    /// Its port; 0 picks a free one.
+    pub stream_server_port: u16,
     /// Pod networks through CNI (`[cri.cni]`).
     pub cni: crate::CniConfig,
 }
@@ -72,6 +76,8 @@ impl Default for CriConfig {
             cgroup_parent: "/k8s.io".into(),
             tolerate_missing_hugetlb_controller: true,
             disable_hugetlb_controller: false,
+            stream_server_address: "127.0.0.1".into(),
+            stream_server_port: 0,
             cni: crate::CniConfig::default(),
         }
     }
@@ -96,6 +102,16 @@ impl CriConfig {
         }
         if !self.address.as_os_str().is_empty() && !self.address.is_absolute() {
             return Err("cri.address: must be an absolute socket path".into());
+        }
+        if self
+            .stream_server_address
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            return Err(format!(
+                "cri.stream_server_address: {:?} is not an IP address",
+                self.stream_server_address
+            ));
         }
         if !self.cgroup_parent.starts_with('/') {
             return Err("cri.cgroup_parent: must be an absolute cgroup path".into());

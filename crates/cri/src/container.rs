@@ -355,7 +355,7 @@ impl Inner {
             (uri.clone(), if c.config.tty { String::new() } else { uri })
         };
         let stdin = if c.config.stdin {
-            let fifo = self.dirs.state.join("containers").join(&c.id).join("stdin");
+            let fifo = self.stdin_fifo(&c.id);
             make_fifo(&fifo)
                 .map_err(|e| Status::internal(format!("stdin FIFO {}: {e}", fifo.display())))?;
             fifo.to_string_lossy().into_owned()
@@ -408,6 +408,11 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// The FIFO a container with `stdin` reads its stdin from (attach writes into it).
+    pub(crate) fn stdin_fifo(&self, id: &str) -> PathBuf {
+        self.dirs.state.join("containers").join(id).join("stdin")
     }
 
     pub(crate) async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
@@ -612,7 +617,8 @@ impl Inner {
     }
 }
 
-fn make_fifo(p: &Path) -> std::io::Result<()> {
+/// Makes a FIFO at `p` (and its directory); one already there is kept.
+pub(crate) fn make_fifo(p: &Path) -> std::io::Result<()> {
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d)?;
     }

@@ -16,16 +16,6 @@ use crate::state::Inner;
 /// Output kept per stream; the rest is read and dropped (the kubelet caps at 16 MiB too).
 const MAX_OUTPUT: usize = 16 << 20;
 
-fn mkfifo(p: &Path) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::other("NUL in path"))?;
-    // SAFETY: a valid NUL-terminated path; mkfifo retains nothing.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Reads a FIFO until `done` fires, then what is left in it, keeping at most [`MAX_OUTPUT`].
 /// Opened read-write, so the open never waits and no EOF comes before the shim's end opens;
 /// the shim writes all of a process's output before it reports the exit, which fires `done`.
@@ -66,6 +56,19 @@ async fn collect(
 }
 
 impl Inner {
+    /// Container `id`, which must be running (exec and attach reach its processes).
+    pub(crate) fn running_container(&self, id: &str) -> Result<crate::meta::Container, Status> {
+        let c = self.meta.find_container(id)?;
+        if c.state() != cri::ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!(
+                "container {}: is {}, not running",
+                c.id,
+                c.state().as_str_name()
+            )));
+        }
+        Ok(c)
+    }
+
     /// The process part of a container's spec, for an exec.
     pub(crate) async fn exec_process(
         &self,
@@ -102,14 +105,7 @@ impl Inner {
         if req.cmd.is_empty() {
             return Err(Status::invalid_argument("cmd: must not be empty"));
         }
-        let c = self.meta.find_container(&req.container_id)?;
-        if c.state() != cri::ContainerState::ContainerRunning {
-            return Err(Status::failed_precondition(format!(
-                "container {}: is {}, not running",
-                c.id,
-                c.state().as_str_name()
-            )));
-        }
+        let c = self.running_container(&req.container_id)?;
         let process = self.exec_process(&c.id, &req.cmd, false).await?;
         let exec_id = uuid::Uuid::new_v4().simple().to_string();
         let dir = self.dirs.state.join("exec").join(&exec_id);
@@ -132,7 +128,8 @@ impl Inner {
     ) -> Result<cri::ExecSyncResponse, Status> {
         let (out, err) = (dir.join("stdout"), dir.join("stderr"));
         for p in [&out, &err] {
-            mkfifo(p).map_err(|e| Status::internal(format!("exec FIFO {}: {e}", p.display())))?;
+            crate::container::make_fifo(p)
+                .map_err(|e| Status::internal(format!("exec FIFO {}: {e}", p.display())))?;
         }
         // Our read ends first, so the shim's opens and writes never wait for us.
         let (done, done_rx) = tokio::sync::watch::channel(false);

@@ -26,6 +26,7 @@ mod seccomp_default;
 mod spec;
 mod state;
 mod stats;
+mod streaming;
 mod user;
 
 use std::future::Future;

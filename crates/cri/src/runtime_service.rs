@@ -1,6 +1,6 @@
 //! `runtime.v1.RuntimeService`: a thin adapter over the CRI core (validation, the RPC's
-//! shape); exec/attach/port-forward streaming and checkpoints answer Unimplemented with the
-//! reason.
+//! shape); Exec, Attach and PortForward hand out streaming URLs (`streaming.rs` serves them);
+//! checkpoints answer Unimplemented with the reason.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +18,15 @@ type Stream2<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>
 #[derive(Debug, Clone)]
 pub struct RuntimeService {
     inner: Arc<Inner>,
+}
+
+/// A streaming request's refusal as the kubelet's streaming server codes it.
+fn stream_status(e: berth_stream::StreamError) -> Status {
+    match e {
+        berth_stream::StreamError::TooManyRequests => Status::resource_exhausted(e.to_string()),
+        berth_stream::StreamError::Bind { .. } => Status::internal(e.to_string()),
+        e => Status::invalid_argument(e.to_string()),
+    }
 }
 
 impl RuntimeService {
@@ -255,29 +264,69 @@ impl Svc for RuntimeService {
 
     async fn exec(
         &self,
-        _: Request<cri::ExecRequest>,
+        req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(Status::unimplemented(
-            "Exec: the streaming server is not built yet (use ExecSync)",
-        ))
+        ready!(self);
+        let r = req.into_inner();
+        let c = self.inner.running_container(&r.container_id)?;
+        let url = self
+            .inner
+            .stream_server()?
+            .get_exec(berth_stream::ExecRequest {
+                container_id: c.id,
+                cmd: r.cmd,
+                tty: r.tty,
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            })
+            .map_err(stream_status)?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _: Request<cri::AttachRequest>,
+        req: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(Status::unimplemented(
-            "Attach: the streaming server is not built yet",
-        ))
+        ready!(self);
+        let r = req.into_inner();
+        let c = self.inner.running_container(&r.container_id)?;
+        let url = self
+            .inner
+            .stream_server()?
+            .get_attach(berth_stream::AttachRequest {
+                container_id: c.id,
+                tty: r.tty,
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+            })
+            .map_err(stream_status)?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(Status::unimplemented(
-            "PortForward: the streaming server is not built yet",
-        ))
+        ready!(self);
+        let r = req.into_inner();
+        let sb = self.inner.meta.find_sandbox(&r.pod_sandbox_id)?;
+        if !sb.st.ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {}: is not ready",
+                sb.id
+            )));
+        }
+        let url = self
+            .inner
+            .stream_server()?
+            .get_port_forward(berth_stream::PortForwardRequest {
+                pod_sandbox_id: sb.id,
+                ports: r.port,
+            })
+            .map_err(stream_status)?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -44,6 +44,8 @@ pub(crate) struct Inner {
     pub(crate) ooms: Mutex<HashSet<String>>,
     /// Pod networks.
     pub(crate) cni: crate::cni::Cni,
+    /// The streaming server, once started (or why it could not be).
+    pub(crate) stream: std::sync::OnceLock<Result<berth_stream::Server, String>>,
 }
 
 fn own_oom_score_adj() -> i64 {
@@ -73,6 +75,40 @@ impl Inner {
             sandbox_image: tokio::sync::Mutex::new(None),
             cpu_samples: Mutex::default(),
             ooms: Mutex::default(),
+            stream: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Starts the streaming server on `[cri] stream_server_address:port`.
+    async fn start_streaming(self: &Arc<Self>) {
+        let ip: std::net::IpAddr = self
+            .cfg
+            .stream_server_address
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let config = berth_stream::Config {
+            addr: std::net::SocketAddr::new(ip, self.cfg.stream_server_port),
+            ..Default::default()
+        };
+        let runtime = Arc::new(crate::streaming::StreamRuntime(Arc::downgrade(self)));
+        let server = berth_stream::Server::start_shared(config, runtime)
+            .await
+            .map_err(|e| e.to_string());
+        match &server {
+            Ok(s) => tracing::info!(address = %s.local_addr(), "CRI streaming server serving"),
+            Err(e) => tracing::error!(error = %e, "CRI streaming server not started"),
+        }
+        let _ = self.stream.set(server);
+    }
+
+    /// The streaming server, or Unavailable with the reason.
+    pub(crate) fn stream_server(&self) -> Result<&berth_stream::Server, Status> {
+        match self.stream.get() {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(Status::unavailable(format!(
+                "the streaming server is not running: {e}"
+            ))),
+            None => Err(Status::unavailable("the streaming server is starting")),
         }
     }
 
@@ -110,6 +146,7 @@ impl Inner {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         };
+        self.start_streaming().await;
         restore.await;
         match self.meta.load(&self.api).await {
             Ok((s, c)) => tracing::info!(sandboxes = s, containers = c, "CRI records loaded"),

@@ -282,7 +282,22 @@ where
         }
     }
 
-    let outcome = target.run(&inner, io).await;
+    // The client going away ends the session: the run is dropped, which undoes it (the
+    // runtime kills an exec's process). Streams opened after the setup are refused.
+    let run = target.run(&inner, io);
+    tokio::pin!(run);
+    let outcome = loop {
+        tokio::select! {
+            o = &mut run => break o,
+            n = session.next_stream() => match n {
+                Some(extra) => extra.refuse().await,
+                None => {
+                    tracing::debug!("stream: the client went away before the command ended");
+                    return;
+                }
+            },
+        }
+    };
     for o in outputs {
         let _ = o.await;
     }

@@ -128,7 +128,9 @@ where
 }
 
 /// Forwards one connection: the data stream's input to the pod's port, the port's output back,
-/// each direction half-closed on its own.
+/// each direction half-closed on its own. When one direction has ended the other gets a second
+/// to finish, then both streams are closed (containerd's rule): a client that never half-closes
+/// (kubectl, crictl) waits for the error stream's end before it closes its local connection.
 async fn forward(inner: Arc<Inner>, pod: String, port: u16, data: Stream, error: Stream) {
     let err_w = error.writer();
     let upstream = match inner.runtime.port_forward(pod.clone(), port).await {
@@ -166,8 +168,20 @@ async fn forward(inner: Arc<Inner>, pod: String, port: u16, data: Stream, error:
                 break;
             }
         }
-        data_w.finish().await;
     };
-    tokio::join!(to_pod, from_pod);
+    {
+        tokio::pin!(to_pod);
+        tokio::pin!(from_pod);
+        let grace = std::time::Duration::from_secs(1);
+        tokio::select! {
+            _ = &mut to_pod => {
+                let _ = tokio::time::timeout(grace, &mut from_pod).await;
+            }
+            _ = &mut from_pod => {
+                let _ = tokio::time::timeout(grace, &mut to_pod).await;
+            }
+        }
+    }
+    data_w.finish().await;
     err_w.finish().await;
 }

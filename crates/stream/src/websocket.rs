@@ -332,7 +332,18 @@ async fn remote(inner: Arc<Inner>, ws: Ws, codec: Codec, p: Prepared) {
             outputs.push(tokio::spawn(pump_output(pipe, ch, codec, out.clone())));
         }
     }
-    let outcome = target.run(&inner, io).await;
+    // The client going away (its side of the connection ends) ends the session: the run is
+    // dropped, which undoes it (the runtime kills an exec's process).
+    let mut reader = reader;
+    let run = target.run(&inner, io);
+    tokio::pin!(run);
+    let outcome = tokio::select! {
+        o = &mut run => o,
+        _ = &mut reader => {
+            tracing::debug!("stream: the client went away before the command ended");
+            return;
+        }
+    };
     for o in outputs {
         let _ = o.await;
     }
