@@ -340,7 +340,16 @@ impl Inner {
             )));
         }
         let (stdout, stderr) = if c.st.log_path.is_empty() {
-            (String::new(), String::new())
+            // No log: the output goes through FIFOs the CRI reads, for attachers.
+            let (out, err) = self.output_fifos(&c.id);
+            for p in [&out, &err] {
+                make_fifo(p)
+                    .map_err(|e| Status::internal(format!("output FIFO {}: {e}", p.display())))?;
+            }
+            self.outputs
+                .follow(self, &c.id, c.config.tty, (out.clone(), err.clone()));
+            let s = |p: &Path| p.to_string_lossy().into_owned();
+            (s(&out), if c.config.tty { String::new() } else { s(&err) })
         } else {
             let p = Path::new(&c.st.log_path);
             if let Some(dir) = p.parent() {
@@ -415,6 +424,12 @@ impl Inner {
         self.dirs.state.join("containers").join(id).join("stdin")
     }
 
+    /// The FIFOs a container without a log path writes its stdout and stderr to.
+    pub(crate) fn output_fifos(&self, id: &str) -> (PathBuf, PathBuf) {
+        let d = self.dirs.state.join("containers").join(id);
+        (d.join("stdout"), d.join("stderr"))
+    }
+
     pub(crate) async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), Status> {
         let c = match self.meta.find_container(id) {
             Ok(c) => c,
@@ -456,6 +471,7 @@ impl Inner {
         }
         self.remove_snapshot(&c.id).await;
         let _ = std::fs::remove_dir_all(self.dirs.state.join("containers").join(&c.id));
+        self.outputs.forget(&c.id);
         self.meta.with(|ix| ix.containers.remove(&c.id));
         self.meta.release(&c.st.name, &c.id);
         self.cpu_samples

@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) cni: crate::cni::Cni,
     /// The streaming server, once started (or why it could not be).
     pub(crate) stream: std::sync::OnceLock<Result<berth_stream::Server, String>>,
+    /// Output of running containers without a log path, for attachers (`streaming.rs`).
+    pub(crate) outputs: crate::streaming::Outputs,
 }
 
 fn own_oom_score_adj() -> i64 {
@@ -76,6 +78,7 @@ impl Inner {
             cpu_samples: Mutex::default(),
             ooms: Mutex::default(),
             stream: std::sync::OnceLock::new(),
+            outputs: crate::streaming::Outputs::default(),
         }
     }
 
@@ -235,7 +238,15 @@ impl Inner {
         for id in running {
             match self.task_state(&id).await {
                 Ok(Some((TaskStatus::Stopped, code, at))) => self.record_exit(&id, code, at).await,
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => {
+                    // A restarted daemon reads the output FIFOs of containers without a log again.
+                    if let Some(c) = self.meta.container(&id)
+                        && c.st.log_path.is_empty()
+                    {
+                        self.outputs
+                            .follow(self, &id, c.config.tty, self.output_fifos(&id));
+                    }
+                }
                 Ok(None) => self.record_exit(&id, 255, crate::now_ns()).await,
                 Err(e) => tracing::warn!(id = %id, error = %e, "asking for a task's state"),
             }

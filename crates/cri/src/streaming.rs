@@ -23,10 +23,152 @@ use berth_api::containerd::services::tasks::v1 as tasks;
 use berth_api::runtime::v1 as cri;
 use berth_stream::{BoxError, BoxFuture, Runtime, StreamIo, TermSize, Upstream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
 use crate::state::Inner;
+
+/// One chunk of a container's output: (from stderr, bytes).
+type Chunk = (bool, Arc<[u8]>);
+
+/// Output of running containers without a log path: the CRI reads their stdout and stderr
+/// FIFOs and passes each chunk to the container's attachers. With none it is dropped; an
+/// attacher that falls behind misses what overflows its queue rather than stalling the
+/// container.
+#[derive(Debug, Default)]
+pub(crate) struct Outputs(
+    std::sync::Mutex<std::collections::HashMap<String, broadcast::Sender<Chunk>>>,
+);
+
+impl Outputs {
+    /// Starts reading container `id`'s output FIFOs (stdout, and stderr without a terminal)
+    /// until its exit is recorded.
+    pub(crate) fn follow(&self, inner: &Inner, id: &str, tty: bool, fifos: (PathBuf, PathBuf)) {
+        let tx = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_insert_with(|| broadcast::channel(256).0)
+            .clone();
+        let (out, err) = fifos;
+        for (path, from_stderr) in [(out, false), (err, true)] {
+            if from_stderr && tty {
+                continue;
+            }
+            let exits = inner.exits.subscribe();
+            tokio::spawn(read_output(
+                path,
+                from_stderr,
+                tx.clone(),
+                exits,
+                id.to_string(),
+            ));
+        }
+    }
+
+    /// A receiver of container `id`'s output from now on, if it is read.
+    fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<Chunk>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).map(broadcast::Sender::subscribe)
+    }
+
+    /// Forgets a removed container.
+    pub(crate) fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// Reads one output FIFO of container `id` into `tx` until the container's exit is recorded,
+/// then what is left. Opened read-write: the open never waits for the shim, and a restarted
+/// daemon reads the same FIFO again.
+async fn read_output(
+    path: PathBuf,
+    from_stderr: bool,
+    tx: broadcast::Sender<Chunk>,
+    mut exits: broadcast::Receiver<String>,
+    id: String,
+) {
+    let rx = match tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+    {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::warn!(id = %id, path = %path.display(), error = %e, "opening an output FIFO");
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 32 << 10];
+    let mut drain = |rx: &tokio::net::unix::pipe::Receiver| loop {
+        match rx.try_read(&mut buf) {
+            Ok(0) => return false,
+            // No attacher: nobody to give it to.
+            Ok(n) => drop(tx.send((from_stderr, Arc::from(&buf[..n])))),
+            Err(e) => return e.kind() == ErrorKind::WouldBlock,
+        }
+    };
+    loop {
+        tokio::select! {
+            r = rx.readable() => {
+                if r.is_err() || !drain(&rx) {
+                    return;
+                }
+            }
+            e = exits.recv() => match e {
+                Ok(x) if x == id => {
+                    drain(&rx);
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Writes what `rx` gives to the attacher's stdout/stderr until `done` fires and the queue is
+/// empty.
+async fn forward_output(
+    mut rx: broadcast::Receiver<Chunk>,
+    mut stdout: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    mut stderr: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    mut done: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    loop {
+        let chunk = tokio::select! {
+            c = rx.recv() => c,
+            changed = done.changed() => {
+                if changed.is_err() || *done.borrow() {
+                    // What the readers passed on before the end.
+                    match rx.try_recv() {
+                        Ok(c) => Ok(c),
+                        Err(_) => return Ok(()),
+                    }
+                } else {
+                    continue;
+                }
+            }
+        };
+        let (from_stderr, data) = match chunk {
+            Ok(c) => c,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "an attacher fell behind");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        let to = if from_stderr {
+            stderr.as_mut()
+        } else {
+            stdout.as_mut()
+        };
+        if let Some(w) = to {
+            w.write_all(&data).await?;
+            w.flush().await?;
+        }
+    }
+}
 
 /// The runtime behind the streaming server (a weak handle: the server lives in the CRI).
 #[derive(Debug)]
@@ -462,25 +604,35 @@ async fn follow_log(
 
 async fn attach(inner: &Arc<Inner>, id: &str, io: StreamIo) -> Result<(), BoxError> {
     let c = inner.running_container(id).map_err(boxed)?;
-    if c.st.log_path.is_empty() && (io.stdout.is_some() || io.stderr.is_some()) {
-        return Err(format!(
-            "container {}: has no log path, which attach reads its output from",
-            c.id
-        )
-        .into());
-    }
     // Subscribed before the state is looked at, so the exit cannot slip between.
     let mut exits = inner.exits.subscribe();
     let (done, done_rx) = watch::channel(false);
     let stdin_only = io.stdout.is_none() && io.stderr.is_none();
-    let output = (!stdin_only).then(|| {
-        tokio::spawn(follow_log(
+    // Output: from the CRI log when there is one, else from the CRI's own FIFO readers.
+    let output = if stdin_only {
+        None
+    } else if !c.st.log_path.is_empty() {
+        Some(tokio::spawn(follow_log(
             PathBuf::from(&c.st.log_path),
             io.stdout,
             io.stderr,
             done_rx.clone(),
-        ))
-    });
+        )))
+    } else {
+        let rx = inner.outputs.subscribe(&c.id).ok_or_else(|| {
+            format!(
+                "container {}: its output is not read by this daemon (no log path, started \
+                 by a berthd without attach support)",
+                c.id
+            )
+        })?;
+        Some(tokio::spawn(forward_output(
+            rx,
+            io.stdout,
+            io.stderr,
+            done_rx.clone(),
+        )))
+    };
     let resizes = forward_resizes(inner, &c.id, "", io.resize);
     let (stdin_end_tx, mut stdin_end) = watch::channel(false);
     let input = match io.stdin {
