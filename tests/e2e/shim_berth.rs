@@ -180,6 +180,8 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
     );
     // The shim: one process, its socket under the state dir's 0700 `s/`, runc state under the
     // state dir (never /run/runc).
+    // (The shims of the earlier `run --rm`s exit just after they answer Shutdown.)
+    wait_for("only bg's shim", || berth_shims(&d).len() == 1);
     let shims = berth_shims(&d);
     assert_eq!(shims.len(), 1, "{shims:?}");
     let state = d.dir.path().join("state");
