@@ -218,6 +218,38 @@ impl Cri {
         }
     }
 
+    /// Stops and removes `containers`, then stops and removes the pod, as a kubelet does when
+    /// a pod goes.
+    async fn teardown(&mut self, pod: &str, containers: &[&str]) {
+        for id in containers {
+            self.rt
+                .stop_container(cri::StopContainerRequest {
+                    container_id: id.to_string(),
+                    timeout: 1,
+                })
+                .await
+                .unwrap();
+            self.rt
+                .remove_container(cri::RemoveContainerRequest {
+                    container_id: id.to_string(),
+                })
+                .await
+                .unwrap();
+        }
+        self.rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.to_string(),
+            })
+            .await
+            .unwrap();
+        self.rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+
     /// Waits up to 20 s for [`Cri::leftovers`] to be empty; fails listing them.
     fn assert_no_leftovers(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1870,44 +1902,13 @@ async fn kubelet_shaped_requests_start_a_container() {
             "{}",
             e.message()
         );
-        strict
-            .rt
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: pod2_id.clone(),
-            })
-            .await
-            .unwrap();
-        strict
-            .rt
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod2_id,
-            })
-            .await
-            .unwrap();
+        strict.teardown(&pod2_id, &[]).await;
         // The pod cgroups are the kubelet's to remove.
         drop(cgroups2);
         strict.assert_no_leftovers();
     }
 
-    c.rt.stop_container(cri::StopContainerRequest {
-        container_id: id.clone(),
-        timeout: 2,
-    })
-    .await
-    .unwrap();
-    c.rt.remove_container(cri::RemoveContainerRequest { container_id: id })
-        .await
-        .unwrap();
-    c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod_id.clone(),
-    })
-    .await
-    .unwrap();
-    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod_id,
-    })
-    .await
-    .unwrap();
+    c.teardown(&pod_id, &[&id]).await;
     drop(cgroups);
     c.assert_no_leftovers();
 }
@@ -2201,28 +2202,8 @@ async fn crictl_streams_exec_attach_and_port_forward() {
     }
     assert!(gone, "the killed client's process is still running");
 
-    for id in std::iter::once(&srv).chain(&echoers) {
-        c.rt.stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 1,
-        })
-        .await
-        .unwrap();
-        c.rt.remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    }
-    c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    let mut all = vec![srv.as_str()];
+    all.extend(echoers.iter().map(String::as_str));
+    c.teardown(&pod, &all).await;
     c.assert_no_leftovers();
 }

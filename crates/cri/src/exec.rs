@@ -55,6 +55,27 @@ async fn collect(
     }
 }
 
+/// SIGKILLs exec `exec_id` of container `id` and waits (up to 10 s) for its end.
+pub(crate) async fn kill_exec(api: &crate::api::Api, id: &str, exec_id: &str) {
+    let mut t = api.tasks();
+    let _ = t
+        .kill(api.req(tasks::KillRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            signal: libc::SIGKILL as u32,
+            all: false,
+        }))
+        .await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        t.wait(api.req(tasks::WaitRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        })),
+    )
+    .await;
+}
+
 impl Inner {
     /// Container `id`, which must be running (exec and attach reach its processes).
     pub(crate) fn running_container(&self, id: &str) -> Result<crate::meta::Container, Status> {
@@ -183,22 +204,7 @@ impl Inner {
                     Some(Err(e)) => Err(e),
                     None => {
                         // Timed out: kill it, wait for it, and say so.
-                        let _ = t
-                            .kill(self.api.req(tasks::KillRequest {
-                                container_id: id.to_string(),
-                                exec_id: exec_id.to_string(),
-                                signal: libc::SIGKILL as u32,
-                                all: false,
-                            }))
-                            .await;
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(10),
-                            w.wait(self.api.req(tasks::WaitRequest {
-                                container_id: id.to_string(),
-                                exec_id: exec_id.to_string(),
-                            })),
-                        )
-                        .await;
+                        kill_exec(&self.api, id, exec_id).await;
                         Err(Status::deadline_exceeded(format!(
                             "command timed out: timeout {timeout}s exceeded"
                         )))

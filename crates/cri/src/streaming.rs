@@ -369,24 +369,9 @@ impl Drop for ExecGuard {
             self.dir.clone(),
         );
         tokio::spawn(async move {
-            let mut t = api.tasks();
-            let _ = t
-                .kill(api.req(tasks::KillRequest {
-                    container_id: id.clone(),
-                    exec_id: exec_id.clone(),
-                    signal: libc::SIGKILL as u32,
-                    all: false,
-                }))
-                .await;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                t.wait(api.req(tasks::WaitRequest {
-                    container_id: id.clone(),
-                    exec_id: exec_id.clone(),
-                })),
-            )
-            .await;
-            let _ = t
+            crate::exec::kill_exec(&api, &id, &exec_id).await;
+            let _ = api
+                .tasks()
                 .delete_process(api.req(tasks::DeleteProcessRequest {
                     container_id: id,
                     exec_id,
