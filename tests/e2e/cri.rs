@@ -321,9 +321,22 @@ impl Drop for Cri {
             "systemd",
             "unified",
         ] {
-            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(cg).join(&self.cgroup));
+            remove_cgroup_tree(&Path::new("/sys/fs/cgroup").join(cg).join(&self.cgroup));
         }
     }
+}
+
+/// Removes an empty cgroup and every empty cgroup under it, deepest first (pod cgroups and
+/// kubepods/burstable, which a kubelet would make and remove, are left by the runtime).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Log lines of a CRI log file: (stream, tag, text).
