@@ -42,6 +42,9 @@ pub struct CriConfig {
     pub stream_server_address: String,
     /// Its port; 0 picks a free one.
     pub stream_server_port: u16,
+    /// At most this many streaming sessions (exec, attach, port-forward) at once; past it a
+    /// client gets 429 Too Many Requests and may retry its URL.
+    pub stream_max_sessions: usize,
     /// Pod networks through CNI (`[cri.cni]`).
     pub cni: crate::CniConfig,
 }
@@ -78,6 +81,7 @@ impl Default for CriConfig {
             disable_hugetlb_controller: false,
             stream_server_address: "127.0.0.1".into(),
             stream_server_port: 0,
+            stream_max_sessions: 256,
             cni: crate::CniConfig::default(),
         }
     }
@@ -112,6 +116,9 @@ impl CriConfig {
                 "cri.stream_server_address: {:?} is not an IP address",
                 self.stream_server_address
             ));
+        }
+        if self.stream_max_sessions == 0 {
+            return Err("cri.stream_max_sessions: must be at least 1".into());
         }
         if !self.cgroup_parent.starts_with('/') {
             return Err("cri.cgroup_parent: must be an absolute cgroup path".into());

@@ -91,6 +91,7 @@ impl Inner {
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         let config = berth_stream::Config {
             addr: std::net::SocketAddr::new(ip, self.cfg.stream_server_port),
+            max_sessions: self.cfg.stream_max_sessions,
             ..Default::default()
         };
         let runtime = Arc::new(crate::streaming::StreamRuntime(Arc::downgrade(self)));

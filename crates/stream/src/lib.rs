@@ -22,6 +22,8 @@ mod remote;
 mod request;
 mod runtime;
 mod server;
+#[cfg(test)]
+mod session_tests;
 pub mod spdy;
 mod spdy_portforward;
 mod status;

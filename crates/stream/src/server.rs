@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::cache::TokenCache;
@@ -51,6 +52,9 @@ pub struct Config {
     pub token_ttl: Duration,
     /// At most this many tokens outstanding (1000).
     pub max_in_flight: usize,
+    /// At most this many sessions (exec, attach, port-forward connections) at once (256): a
+    /// request past it gets 429 Too Many Requests and keeps its token, so it can be retried.
+    pub max_sessions: usize,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             stream_idle_timeout: Some(Duration::from_secs(4 * 3600)),
             token_ttl: Duration::from_secs(60),
             max_in_flight: 1000,
+            max_sessions: 256,
         }
     }
 }
@@ -73,6 +78,7 @@ pub(crate) struct Inner {
     base_url: String,
     // std's Mutex: spawning and reaping are synchronous and short.
     tasks: Mutex<JoinSet<()>>,
+    sessions: Arc<Semaphore>,
 }
 
 impl Inner {
@@ -82,7 +88,22 @@ impl Inner {
         while tasks.try_join_next().is_some() {}
         tasks.spawn(fut);
     }
+
+    /// Runs session `fut`, holding its place among the concurrent sessions until it ends.
+    pub(crate) fn spawn_session(
+        &self,
+        permit: Session,
+        fut: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
 }
+
+/// A place among the server's concurrent sessions.
+pub(crate) type Session = OwnedSemaphorePermit;
 
 /// The CRI streaming server: hands out one-time URLs for exec, attach and port-forward and
 /// serves them over SPDY/3.1 and WebSocket. Dropping it stops the listener and every session.
@@ -124,6 +145,7 @@ impl Server {
         };
         let inner = Arc::new(Inner {
             cache: TokenCache::new(config.token_ttl, config.max_in_flight),
+            sessions: Arc::new(Semaphore::new(config.max_sessions)),
             config,
             runtime,
             base_url,
@@ -239,6 +261,20 @@ fn route(inner: Arc<Inner>, req: Request<Incoming>) -> Resp {
         return error(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed");
     }
     let kind = kind.to_owned();
+    // Refused before the token is used, so the client may try the same URL again.
+    let Ok(session) = inner.sessions.clone().try_acquire_owned() else {
+        tracing::warn!(
+            max = inner.config.max_sessions,
+            "stream server: session refused, too many at once"
+        );
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "too many streaming sessions at once (the limit is {}); try again later",
+                inner.config.max_sessions
+            ),
+        );
+    };
     let Some(prepared) = inner.cache.consume(token) else {
         return not_found();
     };
@@ -246,9 +282,9 @@ fn route(inner: Arc<Inner>, req: Request<Incoming>) -> Resp {
         return not_found();
     }
     if is_websocket(req.headers()) {
-        websocket::upgrade(inner, req, prepared)
+        websocket::upgrade(inner, req, prepared, session)
     } else {
-        spdy_upgrade(inner, req, prepared)
+        spdy_upgrade(inner, req, prepared, session)
     }
 }
 
@@ -278,7 +314,12 @@ fn contains_ci(h: &HeaderMap, name: header::HeaderName, needle: &str) -> bool {
 /// Subprotocol negotiation and the SPDY/3.1 upgrade, with the kubelet's answers: 400 without
 /// `X-Stream-Protocol-Version`, 403 (and the accepted versions) when none matches, 400 without
 /// the upgrade headers.
-fn spdy_upgrade(inner: Arc<Inner>, mut req: Request<Incoming>, prepared: Prepared) -> Resp {
+fn spdy_upgrade(
+    inner: Arc<Inner>,
+    mut req: Request<Incoming>,
+    prepared: Prepared,
+    session: Session,
+) -> Resp {
     let server: &[&str] = match prepared {
         Prepared::PortForward(_) => PORT_FORWARD_PROTOCOLS,
         _ => REMOTE_PROTOCOLS,
@@ -316,7 +357,7 @@ fn spdy_upgrade(inner: Arc<Inner>, mut req: Request<Incoming>, prepared: Prepare
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_inner = inner.clone();
-    inner.spawn(async move {
+    inner.spawn_session(session, async move {
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {

@@ -23,11 +23,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::remote::{ResizeDecoder, Target, pipes};
 use crate::request::Prepared;
-use crate::server::{Inner, Resp, error, header_tokens};
+use crate::server::{Inner, Resp, Session, error, header_tokens};
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -44,6 +44,20 @@ const REMOTE_PROTOCOLS: &[&str] = &[
     "base64.channel.k8s.io",
 ];
 const PORT_FORWARD_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v4.base64.channel.k8s.io"];
+
+/// The largest message (and frame) a client may send: client-go sends stdin and port-forward
+/// data in chunks of at most 32 KiB; a bigger one closes the session (1009, message too big)
+/// instead of being buffered.
+pub(crate) const MAX_MESSAGE: usize = 1 << 20;
+
+/// Bounded buffers: what is read is at most one message, and writes wait for the socket once
+/// a few messages are queued.
+pub(crate) fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+        .max_write_buffer_size(4 * MAX_MESSAGE)
+}
 
 /// How a negotiated subprotocol frames channels.
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +112,12 @@ impl Codec {
 /// Validates the WebSocket handshake as golang.org/x/net/websocket does (405 for a method
 /// other than GET, 400 for a bad version or key, 403 when no subprotocol matches), answers 101
 /// and starts the session.
-pub(crate) fn upgrade(inner: Arc<Inner>, mut req: Request<Incoming>, prepared: Prepared) -> Resp {
+pub(crate) fn upgrade(
+    inner: Arc<Inner>,
+    mut req: Request<Incoming>,
+    prepared: Prepared,
+    session: Session,
+) -> Resp {
     if req.method() != Method::GET {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -157,7 +176,7 @@ pub(crate) fn upgrade(inner: Arc<Inner>, mut req: Request<Incoming>, prepared: P
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_inner = inner.clone();
-    inner.spawn(async move {
+    inner.spawn_session(session, async move {
         let io = match on_upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {
@@ -165,7 +184,7 @@ pub(crate) fn upgrade(inner: Arc<Inner>, mut req: Request<Incoming>, prepared: P
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
         let codec = Codec::of(protocol);
         match (prepared, ports) {
             (Prepared::PortForward(pf), Some(ports)) => {

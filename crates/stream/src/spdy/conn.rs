@@ -24,6 +24,9 @@ use super::frame::{Frame, FrameDecoder, FrameEncoder, Headers, goaway, rst};
 const WRITE_CHUNK: usize = 32 << 10;
 /// Inbound frames queued per stream before the connection's reader waits.
 const STREAM_QUEUE: usize = 32;
+/// Streams open at once on one connection (a port-forward opens two per connection it
+/// forwards); past it a new stream is refused with REFUSED_STREAM.
+pub(crate) const MAX_STREAMS: usize = 256;
 /// How long [`Session::close`] waits for the client to close its side.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
@@ -40,6 +43,14 @@ struct Slot {
     /// Set when the client resets the stream; dropped (which the writers also see) when the
     /// connection ends.
     reset: watch::Sender<bool>,
+    /// The writers' FIN state: a stream closed both ways is forgotten.
+    local_fin: Arc<AtomicBool>,
+}
+
+impl Slot {
+    fn open(&self) -> bool {
+        self.tx.is_some() || !self.local_fin.load(Ordering::Acquire)
+    }
 }
 
 struct Shared {
@@ -369,14 +380,34 @@ async fn handle(
             let (tx, rx) = mpsc::channel(STREAM_QUEUE);
             let (reset_tx, reset_rx) = watch::channel(false);
             let remote_done = flags & super::frame::FLAG_FIN != 0;
-            let local_done = flags & super::frame::FLAG_UNIDIRECTIONAL != 0;
-            shared.streams.lock().unwrap().insert(
-                stream_id,
-                Slot {
-                    tx: (!remote_done).then_some(tx),
-                    reset: reset_tx,
-                },
-            );
+            let local_fin = Arc::new(AtomicBool::new(
+                flags & super::frame::FLAG_UNIDIRECTIONAL != 0,
+            ));
+            let full = {
+                let mut streams = shared.streams.lock().unwrap();
+                streams.retain(|_, s| s.open());
+                let full = streams.len() >= MAX_STREAMS;
+                if !full {
+                    streams.insert(
+                        stream_id,
+                        Slot {
+                            tx: (!remote_done).then_some(tx),
+                            reset: reset_tx,
+                            local_fin: local_fin.clone(),
+                        },
+                    );
+                }
+                full
+            };
+            if full {
+                let _ = out
+                    .send(Out::Frame(Frame::RstStream {
+                        stream_id,
+                        status: rst::REFUSED_STREAM,
+                    }))
+                    .await;
+                return;
+            }
             let new = NewStream {
                 id: stream_id,
                 headers,
@@ -384,7 +415,7 @@ async fn handle(
                 writer: StreamWriter {
                     id: stream_id,
                     out: out.clone(),
-                    fin: Arc::new(AtomicBool::new(local_done)),
+                    fin: local_fin,
                     reset: reset_rx,
                 },
             };
@@ -437,5 +468,96 @@ async fn handle(
         | Frame::WindowUpdate { .. }
         | Frame::SynReply { .. }
         | Frame::Headers { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::spdy::frame::FLAG_FIN;
+
+    /// Frames the server writes, read until `n` RST_STREAM or SYN_REPLY frames came.
+    async fn answers(
+        rd: &mut tokio::io::DuplexStream,
+        dec: &mut FrameDecoder,
+        n: usize,
+    ) -> Vec<Frame> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        while got.len() < n {
+            let k = rd.read(&mut buf).await.unwrap();
+            assert!(k > 0, "the connection ended after {} answers", got.len());
+            dec.extend(&buf[..k]);
+            while let Some(f) = dec.next_frame().unwrap() {
+                if matches!(f, Frame::RstStream { .. } | Frame::SynReply { .. }) {
+                    got.push(f);
+                }
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn open_streams_are_bounded_and_closed_ones_are_forgotten() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut session = Session::start(server, None);
+        // Accept every stream and finish our side at once.
+        let acceptor = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Some(s) = session.next_stream().await {
+                let s = s.accept().await;
+                s.writer().finish().await;
+                kept.push(s);
+            }
+        });
+        let mut enc = FrameEncoder::new();
+        let mut dec = FrameDecoder::new();
+        let syn = |id: u32, flags: u8| Frame::SynStream {
+            stream_id: id,
+            associated_to: 0,
+            priority: 0,
+            slot: 0,
+            flags,
+            headers: Headers::new().with("streamType", "data"),
+        };
+        // MAX_STREAMS open ones (the client keeps its side open), then one more: refused.
+        let mut wire = Vec::new();
+        for i in 0..=MAX_STREAMS as u32 {
+            enc.encode(&syn(2 * i + 1, 0), &mut wire).unwrap();
+        }
+        client.write_all(&wire).await.unwrap();
+        let got = answers(&mut client, &mut dec, MAX_STREAMS + 1).await;
+        let refused: Vec<_> = got
+            .iter()
+            .filter_map(|f| match f {
+                Frame::RstStream { stream_id, status } => Some((*stream_id, *status)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, [(2 * MAX_STREAMS as u32 + 1, rst::REFUSED_STREAM)]);
+        // The client closes its side of the first stream: closed both ways, it no longer
+        // counts, and a new stream is accepted.
+        wire.clear();
+        enc.encode(
+            &Frame::Data {
+                stream_id: 1,
+                fin: true,
+                data: Bytes::new(),
+            },
+            &mut wire,
+        )
+        .unwrap();
+        let next = 2 * MAX_STREAMS as u32 + 3;
+        enc.encode(&syn(next, FLAG_FIN), &mut wire).unwrap();
+        client.write_all(&wire).await.unwrap();
+        let got = answers(&mut client, &mut dec, 1).await;
+        assert!(
+            matches!(got[0], Frame::SynReply { stream_id, .. } if stream_id == next),
+            "{got:?}"
+        );
+        drop(client);
+        acceptor.await.unwrap();
     }
 }
