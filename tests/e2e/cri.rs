@@ -2220,3 +2220,139 @@ async fn crictl_streams_exec_attach_and_port_forward() {
     c.teardown(&pod, &all).await;
     c.assert_no_leftovers();
 }
+
+/// A WebSocket client of the CRI streaming server: connects to `url` asking for `protocol`.
+async fn ws_connect(
+    url: &str,
+    protocol: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let host = req.uri().authority().unwrap().as_str().to_owned();
+    let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("WebSocket handshake")
+        .0
+}
+
+/// Everything the server sends until it closes, per channel.
+async fn ws_read_all(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    until: impl Fn(&HashMap<u8, Vec<u8>>) -> bool,
+) -> HashMap<u8, Vec<u8>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got: HashMap<u8, Vec<u8>> = HashMap::new();
+    while !until(&got) {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("nothing for 30 s; so far {got:?}"));
+        match m {
+            Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                got.entry(b[0]).or_default().extend_from_slice(&b[1..])
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            _ => {}
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_exec_and_port_forward() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut c = Cri::start().await;
+    let (pod, pc) = c.run_pod("ws").await;
+    let srv = c
+        .create_start(
+            &pod,
+            &pc,
+            Cri::container_config(
+                "srv",
+                "mkdir -p /www && echo hello-websocket > /www/index.html && exec httpd -f -p 8080 -h /www",
+            ),
+        )
+        .await;
+    c.wait_state(&srv, cri::ContainerState::ContainerRunning)
+        .await;
+    let exec_url = |c: &mut Cri, cmd: &str, tty: bool| {
+        let req = cri::ExecRequest {
+            container_id: srv.clone(),
+            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+            tty,
+            stdin: true,
+            stdout: true,
+            stderr: !tty,
+        };
+        let mut rt = c.rt.clone();
+        async move { rt.exec(req).await.expect("Exec").into_inner().url }
+    };
+
+    // v5: stdin, its close (channel 255), stdout and stderr apart, the exit code in the status.
+    let url = exec_url(&mut c, "cat; echo done; echo err >&2; exit 4", false).await;
+    let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+    ws.send(Message::binary(b"\x00through websocket\n".to_vec()))
+        .await
+        .unwrap();
+    ws.send(Message::binary(vec![255, 0])).await.unwrap();
+    let got = ws_read_all(&mut ws, |_| false).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got[&1]),
+        "through websocket\ndone\n",
+        "{got:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&got[&2]), "err\n");
+    let status: serde_json::Value = serde_json::from_slice(&got[&3]).unwrap();
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "4", "{status}");
+
+    // v4 with a terminal: the client's size reaches the process.
+    let url = exec_url(&mut c, "sleep 0.5; stty size; tty", true).await;
+    let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
+    ws.send(Message::binary(
+        b"\x04{\"Width\":77,\"Height\":33}".to_vec(),
+    ))
+    .await
+    .unwrap();
+    let got = ws_read_all(&mut ws, |g| g.contains_key(&3)).await;
+    let out = String::from_utf8_lossy(&got[&1]).replace('\r', "");
+    assert!(
+        out.contains("33 77") && out.contains("/dev/pts/"),
+        "{got:?}"
+    );
+    let status: serde_json::Value = serde_json::from_slice(&got[&3]).unwrap();
+    assert_eq!(status["status"], "Success", "{status}");
+
+    // Port forwarding (v4.channel.k8s.io): data on channel 0, errors on 1, each opened with
+    // the port.
+    let url =
+        c.rt.port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
+    ws.send(Message::binary(
+        b"\x00GET /index.html HTTP/1.0\r\n\r\n".to_vec(),
+    ))
+    .await
+    .unwrap();
+    let got = ws_read_all(&mut ws, |_| false).await;
+    assert_eq!(got[&0][..2], [0x90, 0x1f], "{got:?}");
+    let body = String::from_utf8_lossy(&got[&0][2..]);
+    assert!(body.contains("hello-websocket"), "{got:?}");
+    assert_eq!(got.get(&1).map(Vec::as_slice), Some(&[0x90, 0x1f][..]));
+
+    c.teardown(&pod, &[&srv]).await;
+    c.assert_no_leftovers();
+}
