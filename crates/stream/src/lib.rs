@@ -18,6 +18,8 @@
 
 mod cache;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod remote;
 mod request;
 mod runtime;

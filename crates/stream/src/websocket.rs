@@ -33,10 +33,10 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
+pub(crate) const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
-const REMOTE_PROTOCOLS: &[&str] = &[
+pub(crate) const REMOTE_PROTOCOLS: &[&str] = &[
     "v5.channel.k8s.io",
     "v4.channel.k8s.io",
     "v4.base64.channel.k8s.io",
@@ -61,7 +61,7 @@ pub(crate) fn ws_config() -> WebSocketConfig {
 
 /// How a negotiated subprotocol frames channels.
 #[derive(Debug, Clone, Copy)]
-struct Codec {
+pub(crate) struct Codec {
     base64: bool,
     /// v4 or later: statuses as JSON.
     v4: bool,
@@ -70,7 +70,7 @@ struct Codec {
 }
 
 impl Codec {
-    fn of(protocol: &str) -> Codec {
+    pub(crate) fn of(protocol: &str) -> Codec {
         Codec {
             base64: protocol.contains("base64."),
             v4: protocol.starts_with("v4.") || protocol.starts_with("v5."),
@@ -94,7 +94,7 @@ impl Codec {
 
     /// A message's channel and payload; `None` for what carries neither (control messages,
     /// empty or undecodable ones, which the kubelet skips too).
-    fn decode(self, msg: Message) -> Option<(u8, Vec<u8>)> {
+    pub(crate) fn decode(self, msg: Message) -> Option<(u8, Vec<u8>)> {
         match msg {
             Message::Binary(b) if !self.base64 => {
                 let (&ch, rest) = b.split_first()?;
@@ -212,7 +212,7 @@ pub(crate) fn upgrade(
 }
 
 /// The `port` query parameters (repeated or comma-separated), as the kubelet parses them.
-fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
+pub(crate) fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
     let values: Vec<&str> = query
         .unwrap_or("")
         .split('&')
