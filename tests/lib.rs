@@ -751,13 +751,53 @@ pub fn busybox_bundle(bundle: &Path, args: &[&str], cgroups_path: &str) {
         .expect("write config.json");
 }
 
-/// Removes a cgroup directory from every v1 hierarchy (and the v2 mount), if a test left one.
+/// Removes cgroup `path` from every v1 hierarchy (and the v2 mount), with every empty cgroup
+/// under it, deepest first, if a test left them (a cgroup with processes stays).
 pub fn remove_cgroup(path: &str) {
     let rel = path.trim_start_matches('/');
     if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in entries.flatten() {
-            let _ = std::fs::remove_dir(e.path().join(rel));
+            remove_cgroup_tree(&e.path().join(rel));
         }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The cgroups under `path` in the memory hierarchy (v1), or the v2 mount: what containers
+/// deleted by a test should not have left.
+pub fn cgroup_children(path: &str) -> Vec<String> {
+    let rel = path.trim_start_matches('/');
+    ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified"]
+        .iter()
+        .flat_map(|root| {
+            std::fs::read_dir(Path::new(root).join(rel))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+/// Removes the cgroup a test's containers live under (their namespace's, `/<ns>`) when
+/// dropped, even when the test fails.
+#[derive(Debug)]
+pub struct CgroupCleanup(pub &'static str);
+
+impl Drop for CgroupCleanup {
+    fn drop(&mut self) {
+        remove_cgroup(self.0);
     }
 }
 

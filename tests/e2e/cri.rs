@@ -306,37 +306,10 @@ impl Cri {
 
 impl Drop for Cri {
     fn drop(&mut self) {
-        for cg in [
-            "memory",
-            "pids",
-            "cpu",
-            "cpuacct",
-            "cpuset",
-            "devices",
-            "freezer",
-            "blkio",
-            "hugetlb",
-            "net_cls",
-            "perf_event",
-            "systemd",
-            "unified",
-        ] {
-            remove_cgroup_tree(&Path::new("/sys/fs/cgroup").join(cg).join(&self.cgroup));
-        }
+        // Pod cgroups and kubepods/burstable, which a kubelet would make and remove, are left
+        // by the runtime: removed with the test's parent, deepest first.
+        berth_e2e::remove_cgroup(&self.cgroup);
     }
-}
-
-/// Removes an empty cgroup and every empty cgroup under it, deepest first (pod cgroups and
-/// kubepods/burstable, which a kubelet would make and remove, are left by the runtime).
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// Log lines of a CRI log file: (stream, tag, text).
@@ -1374,15 +1347,148 @@ fn critest_conformance() {
 /// restore what the other set.
 static HOST_NETWORK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Undoes what a CNI bridge network did to the host: the bridge, and net.ipv4.ip_forward
-/// (the bridge plugin's isGateway turns it on).
-struct BridgeCleanup {
+/// A CNI network on a bridge of its own (Debian's bridge + host-local plugins, IPs of
+/// `10.<net>.<n>.0/24`), for one test at a time ([`HOST_NETWORK`]). Dropping it undoes what
+/// the network did to the host, whatever the test left: the bridge, the masquerade rules of
+/// its name, and net.ipv4.ip_forward (the bridge plugin's isGateway turns it on).
+struct BridgeNet {
+    dir: tempfile::TempDir,
+    name: String,
     bridge: String,
+    prefix: String,
     ip_forward: String,
+    _lock: tokio::sync::MutexGuard<'static, ()>,
 }
 
-impl Drop for BridgeCleanup {
+impl BridgeNet {
+    /// `None` (after saying so) where the CNI plugins are missing and this is not CI.
+    async fn new(net: u8, masquerade: bool) -> Option<BridgeNet> {
+        if !Path::new("/usr/lib/cni/bridge").exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs containernetworking-plugins"
+            );
+            eprintln!(
+                "SKIP: no CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
+            );
+            return None;
+        }
+        let lock = HOST_NETWORK.lock().await;
+        let n = std::process::id() % 200 + 20;
+        let b = BridgeNet {
+            dir: tempfile::tempdir().unwrap(),
+            name: format!("e2e-{net}-{n}"),
+            bridge: format!("bcri{net}x{n}"),
+            prefix: format!("10.{net}.{n}."),
+            ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+            _lock: lock,
+        };
+        std::fs::create_dir_all(b.conf_dir()).unwrap();
+        std::fs::write(
+            b.conf_dir().join("10-e2e.conflist"),
+            serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": b.name,
+                "plugins": [{
+                    "type": "bridge", "bridge": b.bridge, "isGateway": true,
+                    "ipMasq": masquerade,
+                    "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("{}0/24", b.prefix)}]],
+                             "dataDir": b.dir.path().join("ipam")}
+                }]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        Some(b)
+    }
+
+    fn conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
+    /// berthd's `[cri.cni]` table for this network.
+    fn berthd_config(&self) -> String {
+        format!(
+            "[cri.cni]\nconf_dir = \"{}\"\nbin_dir = \"/usr/lib/cni\"\n",
+            self.conf_dir().display()
+        )
+    }
+
+    /// Whether host-local holds `ip` for a pod.
+    fn reserved(&self, ip: &str) -> bool {
+        self.dir
+            .path()
+            .join("ipam")
+            .join(&self.name)
+            .join(ip)
+            .exists()
+    }
+
+    /// What pods of this network hold on the host: IP reservations, veths on the bridge, nat
+    /// rules naming the network.
+    fn leftovers(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.dir.path().join("ipam").join(&self.name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with(&self.prefix))
+            .map(|f| format!("reserved IP: {f}"))
+            .collect();
+        let links = std::process::Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .unwrap();
+        out.extend(
+            String::from_utf8_lossy(&links.stdout)
+                .lines()
+                .map(|l| format!("veth: {l}")),
+        );
+        out.extend(
+            self.nat_rules()
+                .into_iter()
+                .map(|r| format!("nat rule: {r}")),
+        );
+        out
+    }
+
+    /// POSTROUTING rules the bridge plugin's masquerade made for this network's pods.
+    fn nat_rules(&self) -> Vec<String> {
+        let rules = std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat", "-S", "POSTROUTING"])
+            .output()
+            .unwrap();
+        let tag = format!("name: \\\"{}\\\"", self.name);
+        String::from_utf8_lossy(&rules.stdout)
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for BridgeNet {
     fn drop(&mut self) {
+        for rule in self.nat_rules() {
+            // `-S` prints rules quoted for a shell: delete each as printed, then its chain.
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "iptables -w -t nat {}",
+                    rule.replacen("-A ", "-D ", 1)
+                ))
+                .status();
+            if let Some(chain) = rule.split(" -j ").nth(1).map(str::trim)
+                && chain.starts_with("CNI-")
+            {
+                for op in ["-F", "-X"] {
+                    let _ = std::process::Command::new("iptables")
+                        .args(["-w", "-t", "nat", op, chain])
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
+            }
+        }
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(std::process::Stdio::null())
@@ -1397,60 +1503,23 @@ impl Drop for BridgeCleanup {
 /// the cached result.
 #[tokio::test(flavor = "multi_thread")]
 async fn cri_pods_on_a_cni_bridge() {
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs containernetworking-plugins"
-        );
-        eprintln!(
-            "SKIP: no CNI plugins in /usr/lib/cni (apt-get install containernetworking-plugins)"
-        );
+    let Some(net) = BridgeNet::new(213, false).await else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let n = std::process::id() % 200 + 20;
-    let bridge = format!("bcri{n}");
-    let _host_network = HOST_NETWORK.lock().await;
-    let _cleanup = BridgeCleanup {
-        bridge: bridge.clone(),
-        ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
     };
-    let net_d = t.path().join("net.d");
-    let ipam = t.path().join("ipam");
-    std::fs::create_dir_all(&net_d).unwrap();
-    let subnet = format!("10.213.{n}.0/24");
-    std::fs::write(
-        net_d.join("10-e2e.conflist"),
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "e2e",
-            "plugins": [{
-                "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                         "dataDir": ipam}
-            }]
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let mut c = Cri::start_with(&format!(
-        "[cri.cni]\nconf_dir = \"{}\"\nbin_dir = \"/usr/lib/cni\"\n",
-        net_d.display()
-    ))
-    .await;
+    let mut c = Cri::start_with(&net.berthd_config()).await;
     let status =
         c.rt.status(cri::StatusRequest { verbose: false })
             .await
             .unwrap()
             .into_inner();
-    let net = status
+    let ready = status
         .status
         .unwrap()
         .conditions
         .into_iter()
         .find(|x| x.r#type == "NetworkReady")
         .unwrap();
-    assert!(net.status, "{net:?}");
+    assert!(ready.status, "{ready:?}");
 
     let mut ips = Vec::new();
     let mut pods = Vec::new();
@@ -1467,7 +1536,7 @@ async fn cri_pods_on_a_cni_bridge() {
             .status
             .unwrap();
         let ip = st.network.unwrap().ip;
-        assert!(ip.starts_with(&format!("10.213.{n}.")), "{ip}");
+        assert!(ip.starts_with(&net.prefix), "{ip}");
         let id = c
             .create_start(
                 &pod,
@@ -1485,29 +1554,8 @@ async fn cri_pods_on_a_cni_bridge() {
     }
     assert_ne!(ips[0], ips[1]);
     // The host, through the bridge.
-    let get = |ip: &str| {
-        let addr: std::net::SocketAddr = format!("{ip}:8080").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(
-                |mut s| {
-                    use std::io::{Read, Write};
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-                    let mut out = String::new();
-                    s.read_to_string(&mut out)?;
-                    Ok(out)
-                },
-            );
-            match r {
-                Ok(out) => return out,
-                Err(e) if Instant::now() > deadline => panic!("GET {addr}: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    };
-    assert!(get(&ips[0]).contains("hello-web1"));
-    assert!(get(&ips[1]).contains("hello-web2"));
+    assert!(http_get(&ips[0]).contains("hello-web1"));
+    assert!(http_get(&ips[1]).contains("hello-web2"));
     // One pod reaches the other.
     let url = format!("http://{}:8080/index.html", ips[1]);
     let r = c
@@ -1518,8 +1566,7 @@ async fn cri_pods_on_a_cni_bridge() {
         String::from_utf8_lossy(&r.stdout).contains("hello-web2"),
         "{r:?}"
     );
-    let reserved = |ip: &str| ipam.join("e2e").join(ip).exists();
-    assert!(reserved(&ips[0]) && reserved(&ips[1]));
+    assert!(net.reserved(&ips[0]) && net.reserved(&ips[1]));
     let cache = c.d.dir.path().join("state/io.berth.cri/cni");
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
 
@@ -1530,21 +1577,16 @@ async fn cri_pods_on_a_cni_bridge() {
         .await
         .unwrap();
     }
-    assert!(!reserved(&ips[0]) && !reserved(&ips[1]), "IPs released");
+    assert!(
+        !net.reserved(&ips[0]) && !net.reserved(&ips[1]),
+        "IPs released"
+    );
     assert_eq!(
         std::fs::read_dir(&cache).unwrap().count(),
         0,
         "cache emptied"
     );
-    let links = String::from_utf8_lossy(
-        &std::process::Command::new("ip")
-            .args(["-o", "link", "show", "master", &bridge])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
-    assert!(links.trim().is_empty(), "veths left on the bridge: {links}");
+    assert_eq!(net.leftovers(), Vec::<String>::new());
     for (pod, _) in &pods {
         c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: pod.clone(),
@@ -1552,6 +1594,161 @@ async fn cri_pods_on_a_cni_bridge() {
         .await
         .unwrap();
     }
+}
+
+/// `GET /index.html` from `ip`:8080, retried for up to 10 s while it cannot connect.
+fn http_get(ip: &str) -> String {
+    let addr: std::net::SocketAddr = format!("{ip}:8080").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(
+            |mut s| {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out)
+            },
+        );
+        match r {
+            Ok(out) => return out,
+            Err(e) if Instant::now() > deadline => panic!("GET {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Part 5 of the CNI work: berthd killed with 20 networked pods comes back with each pod's
+/// IP; StopPodSandbox then tears every network down from the cached results; and 200 cycles of
+/// RunPodSandbox / StopPodSandbox / RemovePodSandbox leave no network namespace, veth, nat rule
+/// (the network masquerades), IP reservation, mount, pod cgroup, cached result or shim.
+#[tokio::test(flavor = "multi_thread")]
+async fn cri_networked_pods_survive_kill9_and_cycles_leak_nothing() {
+    let Some(net) = BridgeNet::new(214, true).await else {
+        return;
+    };
+    let mut c = Cri::start_with(&net.berthd_config()).await;
+    let pod_ip = |c: &mut Cri, pod: String| {
+        let mut rt = c.rt.clone();
+        async move {
+            let st = rt
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod,
+                    verbose: false,
+                })
+                .await
+                .expect("PodSandboxStatus")
+                .into_inner()
+                .status
+                .unwrap();
+            (st.state, st.network.unwrap_or_default().ip)
+        }
+    };
+    let mut pods = Vec::new();
+    for i in 0..20 {
+        let (pod, pc) = c.run_pod(&format!("net{i}")).await;
+        let (state, ip) = pod_ip(&mut c, pod.clone()).await;
+        assert!(ip.starts_with(&net.prefix), "{ip}");
+        assert_eq!(state, cri::PodSandboxState::SandboxReady as i32);
+        pods.push((pod, pc, ip));
+    }
+    let web = c
+        .create_start(
+            &pods[0].0,
+            &pods[0].1,
+            Cri::container_config(
+                "web",
+                "mkdir -p /www && echo hello-after-kill > /www/index.html && exec httpd -f -p 8080 -h /www",
+            ),
+        )
+        .await;
+    c.wait_state(&web, cri::ContainerState::ContainerRunning)
+        .await;
+    assert_eq!(net.nat_rules().len(), 20, "{:?}", net.nat_rules());
+
+    c.d.kill9();
+    c.d.restart();
+    c.reconnect().await;
+    for (pod, _, ip) in &pods {
+        let (state, now) = pod_ip(&mut c, pod.clone()).await;
+        assert_eq!(&now, ip, "pod {pod} after the restart");
+        assert_eq!(state, cri::PodSandboxState::SandboxReady as i32, "{pod}");
+        assert!(net.reserved(ip));
+    }
+    assert!(http_get(&pods[0].2).contains("hello-after-kill"));
+    // A container made after the restart joins its pod's network (and /dev/shm).
+    let late = c
+        .create_start(
+            &pods[1].0,
+            &pods[1].1,
+            Cri::container_config(
+                "late",
+                "mkdir -p /www && grep -q ' /dev/shm tmpfs ' /proc/mounts && echo hello-late > /www/index.html; exec httpd -f -p 8080 -h /www",
+            ),
+        )
+        .await;
+    c.wait_state(&late, cri::ContainerState::ContainerRunning)
+        .await;
+    assert!(http_get(&pods[1].2).contains("hello-late"));
+    for id in [&web, &late] {
+        c.rt.stop_container(cri::StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    }
+    for (pod, _, _) in &pods {
+        c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        net.leftovers(),
+        Vec::<String>::new(),
+        "after StopPodSandbox"
+    );
+    for (pod, _, _) in &pods {
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    c.assert_no_leftovers();
+
+    for i in 0..200 {
+        let (pod, _) = c.run_pod(&format!("cycle{i}")).await;
+        c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(net.leftovers(), Vec::<String>::new(), "after 200 cycles");
+    let cache = c.d.dir.path().join("state/io.berth.cri/cni");
+    assert_eq!(
+        std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0),
+        0,
+        "cached results"
+    );
+    let pod_cgroups: Vec<_> = std::fs::read_dir(Path::new("/sys/fs/cgroup/memory").join(&c.cgroup))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    assert!(pod_cgroups.is_empty(), "pod cgroups left: {pod_cgroups:?}");
+    c.assert_no_leftovers();
 }
 
 /// Whether a cgroup v1 hierarchy with the hugetlb controller is mounted here.

@@ -24,6 +24,7 @@ fn plain(text: &str) {
 
 #[test]
 fn errors_read_plainly() {
+    let _cg = berth_e2e::CgroupCleanup(NS);
     bin("containerd-shim-berth-v2");
     let path = format!(
         "{}:{}",

@@ -30,13 +30,6 @@ fn setup(d: &Daemon, ns: &str) {
     ok(d.ctr(&["-n", ns, "images", "import", dir.to_str().unwrap()]));
 }
 
-struct CgroupCleanup(&'static str);
-impl Drop for CgroupCleanup {
-    fn drop(&mut self) {
-        berth_e2e::remove_cgroup(&format!("/{}", self.0));
-    }
-}
-
 /// PIDs of our shims: processes run as the built shim (argv[0]: their exe link reads `/`, a
 /// detached read-only mount of the binary) whose working directory is a bundle of `d`.
 fn berth_shims(d: &Daemon) -> Vec<i32> {
@@ -74,7 +67,7 @@ fn topics_during(d: &Daemon, ns: &str, f: impl FnOnce()) -> Vec<String> {
 #[test]
 fn ctr_run_and_task_commands_through_the_berth_shim() {
     const NS: &str = "berth-e2e-shimberth";
-    let _cg = CgroupCleanup(NS);
+    let _cg = berth_e2e::CgroupCleanup(NS);
     let d = daemon();
     setup(&d, NS);
     let fifo = d.fifo_dir();
@@ -308,7 +301,7 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
 #[test]
 fn berth_shim_tasks_survive_a_daemon_restart_and_a_shim_kill() {
     const NS: &str = "berth-e2e-shimberth-restart";
-    let _cg = CgroupCleanup(NS);
+    let _cg = berth_e2e::CgroupCleanup(NS);
     let mut d = daemon();
     setup(&d, NS);
     let fifo = d.fifo_dir();
@@ -405,7 +398,7 @@ fn berth_shim_churn_leaves_nothing_behind() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let _cg = CgroupCleanup(NS);
+    let _cg = berth_e2e::CgroupCleanup(NS);
     let d = daemon();
     setup(&d, NS);
     let fifo = d.fifo_dir();
@@ -493,7 +486,7 @@ fn berth_shim_churn_leaves_nothing_behind() {
 #[test]
 fn daemons_with_sockets_in_one_directory_keep_their_runtime_state_apart() {
     const NS: &str = "berth-e2e-twodaemons";
-    let _cg = CgroupCleanup(NS);
+    let _cg = berth_e2e::CgroupCleanup(NS);
     bin("containerd-shim-berth-v2");
     let path = format!(
         "{}:{}",

@@ -17,17 +17,10 @@ fn setup(d: &Daemon, ns: &str) {
     ok(d.ctr(&["-n", ns, "images", "import", dir.to_str().unwrap()]));
 }
 
-struct CgroupCleanup(&'static str);
-impl Drop for CgroupCleanup {
-    fn drop(&mut self) {
-        berth_e2e::remove_cgroup(&format!("/{}", self.0));
-    }
-}
-
 #[test]
 fn ctr_run_and_task_commands_through_the_go_shim() {
     const NS: &str = "berth-e2e-tasks";
-    let _cg = CgroupCleanup(NS);
+    let _cg = berth_e2e::CgroupCleanup(NS);
     let d = Daemon::start_for_tasks();
     setup(&d, NS);
     let fifo = d.fifo_dir();
@@ -161,7 +154,7 @@ fn tasks_survive_a_daemon_restart() {
     const NS: &str = "berth-e2e-restart";
     const LIVE: usize = 40;
     const EXITING: usize = 10;
-    let _cg = CgroupCleanup(NS);
+    let _cg = berth_e2e::CgroupCleanup(NS);
     // Every other task runs through our shim (+ berth-runc), the rest through the Go shim.
     berth_e2e::bin("containerd-shim-berth-v2");
     let path = format!(
@@ -281,7 +274,7 @@ fn churn_leaves_nothing_behind() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let _cg = CgroupCleanup(NS);
+    let _cg = berth_e2e::CgroupCleanup(NS);
     let d = Daemon::start_for_tasks();
     setup(&d, NS);
     let fifo = d.fifo_dir();
@@ -330,7 +323,7 @@ fn churn_leaves_nothing_behind() {
 #[test]
 fn berthctl_run() {
     const NS: &str = "berth-e2e-brun";
-    let _cg = CgroupCleanup(NS);
+    let _cg = berth_e2e::CgroupCleanup(NS);
     let d = Daemon::start_for_tasks();
     setup(&d, NS);
     let fifo = d.fifo_dir();

@@ -76,6 +76,41 @@ pub(crate) fn create(path: &Path) -> std::io::Result<()> {
     r
 }
 
+/// statfs(2)'s type of nsfs: a bind-mounted namespace.
+pub(crate) const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// statfs(2)'s type of tmpfs.
+pub(crate) const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Whether `path` is on a file system of type `magic` (as statfs(2) says).
+pub(crate) fn is_fs(path: &Path, magic: i64) -> bool {
+    let Ok(p) = cstr(path) else {
+        return false;
+    };
+    // SAFETY: statfs is plain old data; zeroed is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a buffer we own.
+    unsafe { libc::statfs(p.as_ptr(), &mut st) == 0 && st.f_type as i64 == magic }
+}
+
+/// Bind-mounts `src` on `target` (which must exist).
+pub(crate) fn bind(src: &Path, target: &Path) -> std::io::Result<()> {
+    let (s, t) = (cstr(src)?, cstr(target)?);
+    // SAFETY: valid NUL-terminated paths; a bind mount with no data.
+    if unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Unmounts (lazily) and removes a bind-mounted namespace or mount point; a missing one is
 /// fine.
 pub(crate) fn remove(path: &Path) -> std::io::Result<()> {

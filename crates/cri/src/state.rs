@@ -2,6 +2,7 @@
 //! load, reconcile), the sandbox image, exits, kills and task deletion.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -240,6 +241,9 @@ impl Inner {
             match self.task_state(&id).await {
                 Ok(Some((TaskStatus::Stopped, code, at))) => self.record_exit(&id, code, at).await,
                 Ok(Some(_)) => {
+                    if self.meta.sandbox(&id).is_some() {
+                        self.recover_sandbox_mounts(&id).await;
+                    }
                     // A restarted daemon reads the output FIFOs of containers without a log again.
                     if let Some(c) = self.meta.container(&id)
                         && c.st.log_path.is_empty()
@@ -252,6 +256,93 @@ impl Inner {
                 Err(e) => tracing::warn!(id = %id, error = %e, "asking for a task's state"),
             }
         }
+    }
+
+    /// A running pod's bind mounts under the state directory may be missing though the pod
+    /// lives: a daemon restarted in another mount namespace (by hand in a private one, or by a
+    /// service manager's PrivateMounts) does not see those its predecessor made. Its network
+    /// namespace and /dev/shm are then bound again from its pause process, which holds both, so
+    /// that new containers join them and StopPodSandbox can tear the network down.
+    pub(crate) async fn recover_sandbox_mounts(&self, id: &str) {
+        use crate::netns::{NSFS_MAGIC, TMPFS_MAGIC, bind, is_fs};
+        let Some(sb) = self.meta.sandbox(id) else {
+            return;
+        };
+        let missing: Vec<(PathBuf, &str)> = [
+            (&sb.st.netns, NSFS_MAGIC, "ns/net"),
+            (&sb.st.shm, TMPFS_MAGIC, "root/dev/shm"),
+        ]
+        .into_iter()
+        .filter(|(p, magic, _)| !p.is_empty() && !is_fs(Path::new(p), *magic))
+        .map(|(p, _, from)| (PathBuf::from(p), from))
+        .collect();
+        if missing.is_empty() {
+            return;
+        }
+        // The pid is the pause's while the shim says its task runs; asked again after the
+        // mounts, so a pause that died meanwhile does not leave another process's bound.
+        let Some(pid) = self.running_pid(id).await else {
+            return;
+        };
+        let mut bound = Vec::new();
+        for (target, from) in &missing {
+            let src = PathBuf::from(format!("/proc/{pid}/{from}"));
+            let r = if from.starts_with("ns/") {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(target)
+                    .and_then(|_| bind(&src, target))
+            } else {
+                // The pause's /dev/shm is a mount of another mount namespace, which cannot be
+                // bound from here (EINVAL): a new one, which containers made from now on share
+                // (but not those running), rather than none.
+                std::fs::create_dir_all(target).and_then(|()| {
+                    bind(&src, target).or_else(|_| {
+                        tracing::warn!(
+                            sandbox = %id,
+                            "the pod's /dev/shm cannot be recovered: new containers get a new one"
+                        );
+                        crate::netns::mount_shm(target)
+                    })
+                })
+            };
+            match r {
+                Ok(()) => bound.push(target.clone()),
+                Err(e) => tracing::warn!(
+                    sandbox = %id, path = %target.display(), error = %e,
+                    "binding a pod's mount again from its pause"
+                ),
+            }
+        }
+        if self.running_pid(id).await != Some(pid) {
+            for p in &bound {
+                let _ = crate::netns::remove(p);
+            }
+            return;
+        }
+        for p in &bound {
+            tracing::warn!(
+                sandbox = %id, path = %p.display(), pid,
+                "a pod's mount was missing (another mount namespace?): bound again from its pause"
+            );
+        }
+    }
+
+    /// The pid of task `id` while it runs.
+    async fn running_pid(&self, id: &str) -> Option<u32> {
+        let r = self
+            .api
+            .tasks()
+            .get(self.api.req(tasks::GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+            .ok()?;
+        let p = r.into_inner().process?;
+        (p.status == TaskStatus::Running as i32 && p.pid > 0).then_some(p.pid)
     }
 
     /// The task's status, exit code and exit time; `None` if there is no task.

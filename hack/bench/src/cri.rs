@@ -1,10 +1,13 @@
 //! CRI client for `hack/bench/cri`: times what a kubelet does to start a pod (RunPodSandbox,
 //! CreateContainer, StartContainer of a busybox container) against any CRI socket, and makes
-//! or removes a batch of idle pods for the memory figures.
+//! or removes a batch of idle pods for the memory figures, or starts the pod the streaming
+//! figures use.
 //!
-//! Usage: cri-bench once SOCK IMAGE     one pod start; prints milliseconds, then removes it
-//!        cri-bench up SOCK IMAGE N     N idle one-container pods
-//!        cri-bench down SOCK           removes every pod
+//! Usage: cri-bench once SOCK IMAGE         one pod start; prints milliseconds, then removes it
+//!        cri-bench up SOCK IMAGE N         N idle one-container pods
+//!        cri-bench server SOCK IMAGE PORT  a pod whose container serves 100 MB of zeros to each
+//!                                          connection on PORT; prints "POD_ID CONTAINER_ID"
+//!        cri-bench down SOCK               removes every pod
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -57,6 +60,17 @@ async fn start_pod(
     name: &str,
     image: &str,
 ) -> anyhow::Result<String> {
+    let cmd = ["sleep", "100000"].map(String::from).to_vec();
+    Ok(start_pod_with(rt, name, image, cmd).await?.0)
+}
+
+/// A pod with one container running `command`: (pod id, container id).
+async fn start_pod_with(
+    rt: &mut RuntimeServiceClient<Channel>,
+    name: &str,
+    image: &str,
+    command: Vec<String>,
+) -> anyhow::Result<(String, String)> {
     let pc = pod(name);
     let id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -75,7 +89,7 @@ async fn start_pod(
             image: image.into(),
             ..Default::default()
         }),
-        command: vec!["sleep".into(), "100000".into()],
+        command,
         labels: HashMap::new(),
         ..Default::default()
     };
@@ -88,9 +102,11 @@ async fn start_pod(
         .await?
         .into_inner()
         .container_id;
-    rt.start_container(cri::StartContainerRequest { container_id: cid })
-        .await?;
-    Ok(id)
+    rt.start_container(cri::StartContainerRequest {
+        container_id: cid.clone(),
+    })
+    .await?;
+    Ok((id, cid))
 }
 
 async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> anyhow::Result<()> {
@@ -111,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let arg = |i: usize| {
         args.get(i)
             .cloned()
-            .context("usage: cri-bench once|up|down SOCK [IMAGE [N]]")
+            .context("usage: cri-bench once|up|server|down SOCK [IMAGE [N|PORT]]")
     };
     let mut rt = connect(&arg(1)?).await?;
     match arg(0)?.as_str() {
@@ -130,6 +146,15 @@ async fn main() -> anyhow::Result<()> {
             }
             // Let the shims and daemon settle before anyone measures them.
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        "server" => {
+            let port: u16 = arg(3)?.parse()?;
+            let script =
+                format!("while true; do head -c 100000000 /dev/zero | nc -l -p {port}; done");
+            let cmd = vec!["sh".into(), "-c".into(), script];
+            let (pod, cid) =
+                start_pod_with(&mut rt, &format!("server-{port}"), &arg(2)?, cmd).await?;
+            println!("{pod} {cid}");
         }
         "down" => {
             let pods = rt
