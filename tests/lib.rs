@@ -461,6 +461,14 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
         self.kill_leftovers();
+        // What a daemon killed mid-apply left mounted here (a restarted one removes them), so
+        // that the directory can go.
+        for m in mounts_under(self.dir.path()).iter().rev() {
+            if let Ok(c) = std::ffi::CString::new(m.as_str()) {
+                // SAFETY: a valid path; MNT_DETACH never blocks on users.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
         if let Some(st) = died
             && !panicking
         {
@@ -470,6 +478,18 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// Mount points under `dir` in this mount namespace, in mount order.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&*dir))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Whether process `pid` works in a directory under `dir` (a shim runs in its bundle).

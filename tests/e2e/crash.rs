@@ -292,4 +292,6 @@ fn kill9_during_pulls_imports_and_lease_churn_strands_nothing() {
     );
     let snaps = ok(d.ctr(&["-n", NS, "snapshots", "ls"]));
     assert_eq!(snaps.lines().count(), 1, "{snaps}");
+    // The mounts of applies that were killed went with the restarts.
+    assert_eq!(berth_e2e::mounts_under(d.dir.path()), Vec::<String>::new());
 }

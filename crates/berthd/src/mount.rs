@@ -167,6 +167,40 @@ pub(crate) fn overlay_upper(left: &[Mount], right: &[Mount]) -> Option<PathBuf> 
     (layers(l)? == lowers).then(|| PathBuf::from(upper))
 }
 
+/// Start-up: the temporary mount points a killed daemon left in `dir` (`m-*`: diffs and
+/// unpacks it was applying) are unmounted, every layer stacked on them, and removed. Called
+/// while holding the root's lock, before anything serves, so none of them is in use.
+pub(crate) fn sweep_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with("m-") {
+            continue;
+        }
+        let p = e.path();
+        if let Ok(c) = cstr(p.as_os_str().as_bytes()) {
+            // Until it is no mount point (EINVAL); a bound number of layers.
+            for _ in 0..64 {
+                // SAFETY: valid path; MNT_DETACH never blocks on users.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    break;
+                }
+            }
+        }
+        match std::fs::remove_dir(&p) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "removing a stale mount point")
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed the temporary mounts of an earlier run");
+    }
+}
+
 fn tempdir_in(parent: &Path) -> std::io::Result<PathBuf> {
     for i in 0..1000u32 {
         let p = parent.join(format!(

@@ -247,7 +247,9 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         );
     }
     let gc = Collector::start(store.clone());
-    // Whatever a crash left behind (blobs without records, stale ingests) goes at start-up.
+    // Whatever a crash left behind (blobs without records, stale ingests, the mounts of
+    // an apply it was in) goes at start-up.
+    crate::mount::sweep_stale(&cfg.state.join("diff"));
     gc.schedule();
 
     let plugins = plugins::registry(cfg, &store);
