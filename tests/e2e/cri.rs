@@ -2473,7 +2473,7 @@ async fn websocket_clients_exec_and_port_forward() {
             &pc,
             Cri::container_config(
                 "srv",
-                "mkdir -p /www && echo hello-websocket > /www/index.html && exec httpd -f -p 8080 -h /www",
+                "mkdir -p /www /www2 && echo hello-websocket > /www/index.html && echo second-port > /www2/index.html && httpd -p 8081 -h /www2 && exec httpd -f -p 8080 -h /www",
             ),
         )
         .await;
@@ -2527,29 +2527,78 @@ async fn websocket_clients_exec_and_port_forward() {
     let status: serde_json::Value = serde_json::from_slice(&got[&3]).unwrap();
     assert_eq!(status["status"], "Success", "{status}");
 
-    // Port forwarding (v4.channel.k8s.io): data on channel 0, errors on 1, each opened with
-    // the port.
+    // Port forwarding (v4.channel.k8s.io) of two ports in one session: data on channels 0
+    // and 2, errors on 1 and 3, each opened with its port.
     let url =
         c.rt.port_forward(cri::PortForwardRequest {
             pod_sandbox_id: pod.clone(),
-            port: vec![8080],
+            port: vec![8080, 8081],
         })
         .await
         .expect("PortForward")
         .into_inner()
         .url;
     let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
-    ws.send(Message::binary(
-        b"\x00GET /index.html HTTP/1.0\r\n\r\n".to_vec(),
-    ))
-    .await
-    .unwrap();
+    for ch in [0u8, 2] {
+        let mut m = vec![ch];
+        m.extend_from_slice(b"GET /index.html HTTP/1.0\r\n\r\n");
+        ws.send(Message::binary(m)).await.unwrap();
+    }
     let got = ws_read_all(&mut ws, |_| false).await;
-    assert_eq!(got[&0][..2], [0x90, 0x1f], "{got:?}");
-    let body = String::from_utf8_lossy(&got[&0][2..]);
-    assert!(body.contains("hello-websocket"), "{got:?}");
-    assert_eq!(got.get(&1).map(Vec::as_slice), Some(&[0x90, 0x1f][..]));
+    for (ch, port, text) in [(0u8, 8080u16, "hello-websocket"), (2, 8081, "second-port")] {
+        let data = &got[&ch];
+        assert_eq!(data[..2], port.to_le_bytes(), "{got:?}");
+        let body = String::from_utf8_lossy(&data[2..]);
+        assert!(body.contains(text), "port {port}: {got:?}");
+        assert_eq!(
+            got.get(&(ch + 1)).map(Vec::as_slice),
+            Some(&port.to_le_bytes()[..])
+        );
+    }
 
-    c.teardown(&pod, &[&srv]).await;
+    // Two attachers at once to a container reading its stdin: what one writes, the container
+    // echoes, and both read it.
+    let mut cc = Cri::container_config("echo", "exec cat");
+    cc.stdin = true;
+    let echo = c.create_start(&pod, &pc, cc).await;
+    c.wait_state(&echo, cri::ContainerState::ContainerRunning)
+        .await;
+    let mut attachers = Vec::new();
+    for _ in 0..2 {
+        let url =
+            c.rt.attach(cri::AttachRequest {
+                container_id: echo.clone(),
+                stdin: true,
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .expect("Attach")
+            .into_inner()
+            .url;
+        attachers.push(ws_connect(&url, "v5.channel.k8s.io").await);
+    }
+    // Both are attached once each has had its ready message.
+    for a in &mut attachers {
+        ws_read_all(a, |g| g.contains_key(&1)).await;
+    }
+    attachers[0]
+        .send(Message::binary(b"\x00to-both\n".to_vec()))
+        .await
+        .unwrap();
+    for (i, a) in attachers.iter_mut().enumerate() {
+        let got = ws_read_all(a, |g| {
+            g.get(&1)
+                .is_some_and(|o| String::from_utf8_lossy(o).contains("to-both"))
+        })
+        .await;
+        assert!(
+            String::from_utf8_lossy(&got[&1]).contains("to-both"),
+            "attacher {i}: {got:?}"
+        );
+    }
+    drop(attachers);
+
+    c.teardown(&pod, &[&srv, &echo]).await;
     c.assert_no_leftovers();
 }
