@@ -122,6 +122,22 @@ impl Cri {
         (id, config)
     }
 
+    /// Pod `name` with a container `srv` running `script`, once it runs: (pod id, its
+    /// config, container id).
+    async fn pod_running(
+        &mut self,
+        name: &str,
+        script: &str,
+    ) -> (String, cri::PodSandboxConfig, String) {
+        let (pod, pc) = self.run_pod(name).await;
+        let id = self
+            .create_start(&pod, &pc, Cri::container_config("srv", script))
+            .await;
+        self.wait_state(&id, cri::ContainerState::ContainerRunning)
+            .await;
+        (pod, pc, id)
+    }
+
     fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
         cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
@@ -2256,18 +2272,11 @@ async fn crictl_streams_exec_attach_and_port_forward() {
         return;
     };
     let mut c = Cri::start().await;
-    let (pod, pc) = c.run_pod("stream").await;
-    let srv = c
-        .create_start(
-            &pod,
-            &pc,
-            Cri::container_config(
-                "srv",
-                "mkdir -p /www && echo hello-port-forward > /www/index.html && exec httpd -f -p 8080 -h /www",
-            ),
+    let (pod, pc, srv) = c
+        .pod_running(
+            "stream",
+            "mkdir -p /www && echo hello-port-forward > /www/index.html && exec httpd -f -p 8080 -h /www",
         )
-        .await;
-    c.wait_state(&srv, cri::ContainerState::ContainerRunning)
         .await;
     let sock = format!("unix://{}", c.d.sock.display());
     let crictl_cmd = |args: &[&str]| {
@@ -2466,18 +2475,11 @@ async fn websocket_clients_exec_and_port_forward() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let mut c = Cri::start().await;
-    let (pod, pc) = c.run_pod("ws").await;
-    let srv = c
-        .create_start(
-            &pod,
-            &pc,
-            Cri::container_config(
-                "srv",
-                "mkdir -p /www /www2 && echo hello-websocket > /www/index.html && echo second-port > /www2/index.html && httpd -p 8081 -h /www2 && exec httpd -f -p 8080 -h /www",
-            ),
+    let (pod, pc, srv) = c
+        .pod_running(
+            "ws",
+            "mkdir -p /www /www2 && echo hello-websocket > /www/index.html && echo second-port > /www2/index.html && httpd -p 8081 -h /www2 && exec httpd -f -p 8080 -h /www",
         )
-        .await;
-    c.wait_state(&srv, cri::ContainerState::ContainerRunning)
         .await;
     let exec_url = |c: &mut Cri, cmd: &str, tty: bool| {
         let req = cri::ExecRequest {

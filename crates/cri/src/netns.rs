@@ -45,28 +45,14 @@ pub(crate) fn create(path: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::File::create(path)?;
-    let target = cstr(path)?;
+    let target = path.to_path_buf();
     let r = std::thread::spawn(move || -> std::io::Result<()> {
         // SAFETY: unshare affects only this thread, which exits after the bind mount.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         loopback_up()?;
-        let src = c"/proc/thread-self/ns/net";
-        // SAFETY: valid NUL-terminated paths; a bind mount with no data.
-        if unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        bind(Path::new("/proc/thread-self/ns/net"), &target)
     })
     .join()
     .map_err(|_| std::io::Error::other("the netns thread panicked"))?;
