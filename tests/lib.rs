@@ -49,6 +49,8 @@ pub struct Daemon {
     runs: Vec<String>,
     /// Length of the log when the current run started.
     log_start: usize,
+    /// [`Daemon::finish`] ran.
+    finished: bool,
 }
 
 impl Daemon {
@@ -99,6 +101,7 @@ impl Daemon {
                 .collect(),
             runs: Vec::new(),
             log_start: 0,
+            finished: false,
         };
         d.spawn();
         d
@@ -134,6 +137,7 @@ impl Daemon {
             env: Vec::new(),
             runs: Vec::new(),
             log_start: 0,
+            finished: false,
         };
         d.spawn();
         d
@@ -440,6 +444,18 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Daemon {
+    /// What dropping it does, once: reports a failed test's daemon, kills it and what its
+    /// tasks left, unmounts what it left under its directory. For holders that must undo more
+    /// after their daemon's processes are gone (cgroups).
+    pub fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         let panicking = std::thread::panicking();
         // A daemon that exited while the test still held it died during the test: that is a
         // failure of its own, reported with its exit status.

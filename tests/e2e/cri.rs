@@ -322,9 +322,19 @@ impl Cri {
 
 impl Drop for Cri {
     fn drop(&mut self) {
+        // The daemon and what its pods left go first: a cgroup with processes stays.
+        self.d.finish();
         // Pod cgroups and kubepods/burstable, which a kubelet would make and remove, are left
-        // by the runtime: removed with the test's parent, deepest first.
-        berth_e2e::remove_cgroup(&self.cgroup);
+        // by the runtime: removed with the test's parent, deepest first (the killed processes
+        // of a failed test may take a moment to leave them).
+        let dir = Path::new("/sys/fs/cgroup/memory").join(&self.cgroup);
+        for _ in 0..50 {
+            berth_e2e::remove_cgroup(&self.cgroup);
+            if !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -2447,18 +2457,29 @@ async fn ws_connect(
         .0
 }
 
-/// Everything the server sends until it closes, per channel.
+/// Everything the server sends until it closes or `until` holds, per channel.
 async fn ws_read_all(
     ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
     until: impl Fn(&HashMap<u8, Vec<u8>>) -> bool,
 ) -> HashMap<u8, Vec<u8>> {
+    ws_read_for(ws, Duration::from_secs(30), until)
+        .await
+        .unwrap_or_else(|got| panic!("nothing for 30 s; so far {got:?}"))
+}
+
+/// As [`ws_read_all`], giving up (`Err` with what came) after `patience` without a message.
+async fn ws_read_for(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    patience: Duration,
+    until: impl Fn(&HashMap<u8, Vec<u8>>) -> bool,
+) -> Result<HashMap<u8, Vec<u8>>, HashMap<u8, Vec<u8>>> {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let mut got: HashMap<u8, Vec<u8>> = HashMap::new();
     while !until(&got) {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("nothing for 30 s; so far {got:?}"));
+        let Ok(m) = tokio::time::timeout(patience, ws.next()).await else {
+            return Err(got);
+        };
         match m {
             Some(Ok(Message::Binary(b))) if !b.is_empty() => {
                 got.entry(b[0]).or_default().extend_from_slice(&b[1..])
@@ -2467,7 +2488,7 @@ async fn ws_read_all(
             _ => {}
         }
     }
-    got
+    Ok(got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2580,10 +2601,31 @@ async fn websocket_clients_exec_and_port_forward() {
             .url;
         attachers.push(ws_connect(&url, "v5.channel.k8s.io").await);
     }
-    // Both are attached once each has had its ready message.
     for a in &mut attachers {
         ws_read_all(a, |g| g.contains_key(&1)).await;
     }
+    // The ready message comes before an attacher follows the output (as with the kubelet,
+    // what the container writes before that is not seen): probe until both see a line.
+    let mut following = [false, false];
+    for n in 0..40 {
+        let probe = format!("probe-{n}");
+        let mut m = vec![0u8];
+        m.extend_from_slice(format!("{probe}\n").as_bytes());
+        attachers[0].send(Message::binary(m)).await.unwrap();
+        for (i, a) in attachers.iter_mut().enumerate() {
+            let seen = |g: &HashMap<u8, Vec<u8>>| {
+                g.get(&1)
+                    .is_some_and(|o| String::from_utf8_lossy(o).contains(&probe))
+            };
+            following[i] |= ws_read_for(a, Duration::from_millis(250), seen)
+                .await
+                .is_ok();
+        }
+        if following == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(following, [true, true], "attachers that never saw output");
     attachers[0]
         .send(Message::binary(b"\x00to-both\n".to_vec()))
         .await

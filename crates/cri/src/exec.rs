@@ -55,6 +55,21 @@ async fn collect(
     }
 }
 
+/// Deletes exec `exec_id` of container `id` (the shim forgets it) in the background: the
+/// caller has its exit code and need not wait for the round trip before answering.
+pub(crate) fn delete_exec_later(api: &crate::api::Api, id: &str, exec_id: &str) {
+    let (api, req) = (
+        api.clone(),
+        tasks::DeleteProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        },
+    );
+    tokio::spawn(async move {
+        let _ = api.tasks().delete_process(api.req(req)).await;
+    });
+}
+
 /// SIGKILLs exec `exec_id` of container `id` and waits (up to 10 s) for its end.
 pub(crate) async fn kill_exec(api: &crate::api::Api, id: &str, exec_id: &str) {
     let mut t = api.tasks();
@@ -212,12 +227,7 @@ impl Inner {
                 }
             }
         };
-        let _ = t
-            .delete_process(self.api.req(tasks::DeleteProcessRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-            }))
-            .await;
+        delete_exec_later(&self.api, id, exec_id);
         let code = match result {
             Ok(c) => c,
             Err(e) => {

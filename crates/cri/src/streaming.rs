@@ -507,12 +507,7 @@ async fn exec(
     for h in [input, resizes].into_iter().flatten() {
         h.abort();
     }
-    let _ = t
-        .delete_process(api.req(tasks::DeleteProcessRequest {
-            container_id: c.id.clone(),
-            exec_id,
-        }))
-        .await;
+    crate::exec::delete_exec_later(&api, &c.id, &exec_id);
     guard.finished = true;
     Ok(code)
 }
