@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
+/// The containerd namespaces of the tests, one each: a namespace is also the cgroup parent of
+/// its containers (`/<ns>/<id>`), which a test's clean-up empties.
 const CNS: &str = "berth-interop";
+const CNS_RUNC: &str = "berth-interop-rc";
 const IMAGE: &str = "berth.test/busybox:latest";
 
 fn sha256(data: &[u8]) -> String {
@@ -115,10 +118,12 @@ struct Containerd {
     child: std::process::Child,
     pid: u32,
     sock: PathBuf,
+    /// The namespace ctr works in.
+    ns: &'static str,
 }
 
 impl Containerd {
-    fn start() -> Containerd {
+    fn start(ns: &'static str) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("berth-ctrd-")
             .tempdir()
@@ -159,6 +164,7 @@ impl Containerd {
             child,
             dir,
             sock,
+            ns,
         };
         let until = Instant::now() + Duration::from_secs(20);
         while !c.sock.exists() {
@@ -180,7 +186,7 @@ impl Containerd {
         Command::new("ctr")
             .arg("--address")
             .arg(&self.sock)
-            .args(["-n", CNS])
+            .args(["-n", self.ns])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -201,7 +207,11 @@ impl Containerd {
     /// `ctr <args>` on a terminal (ctr -t needs a console on its stdin: script(1) gives it one);
     /// the exit status and what the terminal showed.
     fn ctr_on_a_tty(&self, args: &str) -> (bool, String) {
-        let cmd = format!("ctr --address {} -n {CNS} {args}", self.sock.display());
+        let cmd = format!(
+            "ctr --address {} -n {} {args}",
+            self.sock.display(),
+            self.ns
+        );
         let out = Command::new("script")
             .args(["-qec", &cmd, "/dev/null"])
             .stdin(Stdio::null())
@@ -331,8 +341,8 @@ impl Drop for Containerd {
         }
         // Our shim's runtime root, and the Go shim's (/run/containerd/runc in containerd's view).
         for runc_root in [
-            self.dir.path().join("runc").join(CNS),
-            self.dir.path().join("run/containerd/runc").join(CNS),
+            self.dir.path().join("runc").join(self.ns),
+            self.dir.path().join("run/containerd/runc").join(self.ns),
         ] {
             if let Ok(entries) = std::fs::read_dir(&runc_root) {
                 for e in entries.flatten() {
@@ -351,12 +361,12 @@ impl Drop for Containerd {
         let cg = Path::new("/sys/fs/cgroup");
         if let Ok(entries) = std::fs::read_dir(cg) {
             for e in entries.flatten() {
-                if let Ok(ids) = std::fs::read_dir(e.path().join(CNS)) {
+                if let Ok(ids) = std::fs::read_dir(e.path().join(self.ns)) {
                     for id in ids.flatten() {
                         let _ = std::fs::remove_dir(id.path());
                     }
                 }
-                let _ = std::fs::remove_dir(e.path().join(CNS));
+                let _ = std::fs::remove_dir(e.path().join(self.ns));
             }
         }
     }
@@ -372,7 +382,7 @@ fn task_status(c: &Containerd, id: &str) -> String {
 
 #[test]
 fn containerd_runs_containers_through_our_shim() {
-    let c = Containerd::start();
+    let c = Containerd::start(CNS);
     let archive = c.dir.path().join("busybox.tar");
     busybox_archive(&archive);
     c.ok(&["images", "import", archive.to_str().unwrap()]);
@@ -469,7 +479,7 @@ fn containerd_runs_containers_through_our_shim() {
     c.assert_no_rootfs_mounts();
     assert_eq!(c.ok(&["containers", "ls", "-q"]).trim(), "");
     for ctrl in ["memory", "pids"] {
-        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join(CNS);
+        let dir = Path::new("/sys/fs/cgroup").join(ctrl).join(c.ns);
         let left: Vec<_> = std::fs::read_dir(&dir)
             .map(|r| {
                 r.flatten()
@@ -496,12 +506,11 @@ fn the_go_shim_runs_containers_with_berth_runc() {
         "build berth-runc (cargo build --workspace --bins)"
     );
     let br = berth_runc.to_str().unwrap();
-    let c = Containerd::start();
+    let c = Containerd::start(CNS_RUNC);
     let archive = c.dir.path().join("busybox.tar");
     busybox_archive(&archive);
     c.ok(&["images", "import", archive.to_str().unwrap()]);
     let fifo = c.fifo_dir();
-    // Container ids differ from the other test's: both use the namespace, hence the cgroup paths.
     let run = |args: &[&str]| {
         let mut all = vec!["run", "--runc-binary", br, "--fifo-dir", &fifo];
         all.extend_from_slice(args);
@@ -530,7 +539,7 @@ fn the_go_shim_runs_containers_with_berth_runc() {
         .dir
         .path()
         .join("run/containerd/runc")
-        .join(CNS)
+        .join(c.ns)
         .join("rc-bg/state.json");
     let state = std::fs::read_to_string(&state).unwrap_or_default();
     assert!(state.contains("\"pid_start\""), "{state}");
