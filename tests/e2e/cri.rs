@@ -122,6 +122,21 @@ impl Cri {
         (id, config)
     }
 
+    /// Container `name` running `script` in pod `(id, config, ..)`, once it runs.
+    async fn running<T>(
+        &mut self,
+        pod: &(String, cri::PodSandboxConfig, T),
+        name: &str,
+        script: &str,
+    ) -> String {
+        let id = self
+            .create_start(&pod.0, &pod.1, Cri::container_config(name, script))
+            .await;
+        self.wait_state(&id, cri::ContainerState::ContainerRunning)
+            .await;
+        id
+    }
+
     /// Pod `name` with a container `srv` running `script`, once it runs: (pod id, its
     /// config, container id).
     async fn pod_running(
@@ -1680,16 +1695,11 @@ async fn cri_networked_pods_survive_kill9_and_cycles_leak_nothing() {
         pods.push((pod, pc, ip));
     }
     let web = c
-        .create_start(
-            &pods[0].0,
-            &pods[0].1,
-            Cri::container_config(
-                "web",
-                "mkdir -p /www && echo hello-after-kill > /www/index.html && exec httpd -f -p 8080 -h /www",
-            ),
+        .running(
+            &pods[0],
+            "web",
+            "mkdir -p /www && echo hello-after-kill > /www/index.html && exec httpd -f -p 8080 -h /www",
         )
-        .await;
-    c.wait_state(&web, cri::ContainerState::ContainerRunning)
         .await;
     assert_eq!(net.nat_rules().len(), 20, "{:?}", net.nat_rules());
 
@@ -1705,16 +1715,11 @@ async fn cri_networked_pods_survive_kill9_and_cycles_leak_nothing() {
     assert!(http_get(&pods[0].2).contains("hello-after-kill"));
     // A container made after the restart joins its pod's network (and /dev/shm).
     let late = c
-        .create_start(
-            &pods[1].0,
-            &pods[1].1,
-            Cri::container_config(
-                "late",
-                "mkdir -p /www && grep -q ' /dev/shm tmpfs ' /proc/mounts && echo hello-late > /www/index.html; exec httpd -f -p 8080 -h /www",
-            ),
+        .running(
+            &pods[1],
+            "late",
+            "mkdir -p /www && grep -q ' /dev/shm tmpfs ' /proc/mounts && echo hello-late > /www/index.html; exec httpd -f -p 8080 -h /www",
         )
-        .await;
-    c.wait_state(&late, cri::ContainerState::ContainerRunning)
         .await;
     assert!(http_get(&pods[1].2).contains("hello-late"));
     for id in [&web, &late] {
