@@ -332,16 +332,7 @@ impl Inner {
 
     /// The pid of task `id` while it runs.
     async fn running_pid(&self, id: &str) -> Option<u32> {
-        let r = self
-            .api
-            .tasks()
-            .get(self.api.req(tasks::GetRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-            }))
-            .await
-            .ok()?;
-        let p = r.into_inner().process?;
+        let p = self.task_process(id).await.ok()??;
         (p.status == TaskStatus::Running as i32 && p.pid > 0).then_some(p.pid)
     }
 
@@ -350,6 +341,25 @@ impl Inner {
         &self,
         id: &str,
     ) -> Result<Option<(TaskStatus, i32, i64)>, Status> {
+        Ok(self.task_process(id).await?.map(|p| {
+            let at = p
+                .exited_at
+                .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                .filter(|t| *t > 0)
+                .unwrap_or_else(crate::now_ns);
+            (
+                TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown),
+                p.exit_status as i32,
+                at,
+            )
+        }))
+    }
+
+    /// Task `id`'s init process as the shim reports it; `None` if there is no task.
+    async fn task_process(
+        &self,
+        id: &str,
+    ) -> Result<Option<berth_api::containerd::v1::types::Process>, Status> {
         match self
             .api
             .tasks()
@@ -359,19 +369,7 @@ impl Inner {
             }))
             .await
         {
-            Ok(r) => {
-                let p = r.into_inner().process.unwrap_or_default();
-                let at = p
-                    .exited_at
-                    .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                    .filter(|t| *t > 0)
-                    .unwrap_or_else(crate::now_ns);
-                Ok(Some((
-                    TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown),
-                    p.exit_status as i32,
-                    at,
-                )))
-            }
+            Ok(r) => Ok(Some(r.into_inner().process.unwrap_or_default())),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(s) => Err(s),
         }
