@@ -968,6 +968,10 @@ async fn cri_state_survives_kill_9_of_the_daemon() {
             .containers
             .len();
     c.d.kill9();
+    // An exec's FIFO directory as a daemon killed mid-exec leaves it: swept at the next start.
+    let stale = c.d.dir.path().join("state/io.berth.cri/exec/stale");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("stdout"), b"").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.d.restart();
     c.reconnect().await;
@@ -978,6 +982,7 @@ async fn cri_state_survives_kill_9_of_the_daemon() {
             .into_inner()
             .containers;
     assert_eq!(list.len(), before);
+    assert!(!stale.exists(), "{} survived the restart", stale.display());
     let s = c
         .wait_state(&quitter, cri::ContainerState::ContainerExited)
         .await;

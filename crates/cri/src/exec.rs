@@ -70,6 +70,14 @@ pub(crate) fn delete_exec_later(api: &crate::api::Api, id: &str, exec_id: &str) 
     });
 }
 
+/// Removes an exec's FIFO directory off the request's path (the answer need not wait for the
+/// file system). What a crash leaves is swept at the CRI's next start.
+pub(crate) fn remove_exec_dir_later(dir: std::path::PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
 /// SIGKILLs exec `exec_id` of container `id` and waits (up to 10 s) for its end.
 pub(crate) async fn kill_exec(api: &crate::api::Api, id: &str, exec_id: &str) {
     let mut t = api.tasks();
@@ -150,7 +158,7 @@ impl Inner {
         let r = self
             .exec_in(&c.id, &exec_id, &dir, process, req.timeout)
             .await;
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_exec_dir_later(dir);
         r
     }
 

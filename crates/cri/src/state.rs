@@ -131,6 +131,8 @@ impl Inner {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
+        // Exec FIFO directories of a daemon that ended mid-exec: their reader is gone.
+        let _ = std::fs::remove_dir_all(self.dirs.state.join("exec"));
         // The daemon is serving by now, or about to: retry until it answers. The `k8s.io`
         // namespace is made by the first write into it, as containerd's metadata store does.
         let mut delay = Duration::from_millis(10);

@@ -359,7 +359,7 @@ struct ExecGuard {
 impl Drop for ExecGuard {
     fn drop(&mut self) {
         if self.finished {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            crate::exec::remove_exec_dir_later(std::mem::take(&mut self.dir));
             return;
         }
         let (api, id, exec_id, dir) = (
