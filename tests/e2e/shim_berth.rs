@@ -572,3 +572,134 @@ fn daemons_with_sockets_in_one_directory_keep_their_runtime_state_apart() {
         d.assert_no_leftover_pids();
     }
 }
+
+/// `run --rm` of one id, 50 times back to back, through each client (`ctr`, `berthctl`) and
+/// each shim (Berth's, containerd's Go shim): when Tasks.Delete answers, the old shim no longer
+/// holds the id's socket, so the next run of that id starts at once. Each run's output is whole.
+#[test]
+fn one_id_runs_back_to_back_through_each_client_and_shim() {
+    const NS: &str = "berth-e2e-shimberth-sameid";
+    let runs: usize = std::env::var("BERTH_SAME_ID_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let _cg = berth_e2e::CgroupCleanup(NS);
+    let d = daemon();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    for runtime in [RUNTIME, "io.containerd.runc.v2"] {
+        for client in ["ctr", "berthctl"] {
+            for i in 0..runs {
+                let word = format!("{client}-{i}");
+                let args = [
+                    "-n",
+                    NS,
+                    "run",
+                    "--rm",
+                    "--runtime",
+                    runtime,
+                    "--fifo-dir",
+                    fifo,
+                    IMAGE,
+                    "same",
+                    "echo",
+                    &word,
+                ];
+                let out = if client == "ctr" {
+                    d.ctr(&args)
+                } else {
+                    d.berthctl(&args)
+                };
+                assert!(
+                    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == word,
+                    "{client} run --rm #{i} through {runtime}: {}\nstdout: {:?}\nstderr: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    // The tightest client: the Tasks API itself on one connection, the next Create the moment
+    // Delete answers (a client process's start hid the race from the clients above in debug
+    // builds), on one container through each shim.
+    for runtime in [RUNTIME, "io.containerd.runc.v2"] {
+        ok(d.ctr(&[
+            "-n",
+            NS,
+            "containers",
+            "create",
+            "--runtime",
+            runtime,
+            IMAGE,
+            "same",
+            "true",
+        ]));
+        tasks_back_to_back(&d, NS, "same", runs);
+        ok(d.ctr(&["-n", NS, "containers", "rm", "same"]));
+    }
+    wait_for("no process left", || d.leftover_pids().is_empty());
+    assert!(
+        ok(d.ctr(&["-n", NS, "containers", "ls", "-q"]))
+            .trim()
+            .is_empty()
+    );
+}
+
+/// Create, start, wait and delete the task of container `id`, `runs` times, each Create sent as
+/// soon as the previous Delete answered.
+fn tasks_back_to_back(d: &Daemon, ns: &str, id: &str, runs: usize) {
+    use berth_api::containerd::services::tasks::v1 as tasks;
+    let ns = ns.to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut t = tasks::tasks_client::TasksClient::new(d.channel().await);
+        for i in 0..runs {
+            let created = t
+                .create(berth_e2e::with_ns(
+                    &ns,
+                    tasks::CreateTaskRequest {
+                        container_id: id.into(),
+                        ..Default::default()
+                    },
+                ))
+                .await;
+            if let Err(e) = created {
+                panic!("task create #{i} of {id}: {e:?}");
+            }
+            let (mut w, wait_req) = (
+                t.clone(),
+                berth_e2e::with_ns(
+                    &ns,
+                    tasks::WaitRequest {
+                        container_id: id.into(),
+                        exec_id: String::new(),
+                    },
+                ),
+            );
+            let wait = tokio::spawn(async move { w.wait(wait_req).await });
+            t.start(berth_e2e::with_ns(
+                &ns,
+                tasks::StartRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+            assert_eq!(wait.await.unwrap().unwrap().into_inner().exit_status, 0);
+            t.delete(berth_e2e::with_ns(
+                &ns,
+                tasks::DeleteTaskRequest {
+                    container_id: id.into(),
+                },
+            ))
+            .await
+            .unwrap();
+        }
+    });
+}

@@ -43,6 +43,9 @@ async fn serve(flags: Flags, listener: std::os::unix::net::UnixListener) -> anyh
         publisher.clone(),
         reaper,
     );
+    if let Some(sock) = &flags.socket {
+        shim.own_socket(sock.clone());
+    }
     let v2 = TaskV2(shim.clone());
     let server = Server::new()
         .register(v2::task_ttrpc::TaskServer::new(v2.clone()))
@@ -59,9 +62,7 @@ async fn serve(flags: Flags, listener: std::os::unix::net::UnixListener) -> anyh
     if !publisher.flush(Duration::from_secs(5)).await {
         tracing::warn!("exiting with undelivered events");
     }
-    if let Some(sock) = &flags.socket {
-        let _ = std::fs::remove_file(sock);
-    }
+    shim.release_socket();
     tracing::info!("shim exiting");
     Ok(())
 }

@@ -190,6 +190,8 @@ pub(crate) struct Shim {
     pub(crate) reaper: Arc<Reaper>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     shutdown: watch::Sender<bool>,
+    /// The socket this shim serves on, as bound: (path, device, inode).
+    socket: Mutex<Option<(PathBuf, u64, u64)>>,
 }
 
 impl Shim {
@@ -206,7 +208,31 @@ impl Shim {
             reaper,
             containers: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
+            socket: Mutex::new(None),
         })
+    }
+
+    /// Records the socket path this shim serves on (the file as it is now is ours).
+    pub(crate) fn own_socket(&self, path: PathBuf) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            *lock(&self.socket) = Some((path, m.dev(), m.ino()));
+        }
+    }
+
+    /// Unlinks this shim's socket, if the path still names the file it bound: once a shim is
+    /// shutting down, a shim for a task of the same id may start at once and bind that path
+    /// anew, and that one's socket is not ours to remove.
+    pub(crate) fn release_socket(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some((path, dev, ino)) = lock(&self.socket).take() else {
+            return;
+        };
+        if let Ok(m) = std::fs::symlink_metadata(&path)
+            && (m.dev(), m.ino()) == (dev, ino)
+        {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     pub(crate) fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {

@@ -90,10 +90,13 @@ impl Shim {
         }
     }
 
-    /// Shutdown: exits once no container is left (or at once with `now`).
+    /// Shutdown: exits once no container is left (or at once with `now`). The socket goes
+    /// before the answer (as with containerd's Go shim), so that when the caller has it, a task
+    /// of the same id can get a shim at once.
     pub(crate) fn shutdown(&self, now: bool) {
         if now || self.container_count() == 0 {
             tracing::info!(now, "shutting down");
+            self.release_socket();
             self.request_shutdown();
         }
     }
