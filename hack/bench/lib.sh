@@ -5,6 +5,15 @@
 # a path in BENCH_TMP) and pinned by a pidfd: never a bare PID that may have been reused.
 
 set -euo pipefail
+# The anchors (Debian packages), installed when one is missing: containerd (with ctr and the Go
+# shim), runc, crun.
+bench_missing=()
+for p in containerd runc crun; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || bench_missing+=("$p")
+done
+if [ "${#bench_missing[@]}" -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${bench_missing[@]}" >&2
+fi
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BENCH_TMP="$(mktemp -d /tmp/berth-bench.XXXXXX)"
 BENCH_PIDS=()

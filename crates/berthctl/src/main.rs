@@ -98,7 +98,11 @@ fn instead_of(word: &str) -> Option<&'static str> {
     })
 }
 
+/// When this process began its work (for `run --timings`).
+pub(crate) static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() {
+    STARTED.get_or_init(std::time::Instant::now);
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         // clap's guess for an unknown command is by spelling, and often odd ("stop" -> "t").

@@ -73,7 +73,8 @@ pub(crate) struct Runtimes {
     logs: Mutex<HashMap<(String, String), tokio::sync::oneshot::Sender<()>>>,
 }
 
-/// `io.containerd.runc.v2` → `containerd-shim-runc-v2`, resolved in `$PATH`.
+/// `io.containerd.runc.v2` → `containerd-shim-runc-v2`, resolved in `$PATH`, then (as
+/// containerd does) in berthd's own directory, where a build or an install puts Berth's shim.
 pub(crate) fn shim_binary(runtime: &str) -> Result<PathBuf, Status> {
     if runtime.starts_with('/') {
         let p = PathBuf::from(runtime);
@@ -97,14 +98,17 @@ pub(crate) fn shim_binary(runtime: &str) -> Result<PathBuf, Status> {
         parts[parts.len() - 1]
     );
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
+    let own_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
+    for dir in std::env::split_paths(&path).chain(own_dir) {
         let p = dir.join(&name);
         if p.is_file() {
             return Ok(p);
         }
     }
     Err(Status::not_found(format!(
-        "runtime {runtime:?}: {name} not found in PATH"
+        "runtime {runtime:?}: {name} not found in PATH or berthd's directory"
     )))
 }
 

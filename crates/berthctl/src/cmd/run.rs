@@ -73,12 +73,16 @@ pub(crate) struct Args {
     /// Working directory.
     #[arg(long)]
     cwd: Option<String>,
-    /// Runtime (`io.containerd.runc.v2`, `io.containerd.berth.v2`, or a shim path).
-    #[arg(long, default_value = "io.containerd.runc.v2")]
+    /// Runtime: `io.containerd.berth.v2` (Berth's shim and berth-runc), `io.containerd.runc.v2`
+    /// (containerd's Go shim and runc), or a shim's absolute path.
+    #[arg(long, env = "BERTH_RUNTIME", default_value = "io.containerd.berth.v2")]
     runtime: String,
     /// Snapshotter.
     #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "overlayfs")]
     snapshotter: String,
+    /// Print how long each step took (milliseconds, to stderr) when done.
+    #[arg(long)]
+    timings: bool,
     /// Directory for the stdio FIFOs, which the shim must see too (default: the temporary
     /// directory); a directory of their own is made in it and removed afterwards.
     #[arg(long)]
@@ -277,6 +281,43 @@ fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
     }))
 }
 
+/// Milliseconds per step of a run, for `--timings`.
+struct Timings {
+    on: bool,
+    last: std::time::Instant,
+    steps: Vec<(&'static str, f64)>,
+}
+
+impl Timings {
+    fn new(on: bool) -> Timings {
+        let start = *crate::STARTED.get_or_init(std::time::Instant::now);
+        Timings {
+            on,
+            last: start,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Ends step `name` now.
+    fn step(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.steps
+            .push((name, (now - self.last).as_secs_f64() * 1000.0));
+        self.last = now;
+    }
+
+    fn print(&self) {
+        if !self.on {
+            return;
+        }
+        let total: f64 = self.steps.iter().map(|s| s.1).sum();
+        for (name, ms) in &self.steps {
+            eprintln!("{name:>18} {ms:8.2} ms");
+        }
+        eprintln!("{:>18} {total:8.2} ms", "total");
+    }
+}
+
 fn mkfifo(p: &Path) -> anyhow::Result<()> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
     // SAFETY: a valid NUL-terminated path; mkfifo retains nothing.
@@ -324,26 +365,61 @@ fn window_size() -> Option<(u32, u32)> {
     }
 }
 
-fn copy_out(path: PathBuf, mut to: impl Write + Send + 'static) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        // Opened read-write so it never sees EOF before the writer comes; the writer closing is
-        // seen as the task exiting, after which the copy is stopped by the caller.
-        let Ok(mut f) = std::fs::OpenOptions::new()
+/// Our read end of an output FIFO, opened before the shim's write end exists: a reader opened
+/// non-blocking, and a write end of our own that keeps it from seeing end of file until the
+/// shim has opened its end (see [`OutFifo::writer_attached`]).
+struct OutFifo {
+    reader: std::fs::File,
+    placeholder: std::fs::File,
+}
+
+impl OutFifo {
+    fn open(path: &Path) -> anyhow::Result<OutFifo> {
+        let reader = std::fs::OpenOptions::new()
             .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let placeholder = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-        else {
-            return;
-        };
-        let mut buf = [0u8; 32 * 1024];
-        while let Ok(n) = f.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // Reads block from here on; end of file comes when the last writer has gone.
+        set_blocking(&reader)?;
+        Ok(OutFifo {
+            reader,
+            placeholder,
+        })
+    }
+
+    /// Copies to `to` until end of file, in a thread of its own; the returned end of the
+    /// placeholder is to be dropped once the shim holds its write end (after Tasks.Create).
+    fn copy_to(self, mut to: impl Write + Send + 'static) -> (std::fs::File, std::thread::JoinHandle<()>) {
+        let mut reader = self.reader;
+        let copy = std::thread::spawn(move || {
+            let mut buf = [0u8; 32 * 1024];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                let _ = to.flush();
             }
-            let _ = to.flush();
+        });
+        (self.placeholder, copy)
+    }
+}
+
+fn set_blocking(f: &std::fs::File) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error().into());
         }
-    })
+    }
+    Ok(())
 }
 
 /// containerd's identifier rule for the container id, checked before anything is made (the
@@ -362,6 +438,8 @@ fn check_id(id: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
+    let mut t = Timings::new(a.timings);
+    t.step("start, connect");
     check_id(&a.id)?;
     anyhow::ensure!(
         !(a.rm && a.detach),
@@ -369,6 +447,7 @@ pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
     );
     let (config, top) = image_config(conn, &a.image).await?;
     let spec = build_spec(&a, ns, &config)?;
+    t.step("image config, spec");
 
     // The snapshot and the container under a lease, so GC cannot take the snapshot in between.
     let mut leases = LeasesClient::new(conn.channel.clone());
@@ -382,6 +461,7 @@ pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
         .lease
         .context("no lease")?
         .id;
+    t.step("lease");
     let mut snaps = SnapshotsClient::new(conn.channel.clone());
     let made = async {
         snaps
@@ -395,6 +475,7 @@ pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
                 &lease,
             )?)
             .await?;
+        t.step("snapshot prepare");
         ContainersClient::new(conn.channel.clone())
             .create(conn.req(CreateContainerRequest {
                 container: Some(Container {
@@ -414,6 +495,7 @@ pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
                 }),
             }))
             .await?;
+        t.step("container create");
         anyhow::Ok(())
     }
     .await;
@@ -423,24 +505,56 @@ pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
             sync: false,
         }))
         .await;
+    t.step("lease delete");
     made?;
 
-    let result = run_task(conn, &a).await;
+    let result = run_task(conn, &a, &mut t).await;
     if a.rm {
         let _ = ContainersClient::new(conn.channel.clone())
             .delete(conn.req(DeleteContainerRequest { id: a.id.clone() }))
             .await;
+        t.step("container delete");
         let _ = snaps
             .remove(conn.req(RemoveSnapshotRequest {
                 snapshotter: a.snapshotter.clone(),
                 key: a.id.clone(),
             }))
             .await;
+        t.step("snapshot remove");
     }
+    t.print();
     result
 }
 
-async fn run_task(conn: &Conn, a: &Args) -> anyhow::Result<i32> {
+/// Sends our terminal's size to the task now and at each SIGWINCH, until dropped.
+fn follow_window_size(conn: &Conn, id: &str) -> Option<tokio::task::JoinHandle<()>> {
+    let mut winch =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()?;
+    let (conn, id) = (conn.clone(), id.to_string());
+    Some(tokio::spawn(async move {
+        let mut t = TasksClient::new(conn.channel.clone());
+        let mut last = None;
+        loop {
+            let now = window_size();
+            if let Some((w, h)) = now.filter(|_| now != last) {
+                last = now;
+                let _ = t
+                    .resize_pty(conn.req(ResizePtyRequest {
+                        container_id: id.clone(),
+                        exec_id: String::new(),
+                        width: w,
+                        height: h,
+                    }))
+                    .await;
+            }
+            if winch.recv().await.is_none() {
+                return;
+            }
+        }
+    }))
+}
+
+async fn run_task(conn: &Conn, a: &Args, t: &mut Timings) -> anyhow::Result<i32> {
     let mut tasks = TasksClient::new(conn.channel.clone());
     let (mut stdin, mut stdout, mut stderr) = (String::new(), String::new(), String::new());
     let fifo_dir = a
@@ -449,17 +563,23 @@ async fn run_task(conn: &Conn, a: &Args) -> anyhow::Result<i32> {
         .unwrap_or_else(std::env::temp_dir)
         .join(format!("berthctl-{}-{}", a.id, std::process::id()));
     let mut copies = Vec::new();
+    // Our write ends of the output FIFOs, held until the shim has opened its own.
+    let mut placeholders = Vec::new();
     if !a.detach {
         std::fs::create_dir_all(&fifo_dir).with_context(|| format!("{}", fifo_dir.display()))?;
         let out = fifo_dir.join("stdout");
         mkfifo(&out)?;
         stdout = out.display().to_string();
-        copies.push(copy_out(out, std::io::stdout()));
+        let (w, c) = OutFifo::open(&out)?.copy_to(std::io::stdout());
+        placeholders.push(w);
+        copies.push(c);
         if !a.tty {
             let err = fifo_dir.join("stderr");
             mkfifo(&err)?;
             stderr = err.display().to_string();
-            copies.push(copy_out(err, std::io::stderr()));
+            let (w, c) = OutFifo::open(&err)?.copy_to(std::io::stderr());
+            placeholders.push(w);
+            copies.push(c);
         }
         if a.interactive || a.tty {
             let inp = fifo_dir.join("stdin");
@@ -479,6 +599,7 @@ async fn run_task(conn: &Conn, a: &Args) -> anyhow::Result<i32> {
             });
         }
     }
+    t.step("fifos");
     let created = tasks
         .create(conn.req(CreateTaskRequest {
             container_id: a.id.clone(),
@@ -489,6 +610,8 @@ async fn run_task(conn: &Conn, a: &Args) -> anyhow::Result<i32> {
             ..Default::default()
         }))
         .await;
+    // The shim holds its write ends now (or never will): the copies end when it lets go.
+    drop(placeholders);
     let created = match created {
         Ok(c) => c.into_inner(),
         Err(e) => {
@@ -496,6 +619,7 @@ async fn run_task(conn: &Conn, a: &Args) -> anyhow::Result<i32> {
             return Err(e.into());
         }
     };
+    t.step("task create");
     let mut waiter = tasks.clone();
     let wait_req = conn.req(WaitRequest {
         container_id: a.id.clone(),
@@ -509,44 +633,46 @@ async fn run_task(conn: &Conn, a: &Args) -> anyhow::Result<i32> {
             exec_id: String::new(),
         }))
         .await?;
+    t.step("task start");
     if a.detach {
         println!("{} {}", a.id, created.pid);
         return Ok(0);
     }
-    if a.tty {
-        let conn2 = conn.clone();
-        let id = a.id.clone();
-        tokio::spawn(async move {
-            let mut last = None;
-            let mut t = TasksClient::new(conn2.channel.clone());
-            loop {
-                let now = window_size();
-                if now.is_some() && now != last {
-                    last = now;
-                    let (w, h) = now.unwrap_or((80, 24));
-                    let _ = t
-                        .resize_pty(conn2.req(ResizePtyRequest {
-                            container_id: id.clone(),
-                            exec_id: String::new(),
-                            width: w,
-                            height: h,
-                        }))
-                        .await;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-        });
-    }
+    let resizes = if a.tty {
+        follow_window_size(conn, &a.id)
+    } else {
+        None
+    };
     let status = wait.await??.into_inner().exit_status;
-    // Let the copies drain what the task wrote last.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    t.step("task wait");
+    if let Some(r) = resizes {
+        r.abort();
+    }
+    // The output is whole when the copies reach end of file: the shim closes its ends once
+    // the process's output has drained. A process that left a child holding its output open
+    // keeps them going: the task's delete ends that, and the copies with it.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        for c in copies {
+            let _ = c.join();
+        }
+        let _ = done_tx.send(());
+    });
+    let mut done_rx = done_rx;
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(2), &mut done_rx)
+        .await
+        .is_ok();
+    t.step("output drained");
     drop(_raw);
     let _ = tasks
         .delete(conn.req(DeleteTaskRequest {
             container_id: a.id.clone(),
         }))
         .await;
+    if !drained {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), done_rx).await;
+    }
+    t.step("task delete");
     let _ = std::fs::remove_dir_all(&fifo_dir);
-    drop(copies);
     Ok(status as i32)
 }
