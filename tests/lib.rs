@@ -330,6 +330,18 @@ impl Daemon {
 
     /// PIDs of the processes this daemon's tasks left: shims (their working directory is a
     /// bundle under our state dir) and container inits (the bundles' `init.pid`).
+    /// The sockets of this daemon's warm shims (idle shims started ahead of need, each in
+    /// `state/warm/<id>`, whose `address` file names its socket).
+    pub fn warm_sockets(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("state/warm"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("address")).ok())
+            .map(|a| PathBuf::from(a.trim().trim_start_matches("unix://")))
+            .collect()
+    }
+
     pub fn leftover_pids(&self) -> Vec<i32> {
         let bundles = self.dir.path().join("state/io.containerd.runtime.v2.task");
         let mut pids = Vec::new();
@@ -366,7 +378,18 @@ impl Daemon {
     /// the kernel gave to somebody else fails all three.
     fn kill_leftovers(&self) {
         let bundles = self.dir.path().join("state/io.containerd.runtime.v2.task");
-        let candidates = self.leftover_pids();
+        let mut candidates = self.leftover_pids();
+        // Warm shims (idle, no task yet) wait in `state/warm/<id>`; they end with their daemon,
+        // and are only signalled here if one is still there.
+        let warm = self.dir.path().join("state/warm");
+        let warm_pids: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|p| p.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|&pid| cwd_under(pid, &warm))
+            .collect();
+        candidates.extend(&warm_pids);
         let shims: Vec<i32> = candidates
             .iter()
             .copied()
@@ -377,6 +400,7 @@ impl Daemon {
             .filter_map(|pid| {
                 let fd = berth_runtime::pidfd::Pidfd::open(pid).ok()?;
                 let ours = cwd_under(pid, &bundles)
+                    || cwd_under(pid, &warm)
                     || parent_of(pid).is_some_and(|pp| shims.contains(&pp))
                     || root_mounted_from(pid, self.dir.path());
                 ours.then_some(fd)

@@ -288,12 +288,16 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
         std::fs::read_dir(&bundles).map(|r| r.count()).unwrap_or(0),
         0
     );
-    assert_eq!(
-        std::fs::read_dir(d.dir.path().join("s"))
-            .map(|r| r.count())
-            .unwrap_or(0),
-        0
-    );
+    // (The warm shim's socket stays: an idle shim for the next task.)
+    let warm = d.warm_sockets();
+    let sockets: Vec<_> = std::fs::read_dir(d.dir.path().join("s"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !warm.contains(p))
+        .collect();
+    assert!(sockets.is_empty(), "{sockets:?}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(d.dir.path().to_str().unwrap()), "{mounts}");
 }
@@ -442,17 +446,21 @@ fn berth_shim_churn_leaves_nothing_behind() {
     wait_for("no process left", || d.leftover_pids().is_empty());
     assert!(berth_shims(&d).is_empty());
     let state = d.dir.path().join("state");
+    // The warm shim's socket stays (an idle shim for the next task).
+    let warm = d.warm_sockets();
     for dir in [
         state.join("io.containerd.runtime.v2.task").join(NS),
         d.dir.path().join("s"),
         state.join("runc").join(NS),
     ] {
-        assert_eq!(
-            std::fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0),
-            0,
-            "{}",
-            dir.display()
-        );
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| !warm.contains(p))
+            .collect();
+        assert!(left.is_empty(), "{}: {left:?}", dir.display());
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(d.dir.path().to_str().unwrap()), "{mounts}");
@@ -702,4 +710,100 @@ fn tasks_back_to_back(d: &Daemon, ns: &str, id: &str, runs: usize) {
             .unwrap();
         }
     });
+}
+
+/// PIDs of processes whose working directory is under `dir`.
+fn pids_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| p.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&pid| berth_e2e::cwd_under(pid, dir))
+        .collect()
+}
+
+/// berthd keeps one Berth shim started ahead of need: a task takes it (the same process becomes
+/// its shim, with the task's namespace in its events and runtime state), another is started for
+/// the next; an idle one ends with its daemon (kill -9 included), an adopted one outlives it and
+/// is reconnected; `[runtime] warm_shims = 0` starts every shim on demand.
+#[test]
+fn a_warm_shim_is_adopted_refilled_and_ends_with_its_daemon() {
+    const NS: &str = "berth-e2e-shimberth-warm";
+    let _cg = berth_e2e::CgroupCleanup(NS);
+    let mut d = daemon();
+    setup(&d, NS);
+    let warm_dir = d.dir.path().join("state/warm");
+    wait_for("a warm shim", || pids_in(&warm_dir).len() == 1);
+    let warm = pids_in(&warm_dir)[0];
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    let topics = topics_during(&d, NS, || {
+        ok(d.ctr(&[
+            "-n",
+            NS,
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--fifo-dir",
+            fifo,
+            IMAGE,
+            "bg",
+            "sleep",
+            "1000",
+        ]));
+    });
+    assert_eq!(topics, ["/tasks/create", "/tasks/start"]);
+    assert_eq!(berth_shims(&d), [warm], "the warm shim serves bg");
+    assert!(d.dir.path().join("state/runc").join(NS).join("bg").exists());
+    wait_for("another warm shim", || {
+        pids_in(&warm_dir).iter().any(|&p| p != warm)
+    });
+    let next = pids_in(&warm_dir)[0];
+    // kill -9: the idle one goes with the daemon, bg's shim stays and is found again.
+    d.kill9();
+    let gone = berth_runtime::pidfd::Pidfd::open(next)
+        .map(|fd| fd.wait_exit(Duration::from_secs(10)))
+        .unwrap_or(true);
+    assert!(gone, "the idle warm shim outlived its daemon");
+    d.restart();
+    wait_for("bg listed again", || {
+        String::from_utf8_lossy(&d.ctr(&["-n", NS, "task", "ls"]).stdout).contains("RUNNING")
+    });
+    wait_for("a new warm shim", || {
+        pids_in(&warm_dir).iter().any(|&p| p != next && p != warm)
+    });
+    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "bg"]));
+    wait_for("bg stopped", || {
+        String::from_utf8_lossy(&d.ctr(&["-n", NS, "task", "ls"]).stdout).contains("STOPPED")
+    });
+    ok(d.ctr(&["-n", NS, "task", "rm", "bg"]));
+    ok(d.ctr(&["-n", NS, "containers", "rm", "bg"]));
+    wait_for("no process left", || d.leftover_pids().is_empty());
+    drop(d);
+
+    // None kept: tasks still run, each with a shim of its own.
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = Daemon::start_for_tasks_with("[runtime]\nwarm_shims = 0\n", &[("PATH", &path)]);
+    setup(&d, NS);
+    let out = ok(d.ctr(&[
+        "-n",
+        NS,
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        &d.fifo_dir().display().to_string(),
+        IMAGE,
+        "cold",
+        "echo",
+        "cold",
+    ]));
+    assert_eq!(out.trim(), "cold");
+    assert!(pids_in(&d.dir.path().join("state/warm")).is_empty());
 }

@@ -18,6 +18,7 @@ pub(crate) struct Config {
     pub(crate) root: PathBuf,
     pub(crate) state: PathBuf,
     pub(crate) grpc: Grpc,
+    pub(crate) runtime: RuntimeConfig,
     pub(crate) log: Log,
     pub(crate) otlp: Otlp,
     pub(crate) registry: RegistryConfig,
@@ -74,6 +75,13 @@ pub(crate) struct Grpc {
     pub(crate) gid: u32,
     pub(crate) max_recv_message_size: usize,
     pub(crate) max_send_message_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuntimeConfig {
+    /// Idle Berth shims kept started ahead of need (see `runtime.rs`, warm shims).
+    pub(crate) warm_shims: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -407,6 +407,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             tokio::spawn(restore);
         }
     }
+    runtimes.keep_warm(cfg.runtime.warm_shims);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -474,6 +475,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         s.abort();
         let _ = std::fs::remove_file(&cfg.cri.address);
     }
+    runtimes.stop_warm().await;
     ttrpc.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_file(&cfg.grpc.address);
     let _ = std::fs::remove_file(cfg.ttrpc_address());

@@ -60,6 +60,13 @@ impl Pidfd {
     }
 }
 
+impl AsRawFd for Pidfd {
+    /// The descriptor, readable (for poll and epoll) once the process has exited.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// Sends `sig` to the process holding `pid` only if `is_ours(pid)` holds once it is pinned: the
 /// check reads `/proc/<pid>` of the pinned process (or of a successor that passes it too, in
 /// which case the pinned one is gone and nothing is sent). True when the signal was sent.

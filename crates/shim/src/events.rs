@@ -17,7 +17,8 @@ const IDLE_HANGUP: Duration = Duration::from_secs(1);
 /// Queues events for the daemon.
 #[derive(Debug, Clone)]
 pub(crate) struct Publisher {
-    namespace: String,
+    /// The namespace events are published in (a warm shim learns it from its first Create).
+    namespace: std::sync::Arc<std::sync::Mutex<String>>,
     tx: mpsc::UnboundedSender<Envelope>,
     /// Events queued and not yet delivered (or given up on).
     pending: watch::Sender<usize>,
@@ -42,20 +43,29 @@ impl Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
         let (pending, _) = watch::channel(0usize);
         let p = Publisher {
-            namespace: namespace.clone(),
+            namespace: std::sync::Arc::new(std::sync::Mutex::new(namespace)),
             tx,
             pending: pending.clone(),
         };
         let path = PathBuf::from(address.strip_prefix("unix://").unwrap_or(&address));
-        tokio::spawn(forward(path, namespace, rx, pending));
+        tokio::spawn(forward(path, rx, pending));
         p
+    }
+
+    /// Publishes in `namespace` from now on.
+    pub(crate) fn set_namespace(&self, namespace: &str) {
+        *self.namespace.lock().unwrap_or_else(|e| e.into_inner()) = namespace.to_string();
     }
 
     /// Queues `event` under `topic`, stamped now.
     pub(crate) fn publish<M: Message + Name>(&self, topic: &str, event: &M) {
         let env = Envelope {
             timestamp: Some(crate::sys::timestamp(std::time::SystemTime::now())),
-            namespace: self.namespace.clone(),
+            namespace: self
+                .namespace
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             topic: topic.to_string(),
             event: Some(prost_types::Any {
                 type_url: M::full_name(),
@@ -81,13 +91,10 @@ impl Publisher {
 
 async fn forward(
     path: PathBuf,
-    namespace: String,
     mut rx: mpsc::UnboundedReceiver<Envelope>,
     pending: watch::Sender<usize>,
 ) {
     let mut client: Option<EventsClient> = None;
-    let opts = CallOptions::with_timeout(Duration::from_secs(10))
-        .metadata("containerd-namespace-ttrpc", namespace);
     loop {
         let env = match client {
             // Connected: hang up when idle, so an idle shim holds no connection buffers.
@@ -105,6 +112,8 @@ async fn forward(
                 None => return,
             },
         };
+        let opts = CallOptions::with_timeout(Duration::from_secs(10))
+            .metadata("containerd-namespace-ttrpc", env.namespace.clone());
         let req = ForwardRequest {
             envelope: Some(env),
         };

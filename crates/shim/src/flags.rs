@@ -16,6 +16,9 @@ pub(crate) struct Flags {
     /// The socket to serve on (set by `start` when it re-executes the shim).
     pub(crate) socket: Option<PathBuf>,
     pub(crate) debug: bool,
+    /// Berth's warm shim: started ahead of need by berthd, with a placeholder id and namespace;
+    /// its first Create gives it a task's (see `serve.rs`).
+    pub(crate) warm: bool,
     pub(crate) version: bool,
     pub(crate) info: bool,
     /// `start`, `delete`, or `None`.
@@ -68,13 +71,14 @@ impl Flags {
                 None => (stripped.to_string(), None),
             };
             match name.as_str() {
-                "debug" | "v" | "info" => {
+                "debug" | "v" | "info" | "warm" => {
                     let on = match &inline {
                         Some(v) => parse_bool(&name, v)?,
                         None => true,
                     };
                     match name.as_str() {
                         "debug" => f.debug = on,
+                        "warm" => f.warm = on,
                         "v" => f.version = on,
                         _ => f.info = on,
                     }
@@ -123,6 +127,9 @@ impl Flags {
         }
         if self.debug {
             out.push("-debug".into());
+        }
+        if self.warm {
+            out.push("-warm".into());
         }
         out
     }

@@ -16,6 +16,35 @@ use crate::start::{inherited_listener, state_dir};
 use crate::sys;
 use crate::task::Shim;
 
+/// The environment variable through which berthd names itself to the warm shims it starts.
+pub(crate) const WARM_DAEMON_PID_ENV: &str = "BERTH_WARM_DAEMON_PID";
+
+/// A warm shim that no task adopted ends with the daemon that started it: nobody else would
+/// ever use it (a restarted daemon starts its own).
+fn end_when_unadopted_daemon_exits(shim: Arc<Shim>) {
+    let daemon = std::env::var(WARM_DAEMON_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+        .and_then(|p| berth_runtime::pidfd::Pidfd::open(p).ok());
+    let Some(daemon) = daemon else {
+        tracing::warn!("a warm shim without its daemon's pid: it ends only on Shutdown");
+        return;
+    };
+    tokio::spawn(async move {
+        // SAFETY: the pidfd is owned by the AsyncFd and stays open, the same descriptor,
+        // until it drops.
+        if let Ok(fd) = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(daemon, tokio::io::Interest::READABLE)
+        } {
+            let _ = fd.readable().await;
+        }
+        if shim.is_warm() {
+            tracing::info!("the daemon of this warm shim is gone; exiting");
+            shim.request_shutdown();
+        }
+    });
+}
+
 pub(crate) fn run(flags: Flags) -> anyhow::Result<()> {
     sys::set_child_subreaper().context("becoming a child subreaper")?;
     let listener = inherited_listener()?;
@@ -45,6 +74,10 @@ async fn serve(flags: Flags, listener: std::os::unix::net::UnixListener) -> anyh
     );
     if let Some(sock) = &flags.socket {
         shim.own_socket(sock.clone());
+    }
+    if flags.warm {
+        shim.set_warm();
+        end_when_unadopted_daemon_exits(shim.clone());
     }
     let v2 = TaskV2(shim.clone());
     let server = Server::new()

@@ -24,9 +24,18 @@ impl v2::task_ttrpc::Task for TaskV2 {
 
     async fn create(
         &self,
-        _: Context,
+        ctx: Context,
         r: v2::CreateTaskRequest,
     ) -> Result<v2::CreateTaskResponse, Status> {
+        if self.0.is_warm() {
+            // containerd sends the namespace as `containerd-namespace-ttrpc`, berthd as
+            // `containerd-namespace`.
+            let ns = ctx
+                .metadata
+                .get("containerd-namespace-ttrpc")
+                .or_else(|| ctx.metadata.get("containerd-namespace"));
+            self.0.adopt(ns, &r.bundle)?;
+        }
         let pid = self.0.create(r).await?;
         Ok(v2::CreateTaskResponse { pid })
     }

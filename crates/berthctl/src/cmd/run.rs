@@ -395,7 +395,10 @@ impl OutFifo {
 
     /// Copies to `to` until end of file, in a thread of its own; the returned end of the
     /// placeholder is to be dropped once the shim holds its write end (after Tasks.Create).
-    fn copy_to(self, mut to: impl Write + Send + 'static) -> (std::fs::File, std::thread::JoinHandle<()>) {
+    fn copy_to(
+        self,
+        mut to: impl Write + Send + 'static,
+    ) -> (std::fs::File, std::thread::JoinHandle<()>) {
         let mut reader = self.reader;
         let copy = std::thread::spawn(move || {
             let mut buf = [0u8; 32 * 1024];

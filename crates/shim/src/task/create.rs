@@ -142,7 +142,7 @@ impl Shim {
         } else {
             PathBuf::from(&opts.root)
         }
-        .join(&self.namespace);
+        .join(self.namespace());
         let record = RuntimeRecord {
             binary: if opts.binary_name.is_empty() {
                 crate::runc::default_binary()

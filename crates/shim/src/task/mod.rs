@@ -11,6 +11,7 @@ mod query;
 pub(crate) use create::runc_options;
 
 use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -183,7 +184,10 @@ impl Container {
 /// What the shim process holds: its containers and the plumbing they share.
 #[derive(Debug)]
 pub(crate) struct Shim {
-    pub(crate) namespace: String,
+    /// The containerd namespace of its tasks (a warm shim's is set when it is adopted).
+    namespace: Mutex<String>,
+    /// A warm shim not adopted yet (see [`Shim::adopt`]).
+    warm: std::sync::atomic::AtomicBool,
     /// Runtime state root when the runc options give none (`<root>/<namespace>` is used).
     pub(crate) default_root: PathBuf,
     pub(crate) publisher: Publisher,
@@ -202,7 +206,8 @@ impl Shim {
         reaper: Arc<Reaper>,
     ) -> Arc<Shim> {
         Arc::new(Shim {
-            namespace,
+            namespace: Mutex::new(namespace),
+            warm: std::sync::atomic::AtomicBool::new(false),
             default_root,
             publisher,
             reaper,
@@ -210,6 +215,48 @@ impl Shim {
             shutdown: watch::channel(false).0,
             socket: Mutex::new(None),
         })
+    }
+
+    pub(crate) fn namespace(&self) -> String {
+        lock(&self.namespace).clone()
+    }
+
+    /// Marks this shim warm: started ahead of need, its task's identity still to come.
+    pub(crate) fn set_warm(&self) {
+        self.warm.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A warm shim that no task has adopted yet.
+    pub(crate) fn is_warm(&self) -> bool {
+        self.warm.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A warm shim becomes the shim of the task its first Create makes: the task's namespace
+    /// (from the request's metadata), its bundle as working directory, and the bundle's `log`
+    /// FIFO as standard error, as if `start` had been run for it.
+    pub(crate) fn adopt(&self, namespace: Option<&str>, bundle: &str) -> Result<(), ShimError> {
+        if !self.warm.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+            *lock(&self.namespace) = ns.to_string();
+            self.publisher.set_namespace(ns);
+        }
+        let bundle = PathBuf::from(bundle);
+        std::env::set_current_dir(&bundle)
+            .map_err(|e| ShimError::io(format!("entering the bundle {}", bundle.display()), e))?;
+        if let Ok(log) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(bundle.join("log"))
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: dup2 onto standard error of a descriptor we own; the original is closed
+            // when `log` drops, the duplicate (without close-on-exec) stays as fd 2.
+            unsafe { libc::dup2(log.as_raw_fd(), 2) };
+        }
+        tracing::info!(namespace = %self.namespace(), bundle = %bundle.display(), "warm shim adopted");
+        Ok(())
     }
 
     /// Records the socket path this shim serves on (the file as it is now is ours).
