@@ -158,10 +158,17 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         self.count.fetch_add(1, Ordering::AcqRel);
         let guard = InFlightGuard(self.count.clone(), self.trimmer.clone());
+        // Each call's time, at debug level under its own target (`berthd::rpc=debug`).
+        let timed = tracing::enabled!(target: "berthd::rpc", tracing::Level::DEBUG)
+            .then(|| (req.uri().path().to_string(), std::time::Instant::now()));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
             drop(guard);
+            if let Some((method, start)) = timed {
+                let us = start.elapsed().as_micros() as u64;
+                tracing::debug!(target: "berthd::rpc", %method, us, "call answered");
+            }
             r
         })
     }

@@ -312,9 +312,9 @@ impl Timings {
         }
         let total: f64 = self.steps.iter().map(|s| s.1).sum();
         for (name, ms) in &self.steps {
-            eprintln!("{name:>18} {ms:8.2} ms");
+            eprintln!("{name:>24} {ms:8.2} ms");
         }
-        eprintln!("{:>18} {total:8.2} ms", "total");
+        eprintln!("{:>24} {total:8.2} ms", "total");
     }
 }
 
@@ -448,23 +448,29 @@ pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
         !(a.rm && a.detach),
         "--rm and --detach cannot be used together"
     );
-    let (config, top) = image_config(conn, &a.image).await?;
-    let spec = build_spec(&a, ns, &config)?;
-    t.step("image config, spec");
-
-    // The snapshot and the container under a lease, so GC cannot take the snapshot in between.
+    // The snapshot and the container under a lease, so GC cannot take the snapshot in between;
+    // the image's config is read meanwhile (neither needs the other).
     let mut leases = LeasesClient::new(conn.channel.clone());
-    let lease = leases
-        .create(conn.req(CreateRequest {
-            id: format!("run-{}-{}", a.id, std::process::id()),
-            labels: Default::default(),
-        }))
-        .await?
-        .into_inner()
-        .lease
-        .context("no lease")?
-        .id;
-    t.step("lease");
+    let lease_req = conn.req(CreateRequest {
+        id: format!("run-{}-{}", a.id, std::process::id()),
+        labels: Default::default(),
+    });
+    let (image, lease) = tokio::join!(image_config(conn, &a.image), leases.create(lease_req));
+    let lease = lease?.into_inner().lease.context("no lease")?.id;
+    let spec = match image.and_then(|(config, top)| Ok((build_spec(&a, ns, &config)?, top))) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = leases
+                .delete(conn.req(DeleteRequest {
+                    id: lease,
+                    sync: false,
+                }))
+                .await;
+            return Err(e);
+        }
+    };
+    let (spec, top) = spec;
+    t.step("image config, lease");
     let mut snaps = SnapshotsClient::new(conn.channel.clone());
     let made = async {
         snaps
@@ -502,29 +508,35 @@ pub(crate) async fn run(conn: &Conn, ns: &str, a: Args) -> anyhow::Result<i32> {
         anyhow::Ok(())
     }
     .await;
-    let _ = leases
-        .delete(conn.req(DeleteRequest {
+    // The lease has done its work once the container holds the snapshot: let it go while the
+    // task starts (the container and snapshot stay whatever the lease's end does).
+    let lease_gone = {
+        let req = conn.req(DeleteRequest {
             id: lease,
             sync: false,
-        }))
-        .await;
-    t.step("lease delete");
-    made?;
+        });
+        tokio::spawn(async move { leases.delete(req).await })
+    };
+    if let Err(e) = made {
+        let _ = lease_gone.await;
+        return Err(e);
+    }
 
     let result = run_task(conn, &a, &mut t).await;
     if a.rm {
-        let _ = ContainersClient::new(conn.channel.clone())
-            .delete(conn.req(DeleteContainerRequest { id: a.id.clone() }))
-            .await;
-        t.step("container delete");
-        let _ = snaps
-            .remove(conn.req(RemoveSnapshotRequest {
+        // Both at once: neither needs the other, and the task (which had the snapshot mounted)
+        // is gone.
+        let mut containers = ContainersClient::new(conn.channel.clone());
+        let _ = tokio::join!(
+            containers.delete(conn.req(DeleteContainerRequest { id: a.id.clone() })),
+            snaps.remove(conn.req(RemoveSnapshotRequest {
                 snapshotter: a.snapshotter.clone(),
                 key: a.id.clone(),
             }))
-            .await;
-        t.step("snapshot remove");
+        );
+        t.step("container, snapshot rm");
     }
+    let _ = lease_gone.await;
     t.print();
     result
 }
