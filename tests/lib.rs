@@ -766,6 +766,14 @@ pub fn fails(out: Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A count from environment variable `name` (a test's size knob), else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Adds the namespace header to a request.
 pub fn with_ns<T>(ns: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);

@@ -187,10 +187,7 @@ fn background(d: &Daemon, program: &std::path::Path, args: &[&str]) -> std::proc
 /// lease, or a partial download that wedges its layer, would show here.
 #[test]
 fn kill9_during_pulls_imports_and_lease_churn_strands_nothing() {
-    let loops: usize = std::env::var("BERTH_CRASH_LOOPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let loops: usize = berth_e2e::env_count("BERTH_CRASH_LOOPS", 50);
     let reg = berth_e2e::Registry::start();
     let dir = tempfile::tempdir().unwrap();
     let big = data(3 << 20);

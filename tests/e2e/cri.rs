@@ -932,10 +932,7 @@ async fn cri_bad_input_is_refused_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cri_state_survives_kill_9_of_the_daemon() {
     let mut c = Cri::start().await;
-    let n: usize = std::env::var("BERTH_CRI_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let n: usize = berth_e2e::env_count("BERTH_CRI_PODS", 20);
     let mut pods = Vec::new();
     for i in 0..n {
         let (pod, pc) = c.run_pod(&format!("p{i}")).await;

@@ -398,10 +398,7 @@ fn berth_shim_tasks_survive_a_daemon_restart_and_a_shim_kill() {
 fn berth_shim_churn_leaves_nothing_behind() {
     const NS: &str = "berth-e2e-shimberth-churn";
     // BERTH_CHURN=500 for the full count.
-    let cycles: usize = std::env::var("BERTH_CHURN")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let cycles: usize = berth_e2e::env_count("BERTH_CHURN", 20);
     let _cg = berth_e2e::CgroupCleanup(NS);
     let d = daemon();
     setup(&d, NS);
@@ -587,10 +584,7 @@ fn daemons_with_sockets_in_one_directory_keep_their_runtime_state_apart() {
 #[test]
 fn one_id_runs_back_to_back_through_each_client_and_shim() {
     const NS: &str = "berth-e2e-shimberth-sameid";
-    let runs: usize = std::env::var("BERTH_SAME_ID_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+    let runs: usize = berth_e2e::env_count("BERTH_SAME_ID_RUNS", 50);
     let _cg = berth_e2e::CgroupCleanup(NS);
     let d = daemon();
     setup(&d, NS);

@@ -270,10 +270,7 @@ fn tasks_survive_a_daemon_restart() {
 #[test]
 fn churn_leaves_nothing_behind() {
     const NS: &str = "berth-e2e-churn";
-    let cycles: usize = std::env::var("BERTH_CHURN")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let cycles: usize = berth_e2e::env_count("BERTH_CHURN", 60);
     let _cg = berth_e2e::CgroupCleanup(NS);
     let d = Daemon::start_for_tasks();
     setup(&d, NS);

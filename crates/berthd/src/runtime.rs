@@ -287,7 +287,7 @@ impl Runtimes {
         let dir = self.warm_root.join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let started = async {
-            let mut cmd = self.action_with(&binary, WARM_NAMESPACE, &id, &dir, "start", &["-warm"]);
+            let mut cmd = self.action(&binary, WARM_NAMESPACE, &id, &dir, "start", &["-warm"]);
             cmd.env("BERTH_WARM_DAEMON_PID", std::process::id().to_string())
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
@@ -528,19 +528,9 @@ impl Runtimes {
             .remove(&(ns.to_string(), id.to_string()));
     }
 
+    /// The shim binary's command line for `action` (`start`, `delete`), with extra `flags`
+    /// before it.
     fn action(
-        &self,
-        binary: &Path,
-        ns: &str,
-        id: &str,
-        bundle: &Path,
-        action: &str,
-    ) -> std::process::Command {
-        self.action_with(binary, ns, id, bundle, action, &[])
-    }
-
-    /// [`Runtimes::action`] with extra flags before the action.
-    fn action_with(
         &self,
         binary: &Path,
         ns: &str,
@@ -625,7 +615,7 @@ impl Runtimes {
             return Ok(shim);
         }
         let stdin = options.map(|o| o.encode_to_vec()).unwrap_or_default();
-        let mut cmd = self.action(binary, ns, id, bundle, "start");
+        let mut cmd = self.action(binary, ns, id, bundle, "start", &[]);
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -733,7 +723,7 @@ impl Runtimes {
     ) -> Option<berth_api::containerd::task::v2::DeleteResponse> {
         let mut resp = None;
         if bundle.join("rootfs").exists() || bundle.join("address").exists() {
-            let mut cmd = self.action(binary, ns, id, bundle, "delete");
+            let mut cmd = self.action(binary, ns, id, bundle, "delete", &[]);
             cmd.stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
