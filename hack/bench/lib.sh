@@ -26,6 +26,7 @@ bench_cleanup() {
   local args=() pid
   for pid in "${BENCH_PIDS[@]:-}"; do [ -n "$pid" ] && args+=(--pid "$pid"); done
   if [ "${#args[@]}" -gt 0 ]; then procs stop "${args[@]}" --grace 0.5 >/dev/null || true; fi
+  umount "$BENCH_TMP/state" 2>/dev/null || true
   rm -rf "$BENCH_TMP"
 }
 trap bench_cleanup EXIT
@@ -37,6 +38,15 @@ wait_sock() {
   done
   echo "socket $1 never appeared" >&2
   return 1
+}
+
+# Runtime state (bundles, runtime state, FIFOs) lives under STATE_TMP: a tmpfs, as /run is on a
+# real host, when the bench runs in a mount namespace of its own (state_on_tmpfs), else BENCH_TMP.
+STATE_TMP="$BENCH_TMP"
+state_on_tmpfs() {
+  mkdir -p "$BENCH_TMP/state"
+  mount -t tmpfs -o size=2g,mode=0755 tmpfs "$BENCH_TMP/state"
+  STATE_TMP="$BENCH_TMP/state"
 }
 
 # start_berthd [suffix]: release build, temp root; sets BERTH_SOCK and BERTH_PID.
@@ -63,7 +73,7 @@ start_containerd() {
   cat >"$BENCH_TMP/containerd$sfx.toml" <<TOML
 version = 2
 root = "$BENCH_TMP/containerd-root$sfx"
-state = "$BENCH_TMP/containerd-state$sfx"
+state = "$STATE_TMP/containerd-state$sfx"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$CTRD_SOCK"

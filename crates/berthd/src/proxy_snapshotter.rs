@@ -159,6 +159,9 @@ impl Snapshotter for Proxy {
         &self.address
     }
 
+    /// The remote snapshotter keeps its own directories: nothing of ours to empty.
+    fn empty_trash(&self) {}
+
     fn capabilities(&self) -> Vec<String> {
         Vec::new()
     }

@@ -75,6 +75,42 @@ pub struct Usage {
     pub inodes: i64,
 }
 
+/// A name no other trash entry of this process has.
+fn trash_suffix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Deletes `dir` on the one background thread that empties the trash.
+fn remove_in_background(dir: PathBuf) {
+    static TX: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<PathBuf>>> =
+        std::sync::OnceLock::new();
+    let tx = TX.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+        // Without the thread the receiver is dropped, and each send below fails into a removal
+        // in place.
+        let _ = std::thread::Builder::new()
+            .name("snapshot-trash".into())
+            .spawn(move || {
+                for d in rx {
+                    let _ = std::fs::remove_dir_all(&d);
+                }
+            });
+        std::sync::Mutex::new(tx)
+    });
+    let sent = tx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(dir.clone());
+    if sent.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// One snapshotter backend.
 pub trait Snapshotter: Send + Sync + std::fmt::Debug {
     /// Its name (`overlayfs`, `native`).
@@ -97,13 +133,33 @@ pub trait Snapshotter: Send + Sync + std::fmt::Debug {
     fn exists(&self, id: &str) -> bool {
         self.fs(id).exists()
     }
-    /// Removes the directories of `id` (idempotent).
+    /// Removes the directories of `id` (idempotent): renamed into `<root>/trash` at once and
+    /// deleted there in the background (on a file system mounted with `discard`, each freed
+    /// block waits for the device); what a crash leaves in the trash goes at the next start
+    /// ([`Snapshotter::empty_trash`]).
     fn remove(&self, id: &str) -> Result<(), SnapshotError> {
         let dir = self.root().join("snapshots").join(id);
+        let trash = self.root().join("trash");
+        if std::fs::create_dir_all(&trash).is_ok() {
+            let to = trash.join(format!("{id}-{}", trash_suffix()));
+            match std::fs::rename(&dir, &to) {
+                Ok(()) => {
+                    remove_in_background(to);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                // Removed in place below.
+                Err(_) => {}
+            }
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dir)(e)),
             _ => Ok(()),
         }
+    }
+    /// Deletes what removals left in `<root>/trash` (at start-up, before anything is removed).
+    fn empty_trash(&self) {
+        let _ = std::fs::remove_dir_all(self.root().join("trash"));
     }
     /// Usage of `id`'s own directory.
     fn usage(&self, id: &str) -> Result<Usage, SnapshotError> {

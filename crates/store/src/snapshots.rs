@@ -503,4 +503,37 @@ mod tests {
         assert!(!d.path().join("snapshots/native/snapshots/999").exists());
         assert_eq!(s.list_snapshots("ns", "native").unwrap().len(), 1);
     }
+
+    #[test]
+    fn removed_snapshots_leave_at_once_and_the_trash_is_emptied() {
+        let d = tempfile::tempdir().unwrap();
+        let trash = d.path().join("snapshots/overlayfs/trash");
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.prepare_snapshot("ns", "overlayfs", new("a", "")).unwrap();
+            let id = s
+                .snapshot_record("ns", "overlayfs", "a")
+                .unwrap()
+                .unwrap()
+                .id;
+            let dir = d.path().join("snapshots/overlayfs/snapshots").join(&id);
+            std::fs::write(dir.join("fs/file"), b"data").unwrap();
+            s.remove_snapshot("ns", "overlayfs", "a").unwrap();
+            assert!(!dir.exists(), "the directory is gone when Remove answers");
+            // Deleted from the trash in the background.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::read_dir(&trash).map(|r| r.count()).unwrap_or(0) > 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the trash was not emptied"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            // As if a crash came before the background removal: emptied at the next start.
+            std::fs::create_dir_all(trash.join("7-1-0/fs")).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let _s = crate::store::reopen(d.path());
+        assert!(!trash.exists());
+    }
 }

@@ -148,7 +148,8 @@ impl Store {
                 snapshots.remove(&k)?;
             }
         }
-        for sn in self.snapshotters.keys() {
+        for (sn, backend) in self.snapshotters.iter() {
+            backend.empty_trash();
             let n = match self.cleanup_snapshots(sn) {
                 Ok(n) => n,
                 Err(e) => {
