@@ -801,3 +801,115 @@ fn a_warm_shim_is_adopted_refilled_and_ends_with_its_daemon() {
     assert_eq!(out.trim(), "cold");
     assert!(pids_in(&d.dir.path().join("state/warm")).is_empty());
 }
+
+/// An exec as containerd's Go client sends one with a terminal (the request's `terminal` set,
+/// the process spec's not) gets a pty from Berth's shim, as from the Go shim.
+#[test]
+fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
+    use berth_api::containerd::services::tasks::v1 as tasks;
+    const NS: &str = "berth-e2e-shimberth-exectty";
+    let _cg = berth_e2e::CgroupCleanup(NS);
+    let d = daemon();
+    setup(&d, NS);
+    let fifo_dir = d.fifo_dir();
+    let fifo = fifo_dir.to_str().unwrap();
+    ok(d.ctr(&[
+        "-n",
+        NS,
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        fifo,
+        IMAGE,
+        "c",
+        "sleep",
+        "1000",
+    ]));
+    let out_path = fifo_dir.join("exec-tty-out");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&out_path)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let p = out_path.clone();
+        std::thread::spawn(move || std::fs::read(p).unwrap_or_default())
+    };
+    let spec = serde_json::json!({
+        "args": ["sh", "-c", "tty"], "cwd": "/", "env": ["PATH=/bin"], "terminal": false,
+        "user": {"uid": 0, "gid": 0},
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = rt.block_on(async {
+        let mut t = tasks::tasks_client::TasksClient::new(d.channel().await);
+        t.exec(berth_e2e::with_ns(
+            NS,
+            tasks::ExecProcessRequest {
+                container_id: "c".into(),
+                exec_id: "tty1".into(),
+                terminal: true,
+                stdout: out_path.display().to_string(),
+                spec: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                    value: serde_json::to_vec(&spec).unwrap(),
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+        let (mut w, wait_req) = (
+            t.clone(),
+            berth_e2e::with_ns(
+                NS,
+                tasks::WaitRequest {
+                    container_id: "c".into(),
+                    exec_id: "tty1".into(),
+                },
+            ),
+        );
+        let wait = tokio::spawn(async move { w.wait(wait_req).await });
+        t.start(berth_e2e::with_ns(
+            NS,
+            tasks::StartRequest {
+                container_id: "c".into(),
+                exec_id: "tty1".into(),
+            },
+        ))
+        .await
+        .unwrap();
+        let code = tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the exec ends")
+            .unwrap()
+            .unwrap()
+            .into_inner()
+            .exit_status;
+        t.delete_process(berth_e2e::with_ns(
+            NS,
+            tasks::DeleteProcessRequest {
+                container_id: "c".into(),
+                exec_id: "tty1".into(),
+            },
+        ))
+        .await
+        .unwrap();
+        code
+    });
+    let out = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    assert_eq!(code, 0, "tty exited {code}: {out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "c"]));
+    wait_for("c stopped", || {
+        String::from_utf8_lossy(&d.ctr(&["-n", NS, "task", "ls"]).stdout).contains("STOPPED")
+    });
+    ok(d.ctr(&["-n", NS, "task", "rm", "c"]));
+    ok(d.ctr(&["-n", NS, "containers", "rm", "c"]));
+}

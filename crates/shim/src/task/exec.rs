@@ -25,15 +25,22 @@ impl Shim {
                 "exec without a process spec".into(),
             ));
         };
-        match serde_json::from_slice::<serde_json::Value>(&spec.value) {
-            Ok(v) if v.is_object() => {}
+        // The request's terminal flag is the process's, as the Go shim has it: containerd's
+        // client asks for a terminal in the request and leaves the spec's flag unset.
+        let process = match serde_json::from_slice::<serde_json::Value>(&spec.value) {
+            Ok(mut v) if v.is_object() => {
+                v["terminal"] = serde_json::Value::Bool(req.terminal);
+                serde_json::to_vec(&v).map_err(|e| {
+                    ShimError::InvalidArgument(format!("exec spec: re-encoding it: {e}"))
+                })?
+            }
             _ => {
                 return Err(ShimError::InvalidArgument(format!(
                     "exec spec ({}) is not an OCI process JSON object",
                     spec.type_url
                 )));
             }
-        }
+        };
         let status = c.init.status();
         if status != TaskStatus::Running && status != TaskStatus::Paused {
             return Err(ShimError::FailedPrecondition(format!(
@@ -54,7 +61,7 @@ impl Shim {
             };
             execs.insert(
                 req.exec_id.clone(),
-                Arc::new(Process::new(req.exec_id.clone(), stdio, spec.value)),
+                Arc::new(Process::new(req.exec_id.clone(), stdio, process)),
             );
         }
         self.publisher.publish(
