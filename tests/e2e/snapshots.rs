@@ -26,7 +26,13 @@ fn ctr_snapshot_lifecycle() {
     // Write into the active snapshot's directory, as a mount would, then commit it.
     let dir = m.split_whitespace().nth(3).unwrap().to_string();
     std::fs::write(std::path::Path::new(&dir).join("hello"), "world").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
     ctr(&d, &["snapshots", "commit", "layer1", "base"]);
+    // A committed snapshot is made at its commit: created is updated (as containerd has it),
+    // not the prepare's time.
+    let info: serde_json::Value =
+        serde_json::from_str(&ctr(&d, &["snapshots", "info", "layer1"])).unwrap();
+    assert_eq!(info["Created"], info["Updated"], "{info}");
     ctr(&d, &["snapshots", "prepare", "work", "layer1"]);
     let m = ctr(&d, &["snapshots", "mounts", "/mnt/x", "work"]);
     assert!(

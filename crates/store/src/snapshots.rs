@@ -331,7 +331,10 @@ impl Store {
             if !new_labels.is_empty() {
                 r.labels = new_labels.clone();
             }
+            // A committed snapshot is made at its commit: created and updated are that time
+            // (containerd's metadata store does so; clients compare the two).
             r.updated_at = Timestamp::now();
+            r.created_at = r.updated_at;
             tx.remove(from.as_slice())?;
             tx.insert(to.as_slice(), encode(&r))?;
             Ok(())
