@@ -913,3 +913,54 @@ fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
     ok(d.ctr(&["-n", NS, "task", "rm", "c"]));
     ok(d.ctr(&["-n", NS, "containers", "rm", "c"]));
 }
+
+/// A container without a PID namespace of its own (here: joining the host's) loses its other
+/// processes when its init ends, through either shim (containerd's `ShouldKillAllOnExit`): a
+/// `sleep` left behind by the init is killed, not kept in the container's cgroup.
+#[test]
+fn host_pid_containers_lose_their_other_processes_with_their_init() {
+    const NS: &str = "berth-e2e-shimberth-hostpid";
+    let _cg = berth_e2e::CgroupCleanup(NS);
+    let d = daemon();
+    setup(&d, NS);
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    // The host's PID namespace, through this test's process (pid 1 may not be readable).
+    let host_pid = format!("pid:/proc/{}/ns/pid", std::process::id());
+    for (runtime, id) in [(RUNTIME, "hp-berth"), ("io.containerd.runc.v2", "hp-go")] {
+        ok(d.ctr(&[
+            "-n",
+            NS,
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--with-ns",
+            &host_pid,
+            "--fifo-dir",
+            fifo,
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            "sleep 1000 & sleep 1; exit 0",
+        ]));
+        let procs = Path::new("/sys/fs/cgroup/pids")
+            .join(NS)
+            .join(id)
+            .join("cgroup.procs");
+        wait_for("the child in the cgroup", || {
+            std::fs::read_to_string(&procs).is_ok_and(|p| p.lines().count() >= 2)
+        });
+        wait_for("the init's exit", || {
+            String::from_utf8_lossy(&d.ctr(&["-n", NS, "task", "ls"]).stdout)
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+        });
+        wait_for("no process left in the container's cgroup", || {
+            std::fs::read_to_string(&procs).is_ok_and(|p| p.trim().is_empty())
+        });
+        ok(d.ctr(&["-n", NS, "task", "rm", id]));
+        ok(d.ctr(&["-n", NS, "containers", "rm", id]));
+    }
+}

@@ -248,6 +248,7 @@ impl Shim {
             io_uid: opts.io_uid,
             io_gid: opts.io_gid,
             exec_seq: AtomicU64::new(0),
+            kill_all_on_exit: super::kill_all_on_exit(&bundle),
         });
         lock(&self.containers).insert(req.id.clone(), container.clone());
 

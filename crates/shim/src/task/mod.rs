@@ -153,6 +153,25 @@ pub(crate) struct Container {
     io_uid: u32,
     io_gid: u32,
     exec_seq: AtomicU64,
+    /// No PID namespace of its own (the host's, or one it joins): when its init ends, the rest
+    /// of its processes are killed, as containerd's Go shim does (`ShouldKillAllOnExit`).
+    kill_all_on_exit: bool,
+}
+
+/// Whether a bundle's container lacks a new PID namespace of its own (see
+/// [`Container::kill_all_on_exit`]); an unreadable spec counts as lacking one, as in the Go shim.
+pub(crate) fn kill_all_on_exit(bundle: &std::path::Path) -> bool {
+    let Ok(spec) = std::fs::read(bundle.join("config.json")) else {
+        return true;
+    };
+    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&spec) else {
+        return true;
+    };
+    let own = spec["linux"]["namespaces"].as_array().is_some_and(|nss| {
+        nss.iter()
+            .any(|n| n["type"] == "pid" && n["path"].as_str().is_none_or(str::is_empty))
+    });
+    !own
 }
 
 impl Container {
@@ -316,7 +335,7 @@ impl Shim {
                 status: 255,
                 at: SystemTime::now(),
             });
-            if p.exec_id.is_empty() && c.has_running_execs() {
+            if p.exec_id.is_empty() && (c.kill_all_on_exit || c.has_running_execs()) {
                 // Without a pid namespace of its own, the container's other processes outlive
                 // its init: end them as the Go shim does (the runtime finds them by cgroup).
                 if let Err(e) = c.runc.kill(&c.id, libc::SIGKILL as u32, true).await {
