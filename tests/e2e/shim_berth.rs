@@ -964,3 +964,86 @@ fn host_pid_containers_lose_their_other_processes_with_their_init() {
         ok(d.ctr(&["-n", NS, "containers", "rm", id]));
     }
 }
+
+/// The shim's cgroup comes from either options type a client may send it: runc's v2 `Options`
+/// and the v1 Linux runtime's `CreateOptions` (what containerd's Go client sends to a runtime not
+/// named io.containerd.runc.*).
+#[test]
+fn the_shim_cgroup_is_taken_from_either_options_type() {
+    use berth_api::containerd::services::tasks::v1 as tasks;
+    const NS: &str = "berth-e2e-shimberth-shimcg";
+    const CG: &str = "berth-e2e-shimberth-shimcg-shims";
+    let _cg = berth_e2e::CgroupCleanup(NS);
+    let _shims_cg = berth_e2e::CgroupCleanup(CG);
+    let pids_cg = Path::new("/sys/fs/cgroup/pids").join(CG);
+    std::fs::create_dir_all(&pids_cg).unwrap();
+    let d = daemon();
+    setup(&d, NS);
+    // A string field: tag, length, bytes (both fields are short).
+    let field = |tag: u8, s: &str| {
+        let mut v = vec![tag, s.len() as u8];
+        v.extend_from_slice(s.as_bytes());
+        v
+    };
+    let path = format!("/{CG}");
+    let cases = [
+        // containerd.runc.v1.Options: shim_cgroup = 3.
+        ("v2", "containerd.runc.v1.Options", field(3 << 3 | 2, &path)),
+        // containerd.linux.runc.CreateOptions: shim_cgroup = 9.
+        (
+            "v1",
+            "containerd.linux.runc.CreateOptions",
+            field(9 << 3 | 2, &path),
+        ),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (id, type_url, value) in cases {
+        ok(d.ctr(&[
+            "-n",
+            NS,
+            "containers",
+            "create",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]));
+        let before = berth_shims(&d);
+        rt.block_on(async {
+            let mut t = tasks::tasks_client::TasksClient::new(d.channel().await);
+            t.create(berth_e2e::with_ns(
+                NS,
+                tasks::CreateTaskRequest {
+                    container_id: id.into(),
+                    options: Some(prost_types::Any {
+                        type_url: type_url.into(),
+                        value,
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        });
+        let shim: Vec<i32> = berth_shims(&d)
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        assert_eq!(shim.len(), 1, "{id}: {shim:?}");
+        let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", shim[0])).unwrap();
+        assert!(
+            cgroups
+                .lines()
+                .any(|l| l.ends_with(&format!(":pids:/{CG}"))),
+            "{id} ({type_url}): the shim is in {cgroups}"
+        );
+        ok(d.ctr(&["-n", NS, "task", "rm", "-f", id]));
+        ok(d.ctr(&["-n", NS, "containers", "rm", id]));
+    }
+    wait_for("no shim left", || berth_shims(&d).is_empty());
+}

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
-use berth_api::containerd::runc::v1::Options;
 use berth_api::containerd::runtime::bootstrap::v1::{BootstrapParams, BootstrapResult};
 use prost::Message;
 use sha2::Digest;
@@ -286,12 +285,9 @@ fn spawn_server(
         });
     }
     let child = cmd.spawn().context("re-executing the shim as its server")?;
-    let opts = match &input.options {
-        Some(a) if a.type_url.ends_with("containerd.runc.v1.Options") => {
-            Options::decode(a.value.as_slice()).unwrap_or_default()
-        }
-        _ => Options::default(),
-    };
+    // Either options type (containerd's client sends CreateOptions to runtimes not named
+    // io.containerd.runc.*); one it cannot read places the shim nowhere special.
+    let opts = crate::task::runc_options(input.options.as_ref()).unwrap_or_default();
     if !opts.shim_cgroup.is_empty() {
         join_cgroup(child.id(), &opts.shim_cgroup);
     }

@@ -27,16 +27,48 @@ pub(crate) fn runc_options(any: Option<&prost_types::Any>) -> Result<Options, Sh
     let Some(any) = any else {
         return Ok(Options::default());
     };
-    let name = any.type_url.rsplit('/').next().unwrap_or_default();
-    if name != "containerd.runc.v1.Options" {
-        if !any.type_url.is_empty() {
-            tracing::info!(type_url = %any.type_url, "ignoring runtime options of another type");
+    match any.type_url.rsplit('/').next().unwrap_or_default() {
+        "containerd.runc.v1.Options" => Options::decode(any.value.as_slice()).map_err(|e| {
+            ShimError::InvalidArgument(format!("decoding containerd.runc.v1.Options: {e}"))
+        }),
+        // What containerd's Go client sends for a runtime not named io.containerd.runc.*.
+        "containerd.linux.runc.CreateOptions" => CreateOptions::decode(any.value.as_slice())
+            .map(|c| Options {
+                no_pivot_root: c.no_pivot_root,
+                no_new_keyring: c.no_new_keyring,
+                shim_cgroup: c.shim_cgroup,
+                io_uid: c.io_uid,
+                io_gid: c.io_gid,
+                ..Default::default()
+            })
+            .map_err(|e| {
+                ShimError::InvalidArgument(format!(
+                    "decoding containerd.linux.runc.CreateOptions: {e}"
+                ))
+            }),
+        _ => {
+            if !any.type_url.is_empty() {
+                tracing::info!(type_url = %any.type_url, "ignoring runtime options of another type");
+            }
+            Ok(Options::default())
         }
-        return Ok(Options::default());
     }
-    Options::decode(any.value.as_slice()).map_err(|e| {
-        ShimError::InvalidArgument(format!("decoding containerd.runc.v1.Options: {e}"))
-    })
+}
+
+/// containerd's `containerd.linux.runc.CreateOptions` (the v1 Linux runtime's options type,
+/// `runtime/linux/runctypes`), as far as a shim v2 uses it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CreateOptions {
+    #[prost(bool, tag = "1")]
+    no_pivot_root: bool,
+    #[prost(bool, tag = "8")]
+    no_new_keyring: bool,
+    #[prost(string, tag = "9")]
+    shim_cgroup: String,
+    #[prost(uint32, tag = "10")]
+    io_uid: u32,
+    #[prost(uint32, tag = "11")]
+    io_gid: u32,
 }
 
 /// containerd's identifier rule: alphanumeric runs joined by single `.`, `_` or `-`, at most 76
