@@ -368,7 +368,7 @@ mod tests {
     fn tells_bootstrap_from_options() {
         let opts = prost_types::Any {
             type_url: "containerd.runc.v1.Options".into(),
-            value: Options {
+            value: berth_api::containerd::runc::v1::Options {
                 binary_name: "crun".into(),
                 ..Default::default()
             }
