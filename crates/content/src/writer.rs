@@ -34,6 +34,10 @@ pub struct Writer {
     offset: u64,
     total: i64,
     expected: Option<Digest>,
+    /// The digest this writer's own client named (at open or since): the only one a commit is
+    /// checked against besides the commit's own, as in containerd. A digest recorded by an
+    /// earlier writer of the ingest is shown in its status but binds nobody.
+    named: Option<Digest>,
     started_at: SystemTime,
     updated_at: SystemTime,
     /// False after a failed write (the file may hold bytes the hasher has not seen) or a commit.
@@ -91,6 +95,7 @@ impl Writer {
             }
             None => dir.total(),
         };
+        let named = expected.clone();
         let expected = match expected {
             Some(d) => {
                 if dir.expected().as_ref() != Some(&d) {
@@ -121,6 +126,7 @@ impl Writer {
             offset,
             total,
             expected,
+            named,
             started_at,
             updated_at,
             writable: true,
@@ -155,6 +161,7 @@ impl Writer {
 
     /// Sets the expected digest. Recorded on disk when it changes.
     pub fn set_expected(&mut self, d: Digest) {
+        self.named = Some(d.clone());
         if self.expected.as_ref() != Some(&d) {
             // As in `set_total`, recording is best effort.
             let _ = self.dir.write_expected(&d);
@@ -223,7 +230,7 @@ impl Writer {
             )));
         }
         let digest = self.digest();
-        if let Some(e) = expected.as_ref().or(self.expected.as_ref())
+        if let Some(e) = expected.as_ref().or(self.named.as_ref())
             && *e != digest
         {
             return Err(ContentError::FailedPrecondition(format!(

@@ -890,3 +890,35 @@ fn kill_9_at_random_points() {
     assert_eq!(ingest_dirs(root.path()), 0);
     assert_eq!(store.list().unwrap().len(), CRASH_BLOBS as usize);
 }
+
+/// A failed commit does not bind the ingest: a wrong digest named by one writer (at open, or
+/// by its commit) is checked against that writer's commits only; a later writer of the same ref
+/// that names none commits what it has (containerd's store checks only the digest given). The
+/// digest stays in the ingest's status.
+#[test]
+fn a_wrong_expected_digest_binds_only_its_own_writer() {
+    let (_d, store) = store();
+    let data = bytes(29, 10_000);
+    let wrong = Digest::of(b"something else");
+    let mut w = store
+        .writer("r1", Some(data.len() as i64), Some(wrong.clone()))
+        .unwrap();
+    feed(&mut w, &data, 4096);
+    let e = w.commit(data.len() as i64, None).unwrap_err();
+    assert!(matches!(e, ContentError::FailedPrecondition(_)), "{e:?}");
+    let w = store.writer("r1", None, None).unwrap();
+    assert_eq!(w.status().expected, Some(wrong.clone()));
+    assert_eq!(
+        w.commit(data.len() as i64, None).unwrap(),
+        Digest::of(&data)
+    );
+
+    // A wrong digest given to a commit, then a commit without one by a new writer.
+    let data = bytes(30, 5_000);
+    let mut w = store.writer("r2", None, None).unwrap();
+    feed(&mut w, &data, 4096);
+    let e = w.commit(0, Some(wrong)).unwrap_err();
+    assert!(matches!(e, ContentError::FailedPrecondition(_)), "{e:?}");
+    let w = store.writer("r2", None, None).unwrap();
+    assert_eq!(w.commit(0, None).unwrap(), Digest::of(&data));
+}
