@@ -429,3 +429,77 @@ fn tar_with(path: &str, data: &[u8]) -> Vec<u8> {
     out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
     out
 }
+
+/// One message on a Write stream, its answer read, and the stream let go without waiting for
+/// the server's end of it: how containerd's Go client closes a writer.
+async fn write_and_let_go(d: &Daemon, m: WriteContentRequest) -> Result<(), tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut req = with_ns(NS, tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("containerd-lease", LEASE.parse().expect("header value"));
+    tx.send(m).await.expect("the stream is open");
+    let mut answers = ContentClient::new(d.channel().await)
+        .write(req)
+        .await?
+        .into_inner();
+    answers.next().await.transpose()?;
+    Ok(())
+}
+
+/// A ref used as containerd's Go client uses one: a Write stream closed and the same ref opened
+/// again (or aborted) at once, 50 times back to back — the closing writer is waited for, never
+/// answered `locked`; and a commit that failed on a wrong digest does not bind the next stream's
+/// commit, which names none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_refs_reopen_abort_and_commit_after_a_failure() {
+    let d = tokio::task::spawn_blocking(Daemon::start).await.unwrap();
+    LeasesClient::new(d.channel().await)
+        .create(with_ns(
+            NS,
+            CreateRequest {
+                id: LEASE.into(),
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    for i in 0..50u8 {
+        let r = write(&d, vec![msg(WriteAction::Stat, "go-1", 0, b"")])
+            .await
+            .unwrap_or_else(|e| panic!("reopen #{i}: {e:?}"));
+        let offset = r[0].offset;
+        assert_eq!(offset as usize, data.len(), "#{i}");
+        write_and_let_go(&d, msg(WriteAction::Write, "go-1", offset, &[i; 100]))
+            .await
+            .unwrap_or_else(|e| panic!("write #{i}: {e:?}"));
+        data.extend_from_slice(&[i; 100]);
+    }
+    // A commit naming a wrong digest fails; the next stream's commit, naming none, succeeds.
+    let mut wrong = msg(WriteAction::Commit, "go-1", data.len() as i64, b"");
+    wrong.expected = sha256(b"not this");
+    let e = write(&d, vec![wrong]).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let r = write(
+        &d,
+        vec![msg(WriteAction::Commit, "go-1", data.len() as i64, b"")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.last().unwrap().digest, sha256(&data));
+    // Abort the moment a stream is closed.
+    let mut c = ContentClient::new(d.channel().await);
+    for i in 0..20 {
+        write_and_let_go(&d, msg(WriteAction::Write, "go-2", 0, b"partial"))
+            .await
+            .unwrap();
+        c.abort(with_ns(
+            NS,
+            AbortRequest {
+                r#ref: "go-2".into(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("abort #{i}: {e:?}"));
+    }
+}

@@ -55,6 +55,21 @@ impl Locks {
     }
 
     /// Locks `key`, or `None` if it is held.
+    /// [`Locks::try_lock`], retried for a short while (1, 2, 4 … 256 ms, ~0.5 s in all) as
+    /// containerd's store does: a client that closed a writer and reopens the ref at once (to
+    /// resume, truncate or abort) finds the old writer still letting go on the server's side.
+    pub(crate) fn lock_soon(self: &Arc<Self>, key: &str) -> Option<LockGuard> {
+        for i in 0..10 {
+            if let Some(g) = self.try_lock(key) {
+                return Some(g);
+            }
+            if i < 9 {
+                std::thread::sleep(std::time::Duration::from_millis(1 << i));
+            }
+        }
+        None
+    }
+
     pub(crate) fn try_lock(self: &Arc<Self>, key: &str) -> Option<LockGuard> {
         let progress = Arc::new(Progress {
             offset: AtomicU64::new(UNKNOWN),

@@ -171,14 +171,13 @@ impl ContentStore {
         Ok(out)
     }
 
-    /// Removes the ingest `r#ref`: `NotFound` if there is none, `Locked` under a live writer.
+    /// Removes the ingest `r#ref` (`NotFound` if there is none), waiting a moment for a writer
+    /// that holds it to let go.
     pub fn abort(&self, r#ref: &str) -> Result<(), ContentError> {
         let key = ingest::key(r#ref);
-        let _lock = self
-            .inner
-            .locks
-            .try_lock(&key)
-            .ok_or_else(|| ContentError::Locked(r#ref.to_string()))?;
+        // A writer still open after the wait loses its ingest, as with containerd (whose
+        // Abort takes no lock): its later writes and its commit fail.
+        let _lock = self.inner.locks.lock_soon(&key);
         let dir = self.ingest_dir(&key);
         fs::metadata(dir.path()).map_err(|e| not_found_or_io(dir.path(), r#ref, e))?;
         dir.remove()

@@ -76,7 +76,7 @@ impl Writer {
         let key = ingest::key(r#ref);
         let lock = store
             .locks()
-            .try_lock(&key)
+            .lock_soon(&key)
             .ok_or_else(|| ContentError::Locked(r#ref.to_string()))?;
         let dir = store.ingest_dir(&key);
         if let Some(d) = &expected

@@ -310,11 +310,37 @@ fn one_writer_per_ref() {
         store.clone().writer("r", None, None),
         Err(ContentError::Locked(_))
     ));
-    assert!(matches!(store.abort("r"), Err(ContentError::Locked(_))));
     let other = store.writer("s", None, None).unwrap();
     drop(w);
     drop(store.writer("r", None, None).unwrap());
     drop(other);
+}
+
+/// A ref reopened (or aborted) the moment its writer is closing waits for the lock a short
+/// while, as containerd's store does; an abort under a writer that stays removes the ingest
+/// anyway (containerd's Abort takes no lock), and that writer's commit then fails.
+#[test]
+fn reopen_and_abort_wait_for_a_closing_writer() {
+    let (_root, store) = store();
+    let mut w = store.writer("r", None, None).unwrap();
+    w.write_at(0, b"abc").unwrap();
+    let closing = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(50));
+        drop(w);
+    });
+    let w = store
+        .writer("r", None, None)
+        .expect("the lock once the writer let go");
+    closing.join().unwrap();
+    assert_eq!(w.offset(), 3);
+    drop(w);
+
+    let mut held = store.writer("r", None, None).unwrap();
+    held.write_at(3, b"def").unwrap();
+    store.abort("r").expect("abort under a live writer");
+    assert!(matches!(store.status("r"), Err(ContentError::NotFound(_))));
+    assert!(held.commit(0, None).is_err());
+    assert!(matches!(store.abort("r"), Err(ContentError::NotFound(_))));
 }
 
 #[test]

@@ -263,9 +263,9 @@ impl content_server::Content for Content {
 
     async fn abort(&self, req: Request<AbortRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
-        self.store
-            .content_abort(&ns, &req.into_inner().r#ref)
-            .map_err(to_status)?;
+        let (store, r) = (self.store.clone(), req.into_inner().r#ref);
+        // May wait a moment for a closing writer of the ref.
+        blocking(move || store.content_abort(&ns, &r).map_err(to_status)).await?;
         Ok(Response::new(()))
     }
 }
