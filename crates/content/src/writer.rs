@@ -312,6 +312,9 @@ impl Writer {
             self.writable = false;
             return Err(io_at(&self.dir.data())(e));
         }
+        // The file's time is the last accepted write's, not the flush's: a reopened ingest
+        // (and its status) reads its update time from it, as containerd's does.
+        let _ = self.file.set_modified(self.updated_at);
         Ok(())
     }
 

@@ -948,3 +948,21 @@ fn a_wrong_expected_digest_binds_only_its_own_writer() {
     let w = store.writer("r2", None, None).unwrap();
     assert_eq!(w.commit(0, None).unwrap(), Digest::of(&data));
 }
+
+/// An ingest's update time is its last accepted write's, also after a reopen (the write was
+/// buffered and reached the file later).
+#[test]
+fn updated_at_is_the_last_accepted_write_after_a_reopen() {
+    let (_root, store) = store();
+    let mut w = store.writer("r", None, None).unwrap();
+    w.write_at(0, b"buffered").unwrap();
+    let written = w.status().updated_at;
+    thread::sleep(Duration::from_millis(100));
+    drop(w);
+    let st = store.status("r").unwrap();
+    let w = store.writer("r", None, None).unwrap();
+    for t in [st.updated_at, w.status().updated_at] {
+        let off = t.duration_since(written).unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_millis(50), "{t:?} vs {written:?}");
+    }
+}
