@@ -297,20 +297,23 @@ impl Daemon {
 
     /// A gRPC channel to the daemon.
     pub async fn channel(&self) -> Channel {
-        let path = self.sock.clone();
-        Endpoint::try_from("http://berthd.local")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connecting to berthd")
+        channel_to(&self.sock).await
     }
+}
+
+/// A gRPC channel to the unix socket `sock` (berthd's, or containerd's).
+pub async fn channel_to(sock: &Path) -> Channel {
+    let path = sock.to_path_buf();
+    Endpoint::try_from("http://berthd.local")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", sock.display()))
 }
 
 impl Daemon {

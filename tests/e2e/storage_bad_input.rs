@@ -26,7 +26,15 @@ async fn write(
     d: &Daemon,
     msgs: Vec<WriteContentRequest>,
 ) -> Result<Vec<WriteContentResponse>, tonic::Status> {
-    let mut c = ContentClient::new(d.channel().await);
+    write_on(d.channel().await, msgs).await
+}
+
+/// [`write`] on any daemon's channel (berthd's or containerd's).
+async fn write_on(
+    ch: tonic::transport::Channel,
+    msgs: Vec<WriteContentRequest>,
+) -> Result<Vec<WriteContentResponse>, tonic::Status> {
+    let mut c = ContentClient::new(ch);
     let mut req = with_ns(NS, tokio_stream::iter(msgs));
     req.metadata_mut()
         .insert("containerd-lease", LEASE.parse().expect("header value"));
@@ -432,16 +440,16 @@ fn tar_with(path: &str, data: &[u8]) -> Vec<u8> {
 
 /// One message on a Write stream, its answer read, and the stream let go without waiting for
 /// the server's end of it: how containerd's Go client closes a writer.
-async fn write_and_let_go(d: &Daemon, m: WriteContentRequest) -> Result<(), tonic::Status> {
+async fn write_and_let_go(
+    ch: tonic::transport::Channel,
+    m: WriteContentRequest,
+) -> Result<(), tonic::Status> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut req = with_ns(NS, tokio_stream::wrappers::ReceiverStream::new(rx));
     req.metadata_mut()
         .insert("containerd-lease", LEASE.parse().expect("header value"));
     tx.send(m).await.expect("the stream is open");
-    let mut answers = ContentClient::new(d.channel().await)
-        .write(req)
-        .await?
-        .into_inner();
+    let mut answers = ContentClient::new(ch).write(req).await?.into_inner();
     answers.next().await.transpose()?;
     Ok(())
 }
@@ -449,11 +457,21 @@ async fn write_and_let_go(d: &Daemon, m: WriteContentRequest) -> Result<(), toni
 /// A ref used as containerd's Go client uses one: a Write stream closed and the same ref opened
 /// again (or aborted) at once, 50 times back to back — the closing writer is waited for, never
 /// answered `locked`; and a commit that failed on a wrong digest does not bind the next stream's
-/// commit, which names none.
+/// commit, which names none. The same against Debian's containerd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_refs_reopen_abort_and_commit_after_a_failure() {
     let d = tokio::task::spawn_blocking(Daemon::start).await.unwrap();
-    LeasesClient::new(d.channel().await)
+    go_client_ref_cycles("berthd", d.channel().await, true).await;
+    let c = tokio::task::spawn_blocking(berth_e2e::Containerd::start)
+        .await
+        .unwrap();
+    // containerd's Abort races a writer still closing (its RemoveAll answers "directory not
+    // empty", Unknown): there, each abort follows a stream that has ended.
+    go_client_ref_cycles("containerd", berth_e2e::channel_to(&c.sock).await, false).await;
+}
+
+async fn go_client_ref_cycles(who: &str, ch: tonic::transport::Channel, abort_at_once: bool) {
+    LeasesClient::new(ch.clone())
         .create(with_ns(
             NS,
             CreateRequest {
@@ -465,34 +483,41 @@ async fn content_refs_reopen_abort_and_commit_after_a_failure() {
         .unwrap();
     let mut data = Vec::new();
     for i in 0..50u8 {
-        let r = write(&d, vec![msg(WriteAction::Stat, "go-1", 0, b"")])
+        let r = write_on(ch.clone(), vec![msg(WriteAction::Stat, "go-1", 0, b"")])
             .await
-            .unwrap_or_else(|e| panic!("reopen #{i}: {e:?}"));
+            .unwrap_or_else(|e| panic!("{who}: reopen #{i}: {e:?}"));
         let offset = r[0].offset;
-        assert_eq!(offset as usize, data.len(), "#{i}");
-        write_and_let_go(&d, msg(WriteAction::Write, "go-1", offset, &[i; 100]))
-            .await
-            .unwrap_or_else(|e| panic!("write #{i}: {e:?}"));
+        assert_eq!(offset as usize, data.len(), "{who}: #{i}");
+        write_and_let_go(
+            ch.clone(),
+            msg(WriteAction::Write, "go-1", offset, &[i; 100]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{who}: write #{i}: {e:?}"));
         data.extend_from_slice(&[i; 100]);
     }
     // A commit naming a wrong digest fails; the next stream's commit, naming none, succeeds.
     let mut wrong = msg(WriteAction::Commit, "go-1", data.len() as i64, b"");
     wrong.expected = sha256(b"not this");
-    let e = write(&d, vec![wrong]).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    let r = write(
-        &d,
+    let e = write_on(ch.clone(), vec![wrong]).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{who}: {e:?}");
+    let r = write_on(
+        ch.clone(),
         vec![msg(WriteAction::Commit, "go-1", data.len() as i64, b"")],
     )
     .await
-    .unwrap();
-    assert_eq!(r.last().unwrap().digest, sha256(&data));
-    // Abort the moment a stream is closed.
-    let mut c = ContentClient::new(d.channel().await);
+    .unwrap_or_else(|e| panic!("{who}: commit after the failed one: {e:?}"));
+    assert_eq!(r.last().unwrap().digest, sha256(&data), "{who}");
+    // Abort the moment a stream is let go.
+    let mut c = ContentClient::new(ch.clone());
     for i in 0..20 {
-        write_and_let_go(&d, msg(WriteAction::Write, "go-2", 0, b"partial"))
-            .await
-            .unwrap();
+        let partial = msg(WriteAction::Write, "go-2", 0, b"partial");
+        if abort_at_once {
+            write_and_let_go(ch.clone(), partial).await
+        } else {
+            write_on(ch.clone(), vec![partial]).await.map(drop)
+        }
+        .unwrap_or_else(|e| panic!("{who}: partial write #{i}: {e:?}"));
         c.abort(with_ns(
             NS,
             AbortRequest {
@@ -500,6 +525,6 @@ async fn content_refs_reopen_abort_and_commit_after_a_failure() {
             },
         ))
         .await
-        .unwrap_or_else(|e| panic!("abort #{i}: {e:?}"));
+        .unwrap_or_else(|e| panic!("{who}: abort #{i}: {e:?}"));
     }
 }
