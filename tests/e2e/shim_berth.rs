@@ -14,14 +14,49 @@ const IMAGE: &str = "docker.io/library/shimberth:1";
 const RUNTIME: &str = "io.containerd.berth.v2";
 
 fn daemon() -> Daemon {
-    // The shim binary must exist (cargo build -p berth-shim) and be on berthd's PATH.
+    Daemon::start_for_tasks_with_env(&[("PATH", &shim_path())])
+}
+
+/// berthd's PATH: the built shim first (cargo build -p berth-shim), then ours.
+fn shim_path() -> String {
     bin("containerd-shim-berth-v2");
-    let path = format!(
+    format!(
         "{}:{}",
         bin_dir().display(),
         std::env::var("PATH").unwrap_or_default()
-    );
-    Daemon::start_for_tasks_with_env(&[("PATH", &path)])
+    )
+}
+
+/// `ctr run -d` of `sleep 1000` as container `id` through Berth's shim.
+fn run_sleeper(d: &Daemon, ns: &str, id: &str) {
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    ok(d.ctr(&[
+        "-n",
+        ns,
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        fifo,
+        IMAGE,
+        id,
+        "sleep",
+        "1000",
+    ]));
+}
+
+/// Kills task `id`, waits for it to stop, and removes it and its container.
+fn remove_sleeper(d: &Daemon, ns: &str, id: &str) {
+    ok(d.ctr(&["-n", ns, "task", "kill", "-s", "KILL", id]));
+    wait_for("the task stopped", || {
+        String::from_utf8_lossy(&d.ctr(&["-n", ns, "task", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+    });
+    ok(d.ctr(&["-n", ns, "task", "rm", id]));
+    ok(d.ctr(&["-n", ns, "containers", "rm", id]));
 }
 
 fn setup(d: &Daemon, ns: &str) {
@@ -729,24 +764,7 @@ fn a_warm_shim_is_adopted_refilled_and_ends_with_its_daemon() {
     let warm_dir = d.dir.path().join("state/warm");
     wait_for("a warm shim", || pids_in(&warm_dir).len() == 1);
     let warm = pids_in(&warm_dir)[0];
-    let fifo = d.fifo_dir();
-    let fifo = fifo.to_str().unwrap();
-    let topics = topics_during(&d, NS, || {
-        ok(d.ctr(&[
-            "-n",
-            NS,
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--fifo-dir",
-            fifo,
-            IMAGE,
-            "bg",
-            "sleep",
-            "1000",
-        ]));
-    });
+    let topics = topics_during(&d, NS, || run_sleeper(&d, NS, "bg"));
     assert_eq!(topics, ["/tasks/create", "/tasks/start"]);
     assert_eq!(berth_shims(&d), [warm], "the warm shim serves bg");
     assert!(d.dir.path().join("state/runc").join(NS).join("bg").exists());
@@ -767,22 +785,12 @@ fn a_warm_shim_is_adopted_refilled_and_ends_with_its_daemon() {
     wait_for("a new warm shim", || {
         pids_in(&warm_dir).iter().any(|&p| p != next && p != warm)
     });
-    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "bg"]));
-    wait_for("bg stopped", || {
-        String::from_utf8_lossy(&d.ctr(&["-n", NS, "task", "ls"]).stdout).contains("STOPPED")
-    });
-    ok(d.ctr(&["-n", NS, "task", "rm", "bg"]));
-    ok(d.ctr(&["-n", NS, "containers", "rm", "bg"]));
+    remove_sleeper(&d, NS, "bg");
     wait_for("no process left", || d.leftover_pids().is_empty());
     drop(d);
 
     // None kept: tasks still run, each with a shim of its own.
-    let path = format!(
-        "{}:{}",
-        bin_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let d = Daemon::start_for_tasks_with("[runtime]\nwarm_shims = 0\n", &[("PATH", &path)]);
+    let d = Daemon::start_for_tasks_with("[runtime]\nwarm_shims = 0\n", &[("PATH", &shim_path())]);
     setup(&d, NS);
     let out = ok(d.ctr(&[
         "-n",
@@ -811,22 +819,8 @@ fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
     let _cg = berth_e2e::CgroupCleanup(NS);
     let d = daemon();
     setup(&d, NS);
+    run_sleeper(&d, NS, "c");
     let fifo_dir = d.fifo_dir();
-    let fifo = fifo_dir.to_str().unwrap();
-    ok(d.ctr(&[
-        "-n",
-        NS,
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--fifo-dir",
-        fifo,
-        IMAGE,
-        "c",
-        "sleep",
-        "1000",
-    ]));
     let out_path = fifo_dir.join("exec-tty-out");
     assert!(
         Command::new("mkfifo")
@@ -906,12 +900,7 @@ fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
     let out = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
     assert_eq!(code, 0, "tty exited {code}: {out:?}");
     assert!(out.contains("/dev/pts/"), "{out:?}");
-    ok(d.ctr(&["-n", NS, "task", "kill", "-s", "KILL", "c"]));
-    wait_for("c stopped", || {
-        String::from_utf8_lossy(&d.ctr(&["-n", NS, "task", "ls"]).stdout).contains("STOPPED")
-    });
-    ok(d.ctr(&["-n", NS, "task", "rm", "c"]));
-    ok(d.ctr(&["-n", NS, "containers", "rm", "c"]));
+    remove_sleeper(&d, NS, "c");
 }
 
 /// A container without a PID namespace of its own (here: joining the host's) loses its other
