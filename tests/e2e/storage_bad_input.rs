@@ -46,6 +46,20 @@ async fn write_on(
     Ok(got)
 }
 
+/// Makes [`LEASE`] on a daemon's channel.
+async fn hold_lease(ch: tonic::transport::Channel) {
+    LeasesClient::new(ch)
+        .create(with_ns(
+            NS,
+            CreateRequest {
+                id: LEASE.into(),
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap();
+}
+
 fn msg(action: WriteAction, r: &str, offset: i64, data: &[u8]) -> WriteContentRequest {
     WriteContentRequest {
         action: action as i32,
@@ -59,16 +73,7 @@ fn msg(action: WriteAction, r: &str, offset: i64, data: &[u8]) -> WriteContentRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_write_rejects_bad_input() {
     let d = tokio::task::spawn_blocking(Daemon::start).await.unwrap();
-    LeasesClient::new(d.channel().await)
-        .create(with_ns(
-            NS,
-            CreateRequest {
-                id: LEASE.into(),
-                labels: Default::default(),
-            },
-        ))
-        .await
-        .unwrap();
+    hold_lease(d.channel().await).await;
     let data = b"0123456789".repeat(100);
     let right = sha256(&data);
     let wrong = sha256(b"something else");
@@ -471,16 +476,7 @@ async fn content_refs_reopen_abort_and_commit_after_a_failure() {
 }
 
 async fn go_client_ref_cycles(who: &str, ch: tonic::transport::Channel, abort_at_once: bool) {
-    LeasesClient::new(ch.clone())
-        .create(with_ns(
-            NS,
-            CreateRequest {
-                id: LEASE.into(),
-                labels: Default::default(),
-            },
-        ))
-        .await
-        .unwrap();
+    hold_lease(ch.clone()).await;
     let mut data = Vec::new();
     for i in 0..50u8 {
         let r = write_on(ch.clone(), vec![msg(WriteAction::Stat, "go-1", 0, b"")])
