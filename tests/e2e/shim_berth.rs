@@ -1036,3 +1036,32 @@ fn the_shim_cgroup_is_taken_from_either_options_type() {
     }
     wait_for("no shim left", || berth_shims(&d).is_empty());
 }
+
+/// `berthctl run -t` on a terminal: the container's terminal has our size (sent at start, then
+/// on each SIGWINCH) and its output comes back whole, with the exit code.
+#[test]
+fn berthctl_run_with_a_terminal_takes_our_size() {
+    const NS: &str = "berth-e2e-shimberth-btty";
+    let _cg = berth_e2e::CgroupCleanup(NS);
+    let d = daemon();
+    setup(&d, NS);
+    let line = format!(
+        "stty rows 33 cols 77; {} --address {} -n {NS} run --rm -t --fifo-dir {} {IMAGE} btty sh -c 'stty size; tty; exit 3'",
+        bin("berthctl").display(),
+        d.sock.display(),
+        d.fifo_dir().display(),
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        text.contains("33 77") && text.contains("/dev/pts/"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    wait_for("no process left", || d.leftover_pids().is_empty());
+}
