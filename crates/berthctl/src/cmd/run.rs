@@ -247,6 +247,10 @@ fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
         mounts.push(parse_mount(m)?);
     }
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    // The terminal is made at our size: the process may ask for it before the first resize.
+    let console_size = window_size()
+        .filter(|_| a.tty)
+        .map(|(w, h)| json!({"height": h, "width": w}));
     if let Some(m) = a.memory_limit {
         anyhow::ensure!(m > 0, "--memory-limit: must be positive");
         resources["memory"] = json!({"limit": m});
@@ -256,7 +260,7 @@ fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
         let period: u64 = 100_000;
         resources["cpu"] = json!({"quota": (c * period as f64) as i64, "period": period});
     }
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.1.0",
         "process": {
             "terminal": a.tty,
@@ -278,7 +282,11 @@ fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
             "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    }))
+    });
+    if let Some(size) = console_size {
+        spec["process"]["consoleSize"] = size;
+    }
+    Ok(spec)
 }
 
 /// Milliseconds per step of a run, for `--timings`.
