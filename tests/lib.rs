@@ -769,6 +769,18 @@ pub fn fails(out: Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs shell command `line` on a terminal of its own (`script`'s pty): its output, and its
+/// standard output as text without carriage returns.
+pub fn on_a_pty(line: &str) -> (Output, String) {
+    let out = Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    (out, text)
+}
+
 /// A count from environment variable `name` (a test's size knob), else `default`.
 pub fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)

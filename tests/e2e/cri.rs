@@ -2309,11 +2309,7 @@ async fn crictl_streams_exec_attach_and_port_forward() {
         "stty rows 33 cols 77; {} --runtime-endpoint {sock} exec -it {srv} sh -c 'stty size; tty'",
         crictl.display()
     );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (out, text) = berth_e2e::on_a_pty(&line);
     assert!(
         text.contains("33 77") && text.contains("/dev/pts/"),
         "{text}\n{}",

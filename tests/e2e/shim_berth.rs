@@ -1051,12 +1051,7 @@ fn berthctl_run_with_a_terminal_takes_our_size() {
         d.sock.display(),
         d.fifo_dir().display(),
     );
-    let out = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (out, text) = berth_e2e::on_a_pty(&line);
     assert!(
         text.contains("33 77") && text.contains("/dev/pts/"),
         "{text}\n{}",

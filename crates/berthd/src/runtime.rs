@@ -136,6 +136,28 @@ pub(crate) fn shim_binary(runtime: &str) -> Result<PathBuf, Status> {
     )))
 }
 
+/// A ttrpc connection to the shim socket at `address` (5 s at most).
+async fn dial(address: &Path) -> Result<TaskClient, Status> {
+    let client = tokio::time::timeout(Duration::from_secs(5), Client::connect(address))
+        .await
+        .map_err(|_| Status::unavailable(format!("shim {}: connect timed out", address.display())))?
+        .map_err(|e| Status::unavailable(format!("shim {}: {e}", address.display())))?;
+    Ok(TaskClient::new(client))
+}
+
+/// Asks a shim without a task (a warm one) to exit now.
+async fn shutdown_now(client: &TaskClient) {
+    let _ = client
+        .shutdown(
+            &CallOptions::with_timeout(Duration::from_secs(2)),
+            &ShutdownRequest {
+                id: String::new(),
+                now: true,
+            },
+        )
+        .await;
+}
+
 /// The address a shim printed: a plain address, or JSON `{"version":2,"address":...}`.
 fn parse_start_output(out: &str) -> Result<PathBuf, String> {
     let out = out.trim();
@@ -305,15 +327,12 @@ impl Runtimes {
             }
             let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
             let path = parse_start_output(&printed)?;
-            let client = tokio::time::timeout(Duration::from_secs(5), Client::connect(&path))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("connect: {e}"))?;
+            let client = dial(&path).await.map_err(|e| e.message().to_string())?;
             Ok(WarmShim {
                 dir: dir.clone(),
                 binary: binary.clone(),
                 address: format!("unix://{}", path.display()),
-                client: TaskClient::new(client),
+                client,
             })
         }
         .await;
@@ -330,16 +349,7 @@ impl Runtimes {
         let idle: Vec<WarmShim> =
             std::mem::take(&mut *self.warm.lock().unwrap_or_else(|e| e.into_inner()));
         for w in idle {
-            let _ = w
-                .client
-                .shutdown(
-                    &CallOptions::with_timeout(Duration::from_secs(2)),
-                    &ShutdownRequest {
-                        id: String::new(),
-                        now: true,
-                    },
-                )
-                .await;
+            shutdown_now(&w.client).await;
             let _ = std::fs::remove_dir_all(&w.dir);
         }
     }
@@ -372,54 +382,19 @@ impl Runtimes {
             idle.swap_remove(i)
         };
         self.warm_taken.notify_one();
-        let shim = Arc::new(Shim {
-            ns: ns.to_string(),
-            id: id.to_string(),
-            bundle: bundle.to_path_buf(),
-            client: w.client,
-            binary: w.binary,
-        });
         let dir = w.dir;
         tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dir);
         });
-        // Still there? (A warm shim killed while idle is passed over.)
-        let alive = shim
-            .client
-            .connect(
-                &shim.opts(Some(Duration::from_secs(2))),
-                &ConnectRequest { id: id.to_string() },
-            )
-            .await
-            .is_ok();
-        if !alive {
-            return None;
-        }
-        let files = std::fs::write(bundle.join("address"), &w.address).and_then(|()| {
-            std::fs::write(
-                bundle.join("shim-binary-path"),
-                binary.as_os_str().as_encoded_bytes(),
-            )
-        });
-        if let Err(e) = files {
+        if let Err(e) = std::fs::write(bundle.join("address"), &w.address) {
             tracing::warn!(error = %e, "writing a warm shim's address into its bundle");
-            let _ = shim
-                .client
-                .shutdown(
-                    &shim.opts(Some(Duration::from_secs(2))),
-                    &ShutdownRequest {
-                        id: String::new(),
-                        now: true,
-                    },
-                )
-                .await;
+            shutdown_now(&w.client).await;
             return None;
         }
-        self.shims
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((ns.to_string(), id.to_string()), shim.clone());
-        Some(shim)
+        // A warm shim killed while idle does not answer: the caller starts one.
+        self.attach(ns, id, bundle, binary, w.client, Duration::from_secs(2))
+            .await
+            .ok()
     }
 
     fn bundle(&self, ns: &str, id: &str) -> PathBuf {
@@ -608,6 +583,10 @@ impl Runtimes {
             .map_err(|e| Status::internal(format!("writing config.json: {e}")))?;
         self.start_log(bundle, ns, id)
             .map_err(|e| Status::internal(format!("log fifo: {e}")))?;
+        let _ = std::fs::write(
+            bundle.join("shim-binary-path"),
+            binary.as_os_str().as_encoded_bytes(),
+        );
         if let Some(shim) = self
             .adopt_warm(ns, id, binary, bundle, options.as_ref())
             .await
@@ -641,10 +620,6 @@ impl Runtimes {
         }
         let address = parse_start_output(&String::from_utf8_lossy(&out.stdout))
             .map_err(|e| Status::internal(format!("{}: {e}", binary.display())))?;
-        let _ = std::fs::write(
-            bundle.join("shim-binary-path"),
-            binary.as_os_str().as_encoded_bytes(),
-        );
         let shim = self.connect(ns, id, bundle, binary, &address).await?;
         Ok(shim)
     }
@@ -657,22 +632,32 @@ impl Runtimes {
         binary: &Path,
         address: &Path,
     ) -> Result<Arc<Shim>, Status> {
-        let client = tokio::time::timeout(Duration::from_secs(5), Client::connect(address))
+        let client = dial(address).await?;
+        self.attach(ns, id, bundle, binary, client, CALL_TIMEOUT)
             .await
-            .map_err(|_| {
-                Status::unavailable(format!("shim {}: connect timed out", address.display()))
-            })?
-            .map_err(|e| Status::unavailable(format!("shim {}: {e}", address.display())))?;
+    }
+
+    /// Task `id`'s shim on `client`: asked to Connect (it answers while it lives), then known
+    /// as the task's.
+    async fn attach(
+        &self,
+        ns: &str,
+        id: &str,
+        bundle: &Path,
+        binary: &Path,
+        client: TaskClient,
+        timeout: Duration,
+    ) -> Result<Arc<Shim>, Status> {
         let shim = Arc::new(Shim {
             ns: ns.to_string(),
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
-            client: TaskClient::new(client),
+            client,
             binary: binary.to_path_buf(),
         });
         shim.client
             .connect(
-                &shim.opts(Some(CALL_TIMEOUT)),
+                &shim.opts(Some(timeout)),
                 &ConnectRequest { id: id.to_string() },
             )
             .await
