@@ -4,6 +4,7 @@
 
 mod berthctl_snapshots;
 mod containers;
+mod content_suite;
 mod crash;
 mod cri;
 mod daemon;

@@ -270,6 +270,13 @@ impl Writer {
         Ok(digest)
     }
 
+    /// Gives the ingest up: its directory is removed while this writer still holds the ref.
+    pub fn discard(mut self) -> Result<(), ContentError> {
+        self.writable = false;
+        self.buf.clear();
+        self.dir.remove()
+    }
+
     fn check_writable(&self) -> Result<(), ContentError> {
         if self.writable {
             return Ok(());

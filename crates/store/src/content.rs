@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use berth_content::{BlobReader, ContentError, Digest, IngestStatus, Writer};
+use std::time::SystemTime;
+
+use berth_content::{BlobReader, ContentError, ContentStore, Digest, IngestStatus, Writer};
 use serde::{Deserialize, Serialize};
 
 use crate::leases::Resource;
@@ -73,24 +75,119 @@ pub struct NsWriter {
     r#ref: String,
     lease: Option<String>,
     inner: Writer,
+    shared: Option<Shared>,
+}
+
+/// A blob another namespace has, offered to a writer here (containerd's shared content
+/// policy): the writer starts complete; a commit makes the blob visible here without a byte
+/// copied, and a write first copies the blob (or the part the write keeps) into the ingest.
+#[derive(Debug)]
+struct Shared {
+    blobs: ContentStore,
+    digest: Digest,
+    size: u64,
+    opened_at: SystemTime,
 }
 
 impl NsWriter {
-    /// The blob-store writer (offsets, digest, writes).
+    /// The blob-store writer (offsets, digest, writes) of a writer that shares nothing: what
+    /// the daemon's own writers (pulls, diffs) get.
     pub fn inner(&mut self) -> &mut Writer {
         &mut self.inner
     }
 
+    /// Bytes written so far, or the shared blob's size.
+    pub fn offset(&self) -> u64 {
+        match &self.shared {
+            Some(s) => s.size,
+            None => self.inner.offset(),
+        }
+    }
+
     /// Digest of the bytes written so far.
     pub fn digest(&self) -> Digest {
-        self.inner.digest()
+        match &self.shared {
+            Some(s) => s.digest.clone(),
+            None => self.inner.digest(),
+        }
     }
 
     /// Status with the client's ref.
     pub fn status(&self) -> IngestStatus {
-        let mut st = self.inner.status();
-        st.r#ref = self.r#ref.clone();
-        st
+        match &self.shared {
+            Some(s) => IngestStatus {
+                r#ref: self.r#ref.clone(),
+                offset: s.size,
+                total: s.size as i64,
+                expected: Some(s.digest.clone()),
+                started_at: s.opened_at,
+                updated_at: s.opened_at,
+            },
+            None => {
+                let mut st = self.inner.status();
+                st.r#ref = self.r#ref.clone();
+                st
+            }
+        }
+    }
+
+    /// Sets the expected size (a shared blob's size stands until something is written).
+    pub fn set_total(&mut self, total: i64) {
+        if self.shared.is_none() {
+            self.inner.set_total(total);
+        }
+    }
+
+    /// Sets the expected digest (a shared blob's stands until something is written).
+    pub fn set_expected(&mut self, d: Digest) {
+        if self.shared.is_none() {
+            self.inner.set_expected(d);
+        }
+    }
+
+    /// Writes `data` at `offset` (the current offset, or 0 to start over); returns the new
+    /// offset. On a shared blob, the write keeps the blob's bytes before `offset`.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<u64, StoreError> {
+        if let Some(s) = &self.shared {
+            if data.is_empty() && offset == s.size {
+                return Ok(offset);
+            }
+            if offset != 0 && offset != s.size {
+                return Err(content_error(ContentError::OutOfRange {
+                    offset,
+                    expected: s.size,
+                }));
+            }
+        }
+        if let Some(s) = self.shared.take() {
+            self.unshare(&s, offset).map_err(content_error)?;
+        }
+        self.inner.write_at(offset, data).map_err(content_error)
+    }
+
+    /// Copies the first `keep` bytes of the shared blob into the ingest, which has no size
+    /// bound then (the blob's size was where the write started, not where it ends).
+    fn unshare(&mut self, s: &Shared, keep: u64) -> Result<(), ContentError> {
+        self.inner.set_total(0);
+        self.inner.write_at(0, &[])?;
+        let r = s.blobs.reader(&s.digest)?;
+        let mut buf = vec![0; 1 << 20];
+        let mut at = 0;
+        while at < keep {
+            let want = buf
+                .len()
+                .min(usize::try_from(keep - at).unwrap_or(usize::MAX));
+            let n = r.read_at(at, &mut buf[..want])?;
+            if n == 0 {
+                return Err(ContentError::FailedPrecondition(format!(
+                    "blob {} ends at {at}, before {keep}",
+                    s.digest
+                )));
+            }
+            self.inner.write_at(at, &buf[..n])?;
+            at += n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -229,7 +326,8 @@ impl Store {
 
     /// Opens (or resumes) the ingest `ref` in `ns`. If `expected` is already visible in `ns`:
     /// `AlreadyExists`. If the blob is on disk (another namespace has it), it is made visible
-    /// here without a transfer, and `AlreadyExists` tells the client it is done.
+    /// here without a transfer, and `AlreadyExists` tells the caller it is done: what the
+    /// daemon's own writers (pulls) want.
     pub fn content_writer(
         &self,
         ns: &str,
@@ -238,6 +336,33 @@ impl Store {
         expected: Option<Digest>,
         lease: Option<&str>,
     ) -> Result<NsWriter, StoreError> {
+        self.open_writer(ns, r#ref, total, expected, lease, false)
+    }
+
+    /// [`Store::content_writer`] as containerd answers a client's Write stream: a blob
+    /// another namespace has (of the expected size, if one is given) gives a writer that
+    /// starts complete, whose commit makes the blob visible here; nothing is visible before
+    /// that commit.
+    pub fn content_writer_shared(
+        &self,
+        ns: &str,
+        r#ref: &str,
+        total: Option<i64>,
+        expected: Option<Digest>,
+        lease: Option<&str>,
+    ) -> Result<NsWriter, StoreError> {
+        self.open_writer(ns, r#ref, total, expected, lease, true)
+    }
+
+    fn open_writer(
+        &self,
+        ns: &str,
+        r#ref: &str,
+        total: Option<i64>,
+        expected: Option<Digest>,
+        lease: Option<&str>,
+        share: bool,
+    ) -> Result<NsWriter, StoreError> {
         if r#ref.is_empty() {
             return Err(StoreError::InvalidArgument("ref: must not be empty".into()));
         }
@@ -245,20 +370,42 @@ impl Store {
             self.get_lease(ns, l)?;
         }
         let _gc = self.gc_read();
+        let mut shared = None;
+        let mut on_disk = false;
         if let Some(d) = &expected {
             if self.content_record(ns, d)?.is_some() {
                 return Err(StoreError::AlreadyExists(format!("content {d}")));
             }
-            if self.blobs.exists(d) {
-                self.content_adopt(ns, d, &HashMap::new(), lease)?;
-                let _ = self.blobs.abort(&ingest_ref(ns, r#ref));
-                return Err(StoreError::AlreadyExists(format!("content {d}")));
+            if let Ok(blob) = self.blobs.info(d) {
+                if !share {
+                    self.content_adopt(ns, d, &HashMap::new(), lease)?;
+                    let _ = self.blobs.abort(&ingest_ref(ns, r#ref));
+                    return Err(StoreError::AlreadyExists(format!("content {d}")));
+                }
+                on_disk = true;
+                if total.is_none_or(|t| t == blob.size as i64) {
+                    shared = Some(Shared {
+                        blobs: self.blobs.clone(),
+                        digest: d.clone(),
+                        size: blob.size,
+                        opened_at: SystemTime::now(),
+                    });
+                }
             }
         }
-        let inner = self
-            .blobs
-            .writer(&ingest_ref(ns, r#ref), total, expected)
-            .map_err(content_error)?;
+        // The blob store answers AlreadyExists for a blob it has; here that is for the commit
+        // to say, so the ingest is opened without the digest and told it after.
+        let mut inner = match (&shared, on_disk) {
+            (Some(_), _) => self.blobs.writer(&ingest_ref(ns, r#ref), None, None),
+            (None, true) => self.blobs.writer(&ingest_ref(ns, r#ref), total, None),
+            (None, false) => self
+                .blobs
+                .writer(&ingest_ref(ns, r#ref), total, expected.clone()),
+        }
+        .map_err(content_error)?;
+        if let (None, true, Some(d)) = (&shared, on_disk, &expected) {
+            inner.set_expected(d.clone());
+        }
         let _ns = self.hold_namespace(ns)?;
         if let Some(l) = lease {
             self.add_lease_resource_locked(
@@ -275,6 +422,7 @@ impl Store {
             r#ref: r#ref.to_string(),
             lease: lease.map(str::to_string),
             inner,
+            shared,
         })
     }
 
@@ -294,8 +442,29 @@ impl Store {
             r#ref,
             lease,
             inner,
+            shared,
         } = w;
-        let (d, existed) = match inner.commit(size, expected) {
+        let committed = match shared {
+            // Nothing written on a shared blob: check it as containerd does, drop the empty
+            // ingest, and make the blob visible here.
+            Some(s) => {
+                if size > 0 && size as u64 != s.size {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "unexpected commit size {}, expected {size}",
+                        s.size
+                    )));
+                }
+                if let Some(e) = expected.as_ref().filter(|e| **e != s.digest) {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "unexpected commit digest {}, expected {e}",
+                        s.digest
+                    )));
+                }
+                inner.discard().map(|()| s.digest)
+            }
+            None => inner.commit(size, expected),
+        };
+        let (d, existed) = match committed {
             Ok(d) => (d, false),
             Err(ContentError::AlreadyExists(d)) => (d, true),
             Err(e) => return Err(content_error(e)),

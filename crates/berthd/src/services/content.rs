@@ -301,7 +301,7 @@ async fn write_session(
         );
         blocking(move || {
             store
-                .content_writer(&ns, &r, (total > 0).then_some(total), exp, lease.as_deref())
+                .content_writer_shared(&ns, &r, (total > 0).then_some(total), exp, lease.as_deref())
                 .map_err(to_status)
         })
         .await?
@@ -331,11 +331,14 @@ async fn write_session(
         let mut w = writer
             .take()
             .ok_or_else(|| Status::failed_precondition("write after commit"))?;
-        if total > 0 {
-            w.inner().set_total(total);
+        // What this message declares (the first one's was given at the open).
+        if req.total > 0 {
+            w.set_total(req.total);
         }
-        if let Some(d) = &expected {
-            w.inner().set_expected(d.clone());
+        if !req.expected.is_empty()
+            && let Some(d) = &expected
+        {
+            w.set_expected(d.clone());
         }
         match action {
             WriteAction::Stat => {
@@ -395,7 +398,7 @@ async fn apply(
 ) -> Result<(Option<NsWriter>, Option<(Digest, u64)>), Status> {
     let store = store.clone();
     blocking(move || {
-        let current = w.inner().offset();
+        let current = w.offset();
         if req.offset < 0 {
             return Err(Status::invalid_argument("offset: must not be negative"));
         }
@@ -406,15 +409,13 @@ async fn apply(
             )));
         }
         if !req.data.is_empty() || (offset == 0 && current > 0) {
-            w.inner()
-                .write_at(offset, &req.data)
-                .map_err(|e| to_status(berth_store::content_error(e)))?;
+            w.write_at(offset, &req.data).map_err(to_status)?;
         }
         if action != WriteAction::Commit {
             return Ok((Some(w), None));
         }
         let labels: HashMap<String, String> = req.labels;
-        let size = w.inner().offset();
+        let size = w.offset();
         let d = store
             .content_commit(w, total, expected, &labels)
             .map_err(to_status)?;
