@@ -953,23 +953,28 @@ pub fn busybox_layer(extra: &[(&str, &[u8])]) -> (Vec<u8>, String) {
     (gz.finish().expect("gzip"), diff_id)
 }
 
+/// A gzip layer of `files` (path, contents; mode 0644): the blob and its diff id.
+pub fn files_layer(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+    let mut raw = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut raw);
+        for (p, d) in files {
+            tar_file(&mut b, p, d, 0o644);
+        }
+        b.finish().expect("tar");
+    }
+    let diff_id = sha256(&raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).expect("gzip");
+    (gz.finish().expect("gzip"), diff_id)
+}
+
 /// Writes an OCI layout archive of a busybox image named `name` at `path`. `extra` files go in a
 /// second layer (so images can differ and share the busybox layer).
 pub fn busybox_oci_archive(path: &Path, name: &str, extra: &[(&str, &[u8])]) -> TestImage {
     let mut layers = vec![busybox_layer(&[])];
     if !extra.is_empty() {
-        let mut raw = Vec::new();
-        {
-            let mut b = tar::Builder::new(&mut raw);
-            for (p, d) in extra {
-                tar_file(&mut b, p, d, 0o644);
-            }
-            b.finish().expect("tar");
-        }
-        let diff_id = sha256(&raw);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &raw).expect("gzip");
-        layers.push((gz.finish().expect("gzip"), diff_id));
+        layers.push(files_layer(extra));
     }
     let layers: Vec<(Vec<u8>, String, &str)> = layers
         .into_iter()

@@ -1060,3 +1060,95 @@ fn berthctl_run_with_a_terminal_takes_our_size() {
     assert_eq!(out.status.code(), Some(3), "{text}");
     wait_for("no process left", || d.leftover_pids().is_empty());
 }
+
+/// An image of 128 layers, the most a Docker build makes: its overlay named with absolute
+/// paths is longer than the page `mount(2)` reads, so the lower directories are named relative
+/// to the directory they share. A container of it runs through each shim and sees each file as
+/// the layers above left it.
+#[test]
+fn an_image_of_128_layers_runs_through_each_shim() {
+    const NS: &str = "berth-e2e-shimberth-layers";
+    const IMG: &str = "docker.io/library/layers:128";
+    let _cg = berth_e2e::CgroupCleanup(NS);
+    let d = daemon();
+    let mut layers = vec![berth_e2e::busybox_layer(&[
+        ("overwriteme", b"FIRST!\n"),
+        ("bottom", b"way at the bottom\n"),
+    ])];
+    for i in 1..128 {
+        let top = format!("{i} WAS HERE!\n");
+        let added = format!("addhere/file-{i}");
+        layers.push(berth_e2e::files_layer(&[
+            ("overwriteme", top.as_bytes()),
+            (&added, b"same\n"),
+        ]));
+    }
+    let layers: Vec<(Vec<u8>, String, &str)> = layers
+        .into_iter()
+        .map(|(l, d)| (l, d, "application/vnd.oci.image.layer.v1.tar+gzip"))
+        .collect();
+    let tar = d.dir.path().join("layers.tar");
+    berth_e2e::oci_archive(&tar, IMG, &layers);
+    ok(d.ctr(&["-n", NS, "images", "import", tar.to_str().unwrap()]));
+    // The premise: a view of the top layer mounts an overlay whose options, with absolute
+    // paths, are longer than a page.
+    let snaps = ok(d.ctr(&["-n", NS, "snapshots", "ls"]));
+    let parents: Vec<&str> = snaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    let top = snaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|k| !parents.contains(k))
+        .expect("a top layer");
+    ok(d.ctr(&["-n", NS, "snapshots", "view", "probe", top]));
+    let m = ok(d.ctr(&["-n", NS, "snapshots", "mounts", "/x", "probe"]));
+    assert!(m.len() > 4096 && m.matches("/fs").count() == 128, "{m}");
+    ok(d.ctr(&["-n", NS, "snapshots", "rm", "probe"]));
+    let fifo = d.fifo_dir();
+    let fifo = fifo.to_str().unwrap();
+    for (client, runtime) in [
+        ("berthctl", RUNTIME),
+        ("ctr", RUNTIME),
+        ("ctr", "io.containerd.runc.v2"),
+    ] {
+        let args = [
+            "-n",
+            NS,
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--fifo-dir",
+            fifo,
+            IMG,
+            "layers",
+            "sh",
+            "-c",
+            "cat /overwriteme /bottom; ls /addhere",
+        ];
+        let out = if client == "berthctl" {
+            d.berthctl(&args)
+        } else {
+            d.ctr(&args)
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{client} through {runtime}: {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines[..2],
+            ["127 WAS HERE!", "way at the bottom"],
+            "{client} through {runtime}"
+        );
+        assert_eq!(lines.len() - 2, 127, "{client} through {runtime}: {stdout}");
+    }
+    wait_for("no process left", || d.leftover_pids().is_empty());
+}

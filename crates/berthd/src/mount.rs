@@ -16,25 +16,6 @@ fn cstr(s: &[u8]) -> std::io::Result<CString> {
     })
 }
 
-/// Splits options into mount flags and the file system's data string.
-fn flags_and_data(options: &[String]) -> (libc::c_ulong, String) {
-    let mut flags: libc::c_ulong = 0;
-    let mut data = Vec::new();
-    for o in options {
-        match o.as_str() {
-            "ro" => flags |= libc::MS_RDONLY,
-            "rw" | "defaults" => {}
-            "bind" => flags |= libc::MS_BIND,
-            "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
-            "nosuid" => flags |= libc::MS_NOSUID,
-            "nodev" => flags |= libc::MS_NODEV,
-            "noexec" => flags |= libc::MS_NOEXEC,
-            other => data.push(other.to_string()),
-        }
-    }
-    (flags, data.join(","))
-}
-
 /// A mounted directory, unmounted (and removed) on drop.
 #[derive(Debug)]
 pub(crate) struct Mounted {
@@ -49,49 +30,20 @@ impl Mounted {
         let target = tempdir_in(parent)?;
         let mut m = Mounted { target, layers: 0 };
         for mount in mounts {
-            let (flags, data) = flags_and_data(&mount.options);
             let dest = if mount.target.is_empty() {
                 m.target.clone()
             } else {
                 m.target.join(mount.target.trim_start_matches('/'))
             };
-            let src = cstr(mount.source.as_bytes())?;
-            let dst = cstr(dest.as_os_str().as_bytes())?;
-            let fstype = cstr(if mount.r#type == "bind" {
-                b"none"
-            } else {
-                mount.r#type.as_bytes()
-            })?;
-            let data = cstr(data.as_bytes())?;
-            let bind_ro = flags & libc::MS_BIND != 0 && flags & libc::MS_RDONLY != 0;
-            // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
-            let r = unsafe {
-                libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    fstype.as_ptr(),
-                    flags,
-                    data.as_ptr().cast(),
-                )
-            };
-            if r != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            berth_snapshot::mount::mount(&mount.r#type, &mount.source, &mount.options, &dest)
+                .map_err(|e| {
+                    let kind = match &e {
+                        berth_snapshot::mount::MountError::Mount { err, .. } => err.kind(),
+                        _ => std::io::ErrorKind::InvalidInput,
+                    };
+                    std::io::Error::new(kind, e.to_string())
+                })?;
             m.layers += 1;
-            if bind_ro {
-                // A bind mount ignores MS_RDONLY until remounted.
-                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-                // SAFETY: as above; a remount of the mount just made.
-                unsafe {
-                    libc::mount(
-                        std::ptr::null(),
-                        dst.as_ptr(),
-                        std::ptr::null(),
-                        flags,
-                        std::ptr::null(),
-                    )
-                };
-            }
         }
         Ok(m)
     }

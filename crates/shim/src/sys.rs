@@ -52,33 +52,6 @@ pub(crate) fn fchown(fd: &impl AsRawFd, uid: u32, gid: u32) -> io::Result<()> {
     check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(|_| ())
 }
 
-/// `mount(2)`.
-pub(crate) fn mount(
-    source: &str,
-    target: &Path,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> io::Result<()> {
-    let src = CString::new(source)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount source"))?;
-    let tgt = cstr(target)?;
-    let ty = CString::new(fstype)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount type"))?;
-    let data = data
-        .map(|d| {
-            CString::new(d)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount options"))
-        })
-        .transpose()?;
-    let data_ptr = data
-        .as_ref()
-        .map_or(std::ptr::null(), |d| d.as_ptr().cast::<libc::c_void>());
-    // SAFETY: every pointer is a valid NUL-terminated string (or null data) living across the call.
-    check(unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), ty.as_ptr(), flags, data_ptr) })
-        .map(|_| ())
-}
-
 /// `umount2(2)`.
 pub(crate) fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
     let tgt = cstr(target)?;

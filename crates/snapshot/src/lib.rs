@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod mount;
+
 /// What went wrong on disk.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
