@@ -36,12 +36,10 @@ impl Mounted {
                 m.target.join(mount.target.trim_start_matches('/'))
             };
             berth_snapshot::mount::mount(&mount.r#type, &mount.source, &mount.options, &dest)
-                .map_err(|e| {
-                    let kind = match &e {
-                        berth_snapshot::mount::MountError::Mount { err, .. } => err.kind(),
-                        _ => std::io::ErrorKind::InvalidInput,
-                    };
-                    std::io::Error::new(kind, e.to_string())
+                .map_err(|e| match e {
+                    // The kernel's answer as it is: callers tell bad arguments by errno.
+                    berth_snapshot::mount::MountError::Mount { err, .. } => err,
+                    e => std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
                 })?;
             m.layers += 1;
         }
