@@ -20,6 +20,7 @@ mod pull_platforms;
 mod pull_resume;
 mod shim_berth;
 mod shim_interop;
+mod snapshot_suite;
 mod snapshots;
 mod storage;
 mod storage_bad_input;
