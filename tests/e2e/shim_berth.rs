@@ -29,6 +29,11 @@ fn shim_path() -> String {
 
 /// `ctr run -d` of `sleep 1000` as container `id` through Berth's shim.
 fn run_sleeper(d: &Daemon, ns: &str, id: &str) {
+    run_sleeper_on(d, ns, id, RUNTIME);
+}
+
+/// `ctr run -d` of `sleep 1000` as container `id` through `runtime`.
+fn run_sleeper_on(d: &Daemon, ns: &str, id: &str, runtime: &str) {
     let fifo = d.fifo_dir();
     let fifo = fifo.to_str().unwrap();
     ok(d.ctr(&[
@@ -37,7 +42,7 @@ fn run_sleeper(d: &Daemon, ns: &str, id: &str) {
         "run",
         "-d",
         "--runtime",
-        RUNTIME,
+        runtime,
         "--fifo-dir",
         fifo,
         IMAGE,
@@ -811,17 +816,29 @@ fn a_warm_shim_is_adopted_refilled_and_ends_with_its_daemon() {
 }
 
 /// An exec as containerd's Go client sends one with a terminal (the request's `terminal` set,
-/// the process spec's not) gets a pty from Berth's shim, as from the Go shim.
+/// the process spec's not) gets a pty from Berth's shim, as from the Go shim (both checked).
 #[test]
 fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
-    use berth_api::containerd::services::tasks::v1 as tasks;
     const NS: &str = "berth-e2e-shimberth-exectty";
     let _cg = berth_e2e::CgroupCleanup(NS);
     let d = daemon();
     setup(&d, NS);
-    run_sleeper(&d, NS, "c");
+    // Berth's shim, then the Go shim (what the request means there is what it must mean here).
+    for (runtime, id) in [(RUNTIME, "c"), ("io.containerd.runc.v2", "c-go")] {
+        run_sleeper_on(&d, NS, id, runtime);
+        let (code, out) = exec_tty_as_the_go_client(&d, NS, id);
+        assert_eq!(code, 0, "{runtime}: tty exited {code}: {out:?}");
+        assert!(out.contains("/dev/pts/"), "{runtime}: {out:?}");
+        remove_sleeper(&d, NS, id);
+    }
+}
+
+/// Execs `tty` in container `id` with the request's `terminal` set and the process spec's not;
+/// returns its exit code and output.
+fn exec_tty_as_the_go_client(d: &Daemon, ns: &str, id: &str) -> (u32, String) {
+    use berth_api::containerd::services::tasks::v1 as tasks;
     let fifo_dir = d.fifo_dir();
-    let out_path = fifo_dir.join("exec-tty-out");
+    let out_path = fifo_dir.join(format!("exec-tty-out-{id}"));
     assert!(
         Command::new("mkfifo")
             .arg(&out_path)
@@ -844,9 +861,9 @@ fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
     let code = rt.block_on(async {
         let mut t = tasks::tasks_client::TasksClient::new(d.channel().await);
         t.exec(berth_e2e::with_ns(
-            NS,
+            ns,
             tasks::ExecProcessRequest {
-                container_id: "c".into(),
+                container_id: id.into(),
                 exec_id: "tty1".into(),
                 terminal: true,
                 stdout: out_path.display().to_string(),
@@ -862,18 +879,18 @@ fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
         let (mut w, wait_req) = (
             t.clone(),
             berth_e2e::with_ns(
-                NS,
+                ns,
                 tasks::WaitRequest {
-                    container_id: "c".into(),
+                    container_id: id.into(),
                     exec_id: "tty1".into(),
                 },
             ),
         );
         let wait = tokio::spawn(async move { w.wait(wait_req).await });
         t.start(berth_e2e::with_ns(
-            NS,
+            ns,
             tasks::StartRequest {
-                container_id: "c".into(),
+                container_id: id.into(),
                 exec_id: "tty1".into(),
             },
         ))
@@ -887,9 +904,9 @@ fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
             .into_inner()
             .exit_status;
         t.delete_process(berth_e2e::with_ns(
-            NS,
+            ns,
             tasks::DeleteProcessRequest {
-                container_id: "c".into(),
+                container_id: id.into(),
                 exec_id: "tty1".into(),
             },
         ))
@@ -898,9 +915,7 @@ fn an_exec_with_a_terminal_in_the_request_only_gets_a_pty() {
         code
     });
     let out = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
-    assert_eq!(code, 0, "tty exited {code}: {out:?}");
-    assert!(out.contains("/dev/pts/"), "{out:?}");
-    remove_sleeper(&d, NS, "c");
+    (code, out)
 }
 
 /// A container without a PID namespace of its own (here: joining the host's) loses its other
