@@ -91,7 +91,7 @@ impl Inner {
     pub(crate) async fn lease(&self) -> Result<String, Status> {
         let id = format!("cri-{}", uuid::Uuid::new_v4().simple());
         let expire = std::time::SystemTime::now() + Duration::from_secs(3600);
-        let expire = berth_api_time(expire);
+        let expire = berth_runtime::time::rfc3339_secs(expire);
         self.api
             .leases()
             .create(self.api.req(leases::CreateRequest {
@@ -535,36 +535,6 @@ pub(crate) fn status(sb: &Sandbox) -> cri::PodSandboxStatus {
     }
 }
 
-/// RFC 3339 in UTC, as containerd's `gc.expire` label wants.
-fn berth_api_time(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// The CNI call for a pod: CNI_ARGS as the kubelet's network plugins expect them, and the
 /// capability arguments from its config (port mappings, DNS).
 fn cni_attachment(id: &str, netns: &str, config: &cri::PodSandboxConfig) -> crate::cni::Attachment {
@@ -613,20 +583,5 @@ fn cni_attachment(id: &str, netns: &str, config: &cri::PodSandboxConfig) -> crat
             ("K8S_POD_UID".into(), md.uid),
         ],
         caps,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_792), (2026, 12, 5));
-        assert_eq!(
-            berth_api_time(std::time::UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661)),
-            "2000-02-29T01:01:01Z"
-        );
     }
 }

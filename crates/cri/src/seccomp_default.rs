@@ -307,22 +307,7 @@ mod tests {
     use super::*;
 
     /// The capabilities containerd's CRI gives a container by default.
-    const CRI_DEFAULT_CAPS: &[&str] = &[
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-    ];
+    const CRI_DEFAULT_CAPS: &[&str] = berth_runtime::defaults::CAPABILITIES;
 
     fn caps(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()

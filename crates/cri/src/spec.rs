@@ -14,23 +14,7 @@ use tonic::Status;
 use crate::resources::{self, HostLimits};
 use crate::user::User;
 
-/// containerd's default capabilities (`oci.populateDefaultUnixSpec`).
-pub(crate) const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+use berth_runtime::defaults;
 
 /// Every capability by number (`include/uapi/linux/capability.h`).
 const ALL_CAPS: &[&str] = &[
@@ -77,27 +61,6 @@ const ALL_CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-pub(crate) const DEFAULT_MASKED: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/proc/scsi",
-];
-
-pub(crate) const DEFAULT_READONLY: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The capabilities this kernel has.
@@ -131,7 +94,10 @@ pub(crate) fn capabilities(
     if privileged {
         return Ok(all_caps());
     }
-    let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    let mut caps: Vec<String> = defaults::CAPABILITIES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let Some(c) = c else { return Ok(caps) };
     let is_all = |s: &String| s.eq_ignore_ascii_case("ALL");
     if c.add_capabilities.iter().any(is_all) {
@@ -520,24 +486,14 @@ pub(crate) fn env(image: &Value, envs: &[cri::KeyValue]) -> Vec<String> {
 /// containerd's default mounts, without `/run` (as the CRI) and with `/dev/shm` left to the
 /// caller.
 fn default_mounts(privileged: bool) -> Vec<Value> {
-    let sys_opts: Vec<&str> = if privileged {
-        vec!["nosuid", "noexec", "nodev"]
-    } else {
-        vec!["nosuid", "noexec", "nodev", "ro"]
-    };
     let cg_opts: Vec<&str> = if privileged {
         vec!["nosuid", "noexec", "nodev", "relatime"]
     } else {
         vec!["nosuid", "noexec", "nodev", "relatime", "ro"]
     };
-    vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": cg_opts}),
-    ]
+    let mut m = berth_runtime::defaults::mounts(privileged);
+    m.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": cg_opts}));
+    m
 }
 
 fn bind(dest: &str, src: &Path, ro: bool) -> Value {
@@ -768,14 +724,20 @@ pub(crate) fn container_spec(c: &ContainerInput<'_>) -> Result<Value, Status> {
     let masked: Vec<String> = if privileged {
         vec![]
     } else if sc.masked_paths.is_empty() {
-        DEFAULT_MASKED.iter().map(|s| s.to_string()).collect()
+        defaults::MASKED_PATHS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         sc.masked_paths.clone()
     };
     let readonly: Vec<String> = if privileged {
         vec![]
     } else if sc.readonly_paths.is_empty() {
-        DEFAULT_READONLY.iter().map(|s| s.to_string()).collect()
+        defaults::READONLY_PATHS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         sc.readonly_paths.clone()
     };
@@ -956,8 +918,8 @@ pub(crate) fn sandbox_spec(s: &SandboxInput<'_>) -> Result<Value, Status> {
         "cgroupsPath": format!("{}/{}", s.cgroup_parent.trim_end_matches('/'), s.id),
         "namespaces": namespaces,
         "sysctl": sysctl,
-        "maskedPaths": if sc.privileged { vec![] } else { DEFAULT_MASKED.to_vec() },
-        "readonlyPaths": if sc.privileged { vec![] } else { DEFAULT_READONLY.to_vec() },
+        "maskedPaths": if sc.privileged { vec![] } else { defaults::MASKED_PATHS.to_vec() },
+        "readonlyPaths": if sc.privileged { vec![] } else { defaults::READONLY_PATHS.to_vec() },
     });
     if let Some(sc) = seccomp {
         linux_json["seccomp"] = sc;

@@ -24,6 +24,7 @@
 pub mod cgroups;
 mod console;
 mod container;
+pub mod defaults;
 mod error;
 mod hooks;
 mod init;
@@ -32,6 +33,7 @@ mod protect;
 mod seccomp;
 mod state;
 mod sys;
+pub mod time;
 
 pub use container::kill_signal as parse_signal;
 pub use container::{CreateOptions, ExecOptions, Runtime};
@@ -43,8 +45,5 @@ pub use seccomp::{
     Program as SeccompProgram, SeccompError, compile as compile_seccomp,
     supported_actions as seccomp_actions,
 };
-pub use state::{
-    ContainerState, OCI_VERSION, OciState, Status, format_rfc3339_fixed, now_rfc3339, validate_id,
-    write_atomic,
-};
+pub use state::{ContainerState, OCI_VERSION, OciState, Status, validate_id, write_atomic};
 pub use sys::recv_fd;

@@ -220,52 +220,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).at("rename into", path)
 }
 
-/// Current time as RFC 3339 with nanoseconds in UTC, as Go's `time.RFC3339Nano` prints it.
-pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format_rfc3339(d.as_secs() as i64, d.subsec_nanos())
-}
-
-pub(crate) fn format_rfc3339(secs: i64, nanos: u32) -> String {
-    format_rfc3339_with(secs, nanos, true)
-}
-
-/// RFC 3339 in UTC with exactly nine fractional digits (Go's
-/// `2006-01-02T15:04:05.000000000Z07:00`, the CRI log format's time stamp).
-pub fn format_rfc3339_fixed(secs: i64, nanos: u32) -> String {
-    format_rfc3339_with(secs, nanos, false)
-}
-
-fn format_rfc3339_with(secs: i64, nanos: u32, trim: bool) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let mut frac = String::new();
-    if nanos != 0 || !trim {
-        frac = format!(".{nanos:09}");
-        while trim && frac.ends_with('0') {
-            frac.pop();
-        }
-    }
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,19 +232,6 @@ mod tests {
         for good in ["abc", "a-b_c.d+1", "0123"] {
             validate_id(good).unwrap();
         }
-    }
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(format_rfc3339(0, 0), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            format_rfc3339(1_700_000_000, 120_000_000),
-            "2023-11-14T22:13:20.12Z"
-        );
-        assert_eq!(
-            format_rfc3339(951_782_400, 5),
-            "2000-02-29T00:00:00.000000005Z"
-        );
     }
 
     #[test]

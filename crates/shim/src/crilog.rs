@@ -68,7 +68,7 @@ impl CriLog {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let ts = berth_runtime::format_rfc3339_fixed(d.as_secs() as i64, d.subsec_nanos());
+        let ts = berth_runtime::time::rfc3339_fixed(d.as_secs() as i64, d.subsec_nanos());
         let mut line = Vec::with_capacity(ts.len() + text.len() + 12);
         line.extend_from_slice(ts.as_bytes());
         line.push(b' ');

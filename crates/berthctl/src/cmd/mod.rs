@@ -88,35 +88,14 @@ pub(crate) fn age(t: Option<prost_types::Timestamp>) -> String {
     }
 }
 
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// Seconds since the epoch as RFC 3339 UTC (`2006-01-02T15:04:05Z`).
 pub(crate) fn rfc3339(secs: i64) -> String {
-    let (y, m, d) = civil(secs.div_euclid(86_400));
-    let r = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        r / 3600,
-        r % 3600 / 60,
-        r % 60
-    )
+    berth_runtime::time::rfc3339(secs, 0)
 }
 
-/// As [`rfc3339`], with nanoseconds.
+/// As [`rfc3339`], with nine digits of nanoseconds.
 pub(crate) fn rfc3339_nanos(secs: i64, nanos: i32) -> String {
-    let s = rfc3339(secs);
-    format!("{}.{:09}Z", &s[..s.len() - 1], nanos.max(0))
+    berth_runtime::time::rfc3339_fixed(secs, nanos.max(0) as u32)
 }
 
 #[cfg(test)]

@@ -202,22 +202,7 @@ fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
         };
         (uid, gid)
     };
-    let caps = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-    ];
+    let caps = berth_runtime::defaults::CAPABILITIES;
     let mut namespaces = vec![
         json!({"type": "pid"}),
         json!({"type": "ipc"}),
@@ -227,15 +212,11 @@ fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
     if !a.net_host {
         namespaces.push(json!({"type": "network"}));
     }
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+    let mut mounts = berth_runtime::defaults::mounts(false);
+    mounts.extend([
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
         json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-    ];
+    ]);
     if a.net_host {
         for f in ["/etc/hosts", "/etc/resolv.conf"] {
             if Path::new(f).exists() {
@@ -279,8 +260,8 @@ fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
             "resources": resources,
             "cgroupsPath": format!("/{ns}/{}", a.id),
             "namespaces": namespaces,
-            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            "maskedPaths": berth_runtime::defaults::MASKED_PATHS,
+            "readonlyPaths": berth_runtime::defaults::READONLY_PATHS
         }
     });
     if let Some(size) = console_size {

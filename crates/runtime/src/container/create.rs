@@ -12,9 +12,7 @@ use super::{Runtime, clone_joining};
 use crate::cgroups::{Cgroup, CgroupPaths, Layout, default_device_rules};
 use crate::error::{PathContext, Result, RuntimeError, SysContext};
 use crate::init::{ChildArgs, Role, child_main};
-use crate::state::{
-    ContainerState, EXEC_FIFO, Status, now_rfc3339, proc_start_time, validate_id, write_atomic,
-};
+use crate::state::{ContainerState, EXEC_FIFO, Status, proc_start_time, validate_id, write_atomic};
 use crate::sys::{SyncSocket, msg};
 
 /// Options of `create` (and `run`).
@@ -500,7 +498,7 @@ impl Runtime {
             pid_start: proc_start_time(pid).unwrap_or(0),
             bundle: bundle.clone(),
             rootfs: rootfs.clone(),
-            created: now_rfc3339(),
+            created: crate::time::now_rfc3339(),
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup: Some(cg_paths.clone()),
             config: spec.clone(),

@@ -37,5 +37,5 @@ impl Logger {
 }
 
 fn now() -> String {
-    berth_runtime::now_rfc3339()
+    berth_runtime::time::now_rfc3339()
 }
