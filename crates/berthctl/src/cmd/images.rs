@@ -307,15 +307,7 @@ pub(crate) async fn read_blob(conn: &Conn, digest: &str) -> anyhow::Result<Vec<u
     Ok(out)
 }
 
-pub(super) fn is_index(mt: &str) -> bool {
-    mt == "application/vnd.oci.image.index.v1+json"
-        || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
-}
-
-pub(super) fn is_manifest(mt: &str) -> bool {
-    mt == "application/vnd.oci.image.manifest.v1+json"
-        || mt == "application/vnd.docker.distribution.manifest.v2+json"
-}
+pub(super) use berth_image::media::{is_index, is_manifest};
 
 fn platform_string(p: &Value) -> String {
     let mut s = format!(
