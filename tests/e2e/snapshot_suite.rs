@@ -196,7 +196,7 @@ impl Mounted {
     fn new(mounts: &[Mount], dir: &Path) -> Mounted {
         std::fs::create_dir_all(dir).expect("mount point");
         for m in mounts {
-            berth_snapshot::mount::mount(&m.r#type, &m.source, &m.options, dir)
+            berth_mount::mount(&m.r#type, &m.source, &m.options, dir)
                 .unwrap_or_else(|e| panic!("mount on {}: {e}", dir.display()));
         }
         Mounted(dir.to_path_buf())

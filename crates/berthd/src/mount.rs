@@ -35,12 +35,13 @@ impl Mounted {
             } else {
                 m.target.join(mount.target.trim_start_matches('/'))
             };
-            berth_snapshot::mount::mount(&mount.r#type, &mount.source, &mount.options, &dest)
-                .map_err(|e| match e {
+            berth_mount::mount(&mount.r#type, &mount.source, &mount.options, &dest).map_err(
+                |e| match e {
                     // The kernel's answer as it is: callers tell bad arguments by errno.
-                    berth_snapshot::mount::MountError::Mount { err, .. } => err,
+                    berth_mount::MountError::Mount { err, .. } => err,
                     e => std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
-                })?;
+                },
+            )?;
             m.layers += 1;
         }
         Ok(m)

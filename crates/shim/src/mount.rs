@@ -7,12 +7,12 @@ use berth_api::containerd::types::Mount;
 
 use crate::sys;
 
-pub(crate) use berth_snapshot::mount::MountError;
+pub(crate) use berth_mount::MountError;
 
 /// Mounts `mounts`, in order, on `target`. On failure, what was mounted is taken down again.
 pub(crate) fn mount_all(mounts: &[Mount], target: &Path) -> Result<(), MountError> {
     for (i, m) in mounts.iter().enumerate() {
-        if let Err(e) = berth_snapshot::mount::mount(&m.r#type, &m.source, &m.options, target) {
+        if let Err(e) = berth_mount::mount(&m.r#type, &m.source, &m.options, target) {
             for _ in 0..i {
                 unmount_all(target);
             }

@@ -8,8 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-pub mod mount;
-
 /// What went wrong on disk.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -25,87 +25,16 @@ pub(crate) struct MountOpts {
     pub(crate) bind: bool,
 }
 
+/// The spec's option strings, read by the one parser (`berth_mount`).
 pub(crate) fn parse_options(options: &[String]) -> MountOpts {
-    let mut o = MountOpts {
-        flags: MsFlags::empty(),
-        propagation: MsFlags::empty(),
-        data: Vec::new(),
-        bind: false,
-    };
-    for opt in options {
-        let (set, clear, prop) = match opt.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty(), MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV, MsFlags::empty()),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty(), MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty(), MsFlags::empty()),
-            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty(), MsFlags::empty()),
-            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty(), MsFlags::empty()),
-            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK, MsFlags::empty()),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty(), MsFlags::empty()),
-            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME, MsFlags::empty()),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty(), MsFlags::empty()),
-            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty(), MsFlags::empty()),
-            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME, MsFlags::empty()),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty(), MsFlags::empty()),
-            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty(), MsFlags::empty()),
-            "bind" => {
-                o.bind = true;
-                (MsFlags::MS_BIND, MsFlags::empty(), MsFlags::empty())
-            }
-            "rbind" => {
-                o.bind = true;
-                (
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    MsFlags::empty(),
-                    MsFlags::empty(),
-                )
-            }
-            "private" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_PRIVATE),
-            "rprivate" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            ),
-            "shared" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SHARED),
-            "rshared" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_SHARED | MsFlags::MS_REC,
-            ),
-            "slave" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_SLAVE),
-            "rslave" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            ),
-            "unbindable" => (MsFlags::empty(), MsFlags::empty(), MsFlags::MS_UNBINDABLE),
-            "runbindable" => (
-                MsFlags::empty(),
-                MsFlags::empty(),
-                MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-            ),
-            // Options runc knows but that need idmapped mounts or the mount API; silently
-            // treating them as data would pass them to the filesystem.
-            "rro" | "rrw" | "rnosuid" | "rnodev" | "rnoexec" | "idmap" | "ridmap" | "tmpcopyup" => {
-                (MsFlags::empty(), MsFlags::empty(), MsFlags::empty())
-            }
-            other => {
-                o.data.push(other.to_string());
-                continue;
-            }
-        };
-        o.flags = (o.flags | set) & !clear;
-        o.propagation |= prop;
+    let p = berth_mount::parse_options(options);
+    let flags = MsFlags::from_bits_truncate(p.flags);
+    MountOpts {
+        flags,
+        propagation: MsFlags::from_bits_truncate(p.propagation),
+        data: p.data,
+        bind: flags.contains(MsFlags::MS_BIND),
     }
-    o
 }
 
 /// `rootfsPropagation` → flags (default rslave, as runc).

@@ -1,5 +1,6 @@
-//! Mounting what a snapshotter returns (containerd's mount lists: `bind`, `overlay`, ...), for
-//! the shim's root file systems and the daemon's temporary mounts.
+//! Mount options as `mount(8)` reads them — the one parser for the runtime's spec mounts, the
+//! shim's root file systems and the daemon's temporary mounts — and mounting what a snapshotter
+//! returns (containerd's mount lists: `bind`, `overlay`, ...).
 //!
 //! An overlay of many layers can have options longer than the page `mount(2)` takes. As
 //! containerd does, the lower directories are then named relative to the directory they share
@@ -75,6 +76,11 @@ pub fn parse_options(options: &[String]) -> Parsed {
             "strictatime" => (false, libc::MS_STRICTATIME),
             "suid" => (true, libc::MS_NOSUID),
             "sync" => (false, libc::MS_SYNCHRONOUS),
+            // Options runc knows that need idmapped mounts or the new mount API: not flags, and
+            // never passed to the file system as data.
+            "rro" | "rrw" | "rnosuid" | "rnodev" | "rnoexec" | "idmap" | "ridmap" | "tmpcopyup" => {
+                continue;
+            }
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
             | "runbindable" => {
                 let (base, rec) = match o.strip_prefix('r') {
