@@ -23,6 +23,10 @@ use tonic::Status;
 
 use crate::events::Exchange;
 
+mod warm;
+use warm::WarmShim;
+mod restore;
+
 /// How long one call to a shim may take (Wait excepted): a hung shim never blocks the others.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Exits found at start-up are published this long after the daemon serves, so that event
@@ -77,24 +81,6 @@ pub(crate) struct Runtimes {
     warm_target: std::sync::atomic::AtomicUsize,
     warm: Mutex<Vec<WarmShim>>,
     warm_taken: Arc<tokio::sync::Notify>,
-}
-
-/// The runtime whose shim can be started ahead of need: Berth's own.
-const WARM_RUNTIME: &str = "io.containerd.berth.v2";
-/// The placeholder namespace a warm shim is started in.
-const WARM_NAMESPACE: &str = "berth-warm";
-
-/// An idle shim of Berth's own, started with `-warm` before any task needed it. Tasks.Create of
-/// an `io.containerd.berth.v2` task takes it instead of running the shim's `start`: the shim
-/// becomes that task's on its first Create (which names the namespace, the id and the bundle;
-/// see the shim's `Shim::adopt`). An unadopted warm shim ends with the daemon that started it.
-#[derive(Debug)]
-struct WarmShim {
-    dir: PathBuf,
-    binary: PathBuf,
-    /// As the shim's `start` printed it.
-    address: String,
-    client: TaskClient,
 }
 
 /// `io.containerd.runc.v2` → `containerd-shim-runc-v2`, resolved in `$PATH`, then (as
@@ -266,135 +252,6 @@ impl Runtimes {
             warm: Mutex::new(Vec::new()),
             warm_taken: Arc::new(tokio::sync::Notify::new()),
         }
-    }
-
-    /// Keeps `n` warm shims from now on (started in the background, refilled as they are taken).
-    /// Removes what warm shims of an earlier daemon left (those ended with it).
-    pub(crate) fn keep_warm(self: &Arc<Self>, n: usize) {
-        let _ = std::fs::remove_dir_all(&self.warm_root);
-        self.warm_target
-            .store(n, std::sync::atomic::Ordering::SeqCst);
-        if n == 0 {
-            return;
-        }
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(me) = me.upgrade() else { return };
-                let want = me.warm_target.load(std::sync::atomic::Ordering::SeqCst);
-                let have = me.warm.lock().unwrap_or_else(|e| e.into_inner()).len();
-                if have < want {
-                    match me.start_warm().await {
-                        Ok(w) => me.warm.lock().unwrap_or_else(|e| e.into_inner()).push(w),
-                        Err(e) => {
-                            // Not on PATH, or failing: tasks start their shims on demand.
-                            tracing::warn!(error = %e, "no warm shim");
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                // Waits without keeping the manager alive (a permit stored meanwhile counts).
-                let taken = me.warm_taken.clone();
-                drop(me);
-                taken.notified().await;
-            }
-        });
-    }
-
-    /// Starts one warm shim.
-    async fn start_warm(&self) -> Result<WarmShim, String> {
-        let binary = shim_binary(WARM_RUNTIME).map_err(|s| s.message().to_string())?;
-        let id = format!("warm-{}", uuid::Uuid::new_v4().simple());
-        let dir = self.warm_root.join(&id);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let started = async {
-            let mut cmd = self.action(&binary, WARM_NAMESPACE, &id, &dir, "start", &["-warm"]);
-            cmd.env("BERTH_WARM_DAEMON_PID", std::process::id().to_string())
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let out =
-                tokio::time::timeout(ACTION_TIMEOUT, tokio::process::Command::from(cmd).output())
-                    .await
-                    .map_err(|_| "start: timed out".to_string())?
-                    .map_err(|e| format!("start: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "start failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let path = parse_start_output(&printed)?;
-            let client = dial(&path).await.map_err(|e| e.message().to_string())?;
-            Ok(WarmShim {
-                dir: dir.clone(),
-                binary: binary.clone(),
-                address: format!("unix://{}", path.display()),
-                client,
-            })
-        }
-        .await;
-        if started.is_err() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        started.map_err(|e| format!("{}: {e}", binary.display()))
-    }
-
-    /// Ends the warm shims (the daemon is stopping).
-    pub(crate) async fn stop_warm(&self) {
-        self.warm_target
-            .store(0, std::sync::atomic::Ordering::SeqCst);
-        let idle: Vec<WarmShim> =
-            std::mem::take(&mut *self.warm.lock().unwrap_or_else(|e| e.into_inner()));
-        for w in idle {
-            shutdown_now(&w.client).await;
-            let _ = std::fs::remove_dir_all(&w.dir);
-        }
-    }
-
-    /// Task `id` of namespace `ns` gets a warm shim, if one is idle and the task can have it
-    /// (Berth's shim, no shim cgroup asked for). The bundle holds config.json and its log is
-    /// followed already; `None` when the caller must start a shim.
-    async fn adopt_warm(
-        &self,
-        ns: &str,
-        id: &str,
-        binary: &Path,
-        bundle: &Path,
-        options: Option<&prost_types::Any>,
-    ) -> Option<Arc<Shim>> {
-        use berth_api::containerd::runc::v1::Options;
-        let plain = match options {
-            None => true,
-            Some(a) if a.type_url.ends_with("containerd.runc.v1.Options") => {
-                Options::decode(a.value.as_slice()).is_ok_and(|o| o.shim_cgroup.is_empty())
-            }
-            Some(_) => false,
-        };
-        if !plain {
-            return None;
-        }
-        let w = {
-            let mut idle = self.warm.lock().unwrap_or_else(|e| e.into_inner());
-            let i = idle.iter().position(|w| w.binary == binary)?;
-            idle.swap_remove(i)
-        };
-        self.warm_taken.notify_one();
-        let dir = w.dir;
-        tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&dir);
-        });
-        if let Err(e) = std::fs::write(bundle.join("address"), &w.address) {
-            tracing::warn!(error = %e, "writing a warm shim's address into its bundle");
-            shutdown_now(&w.client).await;
-            return None;
-        }
-        // A warm shim killed while idle does not answer: the caller starts one.
-        self.attach(ns, id, bundle, binary, w.client, Duration::from_secs(2))
-            .await
-            .ok()
     }
 
     fn bundle(&self, ns: &str, id: &str) -> PathBuf {
@@ -755,132 +612,6 @@ impl Runtimes {
             .map_err(shim_status)?;
         self.stop_shim_after(shim, true).await;
         Ok(r)
-    }
-
-    /// Start-up: reconnects to the shims of every bundle (in parallel); cleans up after those
-    /// that are gone and publishes their exit.
-    pub(crate) async fn restore(self: &Arc<Self>) {
-        let mut found = Vec::new();
-        let Ok(nss) = std::fs::read_dir(&self.root) else {
-            return;
-        };
-        for ns in nss.flatten() {
-            let ns_name = ns.file_name().to_string_lossy().into_owned();
-            let Ok(ids) = std::fs::read_dir(ns.path()) else {
-                continue;
-            };
-            for id in ids.flatten() {
-                found.push((
-                    ns_name.clone(),
-                    id.file_name().to_string_lossy().into_owned(),
-                    id.path(),
-                ));
-            }
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for (ns, id, bundle) in found {
-            let me = self.clone();
-            set.spawn(async move { me.restore_one(&ns, &id, &bundle).await });
-        }
-        let (mut live, mut dead) = (0, 0);
-        while let Some(r) = set.join_next().await {
-            match r {
-                Ok(true) => live += 1,
-                Ok(false) => dead += 1,
-                Err(_) => dead += 1,
-            }
-        }
-        if live + dead > 0 {
-            tracing::info!(live, dead, "reconnected to shims");
-        }
-    }
-
-    async fn restore_one(&self, ns: &str, id: &str, bundle: &Path) -> bool {
-        let binary = std::fs::read(bundle.join("shim-binary-path"))
-            .ok()
-            .map(|b| PathBuf::from(String::from_utf8_lossy(&b).into_owned()));
-        let address = std::fs::read_to_string(bundle.join("address"))
-            .ok()
-            .and_then(|a| parse_start_output(&a).ok());
-        if let (Some(binary), Some(address)) = (&binary, &address)
-            && let Ok(shim) = self.connect(ns, id, bundle, binary, address).await
-        {
-            // Read the shim's log again: while nobody did, its lines were dropped.
-            if let Err(e) = self.start_log(bundle, ns, id) {
-                tracing::warn!(namespace = %ns, id = %id, error = %e, "reopening the shim's log");
-            }
-            // An exit while we were down may not have reached us: report it (once; the
-            // exchange drops a second report), after subscribers have had a moment to return.
-            if let Ok(st) = shim
-                .client
-                .state(
-                    &shim.opts(Some(CALL_TIMEOUT)),
-                    &berth_api::containerd::task::v2::StateRequest {
-                        id: id.to_string(),
-                        exec_id: String::new(),
-                    },
-                )
-                .await
-                && st.status == berth_api::containerd::v1::types::Status::Stopped as i32
-            {
-                let events = self.events.clone();
-                let (ns, id) = (ns.to_string(), id.to_string());
-                tokio::spawn(async move {
-                    tokio::time::sleep(RECOVERED_EXIT_DELAY).await;
-                    events.publish(
-                        &ns,
-                        "/tasks/exit",
-                        &TaskExit {
-                            container_id: id.clone(),
-                            id,
-                            pid: st.pid,
-                            exit_status: st.exit_status,
-                            exited_at: st.exited_at,
-                        },
-                    );
-                });
-            }
-            return true;
-        }
-        tracing::warn!(namespace = %ns, id = %id, "shim is gone; cleaning up its bundle");
-        let resp = match &binary {
-            Some(b) => self.cleanup_bundle(ns, id, bundle, b).await,
-            None => {
-                let _ = std::fs::remove_dir_all(bundle);
-                None
-            }
-        };
-        let (pid, status, exited_at) = match resp {
-            Some(r) => (r.pid, r.exit_status, r.exited_at),
-            None => (
-                0,
-                255,
-                crate::services::sys_ts(std::time::SystemTime::now()),
-            ),
-        };
-        self.events.publish(
-            ns,
-            "/tasks/exit",
-            &TaskExit {
-                container_id: id.to_string(),
-                id: id.to_string(),
-                pid,
-                exit_status: status,
-                exited_at,
-            },
-        );
-        self.events.publish(
-            ns,
-            "/tasks/delete",
-            &TaskDelete {
-                container_id: id.to_string(),
-                pid,
-                exit_status: status,
-                exited_at: crate::services::sys_ts(std::time::SystemTime::now()),
-                id: id.to_string(),
-            },
-        );
-        false
     }
 }
 
