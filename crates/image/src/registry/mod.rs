@@ -21,7 +21,11 @@ use sha2::Digest as _;
 use crate::Descriptor;
 use crate::media::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, printable};
 use crate::reference::ImageRef;
+
+mod blob;
+mod push;
 pub use auth::{CredentialStore, Credentials};
+pub use blob::BlobStream;
 pub use hosts::{Capabilities, Host, HostOptions};
 
 /// Manifests and indexes are held in memory; refuse anything bigger than this.
@@ -583,26 +587,6 @@ impl Repository {
         .await
     }
 
-    /// Opens a blob for streaming from byte `offset` (to resume a partial download).
-    pub async fn fetch_blob(
-        &self,
-        desc: &Descriptor,
-        offset: u64,
-    ) -> Result<BlobStream, RegistryError> {
-        let mut s = BlobStream {
-            repo: self.clone(),
-            desc: desc.clone(),
-            pos: offset,
-            resp: None,
-            pending: None,
-            host: 0,
-            retries: self.inner.opts.blob_retries,
-            hasher: (offset == 0).then(sha2::Sha256::new),
-        };
-        s.open().await?;
-        Ok(s)
-    }
-
     /// Whether the registry already has a blob (for push).
     pub async fn has_blob(&self, desc: &Descriptor) -> Result<bool, RegistryError> {
         let hosts = self.hosts_with(|c| c.push);
@@ -615,91 +599,6 @@ impl Repository {
         let url = h.url(&format!("/{}/blobs/{}", self.reference.path, desc.digest));
         let resp = self.send(h, Method::HEAD, &url, &[], None, true).await?;
         Ok(resp.status().is_success())
-    }
-
-    /// Uploads a blob held in memory (checked against its descriptor first).
-    pub async fn push_blob(&self, desc: &Descriptor, data: Bytes) -> Result<(), RegistryError> {
-        verify(desc, &data)?;
-        self.push_blob_body(desc, reqwest::Body::from(data)).await
-    }
-
-    /// Uploads a blob in one streamed request (POST to start the upload, which also answers
-    /// any authentication challenge, then PUT with the digest). The registry checks the digest.
-    pub async fn push_blob_body(
-        &self,
-        desc: &Descriptor,
-        body: reqwest::Body,
-    ) -> Result<(), RegistryError> {
-        let hosts = self.hosts_with(|c| c.push);
-        let Some(h) = hosts.first() else {
-            return Err(RegistryError::Config(format!(
-                "no endpoint of {} may be pushed to",
-                self.reference.domain
-            )));
-        };
-        let url = h.url(&format!("/{}/blobs/uploads/", self.reference.path));
-        let resp = self.send(h, Method::POST, &url, &[], None, true).await?;
-        let resp = check_status(resp, "POST", &url, desc.digest.as_str()).await?;
-        let location = resp
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::Invalid(format!("POST {url}: no Location")))?
-            .to_string();
-        let mut put = if location.starts_with("http://") || location.starts_with("https://") {
-            location
-        } else {
-            format!("{}://{}{}", h.scheme, h.authority, location)
-        };
-        put.push(if put.contains('?') { '&' } else { '?' });
-        put.push_str(&format!("digest={}", desc.digest));
-        let client = self.client(h)?;
-        let mut req = client
-            .put(&put)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, desc.size.to_string())
-            .body(body);
-        for (k, v) in h.headers.iter().chain(&self.session.headers) {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let auth = self
-            .inner
-            .auth
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(h.authority.clone(), self.reference.path.clone(), true))
-            .cloned();
-        if let Some(a) = auth {
-            req = req.header(AUTHORIZATION, a);
-        }
-        let resp = req.send().await.map_err(|e| transport(&put, &e))?;
-        check_status(resp, "PUT", &put, desc.digest.as_str()).await?;
-        Ok(())
-    }
-
-    /// Uploads a manifest or index under `tag` (or under its digest).
-    pub async fn push_manifest(
-        &self,
-        desc: &Descriptor,
-        data: Bytes,
-        tag: Option<&str>,
-    ) -> Result<(), RegistryError> {
-        verify(desc, &data)?;
-        let hosts = self.hosts_with(|c| c.push);
-        let Some(h) = hosts.first() else {
-            return Err(RegistryError::Config(format!(
-                "no endpoint of {} may be pushed to",
-                self.reference.domain
-            )));
-        };
-        let object = tag.map_or_else(|| desc.digest.to_string(), str::to_string);
-        let url = h.url(&format!("/{}/manifests/{object}", self.reference.path));
-        let headers = [(CONTENT_TYPE.as_str(), desc.media_type.clone())];
-        let resp = self
-            .send(h, Method::PUT, &url, &headers, Some(data), true)
-            .await?;
-        check_status(resp, "PUT", &url, desc.digest.as_str()).await?;
-        Ok(())
     }
 }
 
@@ -771,172 +670,4 @@ async fn read_capped(
         out.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(out))
-}
-
-/// A blob download: chunks in order, resumed with a Range request when the connection breaks,
-/// never more bytes than the descriptor's size, and (when read from the start) checked against
-/// the digest at the end.
-pub struct BlobStream {
-    repo: Repository,
-    desc: Descriptor,
-    pos: u64,
-    resp: Option<reqwest::Response>,
-    pending: Option<Bytes>,
-    host: usize,
-    retries: u32,
-    hasher: Option<sha2::Sha256>,
-}
-
-impl std::fmt::Debug for BlobStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobStream")
-            .field("digest", &self.desc.digest)
-            .field("pos", &self.pos)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BlobStream {
-    /// Bytes delivered so far, counting the starting offset.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
-    /// The next chunk, `None` at the end (after the size, and the digest if read from the start,
-    /// have been checked).
-    pub async fn next(&mut self) -> Result<Option<Bytes>, RegistryError> {
-        let size = self.desc.size as u64;
-        loop {
-            let chunk = if let Some(p) = self.pending.take() {
-                Ok(Some(p))
-            } else if let Some(r) = self.resp.as_mut() {
-                r.chunk().await
-            } else {
-                return Ok(None);
-            };
-            match chunk {
-                Ok(Some(c)) => {
-                    if self.pos + c.len() as u64 > size {
-                        self.resp = None;
-                        return Err(RegistryError::SizeMismatch {
-                            what: self.desc.digest.to_string(),
-                            expected: size,
-                            actual: self.pos + c.len() as u64,
-                        });
-                    }
-                    self.pos += c.len() as u64;
-                    if let Some(h) = self.hasher.as_mut() {
-                        h.update(&c);
-                    }
-                    return Ok(Some(c));
-                }
-                Ok(None) if self.pos >= size => {
-                    self.resp = None;
-                    if let Some(h) = self.hasher.take() {
-                        let actual = Digest::from_sha256_bytes(&h.finalize());
-                        if actual != self.desc.digest {
-                            return Err(RegistryError::DigestMismatch {
-                                what: self.desc.digest.to_string(),
-                                expected: self.desc.digest.clone(),
-                                actual,
-                            });
-                        }
-                    }
-                    return Ok(None);
-                }
-                Ok(None) if self.retries == 0 => {
-                    self.resp = None;
-                    return Err(RegistryError::SizeMismatch {
-                        what: self.desc.digest.to_string(),
-                        expected: size,
-                        actual: self.pos,
-                    });
-                }
-                Err(e) if self.retries == 0 => {
-                    self.resp = None;
-                    return Err(transport(&format!("blob {}", self.desc.digest), &e));
-                }
-                other => {
-                    // Cut short: ask again for the rest.
-                    self.retries -= 1;
-                    if let Err(e) = other {
-                        tracing::info!(digest = %self.desc.digest, pos = self.pos, error = %e,
-                            "blob download interrupted, resuming with a Range request");
-                    }
-                    self.resp = None;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    self.open().await?;
-                }
-            }
-        }
-    }
-
-    async fn open(&mut self) -> Result<(), RegistryError> {
-        let hosts = self.repo.hosts_with(|c| c.pull);
-        let mut last = None;
-        while self.host < hosts.len() {
-            let h = hosts[self.host];
-            let url = h.url(&format!(
-                "/{}/blobs/{}",
-                self.repo.reference.path, self.desc.digest
-            ));
-            let range;
-            let headers: &[(&str, String)] = if self.pos > 0 {
-                range = [("range", format!("bytes={}-", self.pos))];
-                &range
-            } else {
-                &[]
-            };
-            let result = match self
-                .repo
-                .send(h, Method::GET, &url, headers, None, false)
-                .await
-            {
-                Ok(resp) => check_status(resp, "GET", &url, self.desc.digest.as_str()).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(resp) => {
-                    let mut resp = resp;
-                    if self.pos > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
-                        // No Range support: skip what we already have.
-                        let mut skip = self.pos;
-                        while skip > 0 {
-                            let Some(c) = resp.chunk().await.map_err(|e| transport(&url, &e))?
-                            else {
-                                return Err(RegistryError::SizeMismatch {
-                                    what: self.desc.digest.to_string(),
-                                    expected: self.desc.size as u64,
-                                    actual: self.pos - skip,
-                                });
-                            };
-                            if (c.len() as u64) > skip {
-                                // Keep the tail: put it back by wrapping in a one-off chunk.
-                                let tail = c.slice(skip as usize..);
-                                self.resp = Some(resp);
-                                self.pending = Some(tail);
-                                return Ok(());
-                            }
-                            skip -= c.len() as u64;
-                        }
-                    }
-                    self.resp = Some(resp);
-                    return Ok(());
-                }
-                Err(e @ (RegistryError::Unauthorized(_) | RegistryError::Config(_))) => {
-                    return Err(e);
-                }
-                Err(e) => {
-                    last = Some(e);
-                    self.host += 1;
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            RegistryError::Config(format!(
-                "no endpoint of {} may be pulled from",
-                self.repo.reference.domain
-            ))
-        }))
-    }
 }
