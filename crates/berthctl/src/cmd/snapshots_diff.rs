@@ -20,8 +20,8 @@ use berth_api::containerd::types::Mount;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
+use super::parse_labels;
 use super::snapshots::gc_root_now;
-use super::{parse_labels, rfc3339};
 use crate::client::Conn;
 
 #[derive(Debug, clap::Args)]
@@ -61,7 +61,7 @@ fn unique() -> String {
 pub(crate) async fn run(conn: &Conn, sn: &str, args: Args) -> anyhow::Result<()> {
     let mut leases = LeasesClient::new(conn.channel.clone());
     let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
-    let expire = rfc3339(expire.duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64);
+    let expire = berth_runtime::time::rfc3339_secs(expire);
     let lease = leases
         .create(conn.req(CreateRequest {
             id: String::new(),
