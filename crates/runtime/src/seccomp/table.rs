@@ -1,6 +1,6 @@
 //! Syscall numbers by name, generated from bookworm's <asm/unistd_{64,32,x32}.h> plus the
 //! syscalls added up to Linux 6.17 (451-469). Sorted by name for binary search.
-//! Regenerate with the script in the commit that added this file.
+//! Regenerate with `hack/gen-seccomp-table.py`.
 
 pub(crate) const X86_64: &[(&str, u32)] = &[
     ("_sysctl", 156),
