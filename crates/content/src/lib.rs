@@ -20,6 +20,8 @@
 //!
 //! Ingest locks are in-process: one [`ContentStore`] (and its clones) per root.
 
+#![warn(missing_docs)]
+
 mod digest;
 mod error;
 mod ingest;

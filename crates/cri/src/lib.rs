@@ -8,6 +8,8 @@
 //! in the sled store. What the containerd API has no verb for (a pull with the caller's
 //! credentials, reading a file of a rootfs) the daemon provides through [`Host`].
 
+#![warn(missing_docs)]
+
 mod api;
 mod cni;
 mod config;

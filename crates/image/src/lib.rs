@@ -16,6 +16,8 @@
 //! their digests; only small JSON documents are held in memory, under fixed caps; entry paths
 //! that are absolute or climb with `..` are refused; nothing here ever writes a file.
 
+#![warn(missing_docs)]
+
 mod apply;
 mod archive;
 mod diff;

@@ -6,6 +6,8 @@
 //! containerd does, the lower directories are then named relative to the directory they share
 //! (`<root>/snapshots`), and the mount is made by a child process working in that directory.
 
+#![warn(missing_docs)]
+
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;

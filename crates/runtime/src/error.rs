@@ -12,41 +12,66 @@ use crate::seccomp::SeccompError;
 /// [`RuntimeError::NotExist`], [`RuntimeError::Exists`] and [`RuntimeError::NotRunning`].
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// No such container.
     #[error("container does not exist")]
     NotExist,
+    /// The id is taken.
     #[error("container with given ID already exists")]
     Exists,
+    /// The container has no running process.
     #[error("container not running")]
     NotRunning,
+    /// An id the runtime refuses: the id and why.
     #[error("invalid container id {0:?}: {1}")]
     InvalidId(String, &'static str),
+    /// An operation the container's status does not allow.
     #[error("cannot {op} container {id} that is {status}")]
     BadState {
+        /// The operation.
         op: &'static str,
+        /// The container.
         id: String,
+        /// Its status.
         status: String,
     },
+    /// The spec is not valid.
     #[error("invalid config: {0}")]
     Spec(String),
+    /// A file operation failed.
     #[error("{context} {path}")]
     Path {
+        /// What was being done.
         context: &'static str,
+        /// The file.
         path: PathBuf,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
+    /// A system call failed.
     #[error("{context}")]
     Sys {
+        /// What was being done.
         context: String,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
+    /// The container's init failed before the process ran (its message).
     #[error("container init: {0}")]
     Init(String),
+    /// A hook failed.
     #[error("hook {path}: {reason}")]
-    Hook { path: PathBuf, reason: String },
+    Hook {
+        /// The hook's program.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A cgroup operation failed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The seccomp filter could not be built or loaded.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
 }

@@ -21,6 +21,8 @@
 //! Not supported: the systemd cgroup driver, rootless mode, checkpoint/restore, exec with a
 //! seccomp notify filter, seccomp arches other than x86_64/x86/x32.
 
+#![warn(missing_docs)]
+
 pub mod cgroups;
 mod console;
 mod container;

@@ -22,14 +22,20 @@ pub const OCI_VERSION: &str = "1.2.0";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// `create` is setting the container up.
     Creating,
+    /// Set up; its process waits for `start`.
     Created,
+    /// Its process runs.
     Running,
+    /// Frozen.
     Paused,
+    /// Its process has exited.
     Stopped,
 }
 
 impl Status {
+    /// runc's word for it.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Creating => "creating",
@@ -50,17 +56,22 @@ impl std::fmt::Display for Status {
 /// What the runtime keeps about one container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerState {
+    /// The container's id.
     pub id: String,
     /// Host pid of the init process.
     pub pid: i32,
     /// Start time of the init (field 22 of /proc/pid/stat), to detect pid reuse.
     pub pid_start: u64,
+    /// Its bundle.
     pub bundle: PathBuf,
+    /// Its root file system (absolute).
     pub rootfs: PathBuf,
     /// RFC 3339 with nanoseconds, UTC.
     pub created: String,
+    /// The spec's annotations.
     #[serde(default)]
     pub annotations: HashMap<String, String>,
+    /// Its cgroup, once made.
     pub cgroup: Option<CgroupPaths>,
     /// The config the container was created with (exec and update start from it).
     pub config: Spec,
@@ -72,15 +83,24 @@ pub struct ContainerState {
 /// runc's `state` output (the OCI state plus `rootfs`, `created` and `owner`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OciState {
+    /// The OCI runtime spec version.
     #[serde(rename = "ociVersion")]
     pub oci_version: String,
+    /// The container's id.
     pub id: String,
+    /// Host pid of the init (0 when stopped).
     pub pid: i32,
+    /// Its status.
     pub status: Status,
+    /// Its bundle.
     pub bundle: PathBuf,
+    /// Its root file system.
     pub rootfs: PathBuf,
+    /// When it was created (RFC 3339).
     pub created: String,
+    /// Who owns it ("" as runc prints for root).
     pub owner: String,
+    /// The spec's annotations.
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub annotations: HashMap<String, String>,
 }

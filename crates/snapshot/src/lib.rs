@@ -6,6 +6,8 @@
 //! which owns one [`Snapshotter`] per backend — as containerd's metadata layer wraps its
 //! snapshotters.
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 
 /// What went wrong on disk.

@@ -5,6 +5,8 @@
 //! In the layers of `DESIGN.md` this is core: it knows nothing of gRPC. Every multi-key change is
 //! one sled transaction, and [`Store::flush`] is awaited before a mutating RPC answers.
 
+#![warn(missing_docs)]
+
 mod containers;
 mod content;
 mod error;

@@ -16,6 +16,8 @@
 //! crate because it is a protocol implementation with no knowledge of containers. The SPDY
 //! frame codec is public ([`spdy`]) for clients, tests and the fuzz target.
 
+#![warn(missing_docs)]
+
 mod cache;
 mod error;
 #[doc(hidden)]

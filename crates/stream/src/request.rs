@@ -6,21 +6,32 @@ use crate::error::StreamError;
 /// CRI `ExecRequest`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecRequest {
+    /// The container to run the command in.
     pub container_id: String,
+    /// The command and its arguments.
     pub cmd: Vec<String>,
+    /// Whether the process gets a terminal.
     pub tty: bool,
+    /// Whether the client sends stdin.
     pub stdin: bool,
+    /// Whether the client reads stdout.
     pub stdout: bool,
+    /// Whether the client reads stderr (never with a terminal).
     pub stderr: bool,
 }
 
 /// CRI `AttachRequest`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttachRequest {
+    /// The container to attach to.
     pub container_id: String,
+    /// Whether the container has a terminal.
     pub tty: bool,
+    /// Whether the client sends stdin.
     pub stdin: bool,
+    /// Whether the client reads stdout.
     pub stdout: bool,
+    /// Whether the client reads stderr (never with a terminal).
     pub stderr: bool,
 }
 
@@ -28,7 +39,9 @@ pub struct AttachRequest {
 /// a WebSocket client then gives them as `?port=` query parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortForwardRequest {
+    /// The pod whose network namespace the ports are in.
     pub pod_sandbox_id: String,
+    /// The ports to forward (may be empty, see above).
     pub ports: Vec<i32>,
 }
 

@@ -20,8 +20,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Upstream for T {}
 /// A terminal size, as the resize stream carries it (`{"Width":80,"Height":24}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TermSize {
+    /// Columns.
     #[serde(rename = "Width")]
     pub width: u16,
+    /// Rows.
     #[serde(rename = "Height")]
     pub height: u16,
 }
@@ -35,10 +37,15 @@ pub struct TermSize {
 /// stderr) and `resize` carries the client's terminal sizes (the first one as soon as the client
 /// sends it); receive from it or drop it, since a full queue stalls the connection's input.
 pub struct StreamIo {
+    /// The client's input, if it sends any.
     pub stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    /// Where the process's stdout goes, if the client reads it.
     pub stdout: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Where the process's stderr goes, if the client reads it.
     pub stderr: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Whether the process has a terminal.
     pub tty: bool,
+    /// The client's terminal sizes, with a terminal.
     pub resize: Option<mpsc::Receiver<TermSize>>,
 }
 

@@ -10,6 +10,8 @@
 //! In the layers of `DESIGN.md` this sits between the daemon and each shim, and under the events
 //! endpoint the shims publish to.
 
+#![warn(missing_docs)]
+
 mod client;
 mod context;
 mod frame;

@@ -10,10 +10,13 @@ use super::{CgResult, CgroupError};
 /// One rule; `None` major/minor means any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRule {
+    /// Allow (or deny) what the rule matches.
     pub allow: bool,
     /// 'a', 'b' or 'c'.
     pub kind: char,
+    /// Major number, `None` for any.
     pub major: Option<i64>,
+    /// Minor number, `None` for any.
     pub minor: Option<i64>,
     /// A subset of "rwm".
     pub access: String,

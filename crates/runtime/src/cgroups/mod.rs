@@ -29,21 +29,30 @@ pub use v2::V2Cgroup;
 /// What can go wrong with cgroups.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// A file of the cgroup could not be read or written.
     #[error("cgroup {op} {path}")]
     Io {
+        /// What was done.
         op: &'static str,
+        /// The file.
         path: PathBuf,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
+    /// A value the spec or the kernel gave does not parse: the setting and the value.
     #[error("cgroup {0}: invalid value {1:?}")]
     Invalid(&'static str, String),
+    /// A controller the spec needs is not mounted.
     #[error("cgroup controller {0} is not mounted")]
     NoController(String),
+    /// Neither a v1 hierarchy nor cgroup2 was found.
     #[error("no usable cgroup hierarchy found")]
     NoHierarchy,
+    /// The freezer did not settle in time.
     #[error("cgroup {0}: timed out waiting for the freezer")]
     FreezeTimeout(PathBuf),
+    /// A setting this hierarchy cannot apply: the setting and why.
     #[error("cgroup {0}: {1}")]
     Unsupported(&'static str, String),
 }
@@ -58,7 +67,9 @@ pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) ->
 /// Freezer state as runc reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FreezerState {
+    /// Running.
     Thawed,
+    /// Paused.
     Frozen,
 }
 
@@ -94,9 +105,15 @@ pub trait Cgroup: fmt::Debug {
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum CgroupPaths {
     /// v1 (or hybrid): one directory per controller; the key "" is the unified directory.
-    V1 { paths: BTreeMap<String, PathBuf> },
+    V1 {
+        /// Controller → directory.
+        paths: BTreeMap<String, PathBuf>,
+    },
     /// v2: one directory.
-    V2 { path: PathBuf },
+    V2 {
+        /// The directory.
+        path: PathBuf,
+    },
 }
 
 impl CgroupPaths {
@@ -180,11 +197,16 @@ pub enum Layout {
     /// v1 hierarchies: controller (or `name=...`) → (mount point, mount root); plus the cgroup2
     /// mount of a hybrid host.
     V1 {
+        /// Controller → (mount point, mount root).
         mounts: BTreeMap<String, (PathBuf, PathBuf)>,
+        /// A hybrid host's cgroup2 mount point.
         unified: Option<PathBuf>,
     },
     /// Pure v2 at this mount point.
-    V2 { mount: PathBuf },
+    V2 {
+        /// The cgroup2 mount point.
+        mount: PathBuf,
+    },
 }
 
 impl Layout {

@@ -40,6 +40,7 @@ pub struct V1Cgroup {
 }
 
 impl V1Cgroup {
+    /// The cgroup at these directories (controller → directory).
     pub fn from_paths(paths: BTreeMap<String, PathBuf>) -> Self {
         V1Cgroup { paths }
     }

@@ -38,6 +38,7 @@ fn limit_str(v: i64) -> String {
 }
 
 impl V2Cgroup {
+    /// The cgroup at this directory.
     pub fn new(path: PathBuf) -> Self {
         V2Cgroup { path }
     }

@@ -18,11 +18,17 @@ use crate::sys::{SyncSocket, msg};
 /// Options of `create` (and `run`).
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
+    /// The bundle: `config.json` and the root file system it names.
     pub bundle: PathBuf,
+    /// Where to write the init's host pid.
     pub pid_file: Option<PathBuf>,
+    /// A unix socket to send the terminal's master to (`process.terminal`).
     pub console_socket: Option<PathBuf>,
+    /// Use `chroot` after moving the root instead of `pivot_root`.
     pub no_pivot: bool,
+    /// Keep the caller's session keyring.
     pub no_new_keyring: bool,
+    /// Descriptors after stdio (3, 4, ...) that the process keeps.
     pub preserve_fds: u32,
     /// The process's stdin, stdout and stderr (descriptors ≥ 3 of the caller); `None`: the
     /// caller's own 0, 1 and 2, as the CLI hands them on.

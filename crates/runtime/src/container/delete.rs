@@ -6,6 +6,7 @@ use crate::error::{Result, RuntimeError};
 use crate::state::Status;
 
 impl Runtime {
+    /// Deletes a stopped (or, with `force`, any: killed first) container's state and cgroup.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let st = match self.load(id) {
             Ok(st) => st,

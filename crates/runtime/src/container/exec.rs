@@ -16,9 +16,13 @@ use crate::sys::{SyncSocket, msg};
 /// Options of `exec`.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
+    /// The process to run.
     pub process: Process,
+    /// As [`super::CreateOptions::console_socket`].
     pub console_socket: Option<PathBuf>,
+    /// Where to write the process's host pid.
     pub pid_file: Option<PathBuf>,
+    /// As [`super::CreateOptions::preserve_fds`].
     pub preserve_fds: u32,
     /// As [`super::CreateOptions::stdio`].
     pub stdio: Option<[std::os::fd::RawFd; 3]>,

@@ -26,10 +26,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The runtime keeping its containers' state under `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Runtime { root: root.into() }
     }
 
+    /// The state root.
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -6,6 +6,7 @@ use crate::error::{Result, RuntimeError};
 use crate::state::Status;
 
 impl Runtime {
+    /// Freezes a running container's processes.
     pub fn pause(&self, id: &str) -> Result<()> {
         let st = self.load(id)?;
         match st.status(&self.root) {
@@ -17,6 +18,7 @@ impl Runtime {
         Ok(cg.freeze(FreezerState::Frozen)?)
     }
 
+    /// Thaws a paused container.
     pub fn resume(&self, id: &str) -> Result<()> {
         let st = self.load(id)?;
         match st.status(&self.root) {

@@ -24,10 +24,13 @@ use sha2::Digest;
 /// Seccomp errors.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
+    /// The spec's filter is not valid (what is wrong).
     #[error("seccomp: {0}")]
     Invalid(String),
+    /// The compiled program has more instructions than the kernel takes.
     #[error("seccomp: program too large ({0} instructions)")]
     TooLarge(usize),
+    /// The kernel refused the filter.
     #[error("seccomp: load filter")]
     Load(#[source] std::io::Error),
 }
@@ -66,7 +69,9 @@ const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// A compiled filter plus its load flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
+    /// The instructions.
     pub insns: Vec<SockFilter>,
+    /// `SECCOMP_FILTER_FLAG_*` to load it with.
     pub flags: u32,
     /// True when some rule returns SECCOMP_RET_USER_NOTIF (a listener fd is created).
     pub notify: bool,

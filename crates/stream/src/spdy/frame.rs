@@ -74,18 +74,35 @@ pub mod goaway {
 /// the header decompressor's state cannot be trusted afterwards.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpdyError {
+    /// A control frame of a version other than 3.
     #[error("unsupported SPDY version {0}")]
     UnsupportedVersion(u16),
+    /// A frame past the size limit.
     #[error("{frame} frame of {len} bytes is too large")]
-    FrameTooLarge { frame: &'static str, len: usize },
+    FrameTooLarge {
+        /// The frame's type.
+        frame: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A frame whose length does not fit its type.
     #[error("{frame} frame has a bad length {len}")]
-    BadLength { frame: &'static str, len: usize },
+    BadLength {
+        /// The frame's type.
+        frame: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A frame that needs a stream id names stream 0.
     #[error("{0} frame with stream id 0")]
     ZeroStreamId(&'static str),
+    /// A header block that does not parse.
     #[error("malformed header block: {0}")]
     HeaderBlock(&'static str),
+    /// A header block past the limit once decompressed.
     #[error("header block larger than {MAX_HEADER_BLOCK} bytes")]
     HeaderBlockTooLarge,
+    /// The header compressor or decompressor failed.
     #[error("header compression: {0}")]
     Zlib(String),
 }
@@ -199,57 +216,90 @@ impl Headers {
 /// One SETTINGS entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Setting {
+    /// Per-entry flags (1 = persist value, 2 = persisted).
     pub flags: u8,
     /// 24-bit id (4 = MAX_CONCURRENT_STREAMS, 7 = INITIAL_WINDOW_SIZE, ...).
     pub id: u32,
+    /// The setting's value.
     pub value: u32,
 }
 
 /// A decoded frame. Stream ids are 31-bit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
+    /// Opens a stream.
     SynStream {
+        /// The new stream.
         stream_id: u32,
+        /// The stream it belongs to (server push), or 0.
         associated_to: u32,
         /// 0 (highest) to 7.
         priority: u8,
+        /// Credential slot (unused).
         slot: u8,
         /// [`FLAG_FIN`] and [`FLAG_UNIDIRECTIONAL`].
         flags: u8,
+        /// The stream's headers.
         headers: Headers,
     },
+    /// Accepts a stream.
     SynReply {
+        /// The stream accepted.
         stream_id: u32,
+        /// Whether the sender's side ends with it.
         fin: bool,
+        /// The reply's headers.
         headers: Headers,
     },
+    /// Ends a stream abnormally.
     RstStream {
+        /// The stream.
         stream_id: u32,
+        /// Why (see [`rst`]).
         status: u32,
     },
+    /// Connection settings.
     Settings {
+        /// Whether persisted settings are to be cleared.
         clear: bool,
+        /// The settings.
         entries: Vec<Setting>,
     },
+    /// A round trip to measure or keep the connection.
     Ping {
+        /// Echoed by the peer.
         id: u32,
     },
+    /// The connection is ending.
     GoAway {
+        /// The last stream the sender handled.
         last_good_stream_id: u32,
+        /// Why.
         status: u32,
     },
+    /// More headers for a stream.
     Headers {
+        /// The stream.
         stream_id: u32,
+        /// Whether the sender's side ends with it.
         fin: bool,
+        /// The headers.
         headers: Headers,
     },
+    /// Flow control: the receiver takes `delta` more bytes.
     WindowUpdate {
+        /// The stream.
         stream_id: u32,
+        /// Bytes added to the window.
         delta: u32,
     },
+    /// Stream data.
     Data {
+        /// The stream.
         stream_id: u32,
+        /// Whether the sender's side ends with it.
         fin: bool,
+        /// The bytes.
         data: Bytes,
     },
 }
@@ -284,6 +334,7 @@ impl Default for FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder for a new connection (its own header decompressor).
     pub fn new() -> Self {
         Self {
             buf: BytesMut::new(),
@@ -531,6 +582,7 @@ impl Default for FrameEncoder {
 }
 
 impl FrameEncoder {
+    /// An encoder for a new connection (its own header compressor).
     pub fn new() -> Self {
         let mut deflate = Compress::new(Compression::default(), true);
         // Cannot fail on a fresh stream; a failure would surface as a zlib error on the peer.
