@@ -4,7 +4,9 @@
 //! reading OCI image-layout and `docker save` tarballs (plain or gzipped) into content storage,
 //! and writing OCI image-layout tarballs back out. Layers both ways: [`apply_layer`] unpacks one
 //! onto a directory (`Diff.Apply`), [`tree_changes`]/[`overlay_changes`] and [`Changes::write`]
-//! make one from two trees (`Diff.Diff`). A registry client and platform matching come later.
+//! make one from two trees (`Diff.Diff`). The [`registry`] client (resolve, fetch and push over
+//! the OCI distribution API, auth, `hosts.toml`, resumed and verified blob downloads) and
+//! [`media`] (media types, platform matching, chain ids) serve the daemon's pulls and pushes.
 //!
 //! In the layers of `DESIGN.md` this is core: it knows nothing of gRPC, and it does not know the
 //! content store either. It reaches storage only through two small traits, [`BlobSink`] (write

@@ -1,7 +1,10 @@
 //! Berth's OCI runtime.
 //!
 //! This crate makes containers: it is what `berth-runc` (the runc-compatible binary in this
-//! crate) and, later, the shim call. See `DESIGN.md` (Security) for the hardening it promises.
+//! crate) and Berth's shim call. See `DESIGN.md` (Security) for the hardening it promises. It
+//! also holds what a container gets by default ([`defaults`]: capabilities, masked and
+//! read-only paths, base mounts), for berthctl's specs and the CRI's, and the one RFC 3339
+//! formatter ([`time`]).
 //!
 //! Layers, youki-style: [`cgroups`] (v1 and v2 behind one trait; hybrid hosts driven through
 //! v1 as runc does), `seccomp` (the spec's filter compiled to classic BPF by this crate, cached),

@@ -1,6 +1,7 @@
-//! Berth's metadata store: one sled database holding namespaces (and, as the daemon grows,
-//! images, containers, leases and content/snapshot records), plus the validation rules and the
-//! filter language every service shares.
+//! Berth's metadata store: one sled database holding namespaces, images, containers, leases and
+//! the per-namespace content and snapshot records (over the blob store and the snapshotters it
+//! owns), garbage collection, a start-up repair, plus the validation rules and the filter
+//! language every service shares.
 //!
 //! In the layers of `DESIGN.md` this is core: it knows nothing of gRPC. Every multi-key change is
 //! one sled transaction, and [`Store::flush`] is awaited before a mutating RPC answers.
