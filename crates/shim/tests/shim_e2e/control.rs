@@ -6,8 +6,8 @@ use std::time::Duration;
 use berth_api::containerd::events::{TaskExecStarted, TaskExit};
 use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::task::v2::{
-    CloseIoRequest, DeleteRequest, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
-    ResumeRequest, StartRequest, StateRequest, StatsRequest, UpdateTaskRequest, WaitRequest,
+    CloseIoRequest, ExecProcessRequest, PauseRequest, PidsRequest, ResumeRequest, StartRequest,
+    StatsRequest, UpdateTaskRequest,
 };
 use berth_api::containerd::v1::types::Status as TaskStatus;
 use berth_api::io::containerd::cgroups::v1::Metrics;
@@ -107,16 +107,7 @@ async fn exec_pause_resume_stats_kill() {
     )
     .await
     .unwrap();
-    let waited = task
-        .wait(
-            &opts(),
-            &WaitRequest {
-                id: w.id.clone(),
-                exec_id: "cat".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let waited = task.wait(&opts(), &w.wait_req("cat")).await.unwrap();
     assert_eq!(waited.exit_status, 5);
     assert_eq!(out.await.unwrap(), b"ping\n");
     let evs = w
@@ -127,38 +118,12 @@ async fn exec_pause_resume_stats_kill() {
     assert_eq!((s.exec_id.as_str(), s.pid), ("cat", exec_pid));
     let e: TaskExit = payload(&evs[2]);
     assert_eq!((e.id.as_str(), e.pid, e.exit_status), ("cat", exec_pid, 5));
-    let d = task
-        .delete(
-            &opts(),
-            &DeleteRequest {
-                id: w.id.clone(),
-                exec_id: "cat".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let d = task.delete(&opts(), &w.delete_req("cat")).await.unwrap();
     assert_eq!((d.pid, d.exit_status), (exec_pid, 5));
-    let st = task
-        .state(
-            &opts(),
-            &StateRequest {
-                id: w.id.clone(),
-                exec_id: "cat".into(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let st = task.state(&opts(), &w.state_req("cat")).await.unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
     let st = task
-        .kill(
-            &opts(),
-            &KillRequest {
-                id: w.id.clone(),
-                exec_id: "nope".into(),
-                signal: 9,
-                all: false,
-            },
-        )
+        .kill(&opts(), &w.kill_req("nope", 9, false))
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
@@ -181,16 +146,7 @@ async fn exec_pause_resume_stats_kill() {
     task.pause(&opts(), &PauseRequest { id: w.id.clone() })
         .await
         .unwrap();
-    let state = task
-        .state(
-            &opts(),
-            &StateRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let state = task.state(&opts(), &w.state_req("")).await.unwrap();
     assert_eq!(state.status, TaskStatus::Paused as i32);
     let st = task
         .pause(&opts(), &PauseRequest { id: w.id.clone() })
@@ -200,16 +156,7 @@ async fn exec_pause_resume_stats_kill() {
     task.resume(&opts(), &ResumeRequest { id: w.id.clone() })
         .await
         .unwrap();
-    let state = task
-        .state(
-            &opts(),
-            &StateRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let state = task.state(&opts(), &w.state_req("")).await.unwrap();
     assert_eq!(state.status, TaskStatus::Running as i32);
     w.events.expect(&["/tasks/paused", "/tasks/resumed"]).await;
 
@@ -241,38 +188,11 @@ async fn exec_pause_resume_stats_kill() {
     assert!(m.cpu.expect("cpu stats").usage.expect("cpu usage").total > 0);
 
     // Kill (all) ends the container; a second kill finds nothing.
-    task.kill(
-        &opts(),
-        &KillRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-            signal: 9,
-            all: true,
-        },
-    )
-    .await
-    .unwrap();
-    let waited = task
-        .wait(
-            &opts(),
-            &WaitRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    task.kill(&opts(), &w.kill_req("", 9, true)).await.unwrap();
+    let waited = task.wait(&opts(), &w.wait_req("")).await.unwrap();
     assert_eq!(waited.exit_status, 137);
     let st = task
-        .kill(
-            &opts(),
-            &KillRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-                signal: 9,
-                all: false,
-            },
-        )
+        .kill(&opts(), &w.kill_req("", 9, false))
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
@@ -281,15 +201,7 @@ async fn exec_pause_resume_stats_kill() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{st}");
-    task.delete(
-        &opts(),
-        &DeleteRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    task.delete(&opts(), &w.delete_req("")).await.unwrap();
     w.events.expect(&["/tasks/exit", "/tasks/delete"]).await;
     w.shutdown(&task).await;
     assert!(!alive(init as i32) && !alive(exec_pid as i32));
@@ -324,26 +236,10 @@ async fn init_exit_ends_execs_in_the_host_pid_namespace() {
         .await
         .unwrap();
     let exec_pid = task.start(&opts(), &start("long")).await.unwrap().pid;
-    task.kill(
-        &opts(),
-        &KillRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-            signal: 9,
-            all: false,
-        },
-    )
-    .await
-    .unwrap();
+    task.kill(&opts(), &w.kill_req("", 9, false)).await.unwrap();
     let e = tokio::time::timeout(
         Duration::from_secs(10),
-        task.wait(
-            &opts(),
-            &WaitRequest {
-                id: w.id.clone(),
-                exec_id: "long".into(),
-            },
-        ),
+        task.wait(&opts(), &w.wait_req("long")),
     )
     .await
     .expect("the exec ends with its init")
@@ -360,24 +256,8 @@ async fn init_exit_ends_execs_in_the_host_pid_namespace() {
             "/tasks/exec-started"
         ]
     );
-    task.delete(
-        &opts(),
-        &DeleteRequest {
-            id: w.id.clone(),
-            exec_id: "long".into(),
-        },
-    )
-    .await
-    .unwrap();
-    task.delete(
-        &opts(),
-        &DeleteRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    task.delete(&opts(), &w.delete_req("long")).await.unwrap();
+    task.delete(&opts(), &w.delete_req("")).await.unwrap();
     w.shutdown(&task).await;
     w.assert_clean();
 }

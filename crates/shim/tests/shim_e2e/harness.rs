@@ -9,7 +9,10 @@ use berth_api::containerd::runc::v1::Options;
 use berth_api::containerd::services::events::ttrpc::v1::events_ttrpc::{Events, EventsServer};
 use berth_api::containerd::services::events::ttrpc::v1::{Envelope, ForwardRequest};
 use berth_api::containerd::task::v2::task_ttrpc::TaskClient;
-use berth_api::containerd::task::v2::{ConnectRequest, CreateTaskRequest, ShutdownRequest};
+use berth_api::containerd::task::v2::{
+    ConnectRequest, CreateTaskRequest, DeleteRequest, KillRequest, ShutdownRequest, StateRequest,
+    WaitRequest,
+};
 use berth_api::containerd::types::Mount;
 use berth_ttrpc::{CallOptions, Client, Context, PeerCheck, Server, ServerHandle, Status};
 use prost::Message;
@@ -233,6 +236,40 @@ impl World {
             runtime: runtime(),
             address: String::new(),
             tmp,
+        }
+    }
+
+    /// State of this world's task (`exec_id` "" for its init).
+    pub(crate) fn state_req(&self, exec_id: &str) -> StateRequest {
+        StateRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.into(),
+        }
+    }
+
+    /// Wait for this world's task or one of its execs.
+    pub(crate) fn wait_req(&self, exec_id: &str) -> WaitRequest {
+        WaitRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.into(),
+        }
+    }
+
+    /// Delete of this world's task or one of its execs.
+    pub(crate) fn delete_req(&self, exec_id: &str) -> DeleteRequest {
+        DeleteRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.into(),
+        }
+    }
+
+    /// Kill of this world's task or one of its execs.
+    pub(crate) fn kill_req(&self, exec_id: &str, signal: u32, all: bool) -> KillRequest {
+        KillRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.into(),
+            signal,
+            all,
         }
     }
 

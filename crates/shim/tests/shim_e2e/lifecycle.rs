@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_api::containerd::events::{TaskCreate, TaskDelete, TaskExit, TaskStart};
-use berth_api::containerd::task::v2::{DeleteRequest, StartRequest, StateRequest, WaitRequest};
+use berth_api::containerd::task::v2::{StartRequest, StateRequest, WaitRequest};
 use berth_api::containerd::v1::types::Status as TaskStatus;
 use berth_ttrpc::Code;
 
@@ -71,16 +71,7 @@ async fn create_start_wait_delete() {
     assert!(write.is_err(), "the shim's binary opened for writing");
     let out = collect(out_r);
     let err = collect(err_r);
-    let state = task
-        .state(
-            &opts(),
-            &StateRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let state = task.state(&opts(), &w.state_req("")).await.unwrap();
     assert_eq!(state.status, TaskStatus::Created as i32);
     assert_eq!(state.pid, created.pid);
     assert_eq!(state.stdout, stdout);
@@ -134,16 +125,7 @@ async fn create_start_wait_delete() {
         "stdout lost or gained bytes"
     );
 
-    let state = task
-        .state(
-            &opts(),
-            &StateRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let state = task.state(&opts(), &w.state_req("")).await.unwrap();
     assert_eq!(state.status, TaskStatus::Stopped as i32);
     assert_eq!(state.exit_status, 3);
 
@@ -160,27 +142,9 @@ async fn create_start_wait_delete() {
         .unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{st}");
 
-    let deleted = task
-        .delete(
-            &opts(),
-            &DeleteRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let deleted = task.delete(&opts(), &w.delete_req("")).await.unwrap();
     assert_eq!((deleted.pid, deleted.exit_status), (created.pid, 3));
-    let st = task
-        .state(
-            &opts(),
-            &StateRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let st = task.state(&opts(), &w.state_req("")).await.unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "state after delete: {st}");
 
     let evs = w
@@ -228,16 +192,7 @@ async fn delete_created_task() {
         .await
         .unwrap();
     assert!(alive(created.pid as i32));
-    let deleted = task
-        .delete(
-            &opts(),
-            &DeleteRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let deleted = task.delete(&opts(), &w.delete_req("")).await.unwrap();
     assert_eq!(deleted.pid, created.pid);
     assert_eq!(deleted.exit_status, 137);
     w.events

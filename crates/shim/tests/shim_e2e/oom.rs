@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use berth_api::containerd::events::{TaskExit, TaskOom};
-use berth_api::containerd::task::v2::{
-    CheckpointTaskRequest, DeleteRequest, KillRequest, StartRequest, StateRequest, WaitRequest,
-};
+use berth_api::containerd::task::v2::{CheckpointTaskRequest, StartRequest};
 use berth_api::containerd::v1::types::Status as TaskStatus;
 
 use crate::harness::*;
@@ -38,16 +36,7 @@ async fn oom_is_reported() {
     )
     .await
     .unwrap();
-    let waited = task
-        .wait(
-            &opts(),
-            &WaitRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let waited = task.wait(&opts(), &w.wait_req("")).await.unwrap();
     assert_eq!(waited.exit_status, 137, "killed by the OOM killer");
     // The kernel may notify more than one OOM (a dying task can hit the limit again):
     // everything up to the exit.
@@ -69,15 +58,7 @@ async fn oom_is_reported() {
         .find(|e| e.topic == "/tasks/exit")
         .unwrap_or_else(|| panic!("an exit event: {topics:?}"));
     assert_eq!(payload::<TaskExit>(exit).exit_status, 137);
-    task.delete(
-        &opts(),
-        &DeleteRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    task.delete(&opts(), &w.delete_req("")).await.unwrap();
     w.events.expect(&["/tasks/delete"]).await;
     w.shutdown(&task).await;
     w.assert_clean();
@@ -130,49 +111,13 @@ async fn checkpoint_goes_through_criu() {
             assert!(st.message().contains("criu"), "{st}");
         }
     }
-    let state = task
-        .state(
-            &opts(),
-            &StateRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let state = task.state(&opts(), &w.state_req("")).await.unwrap();
     assert_eq!(state.status, TaskStatus::Running as i32);
-    task.kill(
-        &opts(),
-        &KillRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-            signal: 9,
-            all: false,
-        },
-    )
-    .await
-    .unwrap();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(10),
-        task.wait(
-            &opts(),
-            &WaitRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        ),
-    )
-    .await
-    .expect("exit after kill");
-    task.delete(
-        &opts(),
-        &DeleteRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    task.kill(&opts(), &w.kill_req("", 9, false)).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task.wait(&opts(), &w.wait_req("")))
+        .await
+        .expect("exit after kill");
+    task.delete(&opts(), &w.delete_req("")).await.unwrap();
     w.shutdown(&task).await;
     w.assert_clean();
 }

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use berth_api::containerd::runc::v1::Options;
 use berth_api::containerd::runtime::bootstrap::v1::{BootstrapParams, BootstrapResult, Extension};
-use berth_api::containerd::task::v2::{
-    CreateTaskRequest, DeleteResponse, StartRequest, StateRequest,
-};
+use berth_api::containerd::task::v2::{CreateTaskRequest, DeleteResponse, StartRequest};
 use berth_api::containerd::task::v3;
 use berth_ttrpc::{Client, Code};
 use prost::Message;
@@ -260,16 +258,7 @@ async fn bad_input_gets_clear_errors() {
         .await
         .unwrap_err();
     assert!(st.message().contains("no such file or directory"), "{st}");
-    let st = task
-        .state(
-            &opts(),
-            &StateRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let st = task.state(&opts(), &w.state_req("")).await.unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "{st}");
     // Nothing was published for the failed creates, and nothing is left mounted.
     w.events.expect_none().await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_api::containerd::task::v2::{
-    CloseIoRequest, DeleteRequest, ExecProcessRequest, ResizePtyRequest, StartRequest, WaitRequest,
+    CloseIoRequest, ExecProcessRequest, ResizePtyRequest, StartRequest,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -71,16 +71,7 @@ async fn terminal_init_and_exec() {
     )
     .await
     .unwrap();
-    let e = task
-        .wait(
-            &opts(),
-            &WaitRequest {
-                id: w.id.clone(),
-                exec_id: "tty-exec".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let e = task.wait(&opts(), &w.wait_req("tty-exec")).await.unwrap();
     assert_eq!(e.exit_status, 0);
     let exec_text = String::from_utf8_lossy(&exec_collect.await.unwrap()).into_owned();
     assert!(
@@ -92,16 +83,7 @@ async fn terminal_init_and_exec() {
         .open_sender(&stdin)
         .unwrap();
     input.write_all(b"hello\n").await.unwrap();
-    let waited = task
-        .wait(
-            &opts(),
-            &WaitRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let waited = task.wait(&opts(), &w.wait_req("")).await.unwrap();
     assert_eq!(waited.exit_status, 7);
     task.close_io(
         &opts(),
@@ -129,15 +111,7 @@ async fn terminal_init_and_exec() {
         text.contains("got:hello"),
         "input through the pty: {text:?}"
     );
-    task.delete(
-        &opts(),
-        &DeleteRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    task.delete(&opts(), &w.delete_req("")).await.unwrap();
     w.events
         .expect(&[
             "/tasks/create",
