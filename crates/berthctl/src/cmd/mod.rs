@@ -88,6 +88,30 @@ pub(crate) fn age(t: Option<prost_types::Timestamp>) -> String {
     }
 }
 
+/// A lease for a client-side job (an import, a diff) that ends with it: 24 hours of life in
+/// case the client dies before deleting it, as `ctr` leases.
+pub(crate) async fn job_lease(
+    leases: &mut berth_api::containerd::services::leases::v1::leases_client::LeasesClient<
+        tonic::transport::Channel,
+    >,
+    conn: &crate::client::Conn,
+) -> anyhow::Result<String> {
+    let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
+    let expire = berth_runtime::time::rfc3339_secs(expire);
+    Ok(leases
+        .create(
+            conn.req(berth_api::containerd::services::leases::v1::CreateRequest {
+                id: String::new(),
+                labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
+            }),
+        )
+        .await?
+        .into_inner()
+        .lease
+        .unwrap_or_default()
+        .id)
+}
+
 /// Seconds since the epoch as RFC 3339 UTC (`2006-01-02T15:04:05Z`).
 pub(crate) fn rfc3339(secs: i64) -> String {
     berth_runtime::time::rfc3339(secs, 0)

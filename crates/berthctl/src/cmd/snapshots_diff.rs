@@ -10,8 +10,8 @@ use berth_api::containerd::services::content::v1::ReadContentRequest;
 use berth_api::containerd::services::content::v1::content_client::ContentClient;
 use berth_api::containerd::services::diff::v1::DiffRequest;
 use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
+use berth_api::containerd::services::leases::v1::DeleteRequest;
 use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
-use berth_api::containerd::services::leases::v1::{CreateRequest, DeleteRequest};
 use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth_api::containerd::services::snapshots::v1::{
     Kind, MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
@@ -60,18 +60,7 @@ fn unique() -> String {
 
 pub(crate) async fn run(conn: &Conn, sn: &str, args: Args) -> anyhow::Result<()> {
     let mut leases = LeasesClient::new(conn.channel.clone());
-    let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
-    let expire = berth_runtime::time::rfc3339_secs(expire);
-    let lease = leases
-        .create(conn.req(CreateRequest {
-            id: String::new(),
-            labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
-        }))
-        .await?
-        .into_inner()
-        .lease
-        .unwrap_or_default()
-        .id;
+    let lease = super::job_lease(&mut leases, conn).await?;
     let mut views = Views {
         sn: sn.to_string(),
         keys: Vec::new(),

@@ -201,18 +201,7 @@ pub(super) async fn import(
     unpack: Option<&str>,
 ) -> anyhow::Result<()> {
     let mut leases = LeasesClient::new(conn.channel.clone());
-    let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
-    let expire = berth_runtime::time::rfc3339_secs(expire);
-    let lease = leases
-        .create(conn.req(CreateRequest {
-            id: String::new(),
-            labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
-        }))
-        .await?
-        .into_inner()
-        .lease
-        .unwrap_or_default()
-        .id;
+    let lease = crate::cmd::job_lease(&mut leases, conn).await?;
     let result = import_leased(conn, file, opts, &lease, unpack).await;
     // The images now hold what they need; the lease goes either way.
     let _ = leases
