@@ -1,5 +1,11 @@
-//! The one mapping from core errors to gRPC statuses, with containerd's codes.
+//! The one mapping from core errors to gRPC statuses, with containerd's codes: the metadata
+//! store's, the image library's, the registry client's and a shim's. Services and the pull
+//! engine map through these and nowhere else; the table in the tests pins every code.
 
+use std::io::ErrorKind;
+
+use berth_image::ImageError;
+use berth_image::registry::RegistryError;
 use berth_store::StoreError;
 use tonic::Status;
 
@@ -19,6 +25,167 @@ pub(crate) fn to_status(e: StoreError) -> Status {
         StoreError::Db(_) | StoreError::Content(_) => {
             tracing::error!(error = %e, "metadata store");
             Status::internal(e.to_string())
+        }
+    }
+}
+
+/// An error with its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// An image-library error about `what` (a layer, a manifest, "computing the diff"): data that
+/// does not verify or parse is DataLoss, whoever sent it; a tree a layer cannot express, or a
+/// layer that needs its lower layers, FailedPrecondition; a missing blob NotFound; the content
+/// store's errors as the store maps them; any other I/O error Internal.
+pub(crate) fn image_status(what: &str, e: ImageError) -> Status {
+    let msg = format!("{what}: {}", chain(&e));
+    match e {
+        ImageError::NotFound(_) => Status::not_found(msg),
+        ImageError::Unrepresentable(_) | ImageError::NeedsLowerLayers(_) => {
+            Status::failed_precondition(msg)
+        }
+        ImageError::InvalidArchive(_)
+        | ImageError::DigestMismatch { .. }
+        | ImageError::TooLarge { .. }
+        | ImageError::Json { .. } => Status::data_loss(msg),
+        ImageError::Io(io)
+            if matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) =>
+        {
+            Status::data_loss(msg)
+        }
+        ImageError::Io(_) => Status::internal(msg),
+        ImageError::Content(c) => {
+            let code = to_status(berth_store::content_error(c)).code();
+            Status::new(code, msg)
+        }
+    }
+}
+
+/// A registry client's error as the status a client of containerd's Transfer sees.
+pub(crate) fn registry_status(e: RegistryError) -> Status {
+    use RegistryError as E;
+    match &e {
+        E::InvalidReference(_) => Status::invalid_argument(e.to_string()),
+        E::Config(_) => Status::failed_precondition(e.to_string()),
+        E::NotFound(_) => Status::not_found(e.to_string()),
+        E::Unauthorized(_) => Status::permission_denied(e.to_string()),
+        E::Status { .. } | E::Transport { .. } => Status::unavailable(e.to_string()),
+        E::DigestMismatch { .. } | E::SizeMismatch { .. } | E::Invalid(_) => {
+            Status::data_loss(e.to_string())
+        }
+    }
+}
+
+/// What a shim call failed with, as a gRPC status with the same code.
+pub(crate) fn shim_status(e: berth_ttrpc::Status) -> Status {
+    let code = tonic::Code::from_i32(e.code() as i32);
+    Status::new(code, e.message().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn each_core_error_has_one_code() {
+        let d = berth_store::Digest::from_sha256_bytes(&[0; 32]);
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let image = [
+            (ImageError::NotFound("blob".into()), Code::NotFound),
+            (
+                ImageError::Unrepresentable("a socket".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ImageError::NeedsLowerLayers("a/b".into()),
+                Code::FailedPrecondition,
+            ),
+            (ImageError::InvalidArchive("../x".into()), Code::DataLoss),
+            (
+                ImageError::DigestMismatch {
+                    expected: d.clone(),
+                    actual: d.clone(),
+                },
+                Code::DataLoss,
+            ),
+            (
+                ImageError::TooLarge {
+                    what: "manifest".into(),
+                    limit: 1,
+                },
+                Code::DataLoss,
+            ),
+            (
+                ImageError::Json {
+                    what: "config".into(),
+                    source: json,
+                },
+                Code::DataLoss,
+            ),
+            (
+                ImageError::Io(std::io::Error::new(ErrorKind::InvalidData, "bad gzip")),
+                Code::DataLoss,
+            ),
+            (
+                ImageError::Io(std::io::Error::new(ErrorKind::UnexpectedEof, "short")),
+                Code::DataLoss,
+            ),
+            (
+                ImageError::Io(std::io::Error::from(ErrorKind::PermissionDenied)),
+                Code::Internal,
+            ),
+            (
+                ImageError::Content(berth_store::ContentError::NotFound("blob".into())),
+                Code::NotFound,
+            ),
+        ];
+        for (e, code) in image {
+            let shown = e.to_string();
+            let st = image_status("layer x", e);
+            assert_eq!(st.code(), code, "{shown}");
+            assert!(st.message().starts_with("layer x: "), "{}", st.message());
+        }
+        let registry = [
+            (
+                RegistryError::InvalidReference("x".into()),
+                Code::InvalidArgument,
+            ),
+            (RegistryError::Config("x".into()), Code::FailedPrecondition),
+            (RegistryError::NotFound("x".into()), Code::NotFound),
+            (
+                RegistryError::Unauthorized("x".into()),
+                Code::PermissionDenied,
+            ),
+            (RegistryError::Invalid("x".into()), Code::DataLoss),
+        ];
+        for (e, code) in registry {
+            assert_eq!(registry_status(e).code(), code);
+        }
+        let store = [
+            (StoreError::NotFound("x".into()), Code::NotFound),
+            (StoreError::AlreadyExists("x".into()), Code::AlreadyExists),
+            (
+                StoreError::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                StoreError::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (StoreError::Unavailable("x".into()), Code::Unavailable),
+            (StoreError::OutOfRange("x".into()), Code::OutOfRange),
+        ];
+        for (e, code) in store {
+            assert_eq!(to_status(e).code(), code);
         }
     }
 }

@@ -23,7 +23,7 @@ mod snapshots;
 mod store;
 mod time;
 
-pub use berth_content::{BlobInfo, BlobReader, ContentStore, Digest, IngestStatus};
+pub use berth_content::{BlobInfo, BlobReader, ContentError, ContentStore, Digest, IngestStatus};
 pub use berth_snapshot::{Kind as SnapshotKind, Mount, Usage};
 pub use containers::{AnyValue, Container};
 pub use content::{ContentInfo, NsWriter, content_error};

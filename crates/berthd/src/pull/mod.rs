@@ -29,7 +29,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::Status;
 
-use crate::errors::to_status;
+use crate::errors::{image_status, registry_status, to_status};
 use crate::events::Exchange;
 use crate::gc::Collector;
 use crate::mount::Mounted;
@@ -134,31 +134,6 @@ impl Drop for Flight {
             .remove(&self.key);
         let _ = self.tx.send(true);
     }
-}
-
-fn registry_status(e: berth_image::registry::RegistryError) -> Status {
-    use berth_image::registry::RegistryError as E;
-    match &e {
-        E::InvalidReference(_) => Status::invalid_argument(e.to_string()),
-        E::Config(_) => Status::failed_precondition(e.to_string()),
-        E::NotFound(_) => Status::not_found(e.to_string()),
-        E::Unauthorized(_) => Status::permission_denied(e.to_string()),
-        E::Status { .. } | E::Transport { .. } => Status::unavailable(e.to_string()),
-        E::DigestMismatch { .. } | E::SizeMismatch { .. } | E::Invalid(_) => {
-            Status::data_loss(e.to_string())
-        }
-    }
-}
-
-fn image_status(what: &str, e: berth_image::ImageError) -> Status {
-    let mut msg = format!("{what}: {e}");
-    let mut cur = std::error::Error::source(&e);
-    while let Some(c) = cur {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cur = c.source();
-    }
-    Status::data_loss(msg)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -21,6 +21,7 @@ use berth_ttrpc::{CallOptions, Client};
 use prost::Message;
 use tonic::Status;
 
+use crate::errors::shim_status;
 use crate::events::Exchange;
 
 mod warm;
@@ -54,12 +55,6 @@ impl Shim {
         }
         .metadata("containerd-namespace", self.ns.clone())
     }
-}
-
-/// What a shim call failed with, as a gRPC status with the same code.
-pub(crate) fn shim_status(e: berth_ttrpc::Status) -> Status {
-    let code = tonic::Code::from_i32(e.code() as i32);
-    Status::new(code, e.message().to_string())
 }
 
 #[derive(Debug)]

@@ -9,12 +9,12 @@ use berth_api::containerd::services::diff::v1::{
     ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, diff_server,
 };
 use berth_api::containerd::types::{Descriptor, Mount};
-use berth_image::{Compression, DiffOptions, ImageError};
+use berth_image::{Compression, DiffOptions};
 use berth_store::{NsWriter, Store, StoreError};
 use tonic::{Request, Response, Status};
 
 use super::{digest, lease, namespace};
-use crate::errors::to_status;
+use crate::errors::{image_status, to_status};
 use crate::mount::{Mounted, overlay_upper, read_only};
 
 /// The label containerd puts on a compressed layer: the digest of its uncompressed tar.
@@ -89,11 +89,7 @@ impl diff_server::Diff for Diff {
                             reader = Some(store.content_reader(&ns, &d).map_err(to_status)?);
                         }
                         Err(e) => {
-                            return Err(Status::invalid_argument(format!(
-                                "applying {}: {}",
-                                desc.digest,
-                                chain(&e)
-                            )));
+                            return Err(image_status(&format!("applying {}", desc.digest), e));
                         }
                     }
                 }
@@ -101,13 +97,7 @@ impl diff_server::Diff for Diff {
                     .map_err(|e| Status::internal(format!("mounting the snapshot: {e}")))?;
                 let applied =
                     berth_image::apply_layer(reader.take().expect("a reader is open"), m.path())
-                        .map_err(|e| {
-                            Status::invalid_argument(format!(
-                                "applying {}: {}",
-                                desc.digest,
-                                chain(&e)
-                            ))
-                        })?;
+                        .map_err(|e| image_status(&format!("applying {}", desc.digest), e))?;
                 if r.sync_fs {
                     // SAFETY: sync(2) has no arguments and cannot fail.
                     unsafe { libc::sync() };
@@ -211,13 +201,6 @@ fn mount_ro(dir: &std::path::Path, field: &str, mounts: &[Mount]) -> Result<Moun
     })
 }
 
-fn diff_status(e: ImageError) -> Status {
-    match e {
-        ImageError::Unrepresentable(_) => Status::failed_precondition(chain(&e)),
-        e => Status::internal(format!("computing the diff: {}", chain(&e))),
-    }
-}
-
 /// The content writer as an `io::Write`, appending at its offset.
 struct IngestWrite<'a>(&'a mut NsWriter);
 
@@ -240,9 +223,8 @@ impl DiffJob {
         // Both guards unmount on every way out, errors and panics included.
         let lower = mount_ro(&self.mounts_dir, "left", left)?;
         let fast = match overlay_upper(left, right) {
-            Some(upper) => {
-                berth_image::overlay_changes(lower.path(), &upper).map_err(diff_status)?
-            }
+            Some(upper) => berth_image::overlay_changes(lower.path(), &upper)
+                .map_err(|e| image_status("computing the diff", e))?,
             None => None,
         };
         let fast_path = fast.is_some();
@@ -250,8 +232,8 @@ impl DiffJob {
             Some(c) => (c, None),
             None => {
                 let upper = mount_ro(&self.mounts_dir, "right", right)?;
-                let c =
-                    berth_image::tree_changes(lower.path(), upper.path()).map_err(diff_status)?;
+                let c = berth_image::tree_changes(lower.path(), upper.path())
+                    .map_err(|e| image_status("computing the diff", e))?;
                 (c, Some(upper))
             }
         };
@@ -268,7 +250,7 @@ impl DiffJob {
             }
             changes
                 .write(&self.opts, IngestWrite(&mut w))
-                .map_err(diff_status)
+                .map_err(|e| image_status("computing the diff", e))
         })();
         let diffed = match written {
             Ok(d) => d,
@@ -354,16 +336,4 @@ fn empty_dir(dir: &std::path::Path) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// An error with its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

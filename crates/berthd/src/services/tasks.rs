@@ -18,8 +18,9 @@ use berth_store::Store;
 use tonic::{Request, Response, Status};
 
 use super::{mounts_pb, namespace};
+use crate::errors::shim_status;
 use crate::errors::to_status;
-use crate::runtime::{CALL_TIMEOUT, Runtimes, Shim, shim_status};
+use crate::runtime::{CALL_TIMEOUT, Runtimes, Shim};
 
 #[derive(Debug)]
 pub(crate) struct Tasks {
