@@ -27,6 +27,7 @@ use crate::events::Exchange;
 mod warm;
 use warm::WarmShim;
 mod restore;
+mod tasks;
 
 /// How long one call to a shim may take (Wait excepted): a hung shim never blocks the others.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,421 @@
+//! The task manager's verbs: each Tasks API request carried to its task's shim and answered in
+//! the API's own types. Create starts the shim (or adopts a warm one), creates the task and
+//! rolls the shim back if that fails; Delete ends the shim. The Tasks service only reads the
+//! namespace and passes requests on: nothing outside `runtime/` holds a shim client.
+
+use berth_api::containerd::services::tasks::v1 as api;
+use berth_api::containerd::task::v2 as shim;
+use berth_api::containerd::types::Metric;
+use berth_api::containerd::v1::types::Process;
+use berth_store::Store;
+use berth_store::filters::Filter;
+
+use super::*;
+
+/// A shim's answer about one process, as the Tasks API shows it.
+fn process(container_id: &str, s: shim::StateResponse) -> Process {
+    // The init process is named by the container id, an exec by its exec id.
+    let id = if s.exec_id.is_empty() {
+        container_id.to_string()
+    } else {
+        s.exec_id
+    };
+    Process {
+        container_id: container_id.to_string(),
+        id,
+        pid: s.pid,
+        status: s.status,
+        stdin: s.stdin,
+        stdout: s.stdout,
+        stderr: s.stderr,
+        terminal: s.terminal,
+        exit_status: s.exit_status,
+        exited_at: s.exited_at,
+    }
+}
+
+impl Runtimes {
+    /// The shim of task `id` in `ns`.
+    fn task(&self, ns: &str, id: &str) -> Result<Arc<Shim>, Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("container_id: must be set"));
+        }
+        self.get(ns, id)
+            .ok_or_else(|| Status::not_found(format!("task {id:?}: not found")))
+    }
+
+    /// Tasks.Create: the container's record and rootfs from `store`, its runtime's shim started,
+    /// the task created in it (the shim stopped again if that fails).
+    pub(crate) async fn create_task(
+        &self,
+        store: &Store,
+        ns: &str,
+        r: api::CreateTaskRequest,
+    ) -> Result<api::CreateTaskResponse, Status> {
+        if r.container_id.is_empty() {
+            return Err(Status::invalid_argument("container_id: must be set"));
+        }
+        if r.checkpoint.is_some() {
+            return Err(Status::unimplemented(
+                "checkpoint: restoring a task from a checkpoint is not supported yet",
+            ));
+        }
+        let c = store
+            .get_container(ns, &r.container_id)
+            .map_err(crate::errors::to_status)?;
+        let spec = c
+            .spec
+            .as_ref()
+            .map(|s| s.value.clone())
+            .ok_or_else(|| Status::failed_precondition("container has no spec"))?;
+        if serde_json::from_slice::<serde_json::Value>(&spec).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "container {:?}: its spec is not JSON",
+                c.id
+            )));
+        }
+        let mut rootfs = r.rootfs;
+        if rootfs.is_empty() && !c.snapshot_key.is_empty() {
+            rootfs = crate::services::mounts_pb(
+                store
+                    .snapshot_mounts(ns, &c.snapshotter, &c.snapshot_key)
+                    .map_err(crate::errors::to_status)?,
+            );
+        }
+        let runtime = if r.runtime_path.is_empty() {
+            c.runtime_name.clone()
+        } else {
+            r.runtime_path.clone()
+        };
+        let options = self.options_for(
+            &runtime,
+            r.options.clone().or_else(|| {
+                c.runtime_options.as_ref().map(|o| prost_types::Any {
+                    type_url: o.type_url.clone(),
+                    value: o.value.clone(),
+                })
+            }),
+        )?;
+        let s = self
+            .start_shim(ns, &c.id, &runtime, &spec, options.clone())
+            .await?;
+        let created = s
+            .client
+            .create(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::CreateTaskRequest {
+                    id: c.id.clone(),
+                    bundle: s.bundle.display().to_string(),
+                    rootfs,
+                    terminal: r.terminal,
+                    stdin: r.stdin,
+                    stdout: r.stdout,
+                    stderr: r.stderr,
+                    checkpoint: String::new(),
+                    parent_checkpoint: String::new(),
+                    options,
+                },
+            )
+            .await;
+        match created {
+            Ok(resp) => Ok(api::CreateTaskResponse {
+                container_id: c.id,
+                pid: resp.pid,
+            }),
+            Err(e) => {
+                self.stop_shim(&s).await;
+                Err(shim_status(e))
+            }
+        }
+    }
+
+    /// Tasks.Start of the init or an exec.
+    pub(crate) async fn start_task(
+        &self,
+        ns: &str,
+        r: api::StartRequest,
+    ) -> Result<api::StartResponse, Status> {
+        let s = self.task(ns, &r.container_id)?;
+        let resp = s
+            .client
+            .start(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::StartRequest {
+                    id: r.container_id,
+                    exec_id: r.exec_id,
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(api::StartResponse { pid: resp.pid })
+    }
+
+    /// Tasks.Delete: the task deleted and its shim ended.
+    pub(crate) async fn delete_task_of(
+        &self,
+        ns: &str,
+        id: String,
+    ) -> Result<api::DeleteResponse, Status> {
+        let s = self.task(ns, &id)?;
+        let r = self.delete_task(&s).await?;
+        Ok(api::DeleteResponse {
+            id,
+            pid: r.pid,
+            exit_status: r.exit_status,
+            exited_at: r.exited_at,
+        })
+    }
+
+    /// Tasks.DeleteProcess of an exec.
+    pub(crate) async fn delete_process(
+        &self,
+        ns: &str,
+        r: api::DeleteProcessRequest,
+    ) -> Result<api::DeleteResponse, Status> {
+        if r.exec_id.is_empty() {
+            return Err(Status::invalid_argument("exec_id: must be set"));
+        }
+        let s = self.task(ns, &r.container_id)?;
+        let d = s
+            .client
+            .delete(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::DeleteRequest {
+                    id: r.container_id,
+                    exec_id: r.exec_id.clone(),
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(api::DeleteResponse {
+            id: r.exec_id,
+            pid: d.pid,
+            exit_status: d.exit_status,
+            exited_at: d.exited_at,
+        })
+    }
+
+    /// Tasks.Get: one process's state.
+    pub(crate) async fn process(&self, ns: &str, r: api::GetRequest) -> Result<Process, Status> {
+        let s = self.task(ns, &r.container_id)?;
+        let st = s
+            .client
+            .state(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::StateRequest {
+                    id: r.container_id.clone(),
+                    exec_id: r.exec_id,
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(process(&r.container_id, st))
+    }
+
+    /// Tasks.List: each task's init; a shim that does not answer in time is left out rather than
+    /// holding up the list.
+    pub(crate) async fn processes(&self, ns: &str) -> Vec<Process> {
+        let mut tasks = Vec::new();
+        for s in self.list(ns) {
+            if let Ok(st) = s
+                .client
+                .state(
+                    &s.opts(Some(CALL_TIMEOUT)),
+                    &shim::StateRequest {
+                        id: s.id.clone(),
+                        exec_id: String::new(),
+                    },
+                )
+                .await
+            {
+                tasks.push(process(&s.id, st));
+            }
+        }
+        tasks
+    }
+
+    /// Tasks.Kill.
+    pub(crate) async fn kill(&self, ns: &str, r: api::KillRequest) -> Result<(), Status> {
+        let s = self.task(ns, &r.container_id)?;
+        s.client
+            .kill(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::KillRequest {
+                    id: r.container_id,
+                    exec_id: r.exec_id,
+                    signal: r.signal,
+                    all: r.all,
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(())
+    }
+
+    /// Tasks.Exec: an exec process added (started by Tasks.Start).
+    pub(crate) async fn exec(&self, ns: &str, r: api::ExecProcessRequest) -> Result<(), Status> {
+        if r.exec_id.is_empty() {
+            return Err(Status::invalid_argument("exec_id: must be set"));
+        }
+        let s = self.task(ns, &r.container_id)?;
+        s.client
+            .exec(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::ExecProcessRequest {
+                    id: r.container_id,
+                    exec_id: r.exec_id,
+                    terminal: r.terminal,
+                    stdin: r.stdin,
+                    stdout: r.stdout,
+                    stderr: r.stderr,
+                    spec: r.spec,
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(())
+    }
+
+    /// Tasks.ResizePty.
+    pub(crate) async fn resize_pty(
+        &self,
+        ns: &str,
+        r: api::ResizePtyRequest,
+    ) -> Result<(), Status> {
+        let s = self.task(ns, &r.container_id)?;
+        s.client
+            .resize_pty(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::ResizePtyRequest {
+                    id: r.container_id,
+                    exec_id: r.exec_id,
+                    width: r.width,
+                    height: r.height,
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(())
+    }
+
+    /// Tasks.CloseIO.
+    pub(crate) async fn close_io(&self, ns: &str, r: api::CloseIoRequest) -> Result<(), Status> {
+        let s = self.task(ns, &r.container_id)?;
+        s.client
+            .close_io(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::CloseIoRequest {
+                    id: r.container_id,
+                    exec_id: r.exec_id,
+                    stdin: r.stdin,
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(())
+    }
+
+    /// Tasks.Pause.
+    pub(crate) async fn pause(&self, ns: &str, id: String) -> Result<(), Status> {
+        let s = self.task(ns, &id)?;
+        s.client
+            .pause(&s.opts(Some(CALL_TIMEOUT)), &shim::PauseRequest { id })
+            .await
+            .map_err(shim_status)?;
+        Ok(())
+    }
+
+    /// Tasks.Resume.
+    pub(crate) async fn resume(&self, ns: &str, id: String) -> Result<(), Status> {
+        let s = self.task(ns, &id)?;
+        s.client
+            .resume(&s.opts(Some(CALL_TIMEOUT)), &shim::ResumeRequest { id })
+            .await
+            .map_err(shim_status)?;
+        Ok(())
+    }
+
+    /// Tasks.ListPids.
+    pub(crate) async fn pids(&self, ns: &str, id: String) -> Result<api::ListPidsResponse, Status> {
+        let s = self.task(ns, &id)?;
+        let p = s
+            .client
+            .pids(&s.opts(Some(CALL_TIMEOUT)), &shim::PidsRequest { id })
+            .await
+            .map_err(shim_status)?;
+        Ok(api::ListPidsResponse {
+            processes: p.processes,
+        })
+    }
+
+    /// Tasks.Update.
+    pub(crate) async fn update(&self, ns: &str, r: api::UpdateTaskRequest) -> Result<(), Status> {
+        let s = self.task(ns, &r.container_id)?;
+        s.client
+            .update(
+                &s.opts(Some(CALL_TIMEOUT)),
+                &shim::UpdateTaskRequest {
+                    id: r.container_id,
+                    resources: r.resources,
+                    annotations: r.annotations,
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(())
+    }
+
+    /// Tasks.Metrics of the tasks `filter` matches (by `id`); a shim that does not answer is
+    /// left out.
+    pub(crate) async fn metrics(&self, ns: &str, filter: &Filter) -> Vec<Metric> {
+        let mut metrics = Vec::new();
+        for s in self.list(ns) {
+            let id = s.id.clone();
+            if !filter.matches(&|p: &[String]| match p.first().map(String::as_str) {
+                Some("id") => Some(id.clone()),
+                _ => None,
+            }) {
+                continue;
+            }
+            if let Ok(st) = s
+                .client
+                .stats(
+                    &s.opts(Some(CALL_TIMEOUT)),
+                    &shim::StatsRequest { id: id.clone() },
+                )
+                .await
+            {
+                metrics.push(Metric {
+                    timestamp: crate::services::sys_ts(std::time::SystemTime::now()),
+                    id,
+                    data: st.stats,
+                });
+            }
+        }
+        metrics
+    }
+
+    /// Tasks.Wait: as long as the process runs (no deadline).
+    pub(crate) async fn wait(
+        &self,
+        ns: &str,
+        r: api::WaitRequest,
+    ) -> Result<api::WaitResponse, Status> {
+        let s = self.task(ns, &r.container_id)?;
+        let w = s
+            .client
+            .wait(
+                &s.opts(None),
+                &shim::WaitRequest {
+                    id: r.container_id,
+                    exec_id: r.exec_id,
+                },
+            )
+            .await
+            .map_err(shim_status)?;
+        Ok(api::WaitResponse {
+            exit_status: w.exit_status,
+            exited_at: w.exited_at,
+        })
+    }
+}
