@@ -62,7 +62,7 @@ impl berth_cri::Host for CriHost {
                 labels: HashMap::new(),
             };
             let img = self.puller.pull(spec, ProgressSink::default()).await?;
-            Ok(crate::services::images_to_pb(img))
+            Ok(crate::pb::image(img))
         })
     }
 

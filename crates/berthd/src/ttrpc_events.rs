@@ -26,7 +26,7 @@ impl Forwarder {
     fn new(exchange: Arc<Exchange>) -> Self {
         Forwarder {
             exchange,
-            started: crate::services::sys_ts(std::time::SystemTime::now()).unwrap_or_default(),
+            started: crate::pb::sys_ts(std::time::SystemTime::now()).unwrap_or_default(),
             release: tokio::time::Instant::now() + RECOVERED_EXIT_DELAY,
         }
     }

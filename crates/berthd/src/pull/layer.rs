@@ -241,7 +241,7 @@ impl Puller {
                 },
             )
             .map_err(to_status)?;
-        let mounts = crate::services::mounts_pb(mounts);
+        let mounts = crate::pb::mounts_pb(mounts);
         let reader = self
             .store
             .content_reader(ns, &desc.digest)

@@ -139,7 +139,7 @@ impl Drop for Flight {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    crate::services::blocking(f).await
+    crate::pool::blocking(f).await
 }
 
 struct Ctx {

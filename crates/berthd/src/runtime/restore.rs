@@ -99,11 +99,7 @@ impl Runtimes {
         };
         let (pid, status, exited_at) = match resp {
             Some(r) => (r.pid, r.exit_status, r.exited_at),
-            None => (
-                0,
-                255,
-                crate::services::sys_ts(std::time::SystemTime::now()),
-            ),
+            None => (0, 255, crate::pb::sys_ts(std::time::SystemTime::now())),
         };
         self.events.publish(
             ns,
@@ -123,7 +119,7 @@ impl Runtimes {
                 container_id: id.to_string(),
                 pid,
                 exit_status: status,
-                exited_at: crate::services::sys_ts(std::time::SystemTime::now()),
+                exited_at: crate::pb::sys_ts(std::time::SystemTime::now()),
                 id: id.to_string(),
             },
         );

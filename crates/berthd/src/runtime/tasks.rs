@@ -76,7 +76,7 @@ impl Runtimes {
         }
         let mut rootfs = r.rootfs;
         if rootfs.is_empty() && !c.snapshot_key.is_empty() {
-            rootfs = crate::services::mounts_pb(
+            rootfs = crate::pb::mounts_pb(
                 store
                     .snapshot_mounts(ns, &c.snapshotter, &c.snapshot_key)
                     .map_err(crate::errors::to_status)?,
@@ -386,7 +386,7 @@ impl Runtimes {
                 .await
             {
                 metrics.push(Metric {
-                    timestamp: crate::services::sys_ts(std::time::SystemTime::now()),
+                    timestamp: crate::pb::sys_ts(std::time::SystemTime::now()),
                     id,
                     data: st.stats,
                 });

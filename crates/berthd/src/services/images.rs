@@ -7,15 +7,15 @@ use berth_api::containerd::services::images::v1::{
     Image, ImageCreate, ImageDelete, ImageUpdate, ListImagesRequest, ListImagesResponse,
     UpdateImageRequest, UpdateImageResponse, images_server,
 };
-use berth_api::containerd::types::Descriptor;
 use berth_store::Store;
 use berth_store::filters::label_field;
 use tonic::{Request, Response, Status};
 
-use super::{namespace, parse_filters, ts};
+use super::{namespace, parse_filters};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
+use crate::pb::descriptor_from_pb;
 
 #[derive(Debug)]
 pub(crate) struct Images {
@@ -27,34 +27,6 @@ pub(crate) struct Images {
 impl Images {
     pub(crate) fn new(store: Store, events: Arc<Exchange>, gc: Collector) -> Self {
         Images { store, events, gc }
-    }
-}
-
-pub(crate) fn descriptor_to_pb(d: berth_store::Descriptor) -> Descriptor {
-    Descriptor {
-        media_type: d.media_type,
-        digest: d.digest,
-        size: d.size,
-        annotations: d.annotations,
-    }
-}
-
-pub(crate) fn descriptor_from_pb(d: Descriptor) -> berth_store::Descriptor {
-    berth_store::Descriptor {
-        media_type: d.media_type,
-        digest: d.digest,
-        size: d.size,
-        annotations: d.annotations,
-    }
-}
-
-pub(crate) fn to_pb(i: berth_store::Image) -> Image {
-    Image {
-        name: i.name,
-        labels: i.labels,
-        target: Some(descriptor_to_pb(i.target)),
-        created_at: ts(i.created_at),
-        updated_at: ts(i.updated_at),
     }
 }
 
@@ -93,7 +65,7 @@ impl images_server::Images for Images {
             .get_image(&ns, &req.into_inner().name)
             .map_err(to_status)?;
         Ok(Response::new(GetImageResponse {
-            image: Some(to_pb(img)),
+            image: Some(crate::pb::image(img)),
         }))
     }
 
@@ -109,7 +81,7 @@ impl images_server::Images for Images {
             .map_err(to_status)?
             .into_iter()
             .filter(|i| filter.matches(&|p: &[String]| field(i, p)))
-            .map(to_pb)
+            .map(crate::pb::image)
             .collect();
         Ok(Response::new(ListImagesResponse { images }))
     }
@@ -137,7 +109,7 @@ impl images_server::Images for Images {
             },
         );
         Ok(Response::new(CreateImageResponse {
-            image: Some(to_pb(created)),
+            image: Some(crate::pb::image(created)),
         }))
     }
 
@@ -166,7 +138,7 @@ impl images_server::Images for Images {
         );
         self.gc.schedule();
         Ok(Response::new(UpdateImageResponse {
-            image: Some(to_pb(updated)),
+            image: Some(crate::pb::image(updated)),
         }))
     }
 

@@ -14,15 +14,17 @@ mod tasks;
 mod transfer;
 mod version;
 
+pub(crate) use crate::pb::{mounts_pb, sys_ts, ts};
+pub(crate) use crate::pool::blocking;
 pub(crate) use containers::Containers;
 pub(crate) use content::Content;
 pub(crate) use diff::Diff;
 pub(crate) use events::Events;
-pub(crate) use images::{Images, to_pb as images_to_pb};
+pub(crate) use images::Images;
 pub(crate) use introspection::Introspection;
 pub(crate) use leases::Leases;
 pub(crate) use namespaces::Namespaces;
-pub(crate) use snapshots::{Snapshots, mounts_pb};
+pub(crate) use snapshots::Snapshots;
 pub(crate) use streaming::{Streaming, Streams};
 pub(crate) use tasks::Tasks;
 pub(crate) use transfer::Transfer;
@@ -43,28 +45,6 @@ pub(crate) fn lease<T>(req: &Request<T>) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-}
-
-/// A store timestamp as a protobuf one.
-pub(crate) fn ts(t: berth_store::Timestamp) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: t.seconds,
-        nanos: t.nanos as i32,
-    })
-}
-
-/// A system time as a protobuf timestamp.
-pub(crate) fn sys_ts(t: std::time::SystemTime) -> Option<prost_types::Timestamp> {
-    ts(berth_store::Timestamp::from(t))
-}
-
-/// Runs blocking store work (file I/O, directory walks, fsync) on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("blocking task: {e}")))?
 }
 
 /// Parses the `filters` of a List call.

@@ -10,12 +10,11 @@ use berth_api::containerd::services::snapshots::v1::{
     UpdateSnapshotResponse, UsageRequest, UsageResponse, ViewSnapshotRequest, ViewSnapshotResponse,
     snapshots_server,
 };
-use berth_api::containerd::types::Mount;
 use berth_store::filters::label_field;
 use berth_store::{NewSnapshot, SnapshotInfo, SnapshotKind, Store};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, lease, namespace, parse_filters, ts};
+use super::{blocking, lease, mounts_pb, namespace, parse_filters, ts};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
@@ -43,17 +42,6 @@ impl Snapshots {
             .map(|_| ())
             .map_err(|_| Status::invalid_argument(format!("snapshotter: {sn:?} is not loaded")))
     }
-}
-
-pub(crate) fn mounts_pb(m: Vec<berth_store::Mount>) -> Vec<Mount> {
-    m.into_iter()
-        .map(|m| Mount {
-            r#type: m.r#type,
-            source: m.source,
-            target: m.target,
-            options: m.options,
-        })
-        .collect()
 }
 
 fn kind_pb(k: SnapshotKind) -> Kind {
