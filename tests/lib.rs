@@ -947,10 +947,7 @@ pub fn busybox_layer(extra: &[(&str, &[u8])]) -> (Vec<u8>, String) {
         }
         b.finish().expect("tar");
     }
-    let diff_id = sha256(&raw);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &raw).expect("gzip");
-    (gz.finish().expect("gzip"), diff_id)
+    gzip_layer(&raw)
 }
 
 /// A gzip layer of `files` (path, contents; mode 0644): the blob and its diff id.
@@ -963,10 +960,14 @@ pub fn files_layer(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
         }
         b.finish().expect("tar");
     }
-    let diff_id = sha256(&raw);
+    gzip_layer(&raw)
+}
+
+/// A tar compressed as a layer blob: the blob and the tar's digest (its diff id).
+fn gzip_layer(raw: &[u8]) -> (Vec<u8>, String) {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &raw).expect("gzip");
-    (gz.finish().expect("gzip"), diff_id)
+    std::io::Write::write_all(&mut gz, raw).expect("gzip");
+    (gz.finish().expect("gzip"), sha256(raw))
 }
 
 /// Writes an OCI layout archive of a busybox image named `name` at `path`. `extra` files go in a

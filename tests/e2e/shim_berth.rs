@@ -52,6 +52,38 @@ fn run_sleeper_on(d: &Daemon, ns: &str, id: &str, runtime: &str) {
     ]));
 }
 
+/// `run --rm` of `image` as container `id` running `cmd`, through `client` (`ctr` or
+/// `berthctl`) and `runtime`.
+fn run_rm(
+    d: &Daemon,
+    client: &str,
+    ns: &str,
+    runtime: &str,
+    image: &str,
+    id: &str,
+    cmd: &[&str],
+) -> std::process::Output {
+    let fifo = d.fifo_dir();
+    let mut args = vec![
+        "-n",
+        ns,
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--fifo-dir",
+        fifo.to_str().unwrap(),
+        image,
+        id,
+    ];
+    args.extend_from_slice(cmd);
+    if client == "berthctl" {
+        d.berthctl(&args)
+    } else {
+        d.ctr(&args)
+    }
+}
+
 /// Kills task `id`, waits for it to stop, and removes it and its container.
 fn remove_sleeper(d: &Daemon, ns: &str, id: &str) {
     ok(d.ctr(&["-n", ns, "task", "kill", "-s", "KILL", id]));
@@ -628,31 +660,11 @@ fn one_id_runs_back_to_back_through_each_client_and_shim() {
     let _cg = berth_e2e::CgroupCleanup(NS);
     let d = daemon();
     setup(&d, NS);
-    let fifo = d.fifo_dir();
-    let fifo = fifo.to_str().unwrap();
     for runtime in [RUNTIME, "io.containerd.runc.v2"] {
         for client in ["ctr", "berthctl"] {
             for i in 0..runs {
                 let word = format!("{client}-{i}");
-                let args = [
-                    "-n",
-                    NS,
-                    "run",
-                    "--rm",
-                    "--runtime",
-                    runtime,
-                    "--fifo-dir",
-                    fifo,
-                    IMAGE,
-                    "same",
-                    "echo",
-                    &word,
-                ];
-                let out = if client == "ctr" {
-                    d.ctr(&args)
-                } else {
-                    d.berthctl(&args)
-                };
+                let out = run_rm(&d, client, NS, runtime, IMAGE, "same", &["echo", &word]);
                 assert!(
                     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == word,
                     "{client} run --rm #{i} through {runtime}: {}\nstdout: {:?}\nstderr: {}",
@@ -1123,33 +1135,13 @@ fn an_image_of_128_layers_runs_through_each_shim() {
     let m = ok(d.ctr(&["-n", NS, "snapshots", "mounts", "/x", "probe"]));
     assert!(m.len() > 4096 && m.matches("/fs").count() == 128, "{m}");
     ok(d.ctr(&["-n", NS, "snapshots", "rm", "probe"]));
-    let fifo = d.fifo_dir();
-    let fifo = fifo.to_str().unwrap();
     for (client, runtime) in [
         ("berthctl", RUNTIME),
         ("ctr", RUNTIME),
         ("ctr", "io.containerd.runc.v2"),
     ] {
-        let args = [
-            "-n",
-            NS,
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--fifo-dir",
-            fifo,
-            IMG,
-            "layers",
-            "sh",
-            "-c",
-            "cat /overwriteme /bottom; ls /addhere",
-        ];
-        let out = if client == "berthctl" {
-            d.berthctl(&args)
-        } else {
-            d.ctr(&args)
-        };
+        let cmd = ["sh", "-c", "cat /overwriteme /bottom; ls /addhere"];
+        let out = run_rm(&d, client, NS, runtime, IMG, "layers", &cmd);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

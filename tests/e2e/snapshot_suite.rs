@@ -53,20 +53,7 @@ impl Snap {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, tonic::Status> {
-        Ok(self
-            .c
-            .prepare(with_ns(
-                NS,
-                PrepareSnapshotRequest {
-                    snapshotter: SN.into(),
-                    key: key.into(),
-                    parent: parent.into(),
-                    labels,
-                },
-            ))
-            .await?
-            .into_inner()
-            .mounts)
+        self.make(false, key, parent, labels).await
     }
 
     async fn view_with(
@@ -75,20 +62,35 @@ impl Snap {
         parent: &str,
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>, tonic::Status> {
-        Ok(self
-            .c
-            .view(with_ns(
-                NS,
-                ViewSnapshotRequest {
-                    snapshotter: SN.into(),
-                    key: key.into(),
-                    parent: parent.into(),
-                    labels,
-                },
-            ))
-            .await?
-            .into_inner()
-            .mounts)
+        self.make(true, key, parent, labels).await
+    }
+
+    /// Prepare (or, with `view`, View) `key` over `parent`: the mounts.
+    async fn make(
+        &mut self,
+        view: bool,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, tonic::Status> {
+        let (snapshotter, key, parent) = (SN.to_string(), key.to_string(), parent.to_string());
+        Ok(if view {
+            let r = ViewSnapshotRequest {
+                snapshotter,
+                key,
+                parent,
+                labels,
+            };
+            self.c.view(with_ns(NS, r)).await?.into_inner().mounts
+        } else {
+            let r = PrepareSnapshotRequest {
+                snapshotter,
+                key,
+                parent,
+                labels,
+            };
+            self.c.prepare(with_ns(NS, r)).await?.into_inner().mounts
+        })
     }
 
     async fn view(&mut self, key: &str, parent: &str) -> Result<Vec<Mount>, tonic::Status> {

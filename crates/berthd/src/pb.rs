@@ -30,6 +30,18 @@ pub(crate) fn mounts_pb(m: Vec<berth_store::Mount>) -> Vec<Mount> {
         .collect()
 }
 
+/// The API's mounts as the store's (what a proxy snapshotter answers).
+pub(crate) fn mounts_from_pb(m: Vec<Mount>) -> Vec<berth_store::Mount> {
+    m.into_iter()
+        .map(|m| berth_store::Mount {
+            r#type: m.r#type,
+            source: m.source,
+            target: m.target,
+            options: m.options,
+        })
+        .collect()
+}
+
 /// A store descriptor as the API's.
 pub(crate) fn descriptor_to_pb(d: berth_store::Descriptor) -> Descriptor {
     Descriptor {

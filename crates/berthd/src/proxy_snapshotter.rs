@@ -139,14 +139,7 @@ impl Proxy {
     }
 
     fn pb_mounts(m: Vec<berth_api::containerd::types::Mount>) -> Vec<Mount> {
-        m.into_iter()
-            .map(|m| Mount {
-                r#type: m.r#type,
-                source: m.source,
-                target: m.target,
-                options: m.options,
-            })
-            .collect()
+        crate::pb::mounts_from_pb(m)
     }
 }
 

@@ -112,6 +112,24 @@ pub(crate) async fn job_lease(
         .id)
 }
 
+/// Ends a [`job_lease`] (what the job made is held by its records now, or goes with it).
+pub(crate) async fn end_job_lease(
+    leases: &mut berth_api::containerd::services::leases::v1::leases_client::LeasesClient<
+        tonic::transport::Channel,
+    >,
+    conn: &crate::client::Conn,
+    lease: String,
+) {
+    let _ = leases
+        .delete(
+            conn.req(berth_api::containerd::services::leases::v1::DeleteRequest {
+                id: lease,
+                sync: false,
+            }),
+        )
+        .await;
+}
+
 /// Seconds since the epoch as RFC 3339 UTC (`2006-01-02T15:04:05Z`).
 pub(crate) fn rfc3339(secs: i64) -> String {
     berth_runtime::time::rfc3339(secs, 0)

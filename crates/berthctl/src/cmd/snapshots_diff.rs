@@ -10,7 +10,6 @@ use berth_api::containerd::services::content::v1::ReadContentRequest;
 use berth_api::containerd::services::content::v1::content_client::ContentClient;
 use berth_api::containerd::services::diff::v1::DiffRequest;
 use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
-use berth_api::containerd::services::leases::v1::DeleteRequest;
 use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth_api::containerd::services::snapshots::v1::{
@@ -75,12 +74,7 @@ pub(crate) async fn run(conn: &Conn, sn: &str, args: Args) -> anyhow::Result<()>
             }))
             .await;
     }
-    let _ = leases
-        .delete(conn.req(DeleteRequest {
-            id: lease,
-            sync: false,
-        }))
-        .await;
+    super::end_job_lease(&mut leases, conn, lease).await;
     result
 }
 

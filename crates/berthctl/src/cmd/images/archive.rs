@@ -204,12 +204,7 @@ pub(super) async fn import(
     let lease = crate::cmd::job_lease(&mut leases, conn).await?;
     let result = import_leased(conn, file, opts, &lease, unpack).await;
     // The images now hold what they need; the lease goes either way.
-    let _ = leases
-        .delete(conn.req(DeleteRequest {
-            id: lease,
-            sync: false,
-        }))
-        .await;
+    crate::cmd::end_job_lease(&mut leases, conn, lease).await;
     result
 }
 
