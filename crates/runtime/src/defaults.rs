@@ -19,6 +19,21 @@ pub const CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// The search path a process gets unless its image or caller sets one.
+pub const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A process's environment: [`PATH`], then `vars` in order, a later `KEY=` replacing an
+/// earlier one (the image's variables, then the caller's).
+pub fn env(vars: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = vec![PATH.to_string()];
+    for kv in vars {
+        let key = kv.split('=').next().unwrap_or_default().to_string();
+        out.retain(|x| x.split('=').next() != Some(key.as_str()));
+        out.push(kv);
+    }
+    out
+}
+
 /// Paths hidden from an unprivileged container.
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",

@@ -160,19 +160,14 @@ fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
         args.extend(strings(cfg.get("Cmd")));
     }
     anyhow::ensure!(!args.is_empty(), "no command: give one, the image has none");
-    let mut env =
-        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
-    for e in strings(cfg.get("Env")) {
-        let key = e.split('=').next().unwrap_or_default().to_string();
-        env.retain(|x| !x.starts_with(&format!("{key}=")));
-        env.push(e);
-    }
     for e in &a.env {
         anyhow::ensure!(e.contains('='), "--env {e:?}: want KEY=value");
-        let key = e.split('=').next().unwrap_or_default().to_string();
-        env.retain(|x| !x.starts_with(&format!("{key}=")));
-        env.push(e.clone());
     }
+    let env = berth_runtime::defaults::env(
+        strings(cfg.get("Env"))
+            .into_iter()
+            .chain(a.env.iter().cloned()),
+    );
     let cwd = a
         .cwd
         .clone()

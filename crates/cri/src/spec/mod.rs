@@ -22,8 +22,6 @@ use mounts::{bind, default_mounts, host_devices};
 pub(crate) use mounts::{devices, user_mounts};
 pub(crate) use security::{capabilities, seccomp};
 
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// The image config's `config` object.
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
@@ -56,19 +54,12 @@ pub(crate) fn process_args(image: &Value, command: &[String], args: &[String]) -
 
 /// The image's environment, then the CRI's (a later key replaces an earlier one).
 pub(crate) fn env(image: &Value, envs: &[cri::KeyValue]) -> Vec<String> {
-    let mut out = vec![DEFAULT_PATH.to_string()];
-    let mut set = |kv: String| {
-        let key = kv.split('=').next().unwrap_or_default().to_string();
-        out.retain(|x| x.split('=').next() != Some(key.as_str()));
-        out.push(kv);
-    };
-    for e in strings(image.get("Env")) {
-        set(e);
-    }
-    for kv in envs {
-        set(format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value)));
-    }
-    out
+    defaults::env(
+        strings(image.get("Env")).into_iter().chain(
+            envs.iter()
+                .map(|kv| format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value))),
+        ),
+    )
 }
 
 /// The pod's namespace modes.
