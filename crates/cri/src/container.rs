@@ -79,40 +79,31 @@ impl Inner {
             md.name, pod.name, pod.namespace, pod.uid, md.attempt
         );
         let id = crate::new_id();
-        self.meta.reserve(&name, &id, "container")?;
-        let _g = self.meta.lock(&id).await;
-        let lease = match self.lease().await {
-            Ok(l) => l,
-            Err(e) => {
-                self.meta.release(&name, &id);
-                return Err(e);
-            }
-        };
-        let r = self
-            .make_container(&id, &name, &sb, &config, &image_ref, &lease)
-            .await;
-        self.drop_lease(&lease).await;
-        match r {
-            Ok(c) => {
-                self.publish_container(&c, cri::ContainerEventType::ContainerCreatedEvent);
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(id = %id, error = %e.message(), "CreateContainer failed; undoing it");
-                let _ = self
-                    .api
-                    .containers()
-                    .delete(
-                        self.api
-                            .req(ctrd::DeleteContainerRequest { id: id.clone() }),
-                    )
-                    .await;
-                self.remove_snapshot(&id).await;
-                self.meta.with(|ix| ix.containers.remove(&id));
-                self.meta.release(&name, &id);
-                Err(e)
-            }
-        }
+        let c = self
+            .create_reserved(
+                &name,
+                &id,
+                "container",
+                async |lease| {
+                    self.make_container(&id, &name, &sb, &config, &image_ref, lease)
+                        .await
+                },
+                async || {
+                    let _ = self
+                        .api
+                        .containers()
+                        .delete(
+                            self.api
+                                .req(ctrd::DeleteContainerRequest { id: id.clone() }),
+                        )
+                        .await;
+                    self.remove_snapshot(&id).await;
+                    self.meta.with(|ix| ix.containers.remove(&id));
+                },
+            )
+            .await?;
+        self.publish_container(&c, cri::ContainerEventType::ContainerCreatedEvent);
+        Ok(id)
     }
 
     async fn make_container(

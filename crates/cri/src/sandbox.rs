@@ -138,33 +138,54 @@ impl Inner {
         let (handler, runtime) = self.runtime_of(&req.runtime_handler)?;
         let name = format!("{}_{}_{}_{}", md.name, md.namespace, md.uid, md.attempt);
         let id = crate::new_id();
-        self.meta.reserve(&name, &id, "pod sandbox")?;
-        let _g = self.meta.lock(&id).await;
+        let sb = self
+            .create_reserved(
+                &name,
+                &id,
+                "pod sandbox",
+                async |lease| {
+                    self.make_sandbox(&id, &name, &config, &handler, &runtime, lease)
+                        .await
+                },
+                async || {
+                    self.teardown_sandbox(&id).await;
+                    self.meta.with(|ix| ix.sandboxes.remove(&id));
+                },
+            )
+            .await?;
+        self.publish_sandbox(&sb, cri::ContainerEventType::ContainerCreatedEvent);
+        self.publish_sandbox(&sb, cri::ContainerEventType::ContainerStartedEvent);
+        Ok(id)
+    }
+
+    /// Makes a new `what` named `name` with id `id`: the name reserved for the id, the id locked,
+    /// `make` run under a lease that ends with it. If anything fails, `undo` takes back what
+    /// `make` left and the name is free again.
+    pub(crate) async fn create_reserved<T>(
+        &self,
+        name: &str,
+        id: &str,
+        what: &str,
+        make: impl AsyncFnOnce(&str) -> Result<T, Status>,
+        undo: impl AsyncFnOnce(),
+    ) -> Result<T, Status> {
+        self.meta.reserve(name, id, what)?;
+        let _g = self.meta.lock(id).await;
         let lease = match self.lease().await {
             Ok(l) => l,
             Err(e) => {
-                self.meta.release(&name, &id);
+                self.meta.release(name, id);
                 return Err(e);
             }
         };
-        let r = self
-            .make_sandbox(&id, &name, &config, &handler, &runtime, &lease)
-            .await;
+        let r = make(&lease).await;
         self.drop_lease(&lease).await;
-        match r {
-            Ok(sb) => {
-                self.publish_sandbox(&sb, cri::ContainerEventType::ContainerCreatedEvent);
-                self.publish_sandbox(&sb, cri::ContainerEventType::ContainerStartedEvent);
-                Ok(id)
-            }
-            Err(e) => {
-                tracing::warn!(id = %id, error = %e.message(), "RunPodSandbox failed; undoing it");
-                self.teardown_sandbox(&id).await;
-                self.meta.release(&name, &id);
-                self.meta.with(|ix| ix.sandboxes.remove(&id));
-                Err(e)
-            }
+        if let Err(e) = &r {
+            tracing::warn!(id = %id, error = %e.message(), "creating the {what} failed; undoing it");
+            undo().await;
+            self.meta.release(name, id);
         }
+        r
     }
 
     async fn make_sandbox(
