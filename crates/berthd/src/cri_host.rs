@@ -19,6 +19,8 @@ use crate::pull::{ProgressSink, PullSpec, Puller};
 
 #[derive(Debug)]
 pub(crate) struct CriHost {
+    /// For blobs the CRI writes (its pause image).
+    pub(crate) store: berth_store::Store,
     pub(crate) puller: Puller,
     pub(crate) hosts: HostOptions,
     /// Where snapshots are mounted to be read.
@@ -93,5 +95,39 @@ impl berth_cri::Host for CriHost {
             .await
             .map_err(|e| std::io::Error::other(format!("reading a rootfs file: {e}")))?
         })
+    }
+
+    fn write_blob<'a>(
+        &'a self,
+        namespace: &'a str,
+        lease: &'a str,
+        data: &'a [u8],
+        labels: HashMap<String, String>,
+    ) -> BoxFuture<'a, Result<String, Status>> {
+        let (store, ns, lease, data) = (
+            self.store.clone(),
+            namespace.to_string(),
+            lease.to_string(),
+            data.to_vec(),
+        );
+        Box::pin(crate::pool::blocking(move || {
+            use crate::errors::to_status;
+            let d = berth_store::Digest::of(&data);
+            let r = format!("berth-cri-{d}");
+            let size = data.len() as i64;
+            match store.content_writer(&ns, &r, Some(size), Some(d.clone()), Some(&lease)) {
+                Ok(mut w) => {
+                    w.write_at(0, &data).map_err(to_status)?;
+                    match store.content_commit(w, size, Some(d.clone()), &labels) {
+                        Ok(_) | Err(berth_store::StoreError::AlreadyExists(_)) => {}
+                        Err(e) => return Err(to_status(e)),
+                    }
+                }
+                Err(berth_store::StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(to_status(e)),
+            }
+            store.flush_blocking().map_err(to_status)?;
+            Ok(d.to_string())
+        }))
     }
 }

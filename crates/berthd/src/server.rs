@@ -298,6 +298,32 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
                 .max_encoding_message_size(send)
         };
     }
+    // The services the gRPC server serves; the CRI calls the same objects in process.
+    let containers_svc = Arc::new(services::Containers::new(
+        store.clone(),
+        events.clone(),
+        gc.clone(),
+        runtimes.clone(),
+    ));
+    let content_svc = Arc::new(services::Content::new(
+        store.clone(),
+        events.clone(),
+        gc.clone(),
+    ));
+    let images_svc = Arc::new(services::Images::new(
+        store.clone(),
+        events.clone(),
+        gc.clone(),
+    ));
+    let snapshots_svc = Arc::new(services::Snapshots::new(
+        store.clone(),
+        events.clone(),
+        gc.clone(),
+    ));
+    let diff_svc = Arc::new(services::Diff::new(store.clone(), cfg.state.join("diff")));
+    let leases_svc = Arc::new(services::Leases::new(store.clone(), gc.clone()));
+    let tasks_svc = Arc::new(services::Tasks::new(store.clone(), runtimes.clone()));
+    let events_svc = Arc::new(services::Events::new(events.clone()));
     let in_flight = InFlight::new(Trimmer::spawn());
     let router = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB windows throttle blob streams on a local socket; let a client
@@ -312,39 +338,13 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
             store.clone(),
             events.clone()
         ))))
-        .add_service(limits!(ContentServer::new(services::Content::new(
-            store.clone(),
-            events.clone(),
-            gc.clone(),
-        ))))
-        .add_service(limits!(ContainersServer::new(services::Containers::new(
-            store.clone(),
-            events.clone(),
-            gc.clone(),
-            runtimes.clone(),
-        ))))
-        .add_service(limits!(ImagesServer::new(services::Images::new(
-            store.clone(),
-            events.clone(),
-            gc.clone(),
-        ))))
-        .add_service(limits!(SnapshotsServer::new(services::Snapshots::new(
-            store.clone(),
-            events.clone(),
-            gc.clone(),
-        ))))
-        .add_service(limits!(DiffServer::new(services::Diff::new(
-            store.clone(),
-            cfg.state.join("diff")
-        ))))
-        .add_service(limits!(LeasesServer::new(services::Leases::new(
-            store.clone(),
-            gc.clone()
-        ))))
-        .add_service(limits!(TasksServer::new(services::Tasks::new(
-            store.clone(),
-            runtimes.clone()
-        ))))
+        .add_service(limits!(ContentServer::from_arc(content_svc.clone())))
+        .add_service(limits!(ContainersServer::from_arc(containers_svc.clone())))
+        .add_service(limits!(ImagesServer::from_arc(images_svc.clone())))
+        .add_service(limits!(SnapshotsServer::from_arc(snapshots_svc.clone())))
+        .add_service(limits!(DiffServer::from_arc(diff_svc.clone())))
+        .add_service(limits!(LeasesServer::from_arc(leases_svc.clone())))
+        .add_service(limits!(TasksServer::from_arc(tasks_svc.clone())))
         .add_service(limits!(TransferServer::new(services::Transfer::new(
             puller,
             streams.clone(),
@@ -353,9 +353,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
         .add_service(limits!(StreamingServer::new(services::Streaming::new(
             streams
         ))))
-        .add_service(limits!(EventsServer::new(services::Events::new(
-            events.clone()
-        ))))
+        .add_service(limits!(EventsServer::from_arc(events_svc.clone())))
         .add_service(limits!(IntrospectionServer::new(
             services::Introspection::new(store.clone(), plugins)
         )))
@@ -380,9 +378,19 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
                 root: cfg.root.join("io.berth.cri"),
                 state: cfg.state.join("io.berth.cri"),
                 image_fs,
-                socket: cfg.grpc.address.clone(),
+            },
+            berth_cri::Services {
+                containers: containers_svc.clone(),
+                tasks: tasks_svc.clone(),
+                images: images_svc.clone(),
+                snapshots: snapshots_svc.clone(),
+                content: content_svc.clone(),
+                diff: diff_svc.clone(),
+                leases: leases_svc.clone(),
+                events: events_svc.clone(),
             },
             Arc::new(crate::cri_host::CriHost {
+                store: store.clone(),
                 puller: cri_puller,
                 hosts: cri_hosts,
                 mounts_dir: cfg.state.join("io.berth.cri").join("mnt"),

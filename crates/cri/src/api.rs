@@ -1,53 +1,82 @@
-//! The CRI's way into the daemon: containerd API clients on berthd's own socket, in the
+//! The CRI's way into the daemon: its containerd API services, called in process, in the
 //! `k8s.io` namespace. Everything the CRI creates (containers, snapshots, tasks, images) goes
 //! through the same services `ctr` uses, so `ctr -n k8s.io` sees it, and namespaces, leases and
 //! garbage collection are enforced in one place.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use berth_api::containerd::services::containers::v1::containers_client::ContainersClient;
-use berth_api::containerd::services::content::v1::content_client::ContentClient;
-use berth_api::containerd::services::content::v1::{InfoRequest, ReadContentRequest};
-use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
-use berth_api::containerd::services::events::v1::events_client::EventsClient;
-use berth_api::containerd::services::images::v1::images_client::ImagesClient;
-use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
-use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
-use berth_api::containerd::services::tasks::v1::tasks_client::TasksClient;
-use hyper_util::rt::TokioIo;
+use berth_api::containerd::services::containers::v1::ListContainerMessage;
+use berth_api::containerd::services::containers::v1::containers_server::Containers;
+use berth_api::containerd::services::content::v1::content_server::Content;
+use berth_api::containerd::services::content::v1::{
+    InfoRequest, ListContentResponse, ReadContentRequest, ReadContentResponse, WriteContentResponse,
+};
+use berth_api::containerd::services::diff::v1::diff_server::Diff;
+use berth_api::containerd::services::events::v1::Envelope;
+use berth_api::containerd::services::events::v1::events_server::Events;
+use berth_api::containerd::services::images::v1::images_server::Images;
+use berth_api::containerd::services::leases::v1::leases_server::Leases;
+use berth_api::containerd::services::snapshots::v1::ListSnapshotsResponse;
+use berth_api::containerd::services::snapshots::v1::snapshots_server::Snapshots;
+use berth_api::containerd::services::tasks::v1::tasks_server::Tasks;
+use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Status};
 
 /// The containerd namespace of everything the CRI makes, as containerd's CRI plugin.
 pub const NAMESPACE: &str = "k8s.io";
 
-/// Clients of the daemon's services, every call in [`NAMESPACE`].
+/// A server stream of the daemon's services, boxed.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The daemon's services the CRI drives, in process: the same objects its gRPC server serves,
+/// called with typed requests (namespace and lease in the request's metadata, as on the wire)
+/// and no encoding, socket or HTTP/2 in between. A test can give fakes of them.
+#[derive(Clone)]
+pub struct Services {
+    /// `containerd.services.containers.v1.Containers`.
+    pub containers: Arc<dyn Containers<ListStreamStream = BoxStream<ListContainerMessage>>>,
+    /// `containerd.services.tasks.v1.Tasks`.
+    pub tasks: Arc<dyn Tasks>,
+    /// `containerd.services.images.v1.Images`.
+    pub images: Arc<dyn Images>,
+    /// `containerd.services.snapshots.v1.Snapshots`.
+    pub snapshots: Arc<dyn Snapshots<ListStream = BoxStream<ListSnapshotsResponse>>>,
+    /// `containerd.services.content.v1.Content` (its Write needs a wire stream: blobs are
+    /// written through [`crate::Host::write_blob`]).
+    pub content: Arc<
+        dyn Content<
+                ListStream = BoxStream<ListContentResponse>,
+                ReadStream = BoxStream<ReadContentResponse>,
+                WriteStream = BoxStream<WriteContentResponse>,
+            >,
+    >,
+    /// `containerd.services.diff.v1.Diff`.
+    pub diff: Arc<dyn Diff>,
+    /// `containerd.services.leases.v1.Leases`.
+    pub leases: Arc<dyn Leases>,
+    /// `containerd.services.events.v1.Events`.
+    pub events: Arc<dyn Events<SubscribeStream = BoxStream<Envelope>>>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+/// The daemon's services, every call in [`NAMESPACE`].
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
-    channel: Channel,
+    svc: Services,
     ns: MetadataValue<Ascii>,
 }
 
 impl Api {
-    /// A channel that dials `socket` on first use (the daemon is not serving yet when the CRI is
-    /// made).
-    pub(crate) fn lazy(socket: PathBuf) -> Api {
-        let channel = Endpoint::from_static("http://berthd.local")
-            .connect_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(32 << 20))
-            .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                let path = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }));
+    pub(crate) fn new(svc: Services) -> Api {
         Api {
-            channel,
+            svc,
             ns: MetadataValue::from_static(NAMESPACE),
         }
     }
@@ -72,35 +101,37 @@ impl Api {
         Ok(r)
     }
 
-    pub(crate) fn containers(&self) -> ContainersClient<Channel> {
-        ContainersClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    pub(crate) fn containers(
+        &self,
+    ) -> &dyn Containers<ListStreamStream = BoxStream<ListContainerMessage>> {
+        &*self.svc.containers
     }
-    pub(crate) fn tasks(&self) -> TasksClient<Channel> {
-        TasksClient::new(self.channel.clone())
+    pub(crate) fn tasks(&self) -> &dyn Tasks {
+        &*self.svc.tasks
     }
-    pub(crate) fn images(&self) -> ImagesClient<Channel> {
-        ImagesClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    pub(crate) fn images(&self) -> &dyn Images {
+        &*self.svc.images
     }
-    pub(crate) fn snapshots(&self) -> SnapshotsClient<Channel> {
-        SnapshotsClient::new(self.channel.clone())
+    pub(crate) fn snapshots(
+        &self,
+    ) -> &dyn Snapshots<ListStream = BoxStream<ListSnapshotsResponse>> {
+        &*self.svc.snapshots
     }
-    pub(crate) fn content(&self) -> ContentClient<Channel> {
-        ContentClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    pub(crate) fn diff(&self) -> &dyn Diff {
+        &*self.svc.diff
     }
-    pub(crate) fn diff(&self) -> DiffClient<Channel> {
-        DiffClient::new(self.channel.clone())
+    pub(crate) fn leases(&self) -> &dyn Leases {
+        &*self.svc.leases
     }
-    pub(crate) fn leases(&self) -> LeasesClient<Channel> {
-        LeasesClient::new(self.channel.clone())
-    }
-    pub(crate) fn events(&self) -> EventsClient<Channel> {
-        EventsClient::new(self.channel.clone())
+    pub(crate) fn events(&self) -> &dyn Events<SubscribeStream = BoxStream<Envelope>> {
+        &*self.svc.events
     }
 
     /// A whole blob of the content store.
     pub(crate) async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, Status> {
         let info = self
-            .content()
+            .svc
+            .content
             .info(self.req(InfoRequest {
                 digest: digest.to_string(),
             }))
@@ -115,7 +146,8 @@ impl Api {
             )));
         }
         let mut stream = self
-            .content()
+            .svc
+            .content
             .read(self.req(ReadContentRequest {
                 digest: digest.to_string(),
                 offset: 0,
@@ -124,7 +156,7 @@ impl Api {
             .await?
             .into_inner();
         let mut out = Vec::with_capacity(info.size as usize);
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = stream.next().await.transpose()? {
             out.extend_from_slice(&chunk.data);
         }
         Ok(out)

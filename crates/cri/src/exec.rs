@@ -80,7 +80,7 @@ pub(crate) fn remove_exec_dir_later(dir: std::path::PathBuf) {
 
 /// SIGKILLs exec `exec_id` of container `id` and waits (up to 10 s) for its end.
 pub(crate) async fn kill_exec(api: &crate::api::Api, id: &str, exec_id: &str) {
-    let mut t = api.tasks();
+    let t = api.tasks();
     let _ = t
         .kill(api.req(tasks::KillRequest {
             container_id: id.to_string(),
@@ -179,8 +179,7 @@ impl Inner {
         let (done, done_rx) = tokio::sync::watch::channel(false);
         let stdout = tokio::spawn(collect(out.clone(), done_rx.clone()));
         let stderr = tokio::spawn(collect(err.clone(), done_rx));
-        let tasks_api = self.api.tasks();
-        let mut t = tasks_api.clone();
+        let t = self.api.tasks();
         let exec = t
             .exec(self.api.req(tasks::ExecProcessRequest {
                 container_id: id.to_string(),
@@ -200,7 +199,7 @@ impl Inner {
             stderr.abort();
             return Err(e);
         }
-        let mut w = tasks_api.clone();
+        let w = t;
         let wait_req = self.api.req(tasks::WaitRequest {
             container_id: id.to_string(),
             exec_id: exec_id.to_string(),

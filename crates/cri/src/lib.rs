@@ -2,8 +2,9 @@
 //! `ImageService`) for berthd.
 //!
 //! In `DESIGN.md` terms this is a services-layer adapter that, like containerd's CRI plugin,
-//! drives the daemon through the containerd API (in the `k8s.io` namespace, over berthd's own
-//! socket): a pod sandbox is a pause container holding the pod's namespaces, a CRI container is
+//! drives the daemon through the containerd API's services (in the `k8s.io` namespace, called in
+//! process through [`Services`], the same objects berthd's gRPC server serves: typed requests,
+//! no socket or encoding in between): a pod sandbox is a pause container holding the pod's namespaces, a CRI container is
 //! a containerd container whose task joins them, and CRI state lives in the records' extensions
 //! in the sled store. What the containerd API has no verb for (a pull with the caller's
 //! credentials, reading a file of a rootfs) the daemon provides through [`Host`].
@@ -42,7 +43,7 @@ use berth_api::runtime::v1::image_service_server::ImageServiceServer;
 use berth_api::runtime::v1::runtime_service_server::RuntimeServiceServer;
 use tonic::Status;
 
-pub use api::NAMESPACE;
+pub use api::{BoxStream, NAMESPACE, Services};
 pub use cni::CniConfig;
 pub use config::{BERTH_RUNTIME, CriConfig, RuntimeHandler};
 pub use image_service::ImageService;
@@ -88,6 +89,16 @@ pub trait Host: Send + Sync + std::fmt::Debug + 'static {
         mounts: Vec<Mount>,
         path: &'a str,
     ) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>>;
+
+    /// Writes `data` as a blob of the content store in `namespace` under `lease`, with
+    /// `labels`; its digest. Content that exists already is fine.
+    fn write_blob<'a>(
+        &'a self,
+        namespace: &'a str,
+        lease: &'a str,
+        data: &'a [u8],
+        labels: std::collections::HashMap<String, String>,
+    ) -> BoxFuture<'a, Result<String, Status>>;
 }
 
 /// Where the CRI keeps its files, and how it reaches the daemon.
@@ -99,8 +110,6 @@ pub struct Dirs {
     pub state: PathBuf,
     /// The image file system's mount point (the snapshotter's root), for ImageFsInfo.
     pub image_fs: PathBuf,
-    /// The daemon's containerd API socket.
-    pub socket: PathBuf,
 }
 
 /// The CRI: both services, sharing one state.
@@ -111,10 +120,15 @@ pub struct Cri {
 
 impl Cri {
     /// Makes the CRI. Nothing is read until [`Cri::start`] runs, after the daemon serves.
-    pub fn new(cfg: CriConfig, dirs: Dirs, host: Arc<dyn Host>) -> Result<Cri, String> {
+    pub fn new(
+        cfg: CriConfig,
+        dirs: Dirs,
+        services: Services,
+        host: Arc<dyn Host>,
+    ) -> Result<Cri, String> {
         cfg.validate()?;
         Ok(Cri {
-            inner: Arc::new(state::Inner::new(cfg, dirs, host)),
+            inner: Arc::new(state::Inner::new(cfg, dirs, services, host)),
         })
     }
 

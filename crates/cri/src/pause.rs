@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use berth_api::containerd::services::content::v1::{WriteAction, WriteContentRequest};
 use berth_api::containerd::services::diff::v1::ApplyRequest;
 use berth_api::containerd::services::leases::v1 as leases;
 use berth_api::containerd::services::snapshots::v1 as snaps;
@@ -56,35 +55,10 @@ fn arch() -> &'static str {
     }
 }
 
-async fn write_blob(
-    api: &Api,
-    lease: &str,
-    data: &[u8],
-    labels: HashMap<String, String>,
-) -> Result<String, Status> {
-    let d = digest(data);
-    let req = WriteContentRequest {
-        action: WriteAction::Commit as i32,
-        r#ref: format!("berth-pause-{d}"),
-        total: data.len() as i64,
-        expected: d.clone(),
-        offset: 0,
-        data: data.to_vec(),
-        labels,
-    };
-    let stream = tokio_stream::iter(vec![req]);
-    let r = api.req_lease(stream, lease)?;
-    match api.content().write(r).await {
-        Ok(mut s) => while s.get_mut().message().await?.is_some() {},
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-        Err(s) => return Err(s),
-    }
-    Ok(d)
-}
-
 /// Makes the pause image under `name` (and its id and digest names), unpacked in `snapshotter`.
 pub(crate) async fn make_image(
     api: &Api,
+    host: &dyn crate::Host,
     cache: &InfoCache,
     name: &str,
     snapshotter: &str,
@@ -107,17 +81,20 @@ pub(crate) async fn make_image(
         }))
         .await?;
     let result = async {
-        let layer_digest = write_blob(api, &lease, &layer, HashMap::new()).await?;
-        let config_digest = write_blob(
-            api,
-            &lease,
-            &config,
-            HashMap::from([(
-                format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
-                diff_id.clone(),
-            )]),
-        )
-        .await?;
+        let layer_digest = host
+            .write_blob(crate::NAMESPACE, &lease, &layer, HashMap::new())
+            .await?;
+        let config_digest = host
+            .write_blob(
+                crate::NAMESPACE,
+                &lease,
+                &config,
+                HashMap::from([(
+                    format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
+                    diff_id.clone(),
+                )]),
+            )
+            .await?;
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": MANIFEST_TYPE,
@@ -125,22 +102,23 @@ pub(crate) async fn make_image(
             "layers": [{"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer.len()}],
         }))
         .expect("JSON");
-        let manifest_digest = write_blob(
-            api,
-            &lease,
-            &manifest,
-            HashMap::from([
-                (
-                    "containerd.io/gc.ref.content.config".to_string(),
-                    config_digest.clone(),
-                ),
-                (
-                    "containerd.io/gc.ref.content.l.0".to_string(),
-                    layer_digest.clone(),
-                ),
-            ]),
-        )
-        .await?;
+        let manifest_digest = host
+            .write_blob(
+                crate::NAMESPACE,
+                &lease,
+                &manifest,
+                HashMap::from([
+                    (
+                        "containerd.io/gc.ref.content.config".to_string(),
+                        config_digest.clone(),
+                    ),
+                    (
+                        "containerd.io/gc.ref.content.l.0".to_string(),
+                        layer_digest.clone(),
+                    ),
+                ]),
+            )
+            .await?;
         unpack(
             api,
             &lease,

@@ -59,8 +59,13 @@ fn own_oom_score_adj() -> i64 {
 }
 
 impl Inner {
-    pub(crate) fn new(cfg: CriConfig, dirs: Dirs, host: Arc<dyn Host>) -> Inner {
-        let api = Api::lazy(dirs.socket.clone());
+    pub(crate) fn new(
+        cfg: CriConfig,
+        dirs: Dirs,
+        services: crate::api::Services,
+        host: Arc<dyn Host>,
+    ) -> Inner {
+        let api = Api::new(services);
         let oom_floor = cfg.restrict_oom_score_adj.then(own_oom_score_adj);
         let cni = crate::cni::Cni::new(cfg.cni.clone(), dirs.state.join("cni"));
         Inner {
@@ -168,10 +173,10 @@ impl Inner {
     /// Records task exits (and OOM kills) as they come; resubscribes if the stream breaks.
     async fn follow(
         self: Arc<Self>,
-        mut stream: tonic::Streaming<berth_api::containerd::services::events::v1::Envelope>,
+        mut stream: crate::api::BoxStream<berth_api::containerd::services::events::v1::Envelope>,
     ) {
         loop {
-            match stream.message().await {
+            match tokio_stream::StreamExt::next(&mut stream).await.transpose() {
                 Ok(Some(env)) => {
                     let Some(ev) = env.event else { continue };
                     if env.topic == "/tasks/exit" {
@@ -600,6 +605,7 @@ impl Inner {
                     None => {
                         crate::pause::make_image(
                             &self.api,
+                            &*self.host,
                             &self.images,
                             &name,
                             &self.cfg.snapshotter,

@@ -438,7 +438,7 @@ async fn exec(
         outs.push(tokio::spawn(pump_out(p.clone(), w, done_rx.clone())));
     }
     let api = inner.api.clone();
-    let mut t = api.tasks();
+    let t = api.tasks();
     t.exec(api.req(tasks::ExecProcessRequest {
         container_id: c.id.clone(),
         stdin: s(&stdin),
@@ -477,7 +477,7 @@ async fn exec(
         }
         _ => None,
     };
-    let mut w = api.tasks();
+    let w = api.tasks();
     let wait_req = api.req(tasks::WaitRequest {
         container_id: c.id.clone(),
         exec_id: exec_id.clone(),

@@ -8,7 +8,7 @@ use berth_api::containerd::services::events::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{namespace, parse_filters};
-use crate::events::{Exchange, Subscription, validate_topic};
+use crate::events::{Exchange, validate_topic};
 
 #[derive(Debug)]
 pub(crate) struct Events {
@@ -59,13 +59,13 @@ impl events_server::Events for Events {
         Ok(Response::new(()))
     }
 
-    type SubscribeStream = Subscription;
+    type SubscribeStream = berth_cri::BoxStream<Envelope>;
 
     async fn subscribe(
         &self,
         req: Request<SubscribeRequest>,
-    ) -> Result<Response<Subscription>, Status> {
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let filter = parse_filters(&req.into_inner().filters)?;
-        Ok(Response::new(self.exchange.subscribe(filter)))
+        Ok(Response::new(Box::pin(self.exchange.subscribe(filter))))
     }
 }
