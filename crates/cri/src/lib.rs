@@ -2,12 +2,13 @@
 //! `ImageService`) for berthd.
 //!
 //! In `DESIGN.md` terms this is a services-layer adapter that, like containerd's CRI plugin,
-//! drives the daemon through the containerd API's services (in the `k8s.io` namespace, called in
-//! process through [`Services`], the same objects berthd's gRPC server serves: typed requests,
-//! no socket or encoding in between): a pod sandbox is a pause container holding the pod's namespaces, a CRI container is
-//! a containerd container whose task joins them, and CRI state lives in the records' extensions
-//! in the sled store. What the containerd API has no verb for (a pull with the caller's
-//! credentials, reading a file of a rootfs) the daemon provides through [`Host`].
+//! drives the daemon through the containerd API's services (in the `k8s.io` namespace, called
+//! in process through [`Services`], the same objects berthd's gRPC server serves: typed
+//! requests, no socket or encoding in between): a pod sandbox is a pause container holding the
+//! pod's namespaces, a CRI container is a containerd container whose task joins them, and CRI
+//! state lives in the records' extensions in the sled store. What those services have no
+//! in-process verb for (a pull with the caller's credentials, reading a file of a rootfs,
+//! writing a blob) the daemon provides through [`Host`].
 
 #![warn(missing_docs)]
 
@@ -101,7 +102,7 @@ pub trait Host: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<String, Status>>;
 }
 
-/// Where the CRI keeps its files, and how it reaches the daemon.
+/// Where the CRI keeps its files.
 #[derive(Debug, Clone)]
 pub struct Dirs {
     /// Persistent files (pod hosts, hostname, resolv.conf): `<root>/io.berth.cri`.
