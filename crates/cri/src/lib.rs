@@ -17,6 +17,8 @@ mod cni;
 mod config;
 mod container;
 mod exec;
+#[cfg(test)]
+mod fake;
 mod image;
 mod image_service;
 mod meta;
