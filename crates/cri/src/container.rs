@@ -690,3 +690,84 @@ pub(crate) fn status(c: &Container) -> cri::ContainerStatus {
         stop_signal: c.config.stop_signal,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fake::{Fake, FakeTask, NoHost};
+    use crate::meta::{Container, ContainerState};
+
+    /// StopContainer of a task that ignores its stop signal: SIGTERM, the grace period, then
+    /// SIGKILL to every process; the exit is recorded (137, Error) and the task deleted.
+    /// RemoveContainer then takes the record, the snapshot and the name.
+    #[tokio::test]
+    async fn stop_escalates_to_sigkill_and_remove_takes_everything() {
+        let fake = Arc::new(Fake::default());
+        let t = tempfile::tempdir().unwrap();
+        let cri = crate::state::Inner::new(
+            crate::CriConfig::default(),
+            crate::Dirs {
+                root: t.path().join("root"),
+                state: t.path().join("state"),
+                image_fs: t.path().join("image-fs"),
+            },
+            fake.services(),
+            Arc::new(NoHost),
+        );
+        let name = "web_pod_ns_uid_0";
+        let c = Container {
+            id: "c".into(),
+            config: cri::ContainerConfig::default(),
+            st: ContainerState {
+                name: name.into(),
+                started_at: 1,
+                pid: 42,
+                ..Default::default()
+            },
+        };
+        cri.meta.reserve(name, "c", "container").unwrap();
+        cri.meta
+            .with(|ix| ix.containers.insert("c".into(), c.clone()));
+        fake.containers.lock().unwrap().insert(
+            "c".into(),
+            ctrd::Container {
+                id: "c".into(),
+                ..Default::default()
+            },
+        );
+        fake.tasks.lock().unwrap().insert(
+            "c".into(),
+            FakeTask {
+                ignores_term: true,
+                ..Default::default()
+            },
+        );
+
+        cri.stop_container("c", 1).await.unwrap();
+        assert_eq!(
+            *fake.kills.lock().unwrap(),
+            [
+                ("c".to_string(), libc::SIGTERM as u32, false),
+                ("c".to_string(), libc::SIGKILL as u32, true)
+            ]
+        );
+        let c = cri.meta.find_container("c").unwrap();
+        assert_eq!(c.state(), cri::ContainerState::ContainerExited);
+        assert_eq!((c.st.exit_code, c.st.reason.as_str()), (137, "Error"));
+        assert_eq!(c.st.pid, 0);
+        assert!(fake.tasks.lock().unwrap().is_empty(), "the task is deleted");
+        // Stopping again does nothing.
+        cri.stop_container("c", 1).await.unwrap();
+        assert_eq!(fake.kills.lock().unwrap().len(), 2);
+
+        cri.remove_container("c").await.unwrap();
+        assert!(fake.containers.lock().unwrap().is_empty());
+        assert_eq!(*fake.snapshots_removed.lock().unwrap(), ["c"]);
+        assert!(cri.meta.find_container("c").is_err());
+        cri.meta.reserve(name, "next", "container").unwrap();
+        // Removing what is gone is fine.
+        cri.remove_container("c").await.unwrap();
+    }
+}

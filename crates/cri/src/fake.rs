@@ -28,6 +28,23 @@ pub(crate) struct Fake {
     pub(crate) leases: Mutex<Vec<String>>,
     /// Every lease ever created.
     pub(crate) leases_made: Mutex<Vec<String>>,
+    /// Tasks by container id.
+    pub(crate) tasks: Mutex<BTreeMap<String, FakeTask>>,
+    /// Every Kill: (id, signal, all).
+    pub(crate) kills: Mutex<Vec<(String, u32, bool)>>,
+    /// Every snapshot removed.
+    pub(crate) snapshots_removed: Mutex<Vec<String>>,
+}
+
+/// A task of the fake: running until a signal it does not ignore.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FakeTask {
+    /// Stopped (with `exit`) or running.
+    pub(crate) stopped: bool,
+    /// Its exit status once stopped.
+    pub(crate) exit: u32,
+    /// SIGTERM does nothing to it.
+    pub(crate) ignores_term: bool,
 }
 
 impl Fake {
@@ -199,14 +216,65 @@ fake! {
 }
 
 fake! {
-    tasks::tasks_server::Tasks {}
+    tasks::tasks_server::Tasks {
+        async fn get(
+            &self,
+            req: Request<tasks::GetRequest>,
+        ) -> Result<Response<tasks::GetResponse>, Status> {
+            let id = req.into_inner().container_id;
+            let t = self.tasks.lock().unwrap().get(&id).cloned();
+            let t = t.ok_or_else(|| Status::not_found(id.clone()))?;
+            let status = if t.stopped {
+                berth_api::containerd::v1::types::Status::Stopped
+            } else {
+                berth_api::containerd::v1::types::Status::Running
+            };
+            Ok(Response::new(tasks::GetResponse {
+                process: Some(berth_api::containerd::v1::types::Process {
+                    container_id: id.clone(),
+                    id,
+                    status: status as i32,
+                    exit_status: t.exit,
+                    ..Default::default()
+                }),
+            }))
+        }
+
+        async fn kill(&self, req: Request<tasks::KillRequest>) -> Result<Response<()>, Status> {
+            let r = req.into_inner();
+            self.kills
+                .lock()
+                .unwrap()
+                .push((r.container_id.clone(), r.signal, r.all));
+            let mut all = self.tasks.lock().unwrap();
+            let t = all
+                .get_mut(&r.container_id)
+                .ok_or_else(|| Status::not_found(r.container_id.clone()))?;
+            if !t.stopped && !(t.ignores_term && r.signal == libc::SIGTERM as u32) {
+                t.stopped = true;
+                t.exit = 128 + r.signal;
+            }
+            Ok(Response::new(()))
+        }
+
+        async fn delete(
+            &self,
+            req: Request<tasks::DeleteTaskRequest>,
+        ) -> Result<Response<tasks::DeleteResponse>, Status> {
+            let id = req.into_inner().container_id;
+            let t = self.tasks.lock().unwrap().remove(&id);
+            let t = t.ok_or_else(|| Status::not_found(id.clone()))?;
+            Ok(Response::new(tasks::DeleteResponse {
+                id,
+                exit_status: t.exit,
+                ..Default::default()
+            }))
+        }
+    }
     create(tasks::CreateTaskRequest) -> tasks::CreateTaskResponse;
     start(tasks::StartRequest) -> tasks::StartResponse;
-    delete(tasks::DeleteTaskRequest) -> tasks::DeleteResponse;
     delete_process(tasks::DeleteProcessRequest) -> tasks::DeleteResponse;
-    get(tasks::GetRequest) -> tasks::GetResponse;
     list(tasks::ListTasksRequest) -> tasks::ListTasksResponse;
-    kill(tasks::KillRequest) -> ();
     exec(tasks::ExecProcessRequest) -> ();
     resize_pty(tasks::ResizePtyRequest) -> ();
     close_io(tasks::CloseIoRequest) -> ();
@@ -231,12 +299,22 @@ fake! {
 fake! {
     snaps::snapshots_server::Snapshots {
         type ListStream = BoxStream<snaps::ListSnapshotsResponse>;
+
+        async fn remove(
+            &self,
+            req: Request<snaps::RemoveSnapshotRequest>,
+        ) -> Result<Response<()>, Status> {
+            self.snapshots_removed
+                .lock()
+                .unwrap()
+                .push(req.into_inner().key);
+            Ok(Response::new(()))
+        }
     }
     prepare(snaps::PrepareSnapshotRequest) -> snaps::PrepareSnapshotResponse;
     view(snaps::ViewSnapshotRequest) -> snaps::ViewSnapshotResponse;
     mounts(snaps::MountsRequest) -> snaps::MountsResponse;
     commit(snaps::CommitSnapshotRequest) -> ();
-    remove(snaps::RemoveSnapshotRequest) -> ();
     stat(snaps::StatSnapshotRequest) -> snaps::StatSnapshotResponse;
     update(snaps::UpdateSnapshotRequest) -> snaps::UpdateSnapshotResponse;
     list(snaps::ListSnapshotsRequest) -> Self::ListStream;
