@@ -250,7 +250,8 @@ fake! {
             let t = all
                 .get_mut(&r.container_id)
                 .ok_or_else(|| Status::not_found(r.container_id.clone()))?;
-            if !t.stopped && !(t.ignores_term && r.signal == libc::SIGTERM as u32) {
+            let ignored = t.ignores_term && r.signal == libc::SIGTERM as u32;
+            if !t.stopped && !ignored {
                 t.stopped = true;
                 t.exit = 128 + r.signal;
             }
