@@ -388,3 +388,20 @@ impl Host for NoHost {
         Box::pin(async { Err(Status::unimplemented("fake: write_blob")) })
     }
 }
+
+/// A CRI over `fake`, its directories in a temp dir (kept as long as the returned guard).
+pub(crate) fn cri(fake: &std::sync::Arc<Fake>) -> (tempfile::TempDir, crate::state::Inner) {
+    let t = tempfile::tempdir().unwrap();
+    let dirs = crate::Dirs {
+        root: t.path().join("root"),
+        state: t.path().join("state"),
+        image_fs: t.path().join("image-fs"),
+    };
+    let inner = crate::state::Inner::new(
+        crate::CriConfig::default(),
+        dirs,
+        fake.services(),
+        std::sync::Arc::new(NoHost),
+    );
+    (t, inner)
+}

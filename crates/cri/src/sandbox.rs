@@ -614,24 +614,7 @@ mod tests {
 
     use tonic::Status;
 
-    use crate::fake::{Fake, NoHost};
-    use crate::state::Inner;
-
-    fn cri(fake: &Arc<Fake>) -> (tempfile::TempDir, Inner) {
-        let t = tempfile::tempdir().unwrap();
-        let dirs = crate::Dirs {
-            root: t.path().join("root"),
-            state: t.path().join("state"),
-            image_fs: t.path().join("image-fs"),
-        };
-        let inner = Inner::new(
-            crate::CriConfig::default(),
-            dirs,
-            fake.services(),
-            Arc::new(NoHost),
-        );
-        (t, inner)
-    }
+    use crate::fake::{Fake, cri};
 
     /// A create that fails is undone under its lease: the undo runs, the lease ends, and the
     /// name is free for the next attempt, which succeeds and leaves no lease either.
