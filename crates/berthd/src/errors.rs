@@ -1,5 +1,5 @@
 //! The one mapping from core errors to gRPC statuses, with containerd's codes: the metadata
-//! store's, the image library's, the registry client's and a shim's. Services and the pull
+//! store's, the image library's, the registry client's, the task manager's and a shim's. Services and the pull
 //! engine map through these and nowhere else; the table in the tests pins every code.
 
 use std::io::ErrorKind;
@@ -81,6 +81,71 @@ pub(crate) fn registry_status(e: RegistryError) -> Status {
         E::DigestMismatch { .. } | E::SizeMismatch { .. } | E::Invalid(_) => {
             Status::data_loss(e.to_string())
         }
+    }
+}
+
+/// What the task manager (`runtime/`) fails with.
+#[derive(Debug)]
+pub(crate) enum TaskError {
+    /// A request field (or the container record it names) is wrong: what and why.
+    BadRequest(String),
+    /// No such task.
+    NoTask(String),
+    /// The task (or its bundle) exists already.
+    TaskExists(String),
+    /// The runtime's shim is not there.
+    NoRuntime(String),
+    /// What the API has but Berth does not do.
+    Unsupported(&'static str),
+    /// The container cannot run as it is.
+    NotRunnable(String),
+    /// The shim could not be started.
+    ShimStart(String),
+    /// The shim's start did not finish in time.
+    ShimTimedOut(String),
+    /// The shim's socket does not answer.
+    ShimUnreachable(String),
+    /// The shim answered a call with an error.
+    Shim(berth_ttrpc::Status),
+    /// The bundle's files could not be written.
+    Bundle(String),
+    /// The metadata store failed.
+    Store(StoreError),
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskError::BadRequest(m)
+            | TaskError::NoTask(m)
+            | TaskError::TaskExists(m)
+            | TaskError::NoRuntime(m)
+            | TaskError::NotRunnable(m)
+            | TaskError::ShimStart(m)
+            | TaskError::ShimTimedOut(m)
+            | TaskError::ShimUnreachable(m)
+            | TaskError::Bundle(m) => f.write_str(m),
+            TaskError::Unsupported(m) => f.write_str(m),
+            TaskError::Shim(s) => f.write_str(s.message()),
+            TaskError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A task manager's error as the status containerd returns for the same case.
+pub(crate) fn task_status(e: TaskError) -> Status {
+    let msg = e.to_string();
+    match e {
+        TaskError::BadRequest(_) => Status::invalid_argument(msg),
+        TaskError::NoTask(_) | TaskError::NoRuntime(_) => Status::not_found(msg),
+        TaskError::TaskExists(_) => Status::already_exists(msg),
+        TaskError::Unsupported(_) => Status::unimplemented(msg),
+        TaskError::NotRunnable(_) => Status::failed_precondition(msg),
+        TaskError::ShimStart(_) | TaskError::Bundle(_) => Status::internal(msg),
+        TaskError::ShimTimedOut(_) => Status::deadline_exceeded(msg),
+        TaskError::ShimUnreachable(_) => Status::unavailable(msg),
+        TaskError::Shim(s) => shim_status(s),
+        TaskError::Store(e) => to_status(e),
     }
 }
 
@@ -186,6 +251,31 @@ mod tests {
         ];
         for (e, code) in store {
             assert_eq!(to_status(e).code(), code);
+        }
+        let task = [
+            (TaskError::BadRequest("x".into()), Code::InvalidArgument),
+            (TaskError::NoTask("x".into()), Code::NotFound),
+            (TaskError::NoRuntime("x".into()), Code::NotFound),
+            (TaskError::TaskExists("x".into()), Code::AlreadyExists),
+            (TaskError::Unsupported("x"), Code::Unimplemented),
+            (TaskError::NotRunnable("x".into()), Code::FailedPrecondition),
+            (TaskError::ShimStart("x".into()), Code::Internal),
+            (TaskError::Bundle("x".into()), Code::Internal),
+            (TaskError::ShimTimedOut("x".into()), Code::DeadlineExceeded),
+            (TaskError::ShimUnreachable("x".into()), Code::Unavailable),
+            (
+                TaskError::Shim(berth_ttrpc::Status::new(berth_ttrpc::Code::NotFound, "x")),
+                Code::NotFound,
+            ),
+            (
+                TaskError::Store(StoreError::NotFound("x".into())),
+                Code::NotFound,
+            ),
+        ];
+        for (e, code) in task {
+            let st = task_status(e);
+            assert_eq!(st.code(), code);
+            assert!(st.message().contains('x'), "{}", st.message());
         }
     }
 }

@@ -19,9 +19,8 @@ use berth_api::containerd::task::v2::task_ttrpc::TaskClient;
 use berth_api::containerd::task::v2::{ConnectRequest, DeleteRequest, ShutdownRequest};
 use berth_ttrpc::{CallOptions, Client};
 use prost::Message;
-use tonic::Status;
 
-use crate::errors::shim_status;
+use crate::errors::TaskError;
 use crate::events::Exchange;
 
 mod warm;
@@ -81,20 +80,20 @@ pub(crate) struct Runtimes {
 
 /// `io.containerd.runc.v2` → `containerd-shim-runc-v2`, resolved in `$PATH`, then (as
 /// containerd does) in berthd's own directory, where a build or an install puts Berth's shim.
-pub(crate) fn shim_binary(runtime: &str) -> Result<PathBuf, Status> {
+pub(crate) fn shim_binary(runtime: &str) -> Result<PathBuf, TaskError> {
     if runtime.starts_with('/') {
         let p = PathBuf::from(runtime);
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(Status::not_found(format!(
+            Err(TaskError::NoRuntime(format!(
                 "runtime {runtime:?}: no such file"
             )))
         };
     }
     let parts: Vec<&str> = runtime.split('.').collect();
     if parts.len() < 2 || parts.iter().any(|p| p.is_empty() || p.contains('/')) {
-        return Err(Status::invalid_argument(format!(
+        return Err(TaskError::BadRequest(format!(
             "runtime {runtime:?}: want io.containerd.<name>.<version> or an absolute path"
         )));
     }
@@ -113,17 +112,19 @@ pub(crate) fn shim_binary(runtime: &str) -> Result<PathBuf, Status> {
             return Ok(p);
         }
     }
-    Err(Status::not_found(format!(
+    Err(TaskError::NoRuntime(format!(
         "runtime {runtime:?}: {name} not found in PATH or berthd's directory"
     )))
 }
 
 /// A ttrpc connection to the shim socket at `address` (5 s at most).
-async fn dial(address: &Path) -> Result<TaskClient, Status> {
+async fn dial(address: &Path) -> Result<TaskClient, TaskError> {
     let client = tokio::time::timeout(Duration::from_secs(5), Client::connect(address))
         .await
-        .map_err(|_| Status::unavailable(format!("shim {}: connect timed out", address.display())))?
-        .map_err(|e| Status::unavailable(format!("shim {}: {e}", address.display())))?;
+        .map_err(|_| {
+            TaskError::ShimUnreachable(format!("shim {}: connect timed out", address.display()))
+        })?
+        .map_err(|e| TaskError::ShimUnreachable(format!("shim {}: {e}", address.display())))?;
     Ok(TaskClient::new(client))
 }
 
@@ -272,7 +273,7 @@ impl Runtimes {
         &self,
         runtime: &str,
         options: Option<prost_types::Any>,
-    ) -> Result<Option<prost_types::Any>, Status> {
+    ) -> Result<Option<prost_types::Any>, TaskError> {
         use berth_api::containerd::runc::v1::Options;
         const TYPE: &str = "containerd.runc.v1.Options";
         let runc_type = matches!(
@@ -285,9 +286,8 @@ impl Runtimes {
         }
         let (mut opts, type_url) = match &options {
             Some(a) => (
-                Options::decode(a.value.as_slice()).map_err(|e| {
-                    Status::invalid_argument(format!("options: decoding {TYPE}: {e}"))
-                })?,
+                Options::decode(a.value.as_slice())
+                    .map_err(|e| TaskError::BadRequest(format!("options: decoding {TYPE}: {e}")))?,
                 a.type_url.clone(),
             ),
             None => (Options::default(), TYPE.to_string()),
@@ -398,20 +398,20 @@ impl Runtimes {
         runtime: &str,
         spec: &[u8],
         options: Option<prost_types::Any>,
-    ) -> Result<Arc<Shim>, Status> {
+    ) -> Result<Arc<Shim>, TaskError> {
         if self.get(ns, id).is_some() {
-            return Err(Status::already_exists(format!("task {id:?}")));
+            return Err(TaskError::TaskExists(format!("task {id:?}")));
         }
         let binary = shim_binary(runtime)?;
         let bundle = self.bundle(ns, id);
         if bundle.exists() {
-            return Err(Status::already_exists(format!(
+            return Err(TaskError::TaskExists(format!(
                 "task {id:?}: bundle {} exists",
                 bundle.display()
             )));
         }
         std::fs::create_dir_all(bundle.join("rootfs"))
-            .map_err(|e| Status::internal(format!("bundle {}: {e}", bundle.display())))?;
+            .map_err(|e| TaskError::Bundle(format!("bundle {}: {e}", bundle.display())))?;
         let result = self.start_in(ns, id, &binary, &bundle, spec, options).await;
         match result {
             Ok(shim) => Ok(shim),
@@ -431,11 +431,11 @@ impl Runtimes {
         bundle: &Path,
         spec: &[u8],
         options: Option<prost_types::Any>,
-    ) -> Result<Arc<Shim>, Status> {
+    ) -> Result<Arc<Shim>, TaskError> {
         std::fs::write(bundle.join("config.json"), spec)
-            .map_err(|e| Status::internal(format!("writing config.json: {e}")))?;
+            .map_err(|e| TaskError::Bundle(format!("writing config.json: {e}")))?;
         self.start_log(bundle, ns, id)
-            .map_err(|e| Status::internal(format!("log fifo: {e}")))?;
+            .map_err(|e| TaskError::Bundle(format!("log fifo: {e}")))?;
         let _ = std::fs::write(
             bundle.join("shim-binary-path"),
             binary.as_os_str().as_encoded_bytes(),
@@ -453,26 +453,24 @@ impl Runtimes {
             .stderr(std::process::Stdio::piped());
         let mut child = tokio::process::Command::from(cmd)
             .spawn()
-            .map_err(|e| Status::internal(format!("starting {}: {e}", binary.display())))?;
+            .map_err(|e| TaskError::ShimStart(format!("starting {}: {e}", binary.display())))?;
         if let Some(mut i) = child.stdin.take() {
             use tokio::io::AsyncWriteExt;
             let _ = i.write_all(&stdin).await;
         }
         let out = tokio::time::timeout(ACTION_TIMEOUT, child.wait_with_output())
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!("{} start: timed out", binary.display()))
-            })?
-            .map_err(|e| Status::internal(format!("{} start: {e}", binary.display())))?;
+            .map_err(|_| TaskError::ShimTimedOut(format!("{} start: timed out", binary.display())))?
+            .map_err(|e| TaskError::ShimStart(format!("{} start: {e}", binary.display())))?;
         if !out.status.success() {
-            return Err(Status::internal(format!(
+            return Err(TaskError::ShimStart(format!(
                 "{} start failed: {}",
                 binary.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
         let address = parse_start_output(&String::from_utf8_lossy(&out.stdout))
-            .map_err(|e| Status::internal(format!("{}: {e}", binary.display())))?;
+            .map_err(|e| TaskError::ShimStart(format!("{}: {e}", binary.display())))?;
         let shim = self.connect(ns, id, bundle, binary, &address).await?;
         Ok(shim)
     }
@@ -484,7 +482,7 @@ impl Runtimes {
         bundle: &Path,
         binary: &Path,
         address: &Path,
-    ) -> Result<Arc<Shim>, Status> {
+    ) -> Result<Arc<Shim>, TaskError> {
         let client = dial(address).await?;
         self.attach(ns, id, bundle, binary, client, CALL_TIMEOUT)
             .await
@@ -500,7 +498,7 @@ impl Runtimes {
         binary: &Path,
         client: TaskClient,
         timeout: Duration,
-    ) -> Result<Arc<Shim>, Status> {
+    ) -> Result<Arc<Shim>, TaskError> {
         let shim = Arc::new(Shim {
             ns: ns.to_string(),
             id: id.to_string(),
@@ -514,7 +512,7 @@ impl Runtimes {
                 &ConnectRequest { id: id.to_string() },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         self.shims
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -594,7 +592,7 @@ impl Runtimes {
     pub(crate) async fn delete_task(
         &self,
         shim: &Shim,
-    ) -> Result<berth_api::containerd::task::v2::DeleteResponse, Status> {
+    ) -> Result<berth_api::containerd::task::v2::DeleteResponse, TaskError> {
         let r = shim
             .client
             .delete(
@@ -605,7 +603,7 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         self.stop_shim_after(shim, true).await;
         Ok(r)
     }
@@ -636,7 +634,7 @@ mod tests {
 
     #[test]
     fn runtime_names_map_to_shim_binaries() {
-        let e = shim_binary("io.containerd.nosuch.v9").unwrap_err();
+        let e = crate::errors::task_status(shim_binary("io.containerd.nosuch.v9").unwrap_err());
         assert_eq!(e.code(), tonic::Code::NotFound);
         assert!(
             e.message().contains("containerd-shim-nosuch-v9"),
@@ -644,11 +642,11 @@ mod tests {
             e.message()
         );
         assert_eq!(
-            shim_binary("bad").unwrap_err().code(),
+            crate::errors::task_status(shim_binary("bad").unwrap_err()).code(),
             tonic::Code::InvalidArgument
         );
         assert_eq!(
-            shim_binary("/no/such/shim").unwrap_err().code(),
+            crate::errors::task_status(shim_binary("/no/such/shim").unwrap_err()).code(),
             tonic::Code::NotFound
         );
     }

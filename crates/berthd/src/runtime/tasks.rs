@@ -36,12 +36,12 @@ fn process(container_id: &str, s: shim::StateResponse) -> Process {
 
 impl Runtimes {
     /// The shim of task `id` in `ns`.
-    fn task(&self, ns: &str, id: &str) -> Result<Arc<Shim>, Status> {
+    fn task(&self, ns: &str, id: &str) -> Result<Arc<Shim>, TaskError> {
         if id.is_empty() {
-            return Err(Status::invalid_argument("container_id: must be set"));
+            return Err(TaskError::BadRequest("container_id: must be set".into()));
         }
         self.get(ns, id)
-            .ok_or_else(|| Status::not_found(format!("task {id:?}: not found")))
+            .ok_or_else(|| TaskError::NoTask(format!("task {id:?}: not found")))
     }
 
     /// Tasks.Create: the container's record and rootfs from `store`, its runtime's shim started,
@@ -51,25 +51,25 @@ impl Runtimes {
         store: &Store,
         ns: &str,
         r: api::CreateTaskRequest,
-    ) -> Result<api::CreateTaskResponse, Status> {
+    ) -> Result<api::CreateTaskResponse, TaskError> {
         if r.container_id.is_empty() {
-            return Err(Status::invalid_argument("container_id: must be set"));
+            return Err(TaskError::BadRequest("container_id: must be set".into()));
         }
         if r.checkpoint.is_some() {
-            return Err(Status::unimplemented(
+            return Err(TaskError::Unsupported(
                 "checkpoint: restoring a task from a checkpoint is not supported yet",
             ));
         }
         let c = store
             .get_container(ns, &r.container_id)
-            .map_err(crate::errors::to_status)?;
+            .map_err(TaskError::Store)?;
         let spec = c
             .spec
             .as_ref()
             .map(|s| s.value.clone())
-            .ok_or_else(|| Status::failed_precondition("container has no spec"))?;
+            .ok_or_else(|| TaskError::NotRunnable("container has no spec".into()))?;
         if serde_json::from_slice::<serde_json::Value>(&spec).is_err() {
-            return Err(Status::invalid_argument(format!(
+            return Err(TaskError::BadRequest(format!(
                 "container {:?}: its spec is not JSON",
                 c.id
             )));
@@ -79,7 +79,7 @@ impl Runtimes {
             rootfs = crate::pb::mounts_pb(
                 store
                     .snapshot_mounts(ns, &c.snapshotter, &c.snapshot_key)
-                    .map_err(crate::errors::to_status)?,
+                    .map_err(TaskError::Store)?,
             );
         }
         let runtime = if r.runtime_path.is_empty() {
@@ -124,7 +124,7 @@ impl Runtimes {
             }),
             Err(e) => {
                 self.stop_shim(&s).await;
-                Err(shim_status(e))
+                Err(TaskError::Shim(e))
             }
         }
     }
@@ -134,7 +134,7 @@ impl Runtimes {
         &self,
         ns: &str,
         r: api::StartRequest,
-    ) -> Result<api::StartResponse, Status> {
+    ) -> Result<api::StartResponse, TaskError> {
         let s = self.task(ns, &r.container_id)?;
         let resp = s
             .client
@@ -146,7 +146,7 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(api::StartResponse { pid: resp.pid })
     }
 
@@ -155,7 +155,7 @@ impl Runtimes {
         &self,
         ns: &str,
         id: String,
-    ) -> Result<api::DeleteResponse, Status> {
+    ) -> Result<api::DeleteResponse, TaskError> {
         let s = self.task(ns, &id)?;
         let r = self.delete_task(&s).await?;
         Ok(api::DeleteResponse {
@@ -171,9 +171,9 @@ impl Runtimes {
         &self,
         ns: &str,
         r: api::DeleteProcessRequest,
-    ) -> Result<api::DeleteResponse, Status> {
+    ) -> Result<api::DeleteResponse, TaskError> {
         if r.exec_id.is_empty() {
-            return Err(Status::invalid_argument("exec_id: must be set"));
+            return Err(TaskError::BadRequest("exec_id: must be set".into()));
         }
         let s = self.task(ns, &r.container_id)?;
         let d = s
@@ -186,7 +186,7 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(api::DeleteResponse {
             id: r.exec_id,
             pid: d.pid,
@@ -196,7 +196,7 @@ impl Runtimes {
     }
 
     /// Tasks.Get: one process's state.
-    pub(crate) async fn process(&self, ns: &str, r: api::GetRequest) -> Result<Process, Status> {
+    pub(crate) async fn process(&self, ns: &str, r: api::GetRequest) -> Result<Process, TaskError> {
         let s = self.task(ns, &r.container_id)?;
         let st = s
             .client
@@ -208,7 +208,7 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(process(&r.container_id, st))
     }
 
@@ -235,7 +235,7 @@ impl Runtimes {
     }
 
     /// Tasks.Kill.
-    pub(crate) async fn kill(&self, ns: &str, r: api::KillRequest) -> Result<(), Status> {
+    pub(crate) async fn kill(&self, ns: &str, r: api::KillRequest) -> Result<(), TaskError> {
         let s = self.task(ns, &r.container_id)?;
         s.client
             .kill(
@@ -248,14 +248,14 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(())
     }
 
     /// Tasks.Exec: an exec process added (started by Tasks.Start).
-    pub(crate) async fn exec(&self, ns: &str, r: api::ExecProcessRequest) -> Result<(), Status> {
+    pub(crate) async fn exec(&self, ns: &str, r: api::ExecProcessRequest) -> Result<(), TaskError> {
         if r.exec_id.is_empty() {
-            return Err(Status::invalid_argument("exec_id: must be set"));
+            return Err(TaskError::BadRequest("exec_id: must be set".into()));
         }
         let s = self.task(ns, &r.container_id)?;
         s.client
@@ -272,7 +272,7 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(())
     }
 
@@ -281,7 +281,7 @@ impl Runtimes {
         &self,
         ns: &str,
         r: api::ResizePtyRequest,
-    ) -> Result<(), Status> {
+    ) -> Result<(), TaskError> {
         let s = self.task(ns, &r.container_id)?;
         s.client
             .resize_pty(
@@ -294,12 +294,12 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(())
     }
 
     /// Tasks.CloseIO.
-    pub(crate) async fn close_io(&self, ns: &str, r: api::CloseIoRequest) -> Result<(), Status> {
+    pub(crate) async fn close_io(&self, ns: &str, r: api::CloseIoRequest) -> Result<(), TaskError> {
         let s = self.task(ns, &r.container_id)?;
         s.client
             .close_io(
@@ -311,45 +311,53 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(())
     }
 
     /// Tasks.Pause.
-    pub(crate) async fn pause(&self, ns: &str, id: String) -> Result<(), Status> {
+    pub(crate) async fn pause(&self, ns: &str, id: String) -> Result<(), TaskError> {
         let s = self.task(ns, &id)?;
         s.client
             .pause(&s.opts(Some(CALL_TIMEOUT)), &shim::PauseRequest { id })
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(())
     }
 
     /// Tasks.Resume.
-    pub(crate) async fn resume(&self, ns: &str, id: String) -> Result<(), Status> {
+    pub(crate) async fn resume(&self, ns: &str, id: String) -> Result<(), TaskError> {
         let s = self.task(ns, &id)?;
         s.client
             .resume(&s.opts(Some(CALL_TIMEOUT)), &shim::ResumeRequest { id })
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(())
     }
 
     /// Tasks.ListPids.
-    pub(crate) async fn pids(&self, ns: &str, id: String) -> Result<api::ListPidsResponse, Status> {
+    pub(crate) async fn pids(
+        &self,
+        ns: &str,
+        id: String,
+    ) -> Result<api::ListPidsResponse, TaskError> {
         let s = self.task(ns, &id)?;
         let p = s
             .client
             .pids(&s.opts(Some(CALL_TIMEOUT)), &shim::PidsRequest { id })
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(api::ListPidsResponse {
             processes: p.processes,
         })
     }
 
     /// Tasks.Update.
-    pub(crate) async fn update(&self, ns: &str, r: api::UpdateTaskRequest) -> Result<(), Status> {
+    pub(crate) async fn update(
+        &self,
+        ns: &str,
+        r: api::UpdateTaskRequest,
+    ) -> Result<(), TaskError> {
         let s = self.task(ns, &r.container_id)?;
         s.client
             .update(
@@ -361,7 +369,7 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(())
     }
 
@@ -400,7 +408,7 @@ impl Runtimes {
         &self,
         ns: &str,
         r: api::WaitRequest,
-    ) -> Result<api::WaitResponse, Status> {
+    ) -> Result<api::WaitResponse, TaskError> {
         let s = self.task(ns, &r.container_id)?;
         let w = s
             .client
@@ -412,7 +420,7 @@ impl Runtimes {
                 },
             )
             .await
-            .map_err(shim_status)?;
+            .map_err(TaskError::Shim)?;
         Ok(api::WaitResponse {
             exit_status: w.exit_status,
             exited_at: w.exited_at,

@@ -40,7 +40,7 @@ impl Runtimes {
 
     /// Starts one warm shim.
     async fn start_warm(&self) -> Result<WarmShim, String> {
-        let binary = shim_binary(WARM_RUNTIME).map_err(|s| s.message().to_string())?;
+        let binary = shim_binary(WARM_RUNTIME).map_err(|e| e.to_string())?;
         let id = format!("warm-{}", uuid::Uuid::new_v4().simple());
         let dir = self.warm_root.join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -63,7 +63,7 @@ impl Runtimes {
             }
             let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
             let path = parse_start_output(&printed)?;
-            let client = dial(&path).await.map_err(|e| e.message().to_string())?;
+            let client = dial(&path).await.map_err(|e| e.to_string())?;
             Ok(WarmShim {
                 dir: dir.clone(),
                 binary: binary.clone(),

@@ -16,6 +16,7 @@ use berth_store::Store;
 use tonic::{Request, Response, Status};
 
 use super::namespace;
+use crate::errors::task_status;
 use crate::runtime::Runtimes;
 
 #[derive(Debug)]
@@ -40,14 +41,18 @@ impl tasks_server::Tasks for Tasks {
         let r = self
             .runtimes
             .create_task(&self.store, &ns, req.into_inner())
-            .await?;
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(r))
     }
 
     async fn start(&self, req: Request<StartRequest>) -> Result<Response<StartResponse>, Status> {
         let ns = namespace(&req)?;
         Ok(Response::new(
-            self.runtimes.start_task(&ns, req.into_inner()).await?,
+            self.runtimes
+                .start_task(&ns, req.into_inner())
+                .await
+                .map_err(task_status)?,
         ))
     }
 
@@ -57,7 +62,12 @@ impl tasks_server::Tasks for Tasks {
     ) -> Result<Response<DeleteResponse>, Status> {
         let ns = namespace(&req)?;
         let id = req.into_inner().container_id;
-        Ok(Response::new(self.runtimes.delete_task_of(&ns, id).await?))
+        Ok(Response::new(
+            self.runtimes
+                .delete_task_of(&ns, id)
+                .await
+                .map_err(task_status)?,
+        ))
     }
 
     async fn delete_process(
@@ -66,13 +76,20 @@ impl tasks_server::Tasks for Tasks {
     ) -> Result<Response<DeleteResponse>, Status> {
         let ns = namespace(&req)?;
         Ok(Response::new(
-            self.runtimes.delete_process(&ns, req.into_inner()).await?,
+            self.runtimes
+                .delete_process(&ns, req.into_inner())
+                .await
+                .map_err(task_status)?,
         ))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let ns = namespace(&req)?;
-        let process = self.runtimes.process(&ns, req.into_inner()).await?;
+        let process = self
+            .runtimes
+            .process(&ns, req.into_inner())
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(GetResponse {
             process: Some(process),
         }))
@@ -89,25 +106,37 @@ impl tasks_server::Tasks for Tasks {
 
     async fn kill(&self, req: Request<KillRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
-        self.runtimes.kill(&ns, req.into_inner()).await?;
+        self.runtimes
+            .kill(&ns, req.into_inner())
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(()))
     }
 
     async fn exec(&self, req: Request<ExecProcessRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
-        self.runtimes.exec(&ns, req.into_inner()).await?;
+        self.runtimes
+            .exec(&ns, req.into_inner())
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(()))
     }
 
     async fn resize_pty(&self, req: Request<ResizePtyRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
-        self.runtimes.resize_pty(&ns, req.into_inner()).await?;
+        self.runtimes
+            .resize_pty(&ns, req.into_inner())
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(()))
     }
 
     async fn close_io(&self, req: Request<CloseIoRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
-        self.runtimes.close_io(&ns, req.into_inner()).await?;
+        self.runtimes
+            .close_io(&ns, req.into_inner())
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(()))
     }
 
@@ -115,7 +144,8 @@ impl tasks_server::Tasks for Tasks {
         let ns = namespace(&req)?;
         self.runtimes
             .pause(&ns, req.into_inner().container_id)
-            .await?;
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(()))
     }
 
@@ -123,7 +153,8 @@ impl tasks_server::Tasks for Tasks {
         let ns = namespace(&req)?;
         self.runtimes
             .resume(&ns, req.into_inner().container_id)
-            .await?;
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(()))
     }
 
@@ -135,7 +166,8 @@ impl tasks_server::Tasks for Tasks {
         Ok(Response::new(
             self.runtimes
                 .pids(&ns, req.into_inner().container_id)
-                .await?,
+                .await
+                .map_err(task_status)?,
         ))
     }
 
@@ -150,7 +182,10 @@ impl tasks_server::Tasks for Tasks {
 
     async fn update(&self, req: Request<UpdateTaskRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
-        self.runtimes.update(&ns, req.into_inner()).await?;
+        self.runtimes
+            .update(&ns, req.into_inner())
+            .await
+            .map_err(task_status)?;
         Ok(Response::new(()))
     }
 
@@ -167,7 +202,10 @@ impl tasks_server::Tasks for Tasks {
     async fn wait(&self, req: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
         let ns = namespace(&req)?;
         Ok(Response::new(
-            self.runtimes.wait(&ns, req.into_inner()).await?,
+            self.runtimes
+                .wait(&ns, req.into_inner())
+                .await
+                .map_err(task_status)?,
         ))
     }
 }
