@@ -90,21 +90,15 @@ pub(crate) fn age(t: Option<prost_types::Timestamp>) -> String {
 
 /// A lease for a client-side job (an import, a diff) that ends with it: 24 hours of life in
 /// case the client dies before deleting it, as `ctr` leases.
-pub(crate) async fn job_lease(
-    leases: &mut berth_api::containerd::services::leases::v1::leases_client::LeasesClient<
-        tonic::transport::Channel,
-    >,
-    conn: &crate::client::Conn,
-) -> anyhow::Result<String> {
+pub(crate) async fn job_lease(conn: &crate::client::Conn) -> anyhow::Result<String> {
+    use berth_api::containerd::services::leases::v1::{CreateRequest, leases_client::LeasesClient};
     let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(24 * 3600);
     let expire = berth_runtime::time::rfc3339_secs(expire);
-    Ok(leases
-        .create(
-            conn.req(berth_api::containerd::services::leases::v1::CreateRequest {
-                id: String::new(),
-                labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
-            }),
-        )
+    Ok(LeasesClient::new(conn.channel.clone())
+        .create(conn.req(CreateRequest {
+            id: String::new(),
+            labels: [("containerd.io/gc.expire".to_string(), expire)].into(),
+        }))
         .await?
         .into_inner()
         .lease
@@ -113,20 +107,13 @@ pub(crate) async fn job_lease(
 }
 
 /// Ends a [`job_lease`] (what the job made is held by its records now, or goes with it).
-pub(crate) async fn end_job_lease(
-    leases: &mut berth_api::containerd::services::leases::v1::leases_client::LeasesClient<
-        tonic::transport::Channel,
-    >,
-    conn: &crate::client::Conn,
-    lease: String,
-) {
-    let _ = leases
-        .delete(
-            conn.req(berth_api::containerd::services::leases::v1::DeleteRequest {
-                id: lease,
-                sync: false,
-            }),
-        )
+pub(crate) async fn end_job_lease(conn: &crate::client::Conn, lease: String) {
+    use berth_api::containerd::services::leases::v1::{DeleteRequest, leases_client::LeasesClient};
+    let _ = LeasesClient::new(conn.channel.clone())
+        .delete(conn.req(DeleteRequest {
+            id: lease,
+            sync: false,
+        }))
         .await;
 }
 

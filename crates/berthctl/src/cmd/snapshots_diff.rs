@@ -10,7 +10,6 @@ use berth_api::containerd::services::content::v1::ReadContentRequest;
 use berth_api::containerd::services::content::v1::content_client::ContentClient;
 use berth_api::containerd::services::diff::v1::DiffRequest;
 use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
-use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth_api::containerd::services::snapshots::v1::{
     Kind, MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
@@ -58,8 +57,7 @@ fn unique() -> String {
 }
 
 pub(crate) async fn run(conn: &Conn, sn: &str, args: Args) -> anyhow::Result<()> {
-    let mut leases = LeasesClient::new(conn.channel.clone());
-    let lease = super::job_lease(&mut leases, conn).await?;
+    let lease = super::job_lease(conn).await?;
     let mut views = Views {
         sn: sn.to_string(),
         keys: Vec::new(),
@@ -74,7 +72,7 @@ pub(crate) async fn run(conn: &Conn, sn: &str, args: Args) -> anyhow::Result<()>
             }))
             .await;
     }
-    super::end_job_lease(&mut leases, conn, lease).await;
+    super::end_job_lease(conn, lease).await;
     result
 }
 

@@ -200,11 +200,10 @@ pub(super) async fn import(
     opts: ImportOptions,
     unpack: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut leases = LeasesClient::new(conn.channel.clone());
-    let lease = crate::cmd::job_lease(&mut leases, conn).await?;
+    let lease = crate::cmd::job_lease(conn).await?;
     let result = import_leased(conn, file, opts, &lease, unpack).await;
     // The images now hold what they need; the lease goes either way.
-    crate::cmd::end_job_lease(&mut leases, conn, lease).await;
+    crate::cmd::end_job_lease(conn, lease).await;
     result
 }
 

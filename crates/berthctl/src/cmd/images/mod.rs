@@ -15,7 +15,6 @@ use berth_api::containerd::services::images::v1::{
     CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, ListImagesRequest,
     UpdateImageRequest,
 };
-use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use berth_api::containerd::types::Descriptor;
 use berth_content::Digest;
 use berth_image::{BlobSink, BlobSource, ExportImage, ExportOptions, ImageError, ImportOptions};
