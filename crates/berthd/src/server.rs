@@ -271,6 +271,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
     );
     let streams = Arc::new(services::Streams::default());
     let runtimes = Arc::new(crate::runtime::Runtimes::new(
+        store.clone(),
         &cfg.state,
         &cfg.grpc.address,
         &cfg.ttrpc_address(),
@@ -322,7 +323,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
     ));
     let diff_svc = Arc::new(services::Diff::new(store.clone(), cfg.state.join("diff")));
     let leases_svc = Arc::new(services::Leases::new(store.clone(), gc.clone()));
-    let tasks_svc = Arc::new(services::Tasks::new(store.clone(), runtimes.clone()));
+    let tasks_svc = Arc::new(services::Tasks::new(runtimes.clone()));
     let events_svc = Arc::new(services::Events::new(events.clone()));
     let in_flight = InFlight::new(Trimmer::spawn());
     let router = tonic::transport::Server::builder()

@@ -59,6 +59,8 @@ impl Shim {
 
 #[derive(Debug)]
 pub(crate) struct Runtimes {
+    /// Where Create reads a container's record and its rootfs's mounts.
+    store: berth_store::Store,
     root: PathBuf,
     /// The OCI runtime's state root given to runc-type shims (`Options.root`), under our own
     /// state directory: two daemons never share it, wherever their sockets are.
@@ -230,12 +232,14 @@ fn follow_log(
 
 impl Runtimes {
     pub(crate) fn new(
+        store: berth_store::Store,
         state: &Path,
         grpc_address: &Path,
         ttrpc_address: &Path,
         events: Arc<Exchange>,
     ) -> Runtimes {
         Runtimes {
+            store,
             root: state.join("io.containerd.runtime.v2.task"),
             runc_root: state.join("runc"),
             grpc_address: grpc_address.to_path_buf(),

@@ -7,8 +7,6 @@ use berth_api::containerd::services::tasks::v1 as api;
 use berth_api::containerd::task::v2 as shim;
 use berth_api::containerd::types::Metric;
 use berth_api::containerd::v1::types::Process;
-use berth_store::Store;
-use berth_store::filters::Filter;
 
 use super::*;
 
@@ -34,6 +32,16 @@ fn process(container_id: &str, s: shim::StateResponse) -> Process {
     }
 }
 
+/// One call on a task's shim `$s` with the usual deadline, its error as the task manager's.
+macro_rules! call {
+    ($s:expr, $verb:ident, $req:expr) => {
+        $s.client
+            .$verb(&$s.opts(Some(CALL_TIMEOUT)), &$req)
+            .await
+            .map_err(TaskError::Shim)
+    };
+}
+
 impl Runtimes {
     /// The shim of task `id` in `ns`.
     fn task(&self, ns: &str, id: &str) -> Result<Arc<Shim>, TaskError> {
@@ -44,11 +52,10 @@ impl Runtimes {
             .ok_or_else(|| TaskError::NoTask(format!("task {id:?}: not found")))
     }
 
-    /// Tasks.Create: the container's record and rootfs from `store`, its runtime's shim started,
+    /// Tasks.Create: the container's record and rootfs from the store, its runtime's shim started,
     /// the task created in it (the shim stopped again if that fails).
     pub(crate) async fn create_task(
         &self,
-        store: &Store,
         ns: &str,
         r: api::CreateTaskRequest,
     ) -> Result<api::CreateTaskResponse, TaskError> {
@@ -60,6 +67,7 @@ impl Runtimes {
                 "checkpoint: restoring a task from a checkpoint is not supported yet",
             ));
         }
+        let store = &self.store;
         let c = store
             .get_container(ns, &r.container_id)
             .map_err(TaskError::Store)?;
@@ -136,17 +144,8 @@ impl Runtimes {
         r: api::StartRequest,
     ) -> Result<api::StartResponse, TaskError> {
         let s = self.task(ns, &r.container_id)?;
-        let resp = s
-            .client
-            .start(
-                &s.opts(Some(CALL_TIMEOUT)),
-                &shim::StartRequest {
-                    id: r.container_id,
-                    exec_id: r.exec_id,
-                },
-            )
-            .await
-            .map_err(TaskError::Shim)?;
+        let (id, exec_id) = (r.container_id, r.exec_id);
+        let resp = call!(s, start, shim::StartRequest { id, exec_id })?;
         Ok(api::StartResponse { pid: resp.pid })
     }
 
@@ -154,16 +153,11 @@ impl Runtimes {
     pub(crate) async fn delete_task_of(
         &self,
         ns: &str,
-        id: String,
+        r: api::DeleteTaskRequest,
     ) -> Result<api::DeleteResponse, TaskError> {
-        let s = self.task(ns, &id)?;
-        let r = self.delete_task(&s).await?;
-        Ok(api::DeleteResponse {
-            id,
-            pid: r.pid,
-            exit_status: r.exit_status,
-            exited_at: r.exited_at,
-        })
+        let s = self.task(ns, &r.container_id)?;
+        let d = self.delete_task(&s).await?;
+        Ok(deleted(r.container_id, d))
     }
 
     /// Tasks.DeleteProcess of an exec.
@@ -176,80 +170,56 @@ impl Runtimes {
             return Err(TaskError::BadRequest("exec_id: must be set".into()));
         }
         let s = self.task(ns, &r.container_id)?;
-        let d = s
-            .client
-            .delete(
-                &s.opts(Some(CALL_TIMEOUT)),
-                &shim::DeleteRequest {
-                    id: r.container_id,
-                    exec_id: r.exec_id.clone(),
-                },
-            )
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(api::DeleteResponse {
-            id: r.exec_id,
-            pid: d.pid,
-            exit_status: d.exit_status,
-            exited_at: d.exited_at,
-        })
+        let (id, exec_id) = (r.container_id, r.exec_id.clone());
+        let d = call!(s, delete, shim::DeleteRequest { id, exec_id })?;
+        Ok(deleted(r.exec_id, d))
     }
 
     /// Tasks.Get: one process's state.
-    pub(crate) async fn process(&self, ns: &str, r: api::GetRequest) -> Result<Process, TaskError> {
+    pub(crate) async fn process(
+        &self,
+        ns: &str,
+        r: api::GetRequest,
+    ) -> Result<api::GetResponse, TaskError> {
         let s = self.task(ns, &r.container_id)?;
-        let st = s
-            .client
-            .state(
-                &s.opts(Some(CALL_TIMEOUT)),
-                &shim::StateRequest {
-                    id: r.container_id.clone(),
-                    exec_id: r.exec_id,
-                },
-            )
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(process(&r.container_id, st))
+        let (id, exec_id) = (r.container_id.clone(), r.exec_id);
+        let st = call!(s, state, shim::StateRequest { id, exec_id })?;
+        let process = Some(process(&r.container_id, st));
+        Ok(api::GetResponse { process })
     }
 
     /// Tasks.List: each task's init; a shim that does not answer in time is left out rather than
     /// holding up the list.
-    pub(crate) async fn processes(&self, ns: &str) -> Vec<Process> {
+    pub(crate) async fn processes(
+        &self,
+        ns: &str,
+        _: api::ListTasksRequest,
+    ) -> Result<api::ListTasksResponse, TaskError> {
         let mut tasks = Vec::new();
         for s in self.list(ns) {
-            if let Ok(st) = s
-                .client
-                .state(
-                    &s.opts(Some(CALL_TIMEOUT)),
-                    &shim::StateRequest {
-                        id: s.id.clone(),
-                        exec_id: String::new(),
-                    },
-                )
-                .await
-            {
+            let (id, exec_id) = (s.id.clone(), String::new());
+            if let Ok(st) = call!(s, state, shim::StateRequest { id, exec_id }) {
                 tasks.push(process(&s.id, st));
             }
         }
-        tasks
+        Ok(api::ListTasksResponse { tasks })
     }
 
     /// Tasks.Kill.
     pub(crate) async fn kill(&self, ns: &str, r: api::KillRequest) -> Result<(), TaskError> {
         let s = self.task(ns, &r.container_id)?;
-        s.client
-            .kill(
-                &s.opts(Some(CALL_TIMEOUT)),
-                &shim::KillRequest {
-                    id: r.container_id,
-                    exec_id: r.exec_id,
-                    signal: r.signal,
-                    all: r.all,
-                },
-            )
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(())
+        let (id, exec_id, signal, all) = (r.container_id, r.exec_id, r.signal, r.all);
+        call!(
+            s,
+            kill,
+            shim::KillRequest {
+                id,
+                exec_id,
+                signal,
+                all
+            }
+        )
+        .map(drop)
     }
 
     /// Tasks.Exec: an exec process added (started by Tasks.Start).
@@ -258,22 +228,16 @@ impl Runtimes {
             return Err(TaskError::BadRequest("exec_id: must be set".into()));
         }
         let s = self.task(ns, &r.container_id)?;
-        s.client
-            .exec(
-                &s.opts(Some(CALL_TIMEOUT)),
-                &shim::ExecProcessRequest {
-                    id: r.container_id,
-                    exec_id: r.exec_id,
-                    terminal: r.terminal,
-                    stdin: r.stdin,
-                    stdout: r.stdout,
-                    stderr: r.stderr,
-                    spec: r.spec,
-                },
-            )
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(())
+        let req = shim::ExecProcessRequest {
+            id: r.container_id,
+            exec_id: r.exec_id,
+            terminal: r.terminal,
+            stdin: r.stdin,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            spec: r.spec,
+        };
+        call!(s, exec, req).map(drop)
     }
 
     /// Tasks.ResizePty.
@@ -283,73 +247,66 @@ impl Runtimes {
         r: api::ResizePtyRequest,
     ) -> Result<(), TaskError> {
         let s = self.task(ns, &r.container_id)?;
-        s.client
-            .resize_pty(
-                &s.opts(Some(CALL_TIMEOUT)),
-                &shim::ResizePtyRequest {
-                    id: r.container_id,
-                    exec_id: r.exec_id,
-                    width: r.width,
-                    height: r.height,
-                },
-            )
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(())
+        let (id, exec_id, width, height) = (r.container_id, r.exec_id, r.width, r.height);
+        call!(
+            s,
+            resize_pty,
+            shim::ResizePtyRequest {
+                id,
+                exec_id,
+                width,
+                height
+            }
+        )
+        .map(drop)
     }
 
     /// Tasks.CloseIO.
     pub(crate) async fn close_io(&self, ns: &str, r: api::CloseIoRequest) -> Result<(), TaskError> {
         let s = self.task(ns, &r.container_id)?;
-        s.client
-            .close_io(
-                &s.opts(Some(CALL_TIMEOUT)),
-                &shim::CloseIoRequest {
-                    id: r.container_id,
-                    exec_id: r.exec_id,
-                    stdin: r.stdin,
-                },
-            )
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(())
+        let (id, exec_id, stdin) = (r.container_id, r.exec_id, r.stdin);
+        call!(s, close_io, shim::CloseIoRequest { id, exec_id, stdin }).map(drop)
     }
 
     /// Tasks.Pause.
-    pub(crate) async fn pause(&self, ns: &str, id: String) -> Result<(), TaskError> {
-        let s = self.task(ns, &id)?;
-        s.client
-            .pause(&s.opts(Some(CALL_TIMEOUT)), &shim::PauseRequest { id })
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(())
+    pub(crate) async fn pause(&self, ns: &str, r: api::PauseTaskRequest) -> Result<(), TaskError> {
+        let s = self.task(ns, &r.container_id)?;
+        let id = r.container_id;
+        call!(s, pause, shim::PauseRequest { id }).map(drop)
     }
 
     /// Tasks.Resume.
-    pub(crate) async fn resume(&self, ns: &str, id: String) -> Result<(), TaskError> {
-        let s = self.task(ns, &id)?;
-        s.client
-            .resume(&s.opts(Some(CALL_TIMEOUT)), &shim::ResumeRequest { id })
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(())
+    pub(crate) async fn resume(
+        &self,
+        ns: &str,
+        r: api::ResumeTaskRequest,
+    ) -> Result<(), TaskError> {
+        let s = self.task(ns, &r.container_id)?;
+        let id = r.container_id;
+        call!(s, resume, shim::ResumeRequest { id }).map(drop)
     }
 
     /// Tasks.ListPids.
     pub(crate) async fn pids(
         &self,
         ns: &str,
-        id: String,
+        r: api::ListPidsRequest,
     ) -> Result<api::ListPidsResponse, TaskError> {
-        let s = self.task(ns, &id)?;
-        let p = s
-            .client
-            .pids(&s.opts(Some(CALL_TIMEOUT)), &shim::PidsRequest { id })
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(api::ListPidsResponse {
-            processes: p.processes,
-        })
+        let s = self.task(ns, &r.container_id)?;
+        let id = r.container_id;
+        let processes = call!(s, pids, shim::PidsRequest { id })?.processes;
+        Ok(api::ListPidsResponse { processes })
+    }
+
+    /// Tasks.Checkpoint: not there yet.
+    pub(crate) async fn checkpoint(
+        &self,
+        _: &str,
+        _: api::CheckpointTaskRequest,
+    ) -> Result<api::CheckpointTaskResponse, TaskError> {
+        Err(TaskError::Unsupported(
+            "checkpoint: not supported yet (the image of a checkpoint is not written)",
+        ))
     }
 
     /// Tasks.Update.
@@ -359,23 +316,28 @@ impl Runtimes {
         r: api::UpdateTaskRequest,
     ) -> Result<(), TaskError> {
         let s = self.task(ns, &r.container_id)?;
-        s.client
-            .update(
-                &s.opts(Some(CALL_TIMEOUT)),
-                &shim::UpdateTaskRequest {
-                    id: r.container_id,
-                    resources: r.resources,
-                    annotations: r.annotations,
-                },
-            )
-            .await
-            .map_err(TaskError::Shim)?;
-        Ok(())
+        let (id, resources, annotations) = (r.container_id, r.resources, r.annotations);
+        call!(
+            s,
+            update,
+            shim::UpdateTaskRequest {
+                id,
+                resources,
+                annotations
+            }
+        )
+        .map(drop)
     }
 
-    /// Tasks.Metrics of the tasks `filter` matches (by `id`); a shim that does not answer is
+    /// Tasks.Metrics of the tasks the filters match (by `id`); a shim that does not answer is
     /// left out.
-    pub(crate) async fn metrics(&self, ns: &str, filter: &Filter) -> Vec<Metric> {
+    pub(crate) async fn metrics(
+        &self,
+        ns: &str,
+        r: api::MetricsRequest,
+    ) -> Result<api::MetricsResponse, TaskError> {
+        let filter = berth_store::filters::parse_all(&r.filters)
+            .map_err(|e| TaskError::BadRequest(format!("filters: {e}")))?;
         let mut metrics = Vec::new();
         for s in self.list(ns) {
             let id = s.id.clone();
@@ -385,14 +347,7 @@ impl Runtimes {
             }) {
                 continue;
             }
-            if let Ok(st) = s
-                .client
-                .stats(
-                    &s.opts(Some(CALL_TIMEOUT)),
-                    &shim::StatsRequest { id: id.clone() },
-                )
-                .await
-            {
+            if let Ok(st) = call!(s, stats, shim::StatsRequest { id: id.clone() }) {
                 metrics.push(Metric {
                     timestamp: crate::pb::sys_ts(std::time::SystemTime::now()),
                     id,
@@ -400,7 +355,7 @@ impl Runtimes {
                 });
             }
         }
-        metrics
+        Ok(api::MetricsResponse { metrics })
     }
 
     /// Tasks.Wait: as long as the process runs (no deadline).
@@ -410,20 +365,26 @@ impl Runtimes {
         r: api::WaitRequest,
     ) -> Result<api::WaitResponse, TaskError> {
         let s = self.task(ns, &r.container_id)?;
+        let (id, exec_id) = (r.container_id, r.exec_id);
         let w = s
             .client
-            .wait(
-                &s.opts(None),
-                &shim::WaitRequest {
-                    id: r.container_id,
-                    exec_id: r.exec_id,
-                },
-            )
+            .wait(&s.opts(None), &shim::WaitRequest { id, exec_id })
             .await
             .map_err(TaskError::Shim)?;
+        let (exit_status, exited_at) = (w.exit_status, w.exited_at);
         Ok(api::WaitResponse {
-            exit_status: w.exit_status,
-            exited_at: w.exited_at,
+            exit_status,
+            exited_at,
         })
+    }
+}
+
+/// A shim's Delete answer as the Tasks API's, for process `id`.
+fn deleted(id: String, d: shim::DeleteResponse) -> api::DeleteResponse {
+    api::DeleteResponse {
+        id,
+        pid: d.pid,
+        exit_status: d.exit_status,
+        exited_at: d.exited_at,
     }
 }
