@@ -54,6 +54,15 @@ impl Collector {
         self.wake.notify_one();
     }
 
+    /// After a removal: collects now and waits for it when the call asked (`sync`), else soon.
+    pub(crate) async fn after_removal(&self, sync: bool) -> Result<(), Status> {
+        if sync {
+            return self.run_now().await;
+        }
+        self.schedule();
+        Ok(())
+    }
+
     /// Collects now and waits for it.
     pub(crate) async fn run_now(&self) -> Result<(), Status> {
         let _running = self.running.lock().await;

@@ -18,7 +18,7 @@ use prost_types::Any;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{namespace, parse_filters, ts};
+use super::{mask, parse_filters, parts, required, saved, select, ts};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
@@ -131,18 +131,20 @@ fn field(c: &berth_store::Container, p: &[String]) -> Option<String> {
 impl Containers {
     fn matching(&self, ns: &str, filters: &[String]) -> Result<Vec<Container>, Status> {
         let filter = parse_filters(filters)?;
-        Ok(self
-            .store
-            .list_containers(ns)
-            .map_err(to_status)?
-            .into_iter()
-            .filter(|c| filter.matches(&|p: &[String]| field(c, p)))
-            .map(to_pb)
-            .collect())
+        let all = self.store.list_containers(ns).map_err(to_status)?;
+        Ok(select(all, &filter, field, to_pb))
     }
 }
 
 type ListStream = Pin<Box<dyn Stream<Item = Result<ListContainerMessage, Status>> + Send>>;
+
+/// A container id the call names: it must be set.
+fn id_of(id: String) -> Result<String, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("id: must be set"));
+    }
+    Ok(id)
+}
 
 #[tonic::async_trait]
 impl containers_server::Containers for Containers {
@@ -150,23 +152,18 @@ impl containers_server::Containers for Containers {
         &self,
         req: Request<GetContainerRequest>,
     ) -> Result<Response<GetContainerResponse>, Status> {
-        let ns = namespace(&req)?;
-        let id = req.into_inner().id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument("id: must be set"));
-        }
-        let c = self.store.get_container(&ns, &id).map_err(to_status)?;
-        Ok(Response::new(GetContainerResponse {
-            container: Some(to_pb(c)),
-        }))
+        let (ns, r) = parts(req)?;
+        let c = self.store.get_container(&ns, &id_of(r.id)?);
+        let container = Some(to_pb(c.map_err(to_status)?));
+        Ok(Response::new(GetContainerResponse { container }))
     }
 
     async fn list(
         &self,
         req: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        let ns = namespace(&req)?;
-        let containers = self.matching(&ns, &req.into_inner().filters)?;
+        let (ns, r) = parts(req)?;
+        let containers = self.matching(&ns, &r.filters)?;
         Ok(Response::new(ListContainersResponse { containers }))
     }
 
@@ -176,85 +173,60 @@ impl containers_server::Containers for Containers {
         &self,
         req: Request<ListContainersRequest>,
     ) -> Result<Response<Self::ListStreamStream>, Status> {
-        let ns = namespace(&req)?;
-        let containers = self.matching(&ns, &req.into_inner().filters)?;
-        let s = tokio_stream::iter(
-            containers
-                .into_iter()
-                .map(|c| Ok(ListContainerMessage { container: Some(c) })),
-        );
-        Ok(Response::new(Box::pin(s)))
+        let (ns, r) = parts(req)?;
+        let containers = self.matching(&ns, &r.filters)?;
+        let messages = containers.into_iter().map(|c| {
+            let container = Some(c);
+            Ok(ListContainerMessage { container })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
     async fn create(
         &self,
         req: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        let ns = namespace(&req)?;
-        let c = req
-            .into_inner()
-            .container
-            .ok_or_else(|| Status::invalid_argument("container: required"))?;
-        let created = self
-            .store
-            .create_container(&ns, from_pb(c))
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
-        self.events.publish(
-            &ns,
-            "/containers/create",
-            &ContainerCreate {
-                id: created.id.clone(),
-                image: created.image.clone(),
-                runtime: Some(EventRuntime {
-                    name: created.runtime_name.clone(),
-                    options: created.runtime_options.clone().map(any_pb),
-                }),
-            },
-        );
-        Ok(Response::new(CreateContainerResponse {
-            container: Some(to_pb(created)),
-        }))
+        let (ns, r) = parts(req)?;
+        let c = from_pb(required("container", r.container)?);
+        let created = saved(&self.store, self.store.create_container(&ns, c)).await?;
+        let runtime = Some(EventRuntime {
+            name: created.runtime_name.clone(),
+            options: created.runtime_options.clone().map(any_pb),
+        });
+        let (id, image) = (created.id.clone(), created.image.clone());
+        let event = ContainerCreate { id, image, runtime };
+        self.events.publish(&ns, "/containers/create", &event);
+        let container = Some(to_pb(created));
+        Ok(Response::new(CreateContainerResponse { container }))
     }
 
     async fn update(
         &self,
         req: Request<UpdateContainerRequest>,
     ) -> Result<Response<UpdateContainerResponse>, Status> {
-        let ns = namespace(&req)?;
-        let r = req.into_inner();
-        let c = r
-            .container
-            .ok_or_else(|| Status::invalid_argument("container: required"))?;
-        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let updated = self
-            .store
-            .update_container(&ns, from_pb(c), &paths)
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
-        self.events.publish(
-            &ns,
-            "/containers/update",
-            &ContainerUpdate {
-                id: updated.id.clone(),
-                image: updated.image.clone(),
-                labels: updated.labels.clone(),
-                snapshot_key: updated.snapshot_key.clone(),
-            },
+        let (ns, r) = parts(req)?;
+        let (c, paths) = (
+            from_pb(required("container", r.container)?),
+            mask(r.update_mask),
         );
+        let updated = self.store.update_container(&ns, c, &paths);
+        let updated = saved(&self.store, updated).await?;
+        let event = ContainerUpdate {
+            id: updated.id.clone(),
+            image: updated.image.clone(),
+            labels: updated.labels.clone(),
+            snapshot_key: updated.snapshot_key.clone(),
+        };
+        self.events.publish(&ns, "/containers/update", &event);
         // Labels may have dropped references.
         self.gc.schedule();
-        Ok(Response::new(UpdateContainerResponse {
-            container: Some(to_pb(updated)),
-        }))
+        let container = Some(to_pb(updated));
+        Ok(Response::new(UpdateContainerResponse { container }))
     }
 
     async fn delete(&self, req: Request<DeleteContainerRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
-        let id = req.into_inner().id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument("id: must be set"));
-        }
+        let (ns, r) = parts(req)?;
+        let id = id_of(r.id)?;
         // Deleting the record would let the collector take the snapshot a task runs on (ctr
         // refuses client-side; any client's call is refused here).
         if self.runtimes.has_task(&ns, &id) {
@@ -262,8 +234,7 @@ impl containers_server::Containers for Containers {
                 "container {id:?}: its task still exists; kill and delete the task first"
             )));
         }
-        self.store.delete_container(&ns, &id).map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
+        saved(&self.store, self.store.delete_container(&ns, &id)).await?;
         self.events
             .publish(&ns, "/containers/delete", &ContainerDelete { id });
         self.gc.schedule();

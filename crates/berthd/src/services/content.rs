@@ -19,13 +19,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{blocking, digest, lease, namespace, parse_filters, sys_ts, ts};
+use super::{
+    batches, blocking, digest, lease, mask, namespace, parse_filters, parts, required, saved,
+    select, sys_ts, ts,
+};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
 
-/// Infos per List message, as containerd sends them.
-const LIST_BATCH: usize = 100;
 /// Largest chunk of a Read response.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -63,39 +64,47 @@ fn status_to_pb(s: IngestStatus) -> berth_api::containerd::services::content::v1
     }
 }
 
+fn info_field(i: &ContentInfo, p: &[String]) -> Option<String> {
+    match p.first().map(String::as_str)? {
+        "digest" => Some(i.digest.to_string()),
+        "size" => Some(i.size.to_string()),
+        "labels" => label_field(&i.labels, p),
+        _ => None,
+    }
+}
+
+fn status_field(s: &IngestStatus, p: &[String]) -> Option<String> {
+    match p.first().map(String::as_str)? {
+        "ref" => Some(s.r#ref.clone()),
+        "expected" => s.expected.as_ref().map(|d| d.to_string()),
+        _ => None,
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl content_server::Content for Content {
     async fn info(&self, req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        let ns = namespace(&req)?;
-        let d = digest("digest", &req.into_inner().digest)?;
+        let (ns, r) = parts(req)?;
+        let d = digest("digest", &r.digest)?;
         let info = self.store.content_info(&ns, &d).map_err(to_status)?;
-        Ok(Response::new(InfoResponse {
-            info: Some(info_to_pb(info)),
-        }))
+        let info = Some(info_to_pb(info));
+        Ok(Response::new(InfoResponse { info }))
     }
 
     async fn update(
         &self,
         req: Request<UpdateRequest>,
     ) -> Result<Response<UpdateResponse>, Status> {
-        let ns = namespace(&req)?;
-        let req = req.into_inner();
-        let info = req
-            .info
-            .ok_or_else(|| Status::invalid_argument("info: required"))?;
+        let (ns, r) = parts(req)?;
+        let (info, paths) = (required("info", r.info)?, mask(r.update_mask));
         let d = digest("info.digest", &info.digest)?;
-        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let updated = self
-            .store
-            .content_update(&ns, &d, &info.labels, &paths)
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
+        let updated = self.store.content_update(&ns, &d, &info.labels, &paths);
+        let updated = saved(&self.store, updated).await?;
         self.gc.schedule();
-        Ok(Response::new(UpdateResponse {
-            info: Some(info_to_pb(updated)),
-        }))
+        let info = Some(info_to_pb(updated));
+        Ok(Response::new(UpdateResponse { info }))
     }
 
     type ListStream = BoxStream<ListContentResponse>;
@@ -108,37 +117,18 @@ impl content_server::Content for Content {
         let filter = parse_filters(&req.into_inner().filters)?;
         let store = self.store.clone();
         let infos = blocking(move || store.content_list(&ns).map_err(to_status)).await?;
-        let matching: Vec<Info> = infos
-            .into_iter()
-            .filter(|i| {
-                filter.matches(&|p: &[String]| match p.first().map(String::as_str)? {
-                    "digest" => Some(i.digest.to_string()),
-                    "size" => Some(i.size.to_string()),
-                    "labels" => label_field(&i.labels, p),
-                    _ => None,
-                })
-            })
-            .map(info_to_pb)
-            .collect();
-        let batches: Vec<Result<ListContentResponse, Status>> = matching
-            .chunks(LIST_BATCH)
-            .map(|c| Ok(ListContentResponse { info: c.to_vec() }))
-            .collect();
+        let matching = select(infos, &filter, info_field, info_to_pb);
+        let batches = batches(matching, |info| ListContentResponse { info });
         Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
     }
 
     async fn delete(&self, req: Request<DeleteContentRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
-        let d = digest("digest", &req.into_inner().digest)?;
-        self.store.content_delete(&ns, &d).map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
-        self.events.publish(
-            &ns,
-            "/content/delete",
-            &ContentDelete {
-                digest: d.to_string(),
-            },
-        );
+        let (ns, r) = parts(req)?;
+        let d = digest("digest", &r.digest)?;
+        saved(&self.store, self.store.content_delete(&ns, &d)).await?;
+        let digest = d.to_string();
+        self.events
+            .publish(&ns, "/content/delete", &ContentDelete { digest });
         self.gc.schedule();
         Ok(Response::new(()))
     }
@@ -208,36 +198,23 @@ impl content_server::Content for Content {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let ns = namespace(&req)?;
+        let (ns, r) = parts(req)?;
         let st = self
             .store
-            .content_status(&ns, &req.into_inner().r#ref)
+            .content_status(&ns, &r.r#ref)
             .map_err(to_status)?;
-        Ok(Response::new(StatusResponse {
-            status: Some(status_to_pb(st)),
-        }))
+        let status = Some(status_to_pb(st));
+        Ok(Response::new(StatusResponse { status }))
     }
 
     async fn list_statuses(
         &self,
         req: Request<ListStatusesRequest>,
     ) -> Result<Response<ListStatusesResponse>, Status> {
-        let ns = namespace(&req)?;
-        let filter = parse_filters(&req.into_inner().filters)?;
-        let statuses = self
-            .store
-            .content_statuses(&ns)
-            .map_err(to_status)?
-            .into_iter()
-            .filter(|s| {
-                filter.matches(&|p: &[String]| match p.first().map(String::as_str)? {
-                    "ref" => Some(s.r#ref.clone()),
-                    "expected" => s.expected.as_ref().map(|d| d.to_string()),
-                    _ => None,
-                })
-            })
-            .map(status_to_pb)
-            .collect();
+        let (ns, r) = parts(req)?;
+        let filter = parse_filters(&r.filters)?;
+        let all = self.store.content_statuses(&ns).map_err(to_status)?;
+        let statuses = select(all, &filter, status_field, status_to_pb);
         Ok(Response::new(ListStatusesResponse { statuses }))
     }
 

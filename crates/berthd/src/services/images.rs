@@ -11,7 +11,7 @@ use berth_store::Store;
 use berth_store::filters::label_field;
 use tonic::{Request, Response, Status};
 
-use super::{namespace, parse_filters};
+use super::{mask, parse_filters, parts, required, saved, select};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
@@ -59,30 +59,20 @@ impl images_server::Images for Images {
         &self,
         req: Request<GetImageRequest>,
     ) -> Result<Response<GetImageResponse>, Status> {
-        let ns = namespace(&req)?;
-        let img = self
-            .store
-            .get_image(&ns, &req.into_inner().name)
-            .map_err(to_status)?;
-        Ok(Response::new(GetImageResponse {
-            image: Some(crate::pb::image(img)),
-        }))
+        let (ns, r) = parts(req)?;
+        let image = self.store.get_image(&ns, &r.name).map_err(to_status)?;
+        let image = Some(crate::pb::image(image));
+        Ok(Response::new(GetImageResponse { image }))
     }
 
     async fn list(
         &self,
         req: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        let ns = namespace(&req)?;
-        let filter = parse_filters(&req.into_inner().filters)?;
-        let images = self
-            .store
-            .list_images(&ns)
-            .map_err(to_status)?
-            .into_iter()
-            .filter(|i| filter.matches(&|p: &[String]| field(i, p)))
-            .map(crate::pb::image)
-            .collect();
+        let (ns, r) = parts(req)?;
+        let filter = parse_filters(&r.filters)?;
+        let all = self.store.list_images(&ns).map_err(to_status)?;
+        let images = select(all, &filter, field, crate::pb::image);
         Ok(Response::new(ListImagesResponse { images }))
     }
 
@@ -90,73 +80,40 @@ impl images_server::Images for Images {
         &self,
         req: Request<CreateImageRequest>,
     ) -> Result<Response<CreateImageResponse>, Status> {
-        let ns = namespace(&req)?;
-        let img = req
-            .into_inner()
-            .image
-            .ok_or_else(|| Status::invalid_argument("image: required"))?;
-        let created = self
-            .store
-            .create_image(&ns, from_pb(img))
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
-        self.events.publish(
-            &ns,
-            "/images/create",
-            &ImageCreate {
-                name: created.name.clone(),
-                labels: created.labels.clone(),
-            },
-        );
-        Ok(Response::new(CreateImageResponse {
-            image: Some(crate::pb::image(created)),
-        }))
+        let (ns, r) = parts(req)?;
+        let image = from_pb(required("image", r.image)?);
+        let created = saved(&self.store, self.store.create_image(&ns, image)).await?;
+        let (name, labels) = (created.name.clone(), created.labels.clone());
+        self.events
+            .publish(&ns, "/images/create", &ImageCreate { name, labels });
+        let image = Some(crate::pb::image(created));
+        Ok(Response::new(CreateImageResponse { image }))
     }
 
     async fn update(
         &self,
         req: Request<UpdateImageRequest>,
     ) -> Result<Response<UpdateImageResponse>, Status> {
-        let ns = namespace(&req)?;
-        let req = req.into_inner();
-        let img = req
-            .image
-            .ok_or_else(|| Status::invalid_argument("image: required"))?;
-        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let updated = self
-            .store
-            .update_image(&ns, from_pb(img), &paths)
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
-        self.events.publish(
-            &ns,
-            "/images/update",
-            &ImageUpdate {
-                name: updated.name.clone(),
-                labels: updated.labels.clone(),
-            },
-        );
+        let (ns, r) = parts(req)?;
+        let (image, paths) = (from_pb(required("image", r.image)?), mask(r.update_mask));
+        let updated = saved(&self.store, self.store.update_image(&ns, image, &paths)).await?;
+        let (name, labels) = (updated.name.clone(), updated.labels.clone());
+        self.events
+            .publish(&ns, "/images/update", &ImageUpdate { name, labels });
         self.gc.schedule();
-        Ok(Response::new(UpdateImageResponse {
-            image: Some(crate::pb::image(updated)),
-        }))
+        let image = Some(crate::pb::image(updated));
+        Ok(Response::new(UpdateImageResponse { image }))
     }
 
     async fn delete(&self, req: Request<DeleteImageRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
-        let req = req.into_inner();
-        let target = req.target.map(|t| t.digest);
-        self.store
-            .delete_image(&ns, &req.name, target.as_deref())
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
+        let (ns, r) = parts(req)?;
+        let target = r.target.map(|t| t.digest);
+        let deleted = self.store.delete_image(&ns, &r.name, target.as_deref());
+        saved(&self.store, deleted).await?;
+        let name = r.name;
         self.events
-            .publish(&ns, "/images/delete", &ImageDelete { name: req.name });
-        if req.sync {
-            self.gc.run_now().await?;
-        } else {
-            self.gc.schedule();
-        }
+            .publish(&ns, "/images/delete", &ImageDelete { name });
+        self.gc.after_removal(r.sync).await?;
         Ok(Response::new(()))
     }
 }

@@ -11,7 +11,7 @@ use berth_store::Store;
 use berth_store::filters::label_field;
 use tonic::{Request, Response, Status};
 
-use super::{namespace, parse_filters, ts};
+use super::{parse_filters, parts, saved, select, ts};
 use crate::errors::to_status;
 use crate::gc::Collector;
 
@@ -43,6 +43,14 @@ fn resource(r: Option<Resource>) -> Result<berth_store::Resource, Status> {
     })
 }
 
+fn field(l: &berth_store::Lease, p: &[String]) -> Option<String> {
+    match p.first().map(String::as_str)? {
+        "id" => Some(l.id.clone()),
+        "labels" => label_field(&l.labels, p),
+        _ => None,
+    }
+}
+
 /// A generated lease id, unique enough: nanoseconds and randomness, as containerd's clients do.
 fn generated_id() -> String {
     let nanos = SystemTime::now()
@@ -59,64 +67,34 @@ impl leases_server::Leases for Leases {
         &self,
         req: Request<CreateRequest>,
     ) -> Result<Response<CreateResponse>, Status> {
-        let ns = namespace(&req)?;
-        let req = req.into_inner();
-        let id = if req.id.is_empty() {
-            generated_id()
-        } else {
-            req.id
-        };
-        let lease = self
-            .store
-            .create_lease(&ns, &id, req.labels)
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
-        Ok(Response::new(CreateResponse {
-            lease: Some(to_pb(lease)),
-        }))
+        let (ns, r) = parts(req)?;
+        let id = Some(r.id).filter(|id| !id.is_empty());
+        let id = id.unwrap_or_else(generated_id);
+        let lease = saved(&self.store, self.store.create_lease(&ns, &id, r.labels)).await?;
+        let lease = Some(to_pb(lease));
+        Ok(Response::new(CreateResponse { lease }))
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
-        let req = req.into_inner();
-        self.store.delete_lease(&ns, &req.id).map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
-        if req.sync {
-            self.gc.run_now().await?;
-        } else {
-            self.gc.schedule();
-        }
+        let (ns, r) = parts(req)?;
+        saved(&self.store, self.store.delete_lease(&ns, &r.id)).await?;
+        self.gc.after_removal(r.sync).await?;
         Ok(Response::new(()))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let ns = namespace(&req)?;
-        let filter = parse_filters(&req.into_inner().filters)?;
-        let leases = self
-            .store
-            .list_leases(&ns)
-            .map_err(to_status)?
-            .into_iter()
-            .filter(|l| {
-                filter.matches(&|p: &[String]| match p.first().map(String::as_str) {
-                    Some("id") => Some(l.id.clone()),
-                    Some("labels") => label_field(&l.labels, p),
-                    _ => None,
-                })
-            })
-            .map(to_pb)
-            .collect();
+        let (ns, r) = parts(req)?;
+        let filter = parse_filters(&r.filters)?;
+        let all = self.store.list_leases(&ns).map_err(to_status)?;
+        let leases = select(all, &filter, field, to_pb);
         Ok(Response::new(ListResponse { leases }))
     }
 
     async fn add_resource(&self, req: Request<AddResourceRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
-        let req = req.into_inner();
-        let r = resource(req.resource)?;
-        self.store
-            .add_lease_resource(&ns, &req.id, &r)
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
+        let (ns, r) = parts(req)?;
+        let resource = resource(r.resource)?;
+        let added = self.store.add_lease_resource(&ns, &r.id, &resource);
+        saved(&self.store, added).await?;
         Ok(Response::new(()))
     }
 
@@ -124,13 +102,10 @@ impl leases_server::Leases for Leases {
         &self,
         req: Request<DeleteResourceRequest>,
     ) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
-        let req = req.into_inner();
-        let r = resource(req.resource)?;
-        self.store
-            .delete_lease_resource(&ns, &req.id, &r)
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
+        let (ns, r) = parts(req)?;
+        let resource = resource(r.resource)?;
+        let deleted = self.store.delete_lease_resource(&ns, &r.id, &resource);
+        saved(&self.store, deleted).await?;
         self.gc.schedule();
         Ok(Response::new(()))
     }
@@ -139,18 +114,16 @@ impl leases_server::Leases for Leases {
         &self,
         req: Request<ListResourcesRequest>,
     ) -> Result<Response<ListResourcesResponse>, Status> {
-        let ns = namespace(&req)?;
-        let id = req.into_inner().id;
-        let resources = self
+        let (ns, r) = parts(req)?;
+        let all = self
             .store
-            .list_lease_resources(&ns, &id)
-            .map_err(to_status)?
-            .into_iter()
-            .map(|r| Resource {
-                id: r.id,
-                r#type: r.r#type,
-            })
-            .collect();
+            .list_lease_resources(&ns, &r.id)
+            .map_err(to_status)?;
+        let resources = all.into_iter().map(|r| Resource {
+            id: r.id,
+            r#type: r.r#type,
+        });
+        let resources = resources.collect();
         Ok(Response::new(ListResourcesResponse { resources }))
     }
 }

@@ -53,9 +53,63 @@ pub(crate) fn parse_filters(filters: &[String]) -> Result<berth_store::filters::
         .map_err(|e| Status::invalid_argument(format!("filters: {e}")))
 }
 
+/// The records a List call's `filter` selects (by `field`, which reads a record's field at a
+/// filter's path), in the API's type.
+pub(crate) fn select<T, P>(
+    all: Vec<T>,
+    filter: &berth_store::filters::Filter,
+    field: impl Fn(&T, &[String]) -> Option<String>,
+    to_pb: impl FnMut(T) -> P,
+) -> Vec<P> {
+    let chosen = all
+        .into_iter()
+        .filter(|r| filter.matches(&|p: &[String]| field(r, p)));
+    chosen.map(to_pb).collect()
+}
+
+/// Records per message of a streamed List, as containerd sends them.
+const LIST_BATCH: usize = 100;
+
+/// A streamed List's messages: the records in batches, each made a message by `message`.
+pub(crate) fn batches<T: Clone, M>(
+    all: Vec<T>,
+    message: impl Fn(Vec<T>) -> M,
+) -> Vec<Result<M, Status>> {
+    all.chunks(LIST_BATCH)
+        .map(|c| Ok(message(c.to_vec())))
+        .collect()
+}
+
 /// Parses a digest field.
 pub(crate) fn digest(field: &str, s: &str) -> Result<berth_store::Digest, Status> {
     berth_store::Digest::parse(s).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// A namespaced call's namespace and its request.
+pub(crate) fn parts<T>(req: Request<T>) -> Result<(String, T), Status> {
+    let ns = namespace(&req)?;
+    Ok((ns, req.into_inner()))
+}
+
+/// A message field the call cannot go without.
+pub(crate) fn required<T>(field: &str, v: Option<T>) -> Result<T, Status> {
+    v.ok_or_else(|| Status::invalid_argument(format!("{field}: required")))
+}
+
+/// The paths of an update mask (none: the whole record).
+pub(crate) fn mask(m: Option<prost_types::FieldMask>) -> Vec<String> {
+    m.map(|m| m.paths).unwrap_or_default()
+}
+
+/// A change to the store made durable before the call answers: its error mapped, the store
+/// flushed.
+pub(crate) async fn saved<T>(
+    store: &berth_store::Store,
+    change: Result<T, berth_store::StoreError>,
+) -> Result<T, Status> {
+    let done = change.map_err(crate::errors::to_status)?;
+    store.flush().await.map_err(crate::errors::to_status)?;
+    Ok(done)
 }
 
 /// The namespace of a namespaced call, validated as an identifier.

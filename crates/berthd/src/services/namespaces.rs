@@ -9,6 +9,7 @@ use berth_store::filters::{self, label_field};
 use berth_store::{Store, validate_identifier};
 use tonic::{Request, Response, Status};
 
+use super::{mask, required, saved, select};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use berth_api::containerd::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
@@ -23,10 +24,6 @@ pub(crate) struct Namespaces {
 impl Namespaces {
     pub(crate) fn new(store: Store, events: Arc<Exchange>) -> Self {
         Namespaces { store, events }
-    }
-
-    async fn flush(&self) -> Result<(), Status> {
-        self.store.flush().await.map_err(to_status)
     }
 }
 
@@ -48,6 +45,14 @@ fn checked_name(name: &str) -> Result<(), Status> {
     validate_identifier(name).map_err(|e| Status::invalid_argument(format!("namespace.name: {e}")))
 }
 
+fn field(n: &berth_store::Namespace, p: &[String]) -> Option<String> {
+    match p.first().map(String::as_str)? {
+        "name" => Some(n.name.clone()),
+        "labels" => label_field(&n.labels, p),
+        _ => None,
+    }
+}
+
 #[tonic::async_trait]
 impl namespaces_server::Namespaces for Namespaces {
     async fn get(
@@ -58,17 +63,11 @@ impl namespaces_server::Namespaces for Namespaces {
         checked_name(&name)?;
         // containerd answers OK with empty labels for a namespace that does not exist: clients
         // call Get on start-up to read default labels.
-        let ns = self
-            .store
-            .get_namespace(&name)
-            .map_err(to_status)?
-            .unwrap_or(berth_store::Namespace {
-                name,
-                labels: Default::default(),
-            });
-        Ok(Response::new(GetNamespaceResponse {
-            namespace: Some(to_pb(ns)),
-        }))
+        let found = self.store.get_namespace(&name).map_err(to_status)?;
+        let labels = Default::default();
+        let ns = found.unwrap_or(berth_store::Namespace { name, labels });
+        let namespace = Some(to_pb(ns));
+        Ok(Response::new(GetNamespaceResponse { namespace }))
     }
 
     async fn list(
@@ -77,20 +76,8 @@ impl namespaces_server::Namespaces for Namespaces {
     ) -> Result<Response<ListNamespacesResponse>, Status> {
         let filter = filters::parse(&req.into_inner().filter)
             .map_err(|e| Status::invalid_argument(format!("filter: {e}")))?;
-        let namespaces = self
-            .store
-            .list_namespaces()
-            .map_err(to_status)?
-            .into_iter()
-            .filter(|n| {
-                filter.matches(&|path: &[String]| match path.first().map(String::as_str) {
-                    Some("name") => Some(n.name.clone()),
-                    Some("labels") => label_field(&n.labels, path),
-                    _ => None,
-                })
-            })
-            .map(to_pb)
-            .collect();
+        let all = self.store.list_namespaces().map_err(to_status)?;
+        let namespaces = select(all, &filter, field, to_pb);
         Ok(Response::new(ListNamespacesResponse { namespaces }))
     }
 
@@ -98,68 +85,53 @@ impl namespaces_server::Namespaces for Namespaces {
         &self,
         req: Request<CreateNamespaceRequest>,
     ) -> Result<Response<CreateNamespaceResponse>, Status> {
-        let ns = req
-            .into_inner()
-            .namespace
-            .ok_or_else(|| Status::invalid_argument("namespace: required"))?;
+        let ns = required("namespace", req.into_inner().namespace)?;
         checked_name(&ns.name)?;
-        self.store
-            .create_namespace(&from_pb(ns.clone()))
-            .map_err(to_status)?;
-        self.flush().await?;
+        saved(
+            &self.store,
+            self.store.create_namespace(&from_pb(ns.clone())),
+        )
+        .await?;
         tracing::info!(namespace = %ns.name, "namespace created");
+        let (name, labels) = (ns.name.clone(), ns.labels.clone());
         self.events.publish(
             &ns.name,
             "/namespaces/create",
-            &NamespaceCreate {
-                name: ns.name.clone(),
-                labels: ns.labels.clone(),
-            },
+            &NamespaceCreate { name, labels },
         );
-        Ok(Response::new(CreateNamespaceResponse {
-            namespace: Some(ns),
-        }))
+        let namespace = Some(ns);
+        Ok(Response::new(CreateNamespaceResponse { namespace }))
     }
 
     async fn update(
         &self,
         req: Request<UpdateNamespaceRequest>,
     ) -> Result<Response<UpdateNamespaceResponse>, Status> {
-        let req = req.into_inner();
-        let ns = req
-            .namespace
-            .ok_or_else(|| Status::invalid_argument("namespace: required"))?;
+        let r = req.into_inner();
+        let (ns, paths) = (required("namespace", r.namespace)?, mask(r.update_mask));
         checked_name(&ns.name)?;
-        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let updated = self
-            .store
-            .update_namespace(&from_pb(ns), &paths)
-            .map_err(to_status)?;
-        self.flush().await?;
+        let updated = self.store.update_namespace(&from_pb(ns), &paths);
+        let updated = saved(&self.store, updated).await?;
+        let (name, labels) = (updated.name.clone(), updated.labels.clone());
         self.events.publish(
-            &updated.name,
+            &name,
             "/namespaces/update",
             &NamespaceUpdate {
-                name: updated.name.clone(),
-                labels: updated.labels.clone(),
+                name: name.clone(),
+                labels,
             },
         );
-        Ok(Response::new(UpdateNamespaceResponse {
-            namespace: Some(to_pb(updated)),
-        }))
+        let namespace = Some(to_pb(updated));
+        Ok(Response::new(UpdateNamespaceResponse { namespace }))
     }
 
     async fn delete(&self, req: Request<DeleteNamespaceRequest>) -> Result<Response<()>, Status> {
         let name = req.into_inner().name;
         checked_name(&name)?;
-        self.store.delete_namespace(&name).map_err(to_status)?;
-        self.flush().await?;
+        saved(&self.store, self.store.delete_namespace(&name)).await?;
         tracing::info!(namespace = %name, "namespace deleted");
-        self.events.publish(
-            &name,
-            "/namespaces/delete",
-            &NamespaceDelete { name: name.clone() },
-        );
+        let event = NamespaceDelete { name: name.clone() };
+        self.events.publish(&name, "/namespaces/delete", &event);
         Ok(Response::new(()))
     }
 }

@@ -14,12 +14,13 @@ use berth_store::filters::label_field;
 use berth_store::{NewSnapshot, SnapshotInfo, SnapshotKind, Store};
 use tonic::{Request, Response, Status};
 
-use super::{blocking, lease, mounts_pb, namespace, parse_filters, ts};
+use super::{
+    batches, blocking, lease, mask, mounts_pb, namespace, parse_filters, parts, required, saved,
+    select, ts,
+};
 use crate::errors::to_status;
 use crate::events::Exchange;
 use crate::gc::Collector;
-
-const LIST_BATCH: usize = 100;
 
 #[derive(Debug)]
 pub(crate) struct Snapshots {
@@ -63,141 +64,130 @@ fn info_pb(i: SnapshotInfo) -> Info {
     }
 }
 
+fn field(i: &SnapshotInfo, p: &[String]) -> Option<String> {
+    match p.first().map(String::as_str)? {
+        "name" => Some(i.name.clone()),
+        "parent" => Some(i.parent.clone()).filter(|s| !s.is_empty()),
+        "kind" => Some(kind_pb(i.kind).as_str_name().to_lowercase()),
+        "labels" => label_field(&i.labels, p),
+        _ => None,
+    }
+}
+
+/// What Prepare and View ask for: a new snapshot of `kind`.
+struct New {
+    snapshotter: String,
+    key: String,
+    parent: String,
+    labels: std::collections::HashMap<String, String>,
+    kind: SnapshotKind,
+}
+
+/// Prepare's and View's requests have the same fields: the new snapshot either asks for.
+macro_rules! new_snapshot {
+    ($r:expr, $kind:expr) => {
+        New {
+            snapshotter: $r.snapshotter.clone(),
+            key: $r.key.clone(),
+            parent: $r.parent.clone(),
+            labels: $r.labels.clone(),
+            kind: $kind,
+        }
+    };
+}
+
+impl Snapshots {
+    /// A new active snapshot or view, made under the call's lease; its mounts.
+    async fn create<T>(
+        &self,
+        req: &Request<T>,
+        new: New,
+    ) -> Result<Vec<berth_store::Mount>, Status> {
+        let (ns, lease) = (namespace(req)?, lease(req));
+        self.check(&new.snapshotter)?;
+        let store = self.store.clone();
+        let made = blocking(move || {
+            let snapshot = NewSnapshot {
+                key: &new.key,
+                parent: &new.parent,
+                kind: new.kind,
+                labels: new.labels,
+                lease: lease.as_deref(),
+            };
+            Ok(store.prepare_snapshot(&ns, &new.snapshotter, snapshot))
+        });
+        saved(&self.store, made.await?).await
+    }
+}
+
 #[tonic::async_trait]
 impl snapshots_server::Snapshots for Snapshots {
     async fn prepare(
         &self,
         req: Request<PrepareSnapshotRequest>,
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
-        let ns = namespace(&req)?;
-        let lease = lease(&req);
-        let r = req.into_inner();
-        self.check(&r.snapshotter)?;
-        let store = self.store.clone();
-        let (sn, key, parent) = (r.snapshotter.clone(), r.key.clone(), r.parent.clone());
-        let nsc = ns.clone();
-        let mounts = blocking(move || {
-            store
-                .prepare_snapshot(
-                    &nsc,
-                    &sn,
-                    NewSnapshot {
-                        key: &key,
-                        parent: &parent,
-                        kind: SnapshotKind::Active,
-                        labels: r.labels,
-                        lease: lease.as_deref(),
-                    },
-                )
-                .map_err(to_status)
-        })
-        .await?;
-        self.store.flush().await.map_err(to_status)?;
-        self.events.publish(
-            &ns,
-            "/snapshot/prepare",
-            &SnapshotPrepare {
-                key: r.key,
-                parent: r.parent,
-                snapshotter: r.snapshotter,
-            },
-        );
-        Ok(Response::new(PrepareSnapshotResponse {
-            mounts: mounts_pb(mounts),
-        }))
+        let new = new_snapshot!(req.get_ref(), SnapshotKind::Active);
+        let mounts = mounts_pb(self.create(&req, new).await?);
+        let (ns, r) = parts(req)?;
+        let (key, parent, snapshotter) = (r.key, r.parent, r.snapshotter);
+        let event = SnapshotPrepare {
+            key,
+            parent,
+            snapshotter,
+        };
+        self.events.publish(&ns, "/snapshot/prepare", &event);
+        Ok(Response::new(PrepareSnapshotResponse { mounts }))
     }
 
     async fn view(
         &self,
         req: Request<ViewSnapshotRequest>,
     ) -> Result<Response<ViewSnapshotResponse>, Status> {
-        let ns = namespace(&req)?;
-        let lease = lease(&req);
-        let r = req.into_inner();
-        self.check(&r.snapshotter)?;
-        let store = self.store.clone();
-        let mounts = blocking(move || {
-            store
-                .prepare_snapshot(
-                    &ns,
-                    &r.snapshotter,
-                    NewSnapshot {
-                        key: &r.key,
-                        parent: &r.parent,
-                        kind: SnapshotKind::View,
-                        labels: r.labels,
-                        lease: lease.as_deref(),
-                    },
-                )
-                .map_err(to_status)
-        })
-        .await?;
-        self.store.flush().await.map_err(to_status)?;
-        Ok(Response::new(ViewSnapshotResponse {
-            mounts: mounts_pb(mounts),
-        }))
+        let new = new_snapshot!(req.get_ref(), SnapshotKind::View);
+        let mounts = mounts_pb(self.create(&req, new).await?);
+        Ok(Response::new(ViewSnapshotResponse { mounts }))
     }
 
     async fn mounts(
         &self,
         req: Request<MountsRequest>,
     ) -> Result<Response<MountsResponse>, Status> {
-        let ns = namespace(&req)?;
-        let r = req.into_inner();
+        let (ns, r) = parts(req)?;
         self.check(&r.snapshotter)?;
-        let m = self
-            .store
-            .snapshot_mounts(&ns, &r.snapshotter, &r.key)
-            .map_err(to_status)?;
-        Ok(Response::new(MountsResponse {
-            mounts: mounts_pb(m),
-        }))
+        let m = self.store.snapshot_mounts(&ns, &r.snapshotter, &r.key);
+        let mounts = mounts_pb(m.map_err(to_status)?);
+        Ok(Response::new(MountsResponse { mounts }))
     }
 
     async fn commit(&self, req: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
         let lease = lease(&req);
-        let r = req.into_inner();
+        let (ns, r) = parts(req)?;
         self.check(&r.snapshotter)?;
-        self.store
-            .commit_snapshot(
-                &ns,
-                &r.snapshotter,
-                &r.name,
-                &r.key,
-                r.labels,
-                lease.as_deref(),
-            )
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
-        self.events.publish(
-            &ns,
-            "/snapshot/commit",
-            &SnapshotCommit {
-                key: r.key,
-                name: r.name,
-                snapshotter: r.snapshotter,
-            },
-        );
+        let (sn, name, key, lease) = (&r.snapshotter, &r.name, &r.key, lease.as_deref());
+        let committed = self
+            .store
+            .commit_snapshot(&ns, sn, name, key, r.labels, lease);
+        saved(&self.store, committed).await?;
+        let (key, name, snapshotter) = (r.key, r.name, r.snapshotter);
+        let event = SnapshotCommit {
+            key,
+            name,
+            snapshotter,
+        };
+        self.events.publish(&ns, "/snapshot/commit", &event);
         Ok(Response::new(()))
     }
 
     async fn remove(&self, req: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
-        let r = req.into_inner();
+        let (ns, r) = parts(req)?;
         self.check(&r.snapshotter)?;
         let store = self.store.clone();
         let (nsc, sn, key) = (ns.clone(), r.snapshotter.clone(), r.key.clone());
-        blocking(move || store.remove_snapshot(&nsc, &sn, &key).map_err(to_status)).await?;
-        self.store.flush().await.map_err(to_status)?;
-        self.events.publish(
-            &ns,
-            "/snapshot/remove",
-            &SnapshotRemove {
-                key: r.key,
-                snapshotter: r.snapshotter,
-            },
-        );
+        let removed = blocking(move || Ok(store.remove_snapshot(&nsc, &sn, &key))).await?;
+        saved(&self.store, removed).await?;
+        let (key, snapshotter) = (r.key, r.snapshotter);
+        let event = SnapshotRemove { key, snapshotter };
+        self.events.publish(&ns, "/snapshot/remove", &event);
         self.gc.schedule();
         Ok(Response::new(()))
     }
@@ -206,38 +196,26 @@ impl snapshots_server::Snapshots for Snapshots {
         &self,
         req: Request<StatSnapshotRequest>,
     ) -> Result<Response<StatSnapshotResponse>, Status> {
-        let ns = namespace(&req)?;
-        let r = req.into_inner();
+        let (ns, r) = parts(req)?;
         self.check(&r.snapshotter)?;
-        let i = self
-            .store
-            .stat_snapshot(&ns, &r.snapshotter, &r.key)
-            .map_err(to_status)?;
-        Ok(Response::new(StatSnapshotResponse {
-            info: Some(info_pb(i)),
-        }))
+        let i = self.store.stat_snapshot(&ns, &r.snapshotter, &r.key);
+        let info = Some(info_pb(i.map_err(to_status)?));
+        Ok(Response::new(StatSnapshotResponse { info }))
     }
 
     async fn update(
         &self,
         req: Request<UpdateSnapshotRequest>,
     ) -> Result<Response<UpdateSnapshotResponse>, Status> {
-        let ns = namespace(&req)?;
-        let r = req.into_inner();
+        let (ns, r) = parts(req)?;
         self.check(&r.snapshotter)?;
-        let info = r
-            .info
-            .ok_or_else(|| Status::invalid_argument("info: required"))?;
-        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let i = self
-            .store
-            .update_snapshot(&ns, &r.snapshotter, &info.name, &info.labels, &paths)
-            .map_err(to_status)?;
-        self.store.flush().await.map_err(to_status)?;
+        let (info, paths) = (required("info", r.info)?, mask(r.update_mask));
+        let (sn, name, labels) = (&r.snapshotter, &info.name, &info.labels);
+        let updated = self.store.update_snapshot(&ns, sn, name, labels, &paths);
+        let updated = saved(&self.store, updated).await?;
         self.gc.schedule();
-        Ok(Response::new(UpdateSnapshotResponse {
-            info: Some(info_pb(i)),
-        }))
+        let info = Some(info_pb(updated));
+        Ok(Response::new(UpdateSnapshotResponse { info }))
     }
 
     type ListStream = std::pin::Pin<
@@ -248,53 +226,29 @@ impl snapshots_server::Snapshots for Snapshots {
         &self,
         req: Request<ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        let ns = namespace(&req)?;
-        let r = req.into_inner();
+        let (ns, r) = parts(req)?;
         self.check(&r.snapshotter)?;
         let filter = parse_filters(&r.filters)?;
-        let infos: Vec<Info> = self
-            .store
-            .list_snapshots(&ns, &r.snapshotter)
-            .map_err(to_status)?
-            .into_iter()
-            .filter(|i| {
-                filter.matches(&|p: &[String]| match p.first().map(String::as_str)? {
-                    "name" => Some(i.name.clone()),
-                    "parent" => Some(i.parent.clone()).filter(|s| !s.is_empty()),
-                    "kind" => Some(kind_pb(i.kind).as_str_name().to_lowercase()),
-                    "labels" => label_field(&i.labels, p),
-                    _ => None,
-                })
-            })
-            .map(info_pb)
-            .collect();
-        let batches: Vec<Result<ListSnapshotsResponse, Status>> = infos
-            .chunks(LIST_BATCH)
-            .map(|c| Ok(ListSnapshotsResponse { info: c.to_vec() }))
-            .collect();
+        let all = self.store.list_snapshots(&ns, &r.snapshotter);
+        let infos = select(all.map_err(to_status)?, &filter, field, info_pb);
+        let batches = batches(infos, |info| ListSnapshotsResponse { info });
         Ok(Response::new(Box::pin(tokio_stream::iter(batches))))
     }
 
     async fn usage(&self, req: Request<UsageRequest>) -> Result<Response<UsageResponse>, Status> {
-        let ns = namespace(&req)?;
-        let r = req.into_inner();
+        let (ns, r) = parts(req)?;
         self.check(&r.snapshotter)?;
         let store = self.store.clone();
-        let u = blocking(move || {
-            store
-                .snapshot_usage(&ns, &r.snapshotter, &r.key)
-                .map_err(to_status)
-        })
-        .await?;
-        Ok(Response::new(UsageResponse {
-            size: u.size,
-            inodes: u.inodes,
-        }))
+        let (sn, key) = (r.snapshotter, r.key);
+        let u = blocking(move || store.snapshot_usage(&ns, &sn, &key).map_err(to_status));
+        let u = u.await?;
+        let (size, inodes) = (u.size, u.inodes);
+        Ok(Response::new(UsageResponse { size, inodes }))
     }
 
     async fn cleanup(&self, req: Request<CleanupRequest>) -> Result<Response<()>, Status> {
-        namespace(&req)?;
-        let sn = req.into_inner().snapshotter;
+        let (_, r) = parts(req)?;
+        let sn = r.snapshotter;
         self.check(&sn)?;
         let store = self.store.clone();
         blocking(move || store.cleanup_snapshots(&sn).map_err(to_status)).await?;
