@@ -8,6 +8,22 @@ pub(crate) struct Table {
     padding: usize,
 }
 
+/// An `ls`: with `quiet`, each item's `key` alone on a line and no table; else `table` to fill.
+pub(crate) fn quiet_or<T>(
+    quiet: bool,
+    items: &[T],
+    key: impl Fn(&T) -> &str,
+    table: Table,
+) -> Option<Table> {
+    if quiet {
+        for i in items {
+            println!("{}", key(i));
+        }
+        return None;
+    }
+    Some(table)
+}
+
 impl Table {
     pub(crate) fn new(header: &[&str], padding: usize) -> Table {
         Table {

@@ -15,21 +15,16 @@ use berth_api::containerd::services::tasks::v1::{
     MetricsRequest, PauseTaskRequest, ResumeTaskRequest, StartRequest, WaitRequest,
 };
 
+use super::ListArgs;
 use super::{format_labels, parse_labels};
 use crate::client::Conn;
-use crate::table::Table;
+use crate::table::{Table, quiet_or};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ContainersAction {
     /// List containers.
     #[command(alias = "list")]
-    Ls {
-        /// Print only ids.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
-        filters: Vec<String>,
-    },
+    Ls(ListArgs),
     /// Show a container as JSON.
     Info {
         /// The container.
@@ -160,19 +155,16 @@ async fn get(conn: &Conn, id: &str) -> anyhow::Result<Container> {
 pub(crate) async fn containers(conn: &Conn, action: ContainersAction) -> anyhow::Result<()> {
     let mut c = ContainersClient::new(conn.channel.clone());
     match action {
-        ContainersAction::Ls { quiet, filters } => {
+        ContainersAction::Ls(ListArgs { quiet, filters }) => {
             let list = c
                 .list(conn.req(ListContainersRequest { filters }))
                 .await?
                 .into_inner()
                 .containers;
-            if quiet {
-                for x in list {
-                    println!("{}", x.id);
-                }
+            let t = Table::new(&["CONTAINER", "IMAGE", "RUNTIME"], 4);
+            let Some(mut t) = quiet_or(quiet, &list, |x| &x.id, t) else {
                 return Ok(());
-            }
-            let mut t = Table::new(&["CONTAINER", "IMAGE", "RUNTIME"], 4);
+            };
             for x in list {
                 let image = if x.image.is_empty() {
                     "-".into()
@@ -267,13 +259,10 @@ pub(crate) async fn tasks(conn: &Conn, action: TasksAction) -> anyhow::Result<()
                 .await?
                 .into_inner()
                 .tasks;
-            if quiet {
-                for p in list {
-                    println!("{}", p.id);
-                }
+            let tbl = Table::new(&["TASK", "PID", "STATUS"], 4);
+            let Some(mut tbl) = quiet_or(quiet, &list, |p| &p.id, tbl) else {
                 return Ok(());
-            }
-            let mut tbl = Table::new(&["TASK", "PID", "STATUS"], 4);
+            };
             for p in list {
                 let st = STATUS.get(p.status as usize).copied().unwrap_or("UNKNOWN");
                 tbl.row(vec![p.id, p.pid.to_string(), st.to_string()]);

@@ -9,21 +9,16 @@ use berth_api::containerd::services::content::v1::{
 };
 use tokio_stream::StreamExt;
 
+use super::ListArgs;
 use super::{age, format_labels, human_size, parse_labels};
 use crate::client::Conn;
-use crate::table::Table;
+use crate::table::{Table, quiet_or};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Action {
     /// List blobs in the namespace.
     #[command(alias = "list")]
-    Ls {
-        /// Print only digests.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Filters (containerd syntax), e.g. `labels.containerd.io/gc.root`.
-        filters: Vec<String>,
-    },
+    Ls(ListArgs),
     /// Write a blob to stdout.
     Get {
         /// The blob's digest (`sha256:...`).
@@ -59,10 +54,28 @@ pub(crate) enum Action {
     },
 }
 
+/// Writes blob `digest` to stdout.
+pub(crate) async fn write_blob(conn: &Conn, digest: String) -> anyhow::Result<()> {
+    let mut c = ContentClient::new(conn.channel.clone()).max_decoding_message_size(64 << 20);
+    let (offset, size) = (0, 0);
+    let read = ReadContentRequest {
+        digest,
+        offset,
+        size,
+    };
+    let mut stream = c.read(conn.req(read)).await?.into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        out.write_all(&chunk?.data)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
     let mut c = ContentClient::new(conn.channel.clone()).max_decoding_message_size(64 << 20);
     match action {
-        Action::Ls { quiet, filters } => {
+        Action::Ls(ListArgs { quiet, filters }) => {
             let mut stream = c
                 .list(conn.req(ListContentRequest { filters }))
                 .await?
@@ -71,13 +84,10 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
             while let Some(batch) = stream.next().await {
                 infos.extend(batch?.info);
             }
-            if quiet {
-                for i in infos {
-                    println!("{}", i.digest);
-                }
+            let t = Table::new(&["DIGEST", "SIZE", "AGE", "LABELS"], 1);
+            let Some(mut t) = quiet_or(quiet, &infos, |i| &i.digest, t) else {
                 return Ok(());
-            }
-            let mut t = Table::new(&["DIGEST", "SIZE", "AGE", "LABELS"], 1);
+            };
             for i in infos {
                 t.row(vec![
                     i.digest,
@@ -88,21 +98,7 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
             }
             print!("{}", t.render());
         }
-        Action::Get { digest } => {
-            let mut stream = c
-                .read(conn.req(ReadContentRequest {
-                    digest,
-                    offset: 0,
-                    size: 0,
-                }))
-                .await?
-                .into_inner();
-            let mut out = std::io::stdout().lock();
-            while let Some(chunk) = stream.next().await {
-                out.write_all(&chunk?.data)?;
-            }
-            out.flush()?;
-        }
+        Action::Get { digest } => write_blob(conn, digest).await?,
         Action::Ingest {
             r#ref,
             expected_size,

@@ -5,21 +5,16 @@ use std::time::Duration;
 use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use berth_api::containerd::services::leases::v1::{CreateRequest, DeleteRequest, ListRequest};
 
+use super::ListArgs;
 use super::{format_labels, parse_labels, rfc3339};
 use crate::client::Conn;
-use crate::table::Table;
+use crate::table::{Table, quiet_or};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Action {
     /// List leases.
     #[command(alias = "list")]
-    Ls {
-        /// Print only ids.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
-        filters: Vec<String>,
-    },
+    Ls(ListArgs),
     /// Create a lease (a generated id unless --id).
     Create {
         /// The lease's id.
@@ -63,19 +58,16 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
     let mut c = LeasesClient::new(conn.channel.clone());
     match action {
-        Action::Ls { quiet, filters } => {
+        Action::Ls(ListArgs { quiet, filters }) => {
             let leases = c
                 .list(conn.req(ListRequest { filters }))
                 .await?
                 .into_inner()
                 .leases;
-            if quiet {
-                for l in leases {
-                    println!("{}", l.id);
-                }
+            let t = Table::new(&["ID", "CREATED AT", "LABELS"], 1);
+            let Some(mut t) = quiet_or(quiet, &leases, |l| &l.id, t) else {
                 return Ok(());
-            }
-            let mut t = Table::new(&["ID", "CREATED AT", "LABELS"], 1);
+            };
             for l in leases {
                 let created = l.created_at.map(|t| rfc3339(t.seconds)).unwrap_or_default();
                 t.row(vec![l.id, created, format_labels(&l.labels)]);

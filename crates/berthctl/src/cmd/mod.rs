@@ -16,6 +16,16 @@ pub(crate) mod version;
 
 use std::collections::HashMap;
 
+/// What every `ls` of records takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    /// Print only the first column (the id, name or digest).
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+    /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
+    pub(crate) filters: Vec<String>,
+}
+
 /// Parses `key=value` arguments; a bare `key` means an empty value (which removes a label).
 pub(crate) fn parse_labels(args: &[String]) -> anyhow::Result<HashMap<String, String>> {
     let mut out = HashMap::new();

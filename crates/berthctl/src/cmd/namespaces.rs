@@ -8,7 +8,7 @@ use berth_api::containerd::services::namespaces::v1::{
 
 use super::{format_labels, parse_labels};
 use crate::client::Conn;
-use crate::table::Table;
+use crate::table::{Table, quiet_or};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Action {
@@ -51,13 +51,10 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .namespaces;
-            if quiet {
-                for n in list {
-                    println!("{}", n.name);
-                }
+            let t = Table::new(&["NAME", "LABELS"], 1);
+            let Some(mut t) = quiet_or(quiet, &list, |n| &n.name, t) else {
                 return Ok(());
-            }
-            let mut t = Table::new(&["NAME", "LABELS"], 1);
+            };
             for n in list {
                 t.row(vec![n.name.clone(), format_labels(&n.labels)]);
             }

@@ -188,6 +188,16 @@ fn mounts_json(mounts: &[Mount]) -> String {
 }
 
 /// `mount -t <type> <source> <target> -o <options>`, one line per mount.
+/// A new snapshot's mounts: as a mount command for `target`, as JSON with `json`.
+fn show_new(target: Option<String>, json: bool, m: &[Mount]) {
+    if let Some(t) = target {
+        print_mounts(&t, m);
+    }
+    if json {
+        println!("{}", mounts_json(m));
+    }
+}
+
 fn print_mounts(target: &str, mounts: &[Mount]) {
     for m in mounts {
         let at = if m.target.is_empty() {
@@ -370,12 +380,7 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .mounts;
-            if let Some(t) = target {
-                print_mounts(&t, &m);
-            }
-            if mounts {
-                println!("{}", mounts_json(&m));
-            }
+            show_new(target, mounts, &m);
         }
         Action::View {
             key,
@@ -393,12 +398,7 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .mounts;
-            if let Some(t) = target {
-                print_mounts(&t, &m);
-            }
-            if mounts {
-                println!("{}", mounts_json(&m));
-            }
+            show_new(target, mounts, &m);
         }
         Action::Commit { name, active } => {
             c.commit(conn.req(CommitSnapshotRequest {

@@ -4,10 +4,6 @@
 //! Everything runs under a lease (the blob goes with it unless `--keep` labels it a GC root);
 //! the blob is written to stdout.
 
-use std::io::Write;
-
-use berth_api::containerd::services::content::v1::ReadContentRequest;
-use berth_api::containerd::services::content::v1::content_client::ContentClient;
 use berth_api::containerd::services::diff::v1::DiffRequest;
 use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
 use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
@@ -15,7 +11,6 @@ use berth_api::containerd::services::snapshots::v1::{
     Kind, MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
 };
 use berth_api::containerd::types::Mount;
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use super::parse_labels;
@@ -187,19 +182,5 @@ async fn diff(
         .into_inner()
         .diff
         .unwrap_or_default();
-    let mut stream = ContentClient::new(conn.channel.clone())
-        .max_decoding_message_size(64 << 20)
-        .read(conn.req(ReadContentRequest {
-            digest: desc.digest,
-            offset: 0,
-            size: 0,
-        }))
-        .await?
-        .into_inner();
-    let mut out = std::io::stdout().lock();
-    while let Some(chunk) = stream.next().await {
-        out.write_all(&chunk?.data)?;
-    }
-    out.flush()?;
-    Ok(())
+    super::content::write_blob(conn, desc.digest).await
 }

@@ -22,10 +22,11 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio_stream::StreamExt;
 
+use super::ListArgs;
 use super::content::ingest_blocking;
 use super::{binary_size, format_labels, parse_labels};
 use crate::client::Conn;
-use crate::table::Table;
+use crate::table::{Table, quiet_or};
 
 mod archive;
 use archive::{ApiSource, import};
@@ -34,13 +35,7 @@ use archive::{ApiSource, import};
 pub(crate) enum Action {
     /// List images.
     #[command(alias = "list")]
-    Ls {
-        /// Print only names.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Filters (containerd's syntax, e.g. `labels."k"==v`); an item matching any is shown.
-        filters: Vec<String>,
-    },
+    Ls(ListArgs),
     /// Give an image another name.
     Tag {
         /// The image to name again.
@@ -113,19 +108,16 @@ pub(crate) enum Action {
 pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
     let mut images = ImagesClient::new(conn.channel.clone());
     match action {
-        Action::Ls { quiet, filters } => {
+        Action::Ls(ListArgs { quiet, filters }) => {
             let list = images
                 .list(conn.req(ListImagesRequest { filters }))
                 .await?
                 .into_inner()
                 .images;
-            if quiet {
-                for i in list {
-                    println!("{}", i.name);
-                }
+            let t = Table::new(&["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"], 1);
+            let Some(mut t) = quiet_or(quiet, &list, |i| &i.name, t) else {
                 return Ok(());
-            }
-            let mut t = Table::new(&["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"], 1);
+            };
             for i in list {
                 let target = i.target.clone().unwrap_or_default();
                 let (size, platforms) = match describe(conn, &target).await {
