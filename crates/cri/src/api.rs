@@ -90,6 +90,24 @@ impl Api {
     }
 
     /// `msg` with the namespace header and a lease.
+    /// A new active snapshot `key` on `parent` in `snapshotter`, made under `lease`; its mounts.
+    pub(crate) async fn prepare_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent: &str,
+        lease: &str,
+    ) -> Result<Vec<berth_api::containerd::types::Mount>, Status> {
+        let prepare = berth_api::containerd::services::snapshots::v1::PrepareSnapshotRequest {
+            snapshotter: snapshotter.to_string(),
+            key: key.to_string(),
+            parent: parent.to_string(),
+            labels: Default::default(),
+        };
+        let answer = self.snapshots().prepare(self.req_lease(prepare, lease)?);
+        Ok(answer.await?.into_inner().mounts)
+    }
+
     pub(crate) fn req_lease<T>(&self, msg: T, lease: &str) -> Result<Request<T>, Status> {
         let mut r = self.req(msg);
         r.metadata_mut().insert(

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_api::containerd::services::containers::v1 as ctrd;
-use berth_api::containerd::services::snapshots::v1 as snaps;
 use berth_api::containerd::services::tasks::v1 as tasks;
 use berth_api::runtime::v1 as cri;
 use serde_json::Value;
 use tonic::Status;
 
+use crate::image_ref;
 use crate::meta::{Container, ContainerState, extensions};
+use crate::must;
 use crate::resources::{self, HostLimits};
 use crate::sandbox::SPEC_TYPE;
 use crate::spec::{self, ContainerInput, PodFiles};
@@ -40,23 +41,14 @@ impl Inner {
         &self,
         req: cri::CreateContainerRequest,
     ) -> Result<String, Status> {
-        let config = req
-            .config
-            .ok_or_else(|| Status::invalid_argument("config: must be set"))?;
-        let md = config
-            .metadata
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("config.metadata: must be set"))?;
+        let config = must("config", req.config)?;
+        let md = must("config.metadata", config.metadata.clone())?;
         if md.name.is_empty() {
             return Err(Status::invalid_argument(
                 "config.metadata.name: must be set",
             ));
         }
-        let image_ref = config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        let image_ref = image_ref(config.image.as_ref());
         if image_ref.is_empty() {
             return Err(Status::invalid_argument("config.image.image: must be set"));
         }
@@ -133,19 +125,8 @@ impl Inner {
 
         let mounts = self
             .api
-            .snapshots()
-            .prepare(self.api.req_lease(
-                snaps::PrepareSnapshotRequest {
-                    snapshotter: self.cfg.snapshotter.clone(),
-                    key: id.to_string(),
-                    parent: info.chain_id.clone(),
-                    labels: HashMap::new(),
-                },
-                lease,
-            )?)
-            .await?
-            .into_inner()
-            .mounts;
+            .prepare_snapshot(&self.cfg.snapshotter, id, &info.chain_id, lease)
+            .await?;
 
         // The user: the CRI's, else the image's, resolved with the image's own files.
         let mut us = UserSpec::from_image(

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::PullAuth;
 use crate::api::NAMESPACE;
 use crate::image::{self, cri_image};
+use crate::image_ref;
 use crate::state::Inner;
 
 /// The image service.
@@ -136,11 +137,7 @@ impl Svc for ImageService {
         req: Request<cri::ImageStatusRequest>,
     ) -> Result<Response<cri::ImageStatusResponse>, Status> {
         let r = req.into_inner();
-        let reference = r
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        let reference = image_ref(r.image.as_ref());
         // A missing image is an empty answer, not an error (the kubelet pulls on that).
         let image = self.find(&reference).await?;
         let mut info = std::collections::HashMap::new();
@@ -160,11 +157,7 @@ impl Svc for ImageService {
         req: Request<cri::PullImageRequest>,
     ) -> Result<Response<cri::PullImageResponse>, Status> {
         let r = req.into_inner();
-        let reference = r
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        let reference = image_ref(r.image.as_ref());
         if reference.is_empty() {
             return Err(Status::invalid_argument("image.image: must be set"));
         }

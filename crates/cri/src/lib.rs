@@ -158,6 +158,16 @@ impl Cri {
 }
 
 /// Nanoseconds since the epoch.
+/// A field the request cannot go without.
+pub(crate) fn must<T>(field: &str, v: Option<T>) -> Result<T, Status> {
+    v.ok_or_else(|| Status::invalid_argument(format!("{field}: must be set")))
+}
+
+/// The reference an image spec names ("" when there is none).
+pub(crate) fn image_ref(spec: Option<&berth_api::runtime::v1::ImageSpec>) -> String {
+    spec.map(|i| i.image.clone()).unwrap_or_default()
+}
+
 pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

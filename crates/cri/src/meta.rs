@@ -237,6 +237,23 @@ impl Meta {
         self.with(|ix| find(&ix.sandboxes, id, "sandbox"))
     }
 
+    /// The sandbox `id` (or an unambiguous prefix) names; none if it names nothing.
+    pub(crate) fn sandbox_if_any(&self, id: &str) -> Result<Option<Sandbox>, Status> {
+        match self.find_sandbox(id) {
+            Ok(s) => Ok(Some(s)),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// The ids of sandbox `id`'s containers.
+    pub(crate) fn members(&self, id: &str) -> Vec<String> {
+        self.with(|ix| {
+            let of_it = ix.containers.values().filter(|c| c.st.sandbox_id == id);
+            of_it.map(|c| c.id.clone()).collect()
+        })
+    }
+
     pub(crate) fn find_container(&self, id: &str) -> Result<Container, Status> {
         self.with(|ix| find(&ix.containers, id, "container"))
     }

@@ -167,20 +167,7 @@ async fn unpack(
         return Ok(());
     }
     let key = format!("extract-{} {chain}", uuid::Uuid::new_v4().simple());
-    let mounts = api
-        .snapshots()
-        .prepare(api.req_lease(
-            snaps::PrepareSnapshotRequest {
-                snapshotter: sn.into(),
-                key: key.clone(),
-                parent: String::new(),
-                labels: HashMap::new(),
-            },
-            lease,
-        )?)
-        .await?
-        .into_inner()
-        .mounts;
+    let mounts = api.prepare_snapshot(sn, &key, "", lease).await?;
     let applied = api
         .diff()
         .apply(api.req_lease(

@@ -14,6 +14,7 @@ use berth_api::runtime::v1 as cri;
 use tonic::Status;
 
 use crate::meta::{Sandbox, SandboxState, extensions};
+use crate::must;
 use crate::resources::HostLimits;
 use crate::spec::{self, SandboxInput};
 use crate::state::Inner;
@@ -117,13 +118,8 @@ impl Inner {
         &self,
         req: cri::RunPodSandboxRequest,
     ) -> Result<String, Status> {
-        let config = req
-            .config
-            .ok_or_else(|| Status::invalid_argument("config: must be set"))?;
-        let md = config
-            .metadata
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("config.metadata: must be set"))?;
+        let config = must("config", req.config)?;
+        let md = must("config.metadata", config.metadata.clone())?;
         for (v, f) in [
             (&md.name, "name"),
             (&md.uid, "uid"),
@@ -289,16 +285,7 @@ impl Inner {
         })?;
 
         self.api
-            .snapshots()
-            .prepare(self.api.req_lease(
-                snaps::PrepareSnapshotRequest {
-                    snapshotter: self.cfg.snapshotter.clone(),
-                    key: id.to_string(),
-                    parent: image.chain_id.clone(),
-                    labels: HashMap::new(),
-                },
-                lease,
-            )?)
+            .prepare_snapshot(&self.cfg.snapshotter, id, &image.chain_id, lease)
             .await?;
         let record = ctrd::Container {
             id: id.to_string(),
@@ -415,19 +402,11 @@ impl Inner {
     }
 
     pub(crate) async fn stop_sandbox(&self, id: &str) -> Result<(), Status> {
-        let sb = match self.meta.find_sandbox(id) {
-            Ok(s) => s,
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
-            Err(s) => return Err(s),
+        let Some(sb) = self.meta.sandbox_if_any(id)? else {
+            return Ok(());
         };
         // Its containers first, at once (as containerd: no grace period).
-        let members: Vec<String> = self.meta.with(|ix| {
-            ix.containers
-                .values()
-                .filter(|c| c.st.sandbox_id == sb.id)
-                .map(|c| c.id.clone())
-                .collect()
-        });
+        let members = self.meta.members(&sb.id);
         for c in members {
             self.stop_container(&c, 0).await?;
         }
@@ -460,21 +439,13 @@ impl Inner {
     }
 
     pub(crate) async fn remove_sandbox(&self, id: &str) -> Result<(), Status> {
-        let sb = match self.meta.find_sandbox(id) {
-            Ok(s) => s,
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
-            Err(s) => return Err(s),
+        let Some(sb) = self.meta.sandbox_if_any(id)? else {
+            return Ok(());
         };
         if sb.st.ready {
             self.stop_sandbox(&sb.id).await?;
         }
-        let members: Vec<String> = self.meta.with(|ix| {
-            ix.containers
-                .values()
-                .filter(|c| c.st.sandbox_id == sb.id)
-                .map(|c| c.id.clone())
-                .collect()
-        });
+        let members = self.meta.members(&sb.id);
         for c in members {
             self.remove_container(&c).await?;
         }

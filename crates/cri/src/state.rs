@@ -59,6 +59,22 @@ fn own_oom_score_adj() -> i64 {
 }
 
 impl Inner {
+    /// A subscription to the exits and OOM kills of the CRI namespace's tasks.
+    async fn task_events(
+        &self,
+    ) -> Result<
+        tonic::Response<crate::BoxStream<berth_api::containerd::services::events::v1::Envelope>>,
+        Status,
+    > {
+        let filters =
+            ["exit", "oom"].map(|t| format!("topic==\"/tasks/{t}\",namespace=={NAMESPACE}"));
+        let filters = filters.to_vec();
+        self.api
+            .events()
+            .subscribe(self.api.req(SubscribeRequest { filters }))
+            .await
+    }
+
     pub(crate) fn new(
         cfg: CriConfig,
         dirs: Dirs,
@@ -142,16 +158,7 @@ impl Inner {
         // namespace is made by the first write into it, as containerd's metadata store does.
         let mut delay = Duration::from_millis(10);
         let events = loop {
-            let sub = self
-                .api
-                .events()
-                .subscribe(self.api.req(SubscribeRequest {
-                    filters: vec![
-                        format!("topic==\"/tasks/exit\",namespace=={NAMESPACE}"),
-                        format!("topic==\"/tasks/oom\",namespace=={NAMESPACE}"),
-                    ],
-                }))
-                .await;
+            let sub = self.task_events().await;
             if let Ok(s) = sub {
                 break s.into_inner();
             }
@@ -206,16 +213,7 @@ impl Inner {
                     tracing::warn!("the task event stream ended; subscribing again");
                     loop {
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        let sub = self
-                            .api
-                            .events()
-                            .subscribe(self.api.req(SubscribeRequest {
-                                filters: vec![
-                                    format!("topic==\"/tasks/exit\",namespace=={NAMESPACE}"),
-                                    format!("topic==\"/tasks/oom\",namespace=={NAMESPACE}"),
-                                ],
-                            }))
-                            .await;
+                        let sub = self.task_events().await;
                         if let Ok(s) = sub {
                             stream = s.into_inner();
                             break;
