@@ -388,37 +388,22 @@ fn containerd_runs_containers_through_our_shim() {
     c.ok(&["images", "import", archive.to_str().unwrap()]);
     let rt = "io.containerd.berth.v2";
     let fifo = c.fifo_dir();
+    // `ctr run <how> <id> <args>` of the test image through our shim.
+    let run = |how: &str, id: &str, args: &[&str]| {
+        let mut all = vec!["run", how, "--fifo-dir", &fifo, "--runtime", rt, IMAGE, id];
+        all.extend_from_slice(args);
+        c.ctr(&all)
+    };
 
     // Foreground run: output and exit code come back through ctr.
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--fifo-dir",
-        &fifo,
-        "--runtime",
-        rt,
-        IMAGE,
-        "fg",
-        "sh",
-        "-c",
-        "echo hi from berth; echo to-stderr >&2; exit 3",
-    ]);
+    let script = "echo hi from berth; echo to-stderr >&2; exit 3";
+    let out = run("--rm", "fg", &["sh", "-c", script]);
     c.assert_exit(&out, 3, "hi from berth\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
 
     // Detached: ls, exec, pause/resume, ps, metrics, kill, rm.
-    c.ok(&[
-        "run",
-        "-d",
-        "--fifo-dir",
-        &fifo,
-        "--runtime",
-        rt,
-        IMAGE,
-        "bg",
-        "sleep",
-        "1000",
-    ]);
+    let out = run("-d", "bg", &["sleep", "1000"]);
+    assert!(out.status.success(), "ctr run -d: {}", c.log());
     assert_eq!(task_status(&c, "bg"), "RUNNING");
     assert_eq!(c.shims().len(), 1, "one berth shim serves the container");
     let out = c.exec_ok("bg", "e1", &["sh", "-c", "echo exec-out"]);
@@ -448,17 +433,7 @@ fn containerd_runs_containers_through_our_shim() {
     // Churn: run/rm cycles, then nothing may be left.
     for i in 0..10 {
         let id = format!("churn{i}");
-        let out = c.ctr(&[
-            "run",
-            "--rm",
-            "--fifo-dir",
-            &fifo,
-            "--runtime",
-            rt,
-            IMAGE,
-            &id,
-            "true",
-        ]);
+        let out = run("--rm", &id, &["true"]);
         assert!(
             out.status.success(),
             "{id}: {}",

@@ -6,8 +6,8 @@ use std::time::Duration;
 use berth_api::containerd::events::{TaskExecStarted, TaskExit};
 use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::task::v2::{
-    CloseIoRequest, ExecProcessRequest, PauseRequest, PidsRequest, ResumeRequest, StartRequest,
-    StatsRequest, UpdateTaskRequest,
+    CloseIoRequest, ExecProcessRequest, PauseRequest, PidsRequest, ResumeRequest, StatsRequest,
+    UpdateTaskRequest,
 };
 use berth_api::containerd::v1::types::Status as TaskStatus;
 use berth_api::io::containerd::cgroups::v1::Metrics;
@@ -40,17 +40,8 @@ async fn exec_pause_resume_stats_kill() {
     let mut w = World::new("ctl");
     bundle(&w.bundle, &["sleep", "1000"], false, &w.cgroup);
     let task = w.start_shim().await;
-    let init = task
-        .create(&opts(), &w.create_request("", "", "", false))
-        .await
-        .unwrap()
-        .pid;
-    let id = w.id.clone();
-    let req = |exec_id: &str| StartRequest {
-        id: id.clone(),
-        exec_id: exec_id.into(),
-    };
-    task.start(&opts(), &req("")).await.unwrap();
+    let init = w.create_plain(&task).await;
+    task.start(&opts(), &w.start_req("")).await.unwrap();
     w.events.expect(&["/tasks/create", "/tasks/start"]).await;
 
     // An exec that reads stdin and echoes it; CloseIO ends its input.
@@ -68,7 +59,7 @@ async fn exec_pause_resume_stats_kill() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::AlreadyExists, "{st}");
-    let exec_pid = task.start(&opts(), &req("cat")).await.unwrap().pid;
+    let exec_pid = task.start(&opts(), &w.start_req("cat")).await.unwrap().pid;
     assert!(exec_pid > 0 && exec_pid != init);
     let out = collect(out_r);
     let mut stdin = tokio::net::unix::pipe::OpenOptions::new()
@@ -135,7 +126,10 @@ async fn exec_pause_resume_stats_kill() {
     )
     .await
     .unwrap();
-    let st = task.start(&opts(), &req("missing")).await.unwrap_err();
+    let st = task
+        .start(&opts(), &w.start_req("missing"))
+        .await
+        .unwrap_err();
     assert!(
         st.message().contains("no such file") || st.message().contains("not found"),
         "{st}"
@@ -224,18 +218,12 @@ async fn init_exit_ends_execs_in_the_host_pid_namespace() {
         .retain(|n| n["type"] != "pid");
     std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
     let task = w.start_shim().await;
-    task.create(&opts(), &w.create_request("", "", "", false))
-        .await
-        .unwrap();
-    let start = |exec_id: &str| StartRequest {
-        id: w.id.clone(),
-        exec_id: exec_id.into(),
-    };
-    task.start(&opts(), &start("")).await.unwrap();
+    w.create_plain(&task).await;
+    task.start(&opts(), &w.start_req("")).await.unwrap();
     task.exec(&opts(), &exec_req(&w, "long", &["sleep", "1000"], "", ""))
         .await
         .unwrap();
-    let exec_pid = task.start(&opts(), &start("long")).await.unwrap().pid;
+    let exec_pid = task.start(&opts(), &w.start_req("long")).await.unwrap().pid;
     task.kill(&opts(), &w.kill_req("", 9, false)).await.unwrap();
     let e = tokio::time::timeout(
         Duration::from_secs(10),

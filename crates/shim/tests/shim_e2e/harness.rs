@@ -10,8 +10,8 @@ use berth_api::containerd::services::events::ttrpc::v1::events_ttrpc::{Events, E
 use berth_api::containerd::services::events::ttrpc::v1::{Envelope, ForwardRequest};
 use berth_api::containerd::task::v2::task_ttrpc::TaskClient;
 use berth_api::containerd::task::v2::{
-    ConnectRequest, CreateTaskRequest, DeleteRequest, KillRequest, ShutdownRequest, StateRequest,
-    WaitRequest,
+    ConnectRequest, CreateTaskRequest, DeleteRequest, KillRequest, ShutdownRequest, StartRequest,
+    StateRequest, WaitRequest,
 };
 use berth_api::containerd::types::Mount;
 use berth_ttrpc::{CallOptions, Client, Context, PeerCheck, Server, ServerHandle, Status};
@@ -186,6 +186,14 @@ impl EventSink {
     }
 }
 
+/// The events of a task's init from create to delete.
+pub(crate) const INIT_EVENTS: [&str; 4] = [
+    "/tasks/create",
+    "/tasks/start",
+    "/tasks/exit",
+    "/tasks/delete",
+];
+
 pub(crate) fn topics(evs: &[Envelope]) -> Vec<String> {
     evs.iter().map(|e| e.topic.clone()).collect()
 }
@@ -242,6 +250,20 @@ impl World {
     /// State of this world's task (`exec_id` "" for its init).
     pub(crate) fn state_req(&self, exec_id: &str) -> StateRequest {
         StateRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.into(),
+        }
+    }
+
+    /// Creates this world's task with no stdio and no terminal; its pid.
+    pub(crate) async fn create_plain(&self, task: &TaskClient) -> u32 {
+        let req = self.create_request("", "", "", false);
+        task.create(&opts(), &req).await.unwrap().pid
+    }
+
+    /// Start of this world's task or one of its execs.
+    pub(crate) fn start_req(&self, exec_id: &str) -> StartRequest {
+        StartRequest {
             id: self.id.clone(),
             exec_id: exec_id.into(),
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_api::containerd::events::{TaskCreate, TaskDelete, TaskExit, TaskStart};
-use berth_api::containerd::task::v2::{StartRequest, StateRequest, WaitRequest};
+use berth_api::containerd::task::v2::{StateRequest, WaitRequest};
 use berth_api::containerd::v1::types::Status as TaskStatus;
 use berth_ttrpc::Code;
 
@@ -93,16 +93,7 @@ async fn create_start_wait_delete() {
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "Wait returned before Start");
-    let started = task
-        .start(
-            &opts(),
-            &StartRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let started = task.start(&opts(), &w.start_req("")).await.unwrap();
     assert_eq!(started.pid, created.pid);
     let waited = waiter.await.unwrap().unwrap();
     assert_eq!(waited.exit_status, 3);
@@ -130,16 +121,7 @@ async fn create_start_wait_delete() {
     assert_eq!(state.exit_status, 3);
 
     // A second Start is refused.
-    let st = task
-        .start(
-            &opts(),
-            &StartRequest {
-                id: w.id.clone(),
-                exec_id: String::new(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let st = task.start(&opts(), &w.start_req("")).await.unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{st}");
 
     let deleted = task.delete(&opts(), &w.delete_req("")).await.unwrap();
@@ -147,15 +129,7 @@ async fn create_start_wait_delete() {
     let st = task.state(&opts(), &w.state_req("")).await.unwrap_err();
     assert_eq!(st.code(), Code::NotFound, "state after delete: {st}");
 
-    let evs = w
-        .events
-        .expect(&[
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exit",
-            "/tasks/delete",
-        ])
-        .await;
+    let evs = w.events.expect(&INIT_EVENTS).await;
     let c: TaskCreate = payload(&evs[0]);
     assert_eq!(
         (c.container_id.as_str(), c.pid),

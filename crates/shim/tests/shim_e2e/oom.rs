@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_api::containerd::events::{TaskExit, TaskOom};
-use berth_api::containerd::task::v2::{CheckpointTaskRequest, StartRequest};
+use berth_api::containerd::task::v2::CheckpointTaskRequest;
 use berth_api::containerd::v1::types::Status as TaskStatus;
 
 use crate::harness::*;
@@ -24,18 +24,8 @@ async fn oom_is_reported() {
     bundle(&w.bundle, &["tail", "/dev/zero"], false, &w.cgroup);
     limit_memory(&w.bundle, 16 << 20);
     let task = w.start_shim().await;
-    task.create(&opts(), &w.create_request("", "", "", false))
-        .await
-        .unwrap();
-    task.start(
-        &opts(),
-        &StartRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    w.create_plain(&task).await;
+    task.start(&opts(), &w.start_req("")).await.unwrap();
     let waited = task.wait(&opts(), &w.wait_req("")).await.unwrap();
     assert_eq!(waited.exit_status, 137, "killed by the OOM killer");
     // The kernel may notify more than one OOM (a dying task can hit the limit again):
@@ -72,18 +62,8 @@ async fn checkpoint_goes_through_criu() {
     w.runtime = "runc".into();
     bundle(&w.bundle, &["sleep", "1000"], false, &w.cgroup);
     let task = w.start_shim().await;
-    task.create(&opts(), &w.create_request("", "", "", false))
-        .await
-        .unwrap();
-    task.start(
-        &opts(),
-        &StartRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    w.create_plain(&task).await;
+    task.start(&opts(), &w.start_req("")).await.unwrap();
     w.events.expect(&["/tasks/create", "/tasks/start"]).await;
     let image = w.t().join("checkpoint");
     let r = task

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use berth_api::containerd::runc::v1::Options;
 use berth_api::containerd::runtime::bootstrap::v1::{BootstrapParams, BootstrapResult, Extension};
-use berth_api::containerd::task::v2::{CreateTaskRequest, DeleteResponse, StartRequest};
+use berth_api::containerd::task::v2::{CreateTaskRequest, DeleteResponse};
 use berth_api::containerd::task::v3;
 use berth_ttrpc::{Client, Code};
 use prost::Message;
@@ -125,14 +125,7 @@ async fn start_prints_what_each_daemon_reads() {
         .await
         .unwrap();
     assert_eq!((d.pid, d.exit_status), (pid, 4));
-    w.events
-        .expect(&[
-            "/tasks/create",
-            "/tasks/start",
-            "/tasks/exit",
-            "/tasks/delete",
-        ])
-        .await;
+    w.events.expect(&INIT_EVENTS).await;
     let _ = v3c
         .shutdown(
             &opts(),
@@ -153,20 +146,8 @@ async fn delete_action_cleans_up_after_a_dead_shim() {
     let mut w = World::new("dead");
     bundle(&w.bundle, &["sleep", "1000"], false, &w.cgroup);
     let task = w.start_shim().await;
-    let pid = task
-        .create(&opts(), &w.create_request("", "", "", false))
-        .await
-        .unwrap()
-        .pid;
-    task.start(
-        &opts(),
-        &StartRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    let pid = w.create_plain(&task).await;
+    task.start(&opts(), &w.start_req("")).await.unwrap();
     let shim = w.shim_pid.take().unwrap();
     assert!(
         berth_runtime::pidfd::signal_if(shim, libc::SIGKILL, |p| crate::harness::works_in(

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use berth_api::containerd::task::v2::{
-    CloseIoRequest, ExecProcessRequest, ResizePtyRequest, StartRequest,
-};
+use berth_api::containerd::task::v2::{CloseIoRequest, ExecProcessRequest, ResizePtyRequest};
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::*;
@@ -35,15 +33,7 @@ async fn terminal_init_and_exec() {
     )
     .await
     .unwrap();
-    task.start(
-        &opts(),
-        &StartRequest {
-            id: w.id.clone(),
-            exec_id: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    task.start(&opts(), &w.start_req("")).await.unwrap();
     // An exec with its own terminal while the init waits.
     let exec_out = mkfifo(&w.t().join("exec-out"));
     let exec_r = open_output(&exec_out);
@@ -62,15 +52,7 @@ async fn terminal_init_and_exec() {
     .await
     .unwrap();
     let exec_collect = collect(exec_r);
-    task.start(
-        &opts(),
-        &StartRequest {
-            id: w.id.clone(),
-            exec_id: "tty-exec".into(),
-        },
-    )
-    .await
-    .unwrap();
+    task.start(&opts(), &w.start_req("tty-exec")).await.unwrap();
     let e = task.wait(&opts(), &w.wait_req("tty-exec")).await.unwrap();
     assert_eq!(e.exit_status, 0);
     let exec_text = String::from_utf8_lossy(&exec_collect.await.unwrap()).into_owned();
