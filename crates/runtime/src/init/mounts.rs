@@ -154,6 +154,12 @@ pub(crate) fn do_mount(
         .map_err(|e| RuntimeError::sys(format!("mount {}", what.display()), e))
 }
 
+/// Binds `src` (with what is mounted below it) onto `target`; `what` names it in an error.
+pub(crate) fn rbind(src: &str, target: &str, what: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    do_mount(Some(src), target, None, flags, None, what)
+}
+
 /// Remounts a bind mount read-only, keeping the flags the kernel locks (nosuid, nodev, noexec...).
 fn remount_ro(fd: &OwnedFd, what: &Path) -> Result<()> {
     let st = nix::sys::statvfs::fstatvfs(fd).sys(format!("statvfs {}", what.display()))?;
@@ -215,14 +221,7 @@ impl RootfsSetup<'_> {
                 Path::new(&parent),
             )?;
         }
-        do_mount(
-            Some(rootfs),
-            rootfs,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-            self.rootfs,
-        )?;
+        rbind(rootfs, rootfs, self.rootfs)?;
         let root = openat2(
             libc::AT_FDCWD,
             self.rootfs,
@@ -316,14 +315,7 @@ impl RootfsSetup<'_> {
                     } else {
                         "/dev/mqueue"
                     };
-                    do_mount(
-                        Some(host),
-                        &fd_path(&target),
-                        None,
-                        MsFlags::MS_BIND | MsFlags::MS_REC,
-                        None,
-                        dest,
-                    )?;
+                    rbind(host, &fd_path(&target), dest)?;
                     let target = open_in_root(root, dest, Kind::Dir)?;
                     remount_ro(&target, dest)?;
                 }
@@ -367,14 +359,7 @@ impl RootfsSetup<'_> {
                         dest,
                     )?;
                 } else {
-                    do_mount(
-                        Some(&path.to_string_lossy()),
-                        &fd_path(&target),
-                        None,
-                        MsFlags::MS_BIND | MsFlags::MS_REC,
-                        None,
-                        dest,
-                    )?;
+                    rbind(&path.to_string_lossy(), &fd_path(&target), dest)?;
                     if ro {
                         remount_ro(&open_in_root(root, dest, Kind::Dir)?, dest)?;
                     }
@@ -408,14 +393,7 @@ impl RootfsSetup<'_> {
                             &sub,
                         )?;
                     } else {
-                        do_mount(
-                            Some(&dir.to_string_lossy()),
-                            &fd_path(&t),
-                            None,
-                            MsFlags::MS_BIND | MsFlags::MS_REC,
-                            None,
-                            &sub,
-                        )?;
+                        rbind(&dir.to_string_lossy(), &fd_path(&t), &sub)?;
                     }
                     if ro {
                         remount_ro(&open_in_root(root, &sub, Kind::Dir)?, &sub)?;
@@ -452,14 +430,7 @@ impl RootfsSetup<'_> {
                 Err(e) => return Err(RuntimeError::path("open read-only path", p, e)),
             };
             let fp = fd_path(&fd);
-            do_mount(
-                Some(&fp),
-                &fp,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-                Path::new(p),
-            )?;
+            rbind(&fp, &fp, Path::new(p))?;
             let fd = openat2(root.as_raw_fd(), &rel, libc::O_PATH, resolve)
                 .map_err(|e| RuntimeError::path("open read-only path", p, e))?;
             remount_ro(&fd, Path::new(p))?;

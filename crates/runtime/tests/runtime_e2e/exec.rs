@@ -62,11 +62,8 @@ fn exec_runs_inside() {
 #[test]
 fn tty_over_console_socket() {
     let env = Env::new();
-    let mut b = env.bundle(&[
-        "sh",
-        "-c",
-        "test -t 0 && test -t 1 && echo TTY-OK; ls -l /dev/console; sleep 1000",
-    ]);
+    let mut b =
+        env.sh_bundle("test -t 0 && test -t 1 && echo TTY-OK; ls -l /dev/console; sleep 1000");
     b.config["process"]["terminal"] = json!(true);
     b.save();
     let sock = env.tmp.path().join("console.sock");
@@ -110,11 +107,7 @@ fn tty_over_console_socket() {
 #[test]
 fn tty_in_foreground_run() {
     let env = Env::new();
-    let mut b = env.bundle(&[
-        "sh",
-        "-c",
-        "test -t 0 && echo IS-TTY; read x; echo got=$x; exit 4",
-    ]);
+    let mut b = env.sh_bundle("test -t 0 && echo IS-TTY; read x; echo got=$x; exit 4");
     b.config["process"]["terminal"] = json!(true);
     b.save();
     let id = unique("fgtty");

@@ -15,7 +15,7 @@ fn no_host_fds_reach_the_container() {
     let fd = leak.as_raw_fd();
     // SAFETY: clearing FD_CLOEXEC on our own fd.
     unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    let b = env.bundle(&["sh", "-c", "ls /proc/self/fd | sort -n | tr '\\n' ' '"]);
+    let b = env.sh_bundle("ls /proc/self/fd | sort -n | tr '\\n' ' '");
     let (code, out) = env.run_fg(&b, &unique("fds"));
     assert_eq!(code, 0);
     // 0-2, plus the fd ls opens to read the directory.
@@ -27,7 +27,7 @@ fn no_host_fds_reach_the_container() {
 #[test]
 fn cwd_through_a_leaked_fd_is_refused() {
     let env = Env::new();
-    let mut b = env.bundle(&["sh", "-c", "pwd; ls .. | head -3"]);
+    let mut b = env.sh_bundle("pwd; ls .. | head -3");
     for fd in 3..9 {
         b.config["process"]["cwd"] = json!(format!("/proc/self/fd/{fd}"));
         b.save();
@@ -48,7 +48,7 @@ fn mount_target_symlink_stays_in_rootfs() {
     let env = Env::new();
     let host_dir = env.tmp.path().join("host-only");
     std::fs::create_dir_all(&host_dir).unwrap();
-    let mut b = env.bundle(&["sh", "-c", "ls /escape/sub && echo mounted"]);
+    let mut b = env.sh_bundle("ls /escape/sub && echo mounted");
     std::os::unix::fs::symlink(&host_dir, b.rootfs().join("escape")).unwrap();
     let mounts = b.config["mounts"].as_array_mut().unwrap();
     mounts.push(json!({"destination": "/escape/sub", "type": "tmpfs", "source": "tmpfs"}));
@@ -184,11 +184,7 @@ print(result)
 fn preserve_fds_passes_exactly_those() {
     use std::os::unix::process::CommandExt;
     let env = Env::new();
-    let b = env.bundle(&[
-        "sh",
-        "-c",
-        "cat /proc/self/fd/3; ls /proc/self/fd | sort -n | tr '\\n' ' '",
-    ]);
+    let b = env.sh_bundle("cat /proc/self/fd/3; ls /proc/self/fd | sort -n | tr '\\n' ' '");
     let secret = env.tmp.path().join("secret");
     std::fs::write(&secret, "passed-fd\n").unwrap();
     let f = std::fs::File::open(&secret).unwrap();

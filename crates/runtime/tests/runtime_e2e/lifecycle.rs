@@ -79,7 +79,7 @@ fn delete_created_and_force_running() {
 #[test]
 fn run_exit_codes() {
     let env = Env::new();
-    let mut b = env.bundle(&["sh", "-c", "echo out; exit 7"]);
+    let mut b = env.sh_bundle("echo out; exit 7");
     let (code, out) = env.run_fg(&b, &unique("exit"));
     assert_eq!(code, 7);
     assert_eq!(out, "out\n");
@@ -106,7 +106,7 @@ fn run_exit_codes() {
 #[test]
 fn hostname_env_cwd_and_detach() {
     let env = Env::new();
-    let mut b = env.bundle(&["sh", "-c", "hostname; echo $FOO; pwd"]);
+    let mut b = env.sh_bundle("hostname; echo $FOO; pwd");
     b.config["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
     b.config["process"]["cwd"] = json!("/tmp/work");
     b.save();
@@ -209,7 +209,7 @@ fn failing_hook_fails_create_and_cleans_up() {
 #[test]
 fn own_session_and_default_umask() {
     let env = Env::new();
-    let b = env.bundle(&["sh", "-c", "cut -d' ' -f6 /proc/1/stat; umask"]);
+    let b = env.sh_bundle("cut -d' ' -f6 /proc/1/stat; umask");
     // The caller's umask (077 here, set in a shell so the test process keeps its own) must
     // not reach the container.
     let id = unique("session");

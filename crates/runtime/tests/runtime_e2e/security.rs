@@ -7,7 +7,7 @@ use crate::util::{Env, unique};
 #[test]
 fn seccomp_denies_a_syscall() {
     let env = Env::new();
-    let mut b = env.bundle(&["sh", "-c", "mkdir /tmp/a; echo rc=$?; echo still-alive"]);
+    let mut b = env.sh_bundle("mkdir /tmp/a; echo rc=$?; echo still-alive");
     b.config["linux"]["seccomp"] = json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
@@ -34,11 +34,8 @@ fn seccomp_denies_a_syscall() {
 #[test]
 fn user_namespace_maps_root() {
     let env = Env::new();
-    let mut b = env.bundle(&[
-        "sh",
-        "-c",
-        "id -u; cat /proc/self/uid_map; cat /proc/self/gid_map; cat /proc/self/cgroup",
-    ]);
+    let mut b = env
+        .sh_bundle("id -u; cat /proc/self/uid_map; cat /proc/self/gid_map; cat /proc/self/cgroup");
     b.config["linux"]["namespaces"] = json!([
         {"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "user"}
     ]);
@@ -60,11 +57,7 @@ fn user_namespace_maps_root() {
 #[test]
 fn masked_and_readonly_paths_and_caps() {
     let env = Env::new();
-    let b = env.bundle(&[
-        "sh",
-        "-c",
-        "wc -c < /proc/timer_list; echo 1 > /proc/sys/kernel/domainname && echo sys-writable; grep CapBnd /proc/self/status; grep NoNewPrivs /proc/self/status",
-    ]);
+    let b = env.sh_bundle("wc -c < /proc/timer_list; echo 1 > /proc/sys/kernel/domainname && echo sys-writable; grep CapBnd /proc/self/status; grep NoNewPrivs /proc/self/status");
     let (code, out) = env.run_fg(&b, &unique("mask"));
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
@@ -79,11 +72,8 @@ fn masked_and_readonly_paths_and_caps() {
 #[test]
 fn readonly_root_and_process_user() {
     let env = Env::new();
-    let mut b = env.bundle(&[
-        "sh",
-        "-c",
-        "touch /x 2>/dev/null && echo root-writable; id -u; id -g; id -G; umask",
-    ]);
+    let mut b =
+        env.sh_bundle("touch /x 2>/dev/null && echo root-writable; id -u; id -g; id -G; umask");
     b.config["root"]["readonly"] = json!(true);
     b.config["process"]["user"] =
         json!({"uid": 1000, "gid": 1001, "additionalGids": [5, 7], "umask": 63});
@@ -107,11 +97,8 @@ fn seccomp_notify_hands_the_listener_to_the_agent() {
     let env = Env::new();
     let sock = env.tmp.path().join("agent.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let mut b = env.bundle(&[
-        "sh",
-        "-c",
-        "echo started; mkdir /tmp/n 2>/dev/null || echo mkdir-failed; echo done",
-    ]);
+    let mut b =
+        env.sh_bundle("echo started; mkdir /tmp/n 2>/dev/null || echo mkdir-failed; echo done");
     b.config["linux"]["seccomp"] = json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "listenerPath": sock,
@@ -143,7 +130,7 @@ fn time_namespace_offsets() {
         return;
     }
     let env = Env::new();
-    let mut b = env.bundle(&["sh", "-c", "cut -d. -f1 /proc/uptime"]);
+    let mut b = env.sh_bundle("cut -d. -f1 /proc/uptime");
     b.config["linux"]["namespaces"]
         .as_array_mut()
         .unwrap()
@@ -182,11 +169,7 @@ fn join_user_namespace_with_new_pid_namespace() {
     env.ok(&["start", &hid]);
     let hpid = env.state(&hid)["pid"].as_i64().unwrap();
     holder.assert_member(hpid);
-    let mut b = env.bundle(&[
-        "sh",
-        "-c",
-        "echo $$; cat /proc/self/uid_map; cat /proc/self/cgroup",
-    ]);
+    let mut b = env.sh_bundle("echo $$; cat /proc/self/uid_map; cat /proc/self/cgroup");
     b.config["linux"]["namespaces"] = json!([
         {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
         {"type": "network", "path": format!("/proc/{hpid}/ns/net")},
@@ -219,11 +202,9 @@ fn join_user_namespace_with_new_pid_namespace() {
 #[test]
 fn sysctls_under_read_only_proc_sys() {
     let env = Env::new();
-    let mut b = env.bundle(&[
-        "sh",
-        "-c",
+    let mut b = env.sh_bundle(
         "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start",
-    ]);
+    );
     b.config["linux"]["sysctl"] = json!({
         "kernel.shm_rmid_forced": "1",
         "net.ipv4.ip_unprivileged_port_start": "77",
@@ -272,7 +253,7 @@ fn shared_volume_propagates_both_ways() {
         none,
     )
     .unwrap();
-    let mut b = env.bundle(&["sh", "-c", "mount --bind /etc /vol/fromctr && sleep 1000"]);
+    let mut b = env.sh_bundle("mount --bind /etc /vol/fromctr && sleep 1000");
     b.config["linux"]["rootfsPropagation"] = json!("rshared");
     b.config["mounts"].as_array_mut().unwrap().push(json!({
         "destination": "/vol", "type": "bind", "source": vol, "options": ["rbind", "rshared"]

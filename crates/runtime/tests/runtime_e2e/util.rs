@@ -131,39 +131,37 @@ impl Env {
         }
         std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         let cgroup = format!("/{}", unique("berth-e2e"));
-        let config = json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": 0, "gid": 0},
-                "args": args,
-                "env": ["PATH=/bin", "TERM=xterm"],
-                "cwd": "/",
-                "capabilities": {
-                    "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_SETGID"],
-                    "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_SETGID"],
-                    "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_SETUID", "CAP_SETGID"]
-                },
-                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-                "noNewPrivileges": true
-            },
-            "root": {"path": "rootfs", "readonly": false},
-            "hostname": "berth",
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
-            ],
-            "linux": {
-                "cgroupsPath": cgroup,
-                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
-                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-            }
+        // `berth-runc spec`'s mounts (runc's), with a process and Linux section of our own.
+        let status = Command::new(bin())
+            .arg("spec")
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "berth-runc spec");
+        let spec = std::fs::read(dir.join("config.json")).unwrap();
+        let mut config: serde_json::Value = serde_json::from_slice(&spec).unwrap();
+        let caps = [
+            "CAP_AUDIT_WRITE",
+            "CAP_KILL",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_SETUID",
+            "CAP_SETGID",
+        ];
+        config["process"]["terminal"] = json!(false);
+        config["process"]["args"] = json!(args);
+        config["process"]["env"] = json!(["PATH=/bin", "TERM=xterm"]);
+        config["process"]["capabilities"] =
+            json!({"bounding": caps, "effective": caps, "permitted": caps});
+        config["root"]["readonly"] = json!(false);
+        config["hostname"] = json!("berth");
+        config["linux"] = json!({
+            "cgroupsPath": cgroup,
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         });
         let b = Bundle {
             dir,
@@ -172,6 +170,11 @@ impl Env {
         };
         b.save();
         b
+    }
+
+    /// A busybox bundle whose process runs `script` in `sh -c`.
+    pub(crate) fn sh_bundle(&self, script: &str) -> Bundle {
+        self.bundle(&["sh", "-c", script])
     }
 
     /// Records `id` for cleanup.
