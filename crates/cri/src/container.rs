@@ -37,6 +37,23 @@ fn stop_signal_name(s: i32) -> Option<String> {
 }
 
 impl Inner {
+    /// ContainerStatus: the container's status, and with `verbose` what crictl inspect shows.
+    pub(crate) fn container_status(
+        &self,
+        r: cri::ContainerStatusRequest,
+    ) -> Result<cri::ContainerStatusResponse, Status> {
+        let c = self.meta.find_container(&r.container_id)?;
+        let info = crate::verbose_info(r.verbose, "info", || {
+            serde_json::json!({
+                "sandboxID": c.st.sandbox_id,
+                "pid": c.st.pid,
+                "runtimeType": c.st.runtime_type,
+            })
+        });
+        let status = Some(status(&c));
+        Ok(cri::ContainerStatusResponse { status, info })
+    }
+
     pub(crate) async fn create_container(
         &self,
         req: cri::CreateContainerRequest,

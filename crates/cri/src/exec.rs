@@ -99,7 +99,68 @@ pub(crate) async fn kill_exec(api: &crate::api::Api, id: &str, exec_id: &str) {
     .await;
 }
 
+/// A streaming request's refusal as the kubelet's streaming server codes it.
+fn stream_status(e: berth_stream::StreamError) -> Status {
+    match e {
+        berth_stream::StreamError::TooManyRequests => Status::resource_exhausted(e.to_string()),
+        berth_stream::StreamError::Bind { .. } => Status::internal(e.to_string()),
+        e => Status::invalid_argument(e.to_string()),
+    }
+}
+
 impl Inner {
+    /// Exec: the streaming server's URL for an exec in a running container.
+    pub(crate) fn exec_url(&self, r: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
+        let c = self.running_container(&r.container_id)?;
+        let (container_id, cmd, tty) = (c.id, r.cmd, r.tty);
+        let (stdin, stdout, stderr) = (r.stdin, r.stdout, r.stderr);
+        let exec = berth_stream::ExecRequest {
+            container_id,
+            cmd,
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        };
+        let url = self.stream_server()?.get_exec(exec);
+        let url = url.map_err(stream_status)?;
+        Ok(cri::ExecResponse { url })
+    }
+
+    /// Attach: the streaming server's URL for the stdio of a running container.
+    pub(crate) fn attach_url(&self, r: cri::AttachRequest) -> Result<cri::AttachResponse, Status> {
+        let c = self.running_container(&r.container_id)?;
+        let (container_id, tty) = (c.id, r.tty);
+        let (stdin, stdout, stderr) = (r.stdin, r.stdout, r.stderr);
+        let attach = berth_stream::AttachRequest {
+            container_id,
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        };
+        let url = self.stream_server()?.get_attach(attach);
+        let url = url.map_err(stream_status)?;
+        Ok(cri::AttachResponse { url })
+    }
+
+    /// PortForward: the streaming server's URL for ports of a ready sandbox's network.
+    pub(crate) fn port_forward_url(
+        &self,
+        r: cri::PortForwardRequest,
+    ) -> Result<cri::PortForwardResponse, Status> {
+        let sb = self.ready_sandbox(&r.pod_sandbox_id)?;
+        let (pod_sandbox_id, ports) = (sb.id, r.port);
+        let url = self
+            .stream_server()?
+            .get_port_forward(berth_stream::PortForwardRequest {
+                pod_sandbox_id,
+                ports,
+            })
+            .map_err(stream_status)?;
+        Ok(cri::PortForwardResponse { url })
+    }
+
     /// Container `id`, which must be running (exec and attach reach its processes).
     pub(crate) fn running_container(&self, id: &str) -> Result<crate::meta::Container, Status> {
         let c = self.meta.find_container(id)?;

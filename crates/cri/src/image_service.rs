@@ -140,15 +140,14 @@ impl Svc for ImageService {
         let reference = image_ref(r.image.as_ref());
         // A missing image is an empty answer, not an error (the kubelet pulls on that).
         let image = self.find(&reference).await?;
-        let mut info = std::collections::HashMap::new();
-        if r.verbose
-            && let Some(i) = &image
-        {
-            info.insert(
-                "info".to_string(),
-                serde_json::json!({"id": i.id, "size": i.size}).to_string(),
-            );
-        }
+        let info = match &image {
+            Some(i) => crate::verbose_info(
+                r.verbose,
+                "info",
+                || serde_json::json!({"id": i.id, "size": i.size}),
+            ),
+            None => Default::default(),
+        };
         Ok(Response::new(cri::ImageStatusResponse { image, info }))
     }
 

@@ -12,6 +12,9 @@
 
 #![warn(missing_docs)]
 
+#[macro_use]
+mod rpcs;
+
 mod api;
 mod cni;
 mod config;
@@ -32,6 +35,7 @@ mod seccomp_default;
 mod spec;
 mod state;
 mod stats;
+mod status;
 mod streaming;
 mod user;
 
@@ -158,6 +162,19 @@ impl Cri {
 }
 
 /// Nanoseconds since the epoch.
+/// A status call's `info`: with `verbose`, `what()` as JSON under `key`; else nothing.
+pub(crate) fn verbose_info(
+    verbose: bool,
+    key: &str,
+    what: impl FnOnce() -> serde_json::Value,
+) -> std::collections::HashMap<String, String> {
+    let mut info = std::collections::HashMap::new();
+    if verbose {
+        info.insert(key.to_string(), what().to_string());
+    }
+    info
+}
+
 /// A field the request cannot go without.
 pub(crate) fn must<T>(field: &str, v: Option<T>) -> Result<T, Status> {
     v.ok_or_else(|| Status::invalid_argument(format!("{field}: must be set")))

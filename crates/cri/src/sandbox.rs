@@ -24,6 +24,39 @@ use crate::user::UserSpec;
 pub(crate) const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 
 impl Inner {
+    /// The sandbox `id` names, which must be ready (its pause process running).
+    pub(crate) fn ready_sandbox(&self, id: &str) -> Result<Sandbox, Status> {
+        let sb = self.meta.find_sandbox(id)?;
+        if !sb.st.ready {
+            let msg = format!("pod sandbox {}: is not ready", sb.id);
+            return Err(Status::failed_precondition(msg));
+        }
+        Ok(sb)
+    }
+
+    /// PodSandboxStatus: the sandbox's status, and with `verbose` what crictl inspectp shows.
+    pub(crate) fn pod_sandbox_status(
+        &self,
+        r: cri::PodSandboxStatusRequest,
+    ) -> Result<cri::PodSandboxStatusResponse, Status> {
+        let sb = self.meta.find_sandbox(&r.pod_sandbox_id)?;
+        let info = crate::verbose_info(r.verbose, "info", || {
+            serde_json::json!({
+                "pid": sb.st.pid,
+                "netNamespacePath": sb.st.netns,
+                "runtimeHandler": sb.st.runtime_handler,
+                "runtimeType": sb.st.runtime_type,
+                "image": sb.st.image,
+            })
+        });
+        Ok(cri::PodSandboxStatusResponse {
+            status: Some(status(&sb)),
+            info,
+            containers_statuses: vec![],
+            timestamp: crate::now_ns(),
+        })
+    }
+
     pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.dirs.root.join("sandboxes").join(id)
     }

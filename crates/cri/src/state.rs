@@ -59,6 +59,21 @@ fn own_oom_score_adj() -> i64 {
 }
 
 impl Inner {
+    /// GetContainerEvents: the CRI's container events from now on; a subscriber that falls
+    /// behind loses events, as with containerd, and is told how many.
+    pub(crate) fn event_stream(&self) -> crate::BoxStream<cri::ContainerEventResponse> {
+        use tokio_stream::StreamExt as _;
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        let rx = self.events.subscribe();
+        let s = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| match r {
+            Ok(ev) => Some(Ok(ev)),
+            Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::resource_exhausted(
+                format!("{n} events were dropped"),
+            ))),
+        });
+        Box::pin(s)
+    }
+
     /// A subscription to the exits and OOM kills of the CRI namespace's tasks.
     async fn task_events(
         &self,

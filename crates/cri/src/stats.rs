@@ -53,6 +53,40 @@ pub(crate) fn memory_usage(s: &Stats, ts: i64) -> cri::MemoryUsage {
 }
 
 impl Inner {
+    /// The stats of the sandboxes `f` selects (by id prefix and labels).
+    pub(crate) async fn pod_stats(
+        &self,
+        f: Option<&cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>, Status> {
+        let all: Vec<crate::meta::Sandbox> = self
+            .meta
+            .with(|ix| ix.sandboxes.values().cloned().collect());
+        let mut out = Vec::new();
+        for sb in all {
+            if let Some(f) = f {
+                if !f.id.is_empty() && !sb.id.starts_with(&f.id) {
+                    continue;
+                }
+                let labels = &sb.config.labels;
+                if !f
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+                {
+                    continue;
+                }
+            }
+            out.push(self.sandbox_stats(&sb).await?);
+        }
+        Ok(out)
+    }
+
+    /// Every sandbox's metrics, as ListPodSandboxMetrics answers them.
+    pub(crate) async fn pod_metrics(&self) -> Result<Vec<cri::PodSandboxMetrics>, Status> {
+        let stats = self.pod_stats(None).await?;
+        Ok(stats.iter().map(crate::metrics::pod_metrics).collect())
+    }
+
     /// CPU usage, with the rate since the previous sample of the same key.
     fn cpu_usage(&self, key: &str, s: &Stats, ts: i64) -> cri::CpuUsage {
         let total = s.cpu.usage.total;
