@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use berth_api::runtime::v1 as cri;
-use cri::image_service_server::ImageService as Svc;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 use crate::PullAuth;
 use crate::api::NAMESPACE;
 use crate::image::{self, cri_image};
 use crate::image_ref;
+use crate::rpcs::once;
 use crate::state::Inner;
 
 /// The image service.
@@ -23,16 +23,17 @@ impl ImageService {
     pub(crate) fn new(inner: Arc<Inner>) -> Self {
         ImageService { inner }
     }
+}
 
+impl Inner {
     /// The CRI image `reference` names, with every record of its id.
-    async fn find(&self, reference: &str) -> Result<Option<cri::Image>, Status> {
-        let Some(rec) = image::get_record(&self.inner.api, &self.inner.images, reference).await?
-        else {
+    async fn find_image(&self, reference: &str) -> Result<Option<cri::Image>, Status> {
+        let Some(rec) = image::get_record(&self.api, &self.images, reference).await? else {
             return Ok(None);
         };
         let target = rec.target.clone().unwrap_or_default();
-        let info = self.inner.images.resolve(&self.inner.api, &target).await?;
-        let all = image::all(&self.inner.api, &self.inner.images).await?;
+        let info = self.images.resolve(&self.api, &target).await?;
+        let all = image::all(&self.api, &self.images).await?;
         let same: Vec<_> = all
             .iter()
             .filter(|(_, i)| i.id == info.id)
@@ -41,15 +42,19 @@ impl ImageService {
         Ok(Some(cri_image(&info, &same)))
     }
 
-    async fn list(&self, filter: Option<&cri::ImageFilter>) -> Result<Vec<cri::Image>, Status> {
+    /// The CRI images `filter` selects (by reference), or all.
+    async fn list_images(
+        &self,
+        filter: Option<&cri::ImageFilter>,
+    ) -> Result<Vec<cri::Image>, Status> {
         if let Some(r) = filter
             .and_then(|f| f.image.as_ref())
             .map(|i| i.image.as_str())
             .filter(|s| !s.is_empty())
         {
-            return Ok(self.find(r).await?.into_iter().collect());
+            return Ok(self.find_image(r).await?.into_iter().collect());
         }
-        let all = image::all(&self.inner.api, &self.inner.images).await?;
+        let all = image::all(&self.api, &self.images).await?;
         let mut ids: Vec<&str> = all.iter().map(|(_, i)| i.id.as_str()).collect();
         ids.sort();
         ids.dedup();
@@ -108,38 +113,14 @@ pub(crate) fn auth_of(a: Option<&cri::AuthConfig>) -> Result<Option<PullAuth>, S
     Ok(None)
 }
 
-type Stream2<T> =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl Svc for ImageService {
-    async fn list_images(
-        &self,
-        req: Request<cri::ListImagesRequest>,
-    ) -> Result<Response<cri::ListImagesResponse>, Status> {
-        let images = self.list(req.into_inner().filter.as_ref()).await?;
-        Ok(Response::new(cri::ListImagesResponse { images }))
-    }
-
-    type StreamImagesStream = Stream2<cri::StreamImagesResponse>;
-    async fn stream_images(
-        &self,
-        req: Request<cri::StreamImagesRequest>,
-    ) -> Result<Response<Self::StreamImagesStream>, Status> {
-        let images = self.list(req.into_inner().filter.as_ref()).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(
-            cri::StreamImagesResponse { images },
-        )]))))
-    }
-
+impl Inner {
+    /// ImageStatus: a missing image is an empty answer, not an error (the kubelet pulls on
+    /// that).
     async fn image_status(
         &self,
-        req: Request<cri::ImageStatusRequest>,
-    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        let r = req.into_inner();
-        let reference = image_ref(r.image.as_ref());
-        // A missing image is an empty answer, not an error (the kubelet pulls on that).
-        let image = self.find(&reference).await?;
+        r: cri::ImageStatusRequest,
+    ) -> Result<cri::ImageStatusResponse, Status> {
+        let image = self.find_image(&image_ref(r.image.as_ref())).await?;
         let info = match &image {
             Some(i) => crate::verbose_info(
                 r.verbose,
@@ -148,14 +129,12 @@ impl Svc for ImageService {
             ),
             None => Default::default(),
         };
-        Ok(Response::new(cri::ImageStatusResponse { image, info }))
+        Ok(cri::ImageStatusResponse { image, info })
     }
 
-    async fn pull_image(
-        &self,
-        req: Request<cri::PullImageRequest>,
-    ) -> Result<Response<cri::PullImageResponse>, Status> {
-        let r = req.into_inner();
+    /// PullImage through the daemon's pull engine with the request's credentials; the image
+    /// gets the CRI's records (its id and digest names).
+    async fn pull_image(&self, r: cri::PullImageRequest) -> Result<cri::PullImageResponse, Status> {
         let reference = image_ref(r.image.as_ref());
         if reference.is_empty() {
             return Err(Status::invalid_argument("image.image: must be set"));
@@ -164,66 +143,77 @@ impl Svc for ImageService {
             .map_err(|e| Status::invalid_argument(format!("image.image: {reference:?}: {e}")))?
             .to_string();
         let auth = auth_of(r.auth.as_ref())?;
-        let img = self
-            .inner
-            .host
-            .pull(NAMESPACE, &name, &self.inner.cfg.snapshotter, auth)
-            .await?;
+        let sn = &self.cfg.snapshotter;
+        let img = self.host.pull(NAMESPACE, &name, sn, auth).await?;
         let target = img.target.clone().unwrap_or_default();
         let pinned = img
             .labels
             .get(image::LABEL_PINNED)
             .is_some_and(|v| v == "pinned");
-        let info = image::add_cri_records(
-            &self.inner.api,
-            &self.inner.images,
-            &img.name,
-            &target,
-            pinned,
-        )
-        .await?;
-        Ok(Response::new(cri::PullImageResponse { image_ref: info.id }))
+        let info =
+            image::add_cri_records(&self.api, &self.images, &img.name, &target, pinned).await?;
+        Ok(cri::PullImageResponse { image_ref: info.id })
     }
 
-    async fn remove_image(
-        &self,
-        req: Request<cri::RemoveImageRequest>,
-    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        let reference = req.into_inner().image.map(|i| i.image).unwrap_or_default();
-        // A missing image is already removed.
-        let Some(rec) = image::get_record(&self.inner.api, &self.inner.images, &reference).await?
-        else {
-            return Ok(Response::new(cri::RemoveImageResponse {}));
+    /// RemoveImage: every record of the image's id; a missing image is already removed.
+    async fn remove_image(&self, r: cri::RemoveImageRequest) -> Result<(), Status> {
+        let reference = image_ref(r.image.as_ref());
+        let Some(rec) = image::get_record(&self.api, &self.images, &reference).await? else {
+            return Ok(());
         };
-        let info = self
-            .inner
-            .images
-            .resolve(&self.inner.api, &rec.target.unwrap_or_default())
-            .await?;
-        image::remove_all(&self.inner.api, &self.inner.images, &info.id).await?;
-        Ok(Response::new(cri::RemoveImageResponse {}))
+        let target = rec.target.unwrap_or_default();
+        let info = self.images.resolve(&self.api, &target).await?;
+        image::remove_all(&self.api, &self.images, &info.id).await
     }
 
-    async fn image_fs_info(
-        &self,
-        _: Request<cri::ImageFsInfoRequest>,
-    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        let dir = self.inner.dirs.image_fs.clone();
+    /// ImageFsInfo: the use of the snapshotter's root (images' and containers' layers share
+    /// it).
+    async fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse, Status> {
+        let dir = self.dirs.image_fs.clone();
         let (bytes, inodes) = tokio::task::spawn_blocking(move || usage(&dir))
             .await
             .map_err(|e| Status::internal(format!("image fs usage: {e}")))?;
         let fs = cri::FilesystemUsage {
             timestamp: crate::now_ns(),
             fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: self.inner.dirs.image_fs.to_string_lossy().into_owned(),
+                mountpoint: self.dirs.image_fs.to_string_lossy().into_owned(),
             }),
             used_bytes: Some(cri::UInt64Value { value: bytes }),
             inodes_used: Some(cri::UInt64Value { value: inodes }),
         };
-        Ok(Response::new(cri::ImageFsInfoResponse {
+        Ok(cri::ImageFsInfoResponse {
             image_filesystems: vec![fs.clone()],
             container_filesystems: vec![fs],
-        }))
+        })
+    }
+}
+
+rpcs! {
+    impl cri::image_service_server::ImageService, for ImageService;
+    streams {
+        StreamImagesStream = cri::StreamImagesResponse;
+    }
+
+    open list_images(ListImagesRequest) -> cri::ListImagesResponse = |core, r| {
+        let images = core.list_images(r.filter.as_ref()).await?;
+        Ok(cri::ListImagesResponse { images })
+    }
+    open stream_images(StreamImagesRequest) -> Self::StreamImagesStream = |core, r| {
+        let images = core.list_images(r.filter.as_ref()).await?;
+        Ok(once(cri::StreamImagesResponse { images }))
+    }
+    open image_status(ImageStatusRequest) -> cri::ImageStatusResponse = |core, r| {
+        core.image_status(r).await
+    }
+    open pull_image(PullImageRequest) -> cri::PullImageResponse = |core, r| {
+        core.pull_image(r).await
+    }
+    open remove_image(RemoveImageRequest) -> cri::RemoveImageResponse = |core, r| {
+        core.remove_image(r).await?;
+        Ok(cri::RemoveImageResponse {})
+    }
+    open image_fs_info(ImageFsInfoRequest) -> cri::ImageFsInfoResponse = |core, _r| {
+        core.image_fs_info().await
     }
 }
 
