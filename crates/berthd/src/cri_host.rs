@@ -2,6 +2,7 @@
 //! caller's credentials through the pull engine, and reading a file of a snapshot's file
 //! system (the image's /etc/passwd and /etc/group, for user names and groups).
 
+use berth_store::Sharing;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -115,7 +116,14 @@ impl berth_cri::Host for CriHost {
             let d = berth_store::Digest::of(&data);
             let r = format!("berth-cri-{d}");
             let size = data.len() as i64;
-            match store.content_writer(&ns, &r, Some(size), Some(d.clone()), Some(&lease)) {
+            match store.content_writer(
+                &ns,
+                &r,
+                Some(size),
+                Some(d.clone()),
+                Some(&lease),
+                Sharing::Adopt,
+            ) {
                 Ok(mut w) => {
                     w.write_at(0, &data).map_err(to_status)?;
                     match store.content_commit(w, size, Some(d.clone()), &labels) {

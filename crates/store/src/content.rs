@@ -43,6 +43,18 @@ fn ingest_ref(ns: &str, r: &str) -> String {
     format!("{ns}/{r}")
 }
 
+/// How a new writer treats a blob that another namespace already has on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Made visible in the writer's namespace at once, without a transfer, and the open
+    /// answers `AlreadyExists`: what the daemon's own writers (pulls) want.
+    Adopt,
+    /// As containerd answers a client's Write stream: the writer starts complete (of the
+    /// expected size, if one is given) and its commit makes the blob visible; nothing is
+    /// visible before that commit.
+    OnCommit,
+}
+
 /// Maps a blob-store error onto the store's error classes.
 pub fn content_error(e: ContentError) -> StoreError {
     match e {
@@ -325,9 +337,8 @@ impl Store {
     }
 
     /// Opens (or resumes) the ingest `ref` in `ns`. If `expected` is already visible in `ns`:
-    /// `AlreadyExists`. If the blob is on disk (another namespace has it), it is made visible
-    /// here without a transfer, and `AlreadyExists` tells the caller it is done: what the
-    /// daemon's own writers (pulls) want.
+    /// `AlreadyExists`. A blob on disk that another namespace has is treated as `shared`
+    /// says.
     pub fn content_writer(
         &self,
         ns: &str,
@@ -335,23 +346,16 @@ impl Store {
         total: Option<i64>,
         expected: Option<Digest>,
         lease: Option<&str>,
+        shared: Sharing,
     ) -> Result<NsWriter, StoreError> {
-        self.open_writer(ns, r#ref, total, expected, lease, false)
-    }
-
-    /// [`Store::content_writer`] as containerd answers a client's Write stream: a blob
-    /// another namespace has (of the expected size, if one is given) gives a writer that
-    /// starts complete, whose commit makes the blob visible here; nothing is visible before
-    /// that commit.
-    pub fn content_writer_shared(
-        &self,
-        ns: &str,
-        r#ref: &str,
-        total: Option<i64>,
-        expected: Option<Digest>,
-        lease: Option<&str>,
-    ) -> Result<NsWriter, StoreError> {
-        self.open_writer(ns, r#ref, total, expected, lease, true)
+        self.open_writer(
+            ns,
+            r#ref,
+            total,
+            expected,
+            lease,
+            shared == Sharing::OnCommit,
+        )
     }
 
     fn open_writer(

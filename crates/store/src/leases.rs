@@ -86,6 +86,15 @@ impl Store {
         Ok((self.db.open_tree(TREE)?, self.db.open_tree(RESOURCES)?))
     }
 
+    /// The resources tree, once lease `lease` of `ns` is known to exist (`NotFound` if not).
+    fn resources_of(&self, ns: &str, lease: &str) -> Result<sled::Tree, StoreError> {
+        let (leases, resources) = self.leases()?;
+        if leases.get(key(ns, lease))?.is_none() {
+            return Err(StoreError::NotFound(format!("lease {lease:?}")));
+        }
+        Ok(resources)
+    }
+
     /// Creates a lease; `AlreadyExists` if the id is taken.
     pub fn create_lease(
         &self,
@@ -190,10 +199,7 @@ impl Store {
         lease: &str,
         r: &Resource,
     ) -> Result<(), StoreError> {
-        let (leases, resources) = self.leases()?;
-        if leases.get(key(ns, lease))?.is_none() {
-            return Err(StoreError::NotFound(format!("lease {lease:?}")));
-        }
+        let resources = self.resources_of(ns, lease)?;
         resources.insert(resource_key(ns, lease, r), &[])?;
         Ok(())
     }
@@ -205,20 +211,14 @@ impl Store {
         lease: &str,
         r: &Resource,
     ) -> Result<(), StoreError> {
-        let (leases, resources) = self.leases()?;
-        if leases.get(key(ns, lease))?.is_none() {
-            return Err(StoreError::NotFound(format!("lease {lease:?}")));
-        }
+        let resources = self.resources_of(ns, lease)?;
         resources.remove(resource_key(ns, lease, r))?;
         Ok(())
     }
 
     /// The resources a lease holds; `NotFound` if the lease does not exist.
     pub fn list_lease_resources(&self, ns: &str, lease: &str) -> Result<Vec<Resource>, StoreError> {
-        let (leases, resources) = self.leases()?;
-        if leases.get(key(ns, lease))?.is_none() {
-            return Err(StoreError::NotFound(format!("lease {lease:?}")));
-        }
+        let resources = self.resources_of(ns, lease)?;
         let p = resource_prefix(ns, lease);
         let mut out = Vec::new();
         for k in resources.scan_prefix(&p).keys() {
@@ -284,7 +284,14 @@ mod tests {
     /// Writes `data` under `lease` in namespace "t"; its digest.
     fn blob(s: &Store, lease: &str, data: &[u8]) -> berth_content::Digest {
         let mut w = s
-            .content_writer("t", &format!("r-{}", data.len()), None, None, Some(lease))
+            .content_writer(
+                "t",
+                &format!("r-{}", data.len()),
+                None,
+                None,
+                Some(lease),
+                crate::Sharing::Adopt,
+            )
             .unwrap();
         w.inner().write_at(0, data).unwrap();
         s.content_commit(w, data.len() as i64, None, &HashMap::new())

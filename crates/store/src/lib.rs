@@ -26,7 +26,7 @@ mod time;
 pub use berth_content::{BlobInfo, BlobReader, ContentError, ContentStore, Digest, IngestStatus};
 pub use berth_snapshot::{Kind as SnapshotKind, Mount, Usage};
 pub use containers::{AnyValue, Container};
-pub use content::{ContentInfo, NsWriter, content_error};
+pub use content::{ContentInfo, NsWriter, Sharing, content_error};
 pub use error::StoreError;
 pub use gc::{GcStats, LABEL_REF_CONTENT, LABEL_REF_SNAPSHOT, LABEL_ROOT};
 pub use identifiers::validate as validate_identifier;

@@ -55,14 +55,21 @@ pub(crate) struct StdioOpts {
 }
 
 impl StdioOpts {
-    fn validate(self) -> Result<Self, StreamError> {
-        if self.tty && self.stderr {
+    /// The streams asked for, if they make a session: at least one, and no stderr beside a
+    /// terminal.
+    fn checked(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<Self, StreamError> {
+        if tty && stderr {
             return Err(StreamError::TtyWithStderr);
         }
-        if !self.stdin && !self.stdout && !self.stderr {
+        if !stdin && !stdout && !stderr {
             return Err(StreamError::NoStreams);
         }
-        Ok(self)
+        Ok(StdioOpts {
+            stdin,
+            stdout,
+            stderr,
+            tty,
+        })
     }
 }
 
@@ -89,13 +96,7 @@ impl Prepared {
         if r.cmd.is_empty() {
             return Err(StreamError::MissingField("cmd"));
         }
-        let opts = StdioOpts {
-            stdin: r.stdin,
-            stdout: r.stdout,
-            stderr: r.stderr,
-            tty: r.tty,
-        }
-        .validate()?;
+        let opts = StdioOpts::checked(r.stdin, r.stdout, r.stderr, r.tty)?;
         Ok(Self::Exec {
             container_id: r.container_id,
             cmd: r.cmd,
@@ -107,13 +108,7 @@ impl Prepared {
         if r.container_id.is_empty() {
             return Err(StreamError::MissingField("container_id"));
         }
-        let opts = StdioOpts {
-            stdin: r.stdin,
-            stdout: r.stdout,
-            stderr: r.stderr,
-            tty: r.tty,
-        }
-        .validate()?;
+        let opts = StdioOpts::checked(r.stdin, r.stdout, r.stderr, r.tty)?;
         Ok(Self::Attach {
             container_id: r.container_id,
             opts,

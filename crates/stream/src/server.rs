@@ -229,6 +229,20 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
 pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// A plain-text error response, as Go's `http.Error` writes it.
+/// The connection a client's upgrade (to `what`) hands over; none if it failed.
+pub(crate) async fn upgraded(
+    on: hyper::upgrade::OnUpgrade,
+    what: &str,
+) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match on.await {
+        Ok(u) => Some(TokioIo::new(u)),
+        Err(e) => {
+            tracing::debug!(error = %e, "stream server: {what} upgrade failed");
+            None
+        }
+    }
+}
+
 pub(crate) fn error(status: StatusCode, msg: &str) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(format!("{msg}\n"))));
     *r.status_mut() = status;
@@ -358,12 +372,8 @@ fn spdy_upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_inner = inner.clone();
     inner.spawn_session(session, async move {
-        let io = match on_upgrade.await {
-            Ok(u) => TokioIo::new(u),
-            Err(e) => {
-                tracing::debug!(error = %e, "stream server: upgrade failed");
-                return;
-            }
+        let Some(io) = upgraded(on_upgrade, "SPDY").await else {
+            return;
         };
         match prepared {
             Prepared::PortForward(pf) => {

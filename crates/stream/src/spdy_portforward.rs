@@ -144,16 +144,9 @@ async fn forward(inner: Arc<Inner>, pod: String, port: u16, data: Stream, error:
             return;
         }
     };
-    let (mut up_r, mut up_w) = tokio::io::split(upstream);
-    let (mut rx, data_w) = data.into_parts();
-    let to_pod = async move {
-        while let Some(b) = rx.recv().await {
-            if up_w.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-        let _ = up_w.shutdown().await;
-    };
+    let (mut up_r, up_w) = tokio::io::split(upstream);
+    let (rx, data_w) = data.into_parts();
+    let to_pod = to_pod(rx, up_w);
     let from_pod = async {
         let mut buf = vec![0u8; 32 << 10];
         loop {
@@ -184,4 +177,18 @@ async fn forward(inner: Arc<Inner>, pod: String, port: u16, data: Stream, error:
     }
     data_w.finish().await;
     err_w.finish().await;
+}
+
+/// Copies what the client sends into the pod's connection until either ends, then closes the
+/// pod's side for writing.
+pub(crate) async fn to_pod<B: AsRef<[u8]>>(
+    mut rx: tokio::sync::mpsc::Receiver<B>,
+    mut w: impl tokio::io::AsyncWrite + Unpin,
+) {
+    while let Some(b) = rx.recv().await {
+        if w.write_all(b.as_ref()).await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
 }

@@ -177,12 +177,8 @@ pub(crate) fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_inner = inner.clone();
     inner.spawn_session(session, async move {
-        let io = match on_upgrade.await {
-            Ok(u) => TokioIo::new(u),
-            Err(e) => {
-                tracing::debug!(error = %e, "stream server: websocket upgrade failed");
-                return;
-            }
+        let Some(io) = crate::server::upgraded(on_upgrade, "websocket").await else {
+            return;
         };
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
         let codec = Codec::of(protocol);
@@ -434,7 +430,7 @@ async fn forward_port(
     port: u16,
     ch: u8,
     codec: Codec,
-    mut input: mpsc::Receiver<Vec<u8>>,
+    input: mpsc::Receiver<Vec<u8>>,
     out: mpsc::Sender<Message>,
 ) {
     let upstream = match inner.runtime.port_forward(pod.clone(), port).await {
@@ -445,15 +441,8 @@ async fn forward_port(
             return;
         }
     };
-    let (mut up_r, mut up_w) = tokio::io::split(upstream);
-    let to_pod = async move {
-        while let Some(b) = input.recv().await {
-            if up_w.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-        let _ = up_w.shutdown().await;
-    };
+    let (mut up_r, up_w) = tokio::io::split(upstream);
+    let to_pod = crate::spdy_portforward::to_pod(input, up_w);
     let from_pod = async {
         let mut buf = vec![0u8; 32 << 10];
         loop {

@@ -2,6 +2,7 @@
 //! snapshot in one pass, the content record, and the commit once the diff id matched.
 
 use super::*;
+use berth_store::Sharing;
 
 /// Reads chunks from a channel as a byte stream (end of channel = end of stream).
 struct ChannelReader {
@@ -363,7 +364,8 @@ impl Puller {
             desc.digest.clone(),
         );
         let writer = blocking(move || {
-            match store.content_writer(&ns, &r, Some(total), Some(d), Some(&lease)) {
+            match store.content_writer(&ns, &r, Some(total), Some(d), Some(&lease), Sharing::Adopt)
+            {
                 Ok(w) => Ok(Some(w)),
                 Err(StoreError::AlreadyExists(_)) => Ok(None),
                 Err(e) => Err(to_status(e)),

@@ -13,6 +13,7 @@
 //! then removes what they held, except partial downloads, which stay (for 24 hours) so the next
 //! pull resumes them with a Range request.
 
+use berth_store::Sharing;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -426,7 +427,14 @@ impl Puller {
         blocking(move || {
             let r = format!("{kind}-{d}");
             let open = || {
-                store.content_writer(&ns, &r, Some(b.len() as i64), Some(d.clone()), Some(&lease))
+                store.content_writer(
+                    &ns,
+                    &r,
+                    Some(b.len() as i64),
+                    Some(d.clone()),
+                    Some(&lease),
+                    Sharing::Adopt,
+                )
             };
             // Another pull writing the same document holds the ingest: wait for it (as
             // containerd's clients retry a locked ref); it then answers AlreadyExists.

@@ -1,6 +1,7 @@
 //! `containerd.services.content.v1.Content`: blobs per namespace, streamed reads and the
 //! bidirectional Write protocol (STAT / WRITE / COMMIT) containerd's clients speak.
 
+use berth_store::Sharing;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -278,7 +279,14 @@ async fn write_session(
         );
         blocking(move || {
             store
-                .content_writer_shared(&ns, &r, (total > 0).then_some(total), exp, lease.as_deref())
+                .content_writer(
+                    &ns,
+                    &r,
+                    (total > 0).then_some(total),
+                    exp,
+                    lease.as_deref(),
+                    Sharing::OnCommit,
+                )
                 .map_err(to_status)
         })
         .await?

@@ -1,6 +1,7 @@
 //! `containerd.services.diff.v1.Diff`: applying layers onto snapshot mounts, and making a layer
 //! from the difference of two mount sets.
 
+use berth_store::Sharing;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -239,7 +240,14 @@ impl DiffJob {
         };
         let mut w = self
             .store
-            .content_writer(&self.ns, &self.r#ref, None, None, self.lease.as_deref())
+            .content_writer(
+                &self.ns,
+                &self.r#ref,
+                None,
+                None,
+                self.lease.as_deref(),
+                Sharing::Adopt,
+            )
             .map_err(to_status)?;
         let written = (|| {
             if w.inner().offset() > 0 {
