@@ -34,6 +34,17 @@ pub fn env(vars: impl IntoIterator<Item = String>) -> Vec<String> {
     out
 }
 
+/// A list of strings in an image config (`Entrypoint`, `Cmd`, `Env`); none if it is absent or
+/// not an array, its non-strings left out.
+pub fn strings(v: Option<&serde_json::Value>) -> Vec<String> {
+    let items = v.and_then(serde_json::Value::as_array);
+    let texts = items
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str);
+    texts.map(str::to_string).collect()
+}
+
 /// Paths hidden from an unprivileged container.
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",

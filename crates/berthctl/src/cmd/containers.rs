@@ -16,7 +16,7 @@ use berth_api::containerd::services::tasks::v1::{
 };
 
 use super::ListArgs;
-use super::{format_labels, parse_labels};
+use super::{format_labels, labels_mask, parse_labels};
 use crate::client::Conn;
 use crate::table::{Table, quiet_or};
 
@@ -230,7 +230,7 @@ pub(crate) async fn containers(conn: &Conn, action: ContainersAction) -> anyhow:
         }
         ContainersAction::Label { id, labels } => {
             let labels = parse_labels(&labels)?;
-            let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let update_mask = labels_mask(&labels);
             let x = c
                 .update(conn.req(UpdateContainerRequest {
                     container: Some(Container {
@@ -238,7 +238,7 @@ pub(crate) async fn containers(conn: &Conn, action: ContainersAction) -> anyhow:
                         labels,
                         ..Default::default()
                     }),
-                    update_mask: Some(prost_types::FieldMask { paths }),
+                    update_mask,
                 }))
                 .await?
                 .into_inner()

@@ -10,7 +10,7 @@ use berth_api::containerd::services::content::v1::{
 use tokio_stream::StreamExt;
 
 use super::ListArgs;
-use super::{age, format_labels, human_size, parse_labels};
+use super::{age, format_labels, human_size, labels_mask, parse_labels};
 use crate::client::Conn;
 use crate::table::{Table, quiet_or};
 
@@ -130,7 +130,7 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
         }
         Action::Label { digest, labels } => {
             let labels = parse_labels(&labels)?;
-            let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let update_mask = labels_mask(&labels);
             let info = c
                 .update(conn.req(UpdateRequest {
                     info: Some(Info {
@@ -138,7 +138,7 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
                         labels,
                         ..Default::default()
                     }),
-                    update_mask: Some(prost_types::FieldMask { paths }),
+                    update_mask,
                 }))
                 .await?
                 .into_inner()

@@ -40,6 +40,12 @@ pub(crate) fn parse_labels(args: &[String]) -> anyhow::Result<HashMap<String, St
 }
 
 /// `k=v,k2=v2`, sorted by key.
+/// An update of `labels` alone: the mask naming each of them.
+pub(crate) fn labels_mask(labels: &HashMap<String, String>) -> Option<prost_types::FieldMask> {
+    let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+    Some(prost_types::FieldMask { paths })
+}
+
 pub(crate) fn format_labels(labels: &HashMap<String, String>) -> String {
     let mut pairs: Vec<_> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     pairs.sort();

@@ -6,7 +6,7 @@ use berth_api::containerd::services::namespaces::v1::{
     Namespace, UpdateNamespaceRequest,
 };
 
-use super::{format_labels, parse_labels};
+use super::{format_labels, labels_mask, parse_labels};
 use crate::client::Conn;
 use crate::table::{Table, quiet_or};
 
@@ -105,10 +105,10 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
                 return Ok(());
             }
             let labels = parse_labels(&labels)?;
-            let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let update_mask = labels_mask(&labels);
             c.update(conn.req(UpdateNamespaceRequest {
                 namespace: Some(Namespace { name, labels }),
-                update_mask: Some(prost_types::FieldMask { paths }),
+                update_mask,
             }))
             .await?;
         }

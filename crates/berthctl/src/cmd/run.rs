@@ -145,15 +145,7 @@ fn parse_mount(s: &str) -> anyhow::Result<Value> {
 /// containerd's default spec (`oci.WithDefaultSpec`), the image config, and the flags.
 fn build_spec(a: &Args, ns: &str, image: &Value) -> anyhow::Result<Value> {
     let cfg = image.get("config").cloned().unwrap_or(Value::Null);
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = berth_runtime::defaults::strings;
     let mut args = a.args.clone();
     if args.is_empty() {
         args = strings(cfg.get("Entrypoint"));

@@ -13,9 +13,24 @@ use berth_api::containerd::types::Mount;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use super::{binary_size, format_labels, parse_labels, rfc3339};
+use super::{binary_size, format_labels, labels_mask, parse_labels, rfc3339};
 use crate::client::Conn;
 use crate::table::Table;
+
+/// What `prepare` and `view` take.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NewArgs {
+    /// The new snapshot.
+    key: String,
+    /// The committed snapshot it is made on (none: empty).
+    parent: Option<String>,
+    /// Print the mount commands for this target.
+    #[arg(short, long)]
+    target: Option<String>,
+    /// Print the mounts as JSON.
+    #[arg(long)]
+    mounts: bool,
+}
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -70,31 +85,9 @@ enum Action {
     /// The snapshots as a tree of parents and children.
     Tree,
     /// Make an active snapshot on `parent` (or an empty one).
-    Prepare {
-        /// The new active snapshot.
-        key: String,
-        /// The committed snapshot it is made on (none: empty).
-        parent: Option<String>,
-        /// Print the mount commands for this target.
-        #[arg(short, long)]
-        target: Option<String>,
-        /// Print the mounts as JSON.
-        #[arg(long)]
-        mounts: bool,
-    },
+    Prepare(NewArgs),
     /// Make a read-only view of a committed snapshot (labelled a GC root, unlike ctr's views).
-    View {
-        /// The new view.
-        key: String,
-        /// The committed snapshot it is made on (none: empty).
-        parent: Option<String>,
-        /// Print the mount commands for this target.
-        #[arg(short, long)]
-        target: Option<String>,
-        /// Print the mounts as JSON.
-        #[arg(long)]
-        mounts: bool,
-    },
+    View(NewArgs),
     /// Commit the active snapshot `active` as `name`.
     Commit {
         /// The committed snapshot's name.
@@ -364,41 +357,29 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
             print_mounts(&target, &m);
         }
         Action::Tree => print_tree(&list(conn, &mut c, &sn, Vec::new()).await?),
-        Action::Prepare {
-            key,
-            parent,
-            target,
-            mounts,
-        } => {
-            let m = c
-                .prepare(conn.req(PrepareSnapshotRequest {
-                    snapshotter: sn,
-                    key,
-                    parent: parent.unwrap_or_default(),
-                    labels: gc_root_now(),
-                }))
-                .await?
-                .into_inner()
-                .mounts;
-            show_new(target, mounts, &m);
+        Action::Prepare(a) => {
+            let (snapshotter, key, parent) = (sn, a.key, a.parent.unwrap_or_default());
+            let labels = gc_root_now();
+            let prepare = PrepareSnapshotRequest {
+                snapshotter,
+                key,
+                parent,
+                labels,
+            };
+            let m = c.prepare(conn.req(prepare)).await?.into_inner().mounts;
+            show_new(a.target, a.mounts, &m);
         }
-        Action::View {
-            key,
-            parent,
-            target,
-            mounts,
-        } => {
-            let m = c
-                .view(conn.req(ViewSnapshotRequest {
-                    snapshotter: sn,
-                    key,
-                    parent: parent.unwrap_or_default(),
-                    labels: gc_root_now(),
-                }))
-                .await?
-                .into_inner()
-                .mounts;
-            show_new(target, mounts, &m);
+        Action::View(a) => {
+            let (snapshotter, key, parent) = (sn, a.key, a.parent.unwrap_or_default());
+            let labels = gc_root_now();
+            let view = ViewSnapshotRequest {
+                snapshotter,
+                key,
+                parent,
+                labels,
+            };
+            let m = c.view(conn.req(view)).await?.into_inner().mounts;
+            show_new(a.target, a.mounts, &m);
         }
         Action::Commit { name, active } => {
             c.commit(conn.req(CommitSnapshotRequest {
@@ -412,7 +393,7 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
         }
         Action::Label { key, labels } => {
             let labels = parse_labels(&labels)?;
-            let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let update_mask = labels_mask(&labels);
             let info = c
                 .update(conn.req(UpdateSnapshotRequest {
                     snapshotter: sn,
@@ -421,7 +402,7 @@ pub(crate) async fn run(conn: &Conn, args: Args) -> anyhow::Result<()> {
                         labels,
                         ..Default::default()
                     }),
-                    update_mask: Some(prost_types::FieldMask { paths }),
+                    update_mask,
                 }))
                 .await?
                 .into_inner()

@@ -22,16 +22,7 @@ use mounts::{bind, default_mounts, host_devices};
 pub(crate) use mounts::{devices, user_mounts};
 pub(crate) use security::{capabilities, seccomp};
 
-/// The image config's `config` object.
-fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use berth_runtime::defaults::strings;
 
 /// Entrypoint/cmd merged with the CRI's command/args, as Kubernetes defines it.
 pub(crate) fn process_args(image: &Value, command: &[String], args: &[String]) -> Vec<String> {

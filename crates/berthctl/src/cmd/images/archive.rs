@@ -177,7 +177,7 @@ async fn label_children(conn: &Conn, lease: &str, target: &Descriptor) -> anyhow
         } else {
             continue;
         }
-        let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+        let update_mask = labels_mask(&labels);
         c.update(conn.req_lease(
             UpdateRequest {
                 info: Some(Info {
@@ -185,7 +185,7 @@ async fn label_children(conn: &Conn, lease: &str, target: &Descriptor) -> anyhow
                     labels,
                     ..Default::default()
                 }),
-                update_mask: Some(prost_types::FieldMask { paths }),
+                update_mask,
             },
             lease,
         )?)

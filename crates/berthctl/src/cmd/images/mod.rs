@@ -24,7 +24,7 @@ use tokio_stream::StreamExt;
 
 use super::ListArgs;
 use super::content::ingest_blocking;
-use super::{binary_size, format_labels, parse_labels};
+use super::{binary_size, format_labels, labels_mask, parse_labels};
 use crate::client::Conn;
 use crate::table::{Table, quiet_or};
 
@@ -192,7 +192,7 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
         }
         Action::Label { name, labels } => {
             let labels = parse_labels(&labels)?;
-            let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+            let update_mask = labels_mask(&labels);
             let img = images
                 .update(conn.req(UpdateImageRequest {
                     image: Some(Image {
@@ -200,7 +200,7 @@ pub(crate) async fn run(conn: &Conn, action: Action) -> anyhow::Result<()> {
                         labels,
                         ..Default::default()
                     }),
-                    update_mask: Some(prost_types::FieldMask { paths }),
+                    update_mask,
                     source_date_epoch: None,
                 }))
                 .await?
