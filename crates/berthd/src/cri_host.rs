@@ -15,6 +15,7 @@ use berth_image::media::PlatformSpec;
 use berth_image::registry::{Credentials, HostOptions, Session};
 use tonic::Status;
 
+use crate::errors::pull_status;
 use crate::mount::{Mounted, read_only};
 use crate::pull::{ProgressSink, PullSpec, Puller};
 
@@ -39,7 +40,9 @@ impl berth_cri::Host for CriHost {
         Box::pin(async move {
             let r = ImageRef::parse(reference)
                 .map_err(|e| Status::invalid_argument(format!("image {reference:?}: {e}")))?;
-            self.puller.check_snapshotter(snapshotter)?;
+            self.puller
+                .check_snapshotter(snapshotter)
+                .map_err(pull_status)?;
             let credentials = auth.map(|a| {
                 let c = Credentials {
                     username: a.username,
@@ -64,7 +67,8 @@ impl berth_cri::Host for CriHost {
                 },
                 labels: HashMap::new(),
             };
-            let img = self.puller.pull(spec, ProgressSink::default()).await?;
+            let img = self.puller.pull(spec, ProgressSink::default()).await;
+            let img = img.map_err(pull_status)?;
             Ok(crate::pb::image(img))
         })
     }

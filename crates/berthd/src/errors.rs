@@ -1,6 +1,7 @@
 //! The one mapping from core errors to gRPC statuses, with containerd's codes: the metadata
-//! store's, the image library's, the registry client's, the task manager's and a shim's. Services and the pull
-//! engine map through these and nowhere else; the table in the tests pins every code.
+//! store's, the image library's, the registry client's, the pull engine's, the task manager's
+//! and a shim's. Services map through these and nowhere else; the table in the tests pins
+//! every code.
 
 use std::io::ErrorKind;
 
@@ -129,6 +130,62 @@ impl std::fmt::Display for TaskError {
             TaskError::Shim(s) => f.write_str(s.message()),
             TaskError::Store(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// What a pull or a push failed with.
+#[derive(Debug)]
+pub(crate) enum PullError {
+    /// The metadata or content store's.
+    Store(StoreError),
+    /// The registry client's.
+    Registry(RegistryError),
+    /// The image library's, about what it names (a layer, the manifest, the index).
+    Image(String, ImageError),
+    /// Content that does not verify: a size, a digest or a layer count that does not match.
+    BadContent(String),
+    /// Nothing that matches (no manifest for the platform asked for).
+    NoMatch(String),
+    /// Something the job needs is missing (a blob of the image being pushed).
+    Incomplete(String),
+    /// A download cut short.
+    Interrupted(String),
+    /// A task of the job that died: a fault of ours.
+    Internal(String),
+}
+
+impl std::fmt::Display for PullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PullError::Store(e) => write!(f, "{e}"),
+            PullError::Registry(e) => write!(f, "{e}"),
+            PullError::Image(what, e) => write!(f, "{what}: {}", chain(e)),
+            PullError::BadContent(m)
+            | PullError::NoMatch(m)
+            | PullError::Incomplete(m)
+            | PullError::Interrupted(m)
+            | PullError::Internal(m) => f.write_str(m),
+        }
+    }
+}
+
+impl crate::pool::Died for PullError {
+    fn died(what: String) -> Self {
+        PullError::Internal(what)
+    }
+}
+
+/// A pull's or push's error as the status containerd's Transfer service returns.
+pub(crate) fn pull_status(e: PullError) -> Status {
+    match e {
+        PullError::Store(e) => to_status(e),
+        PullError::Registry(e) => registry_status(e),
+        PullError::Image(what, e) => image_status(&what, e),
+        PullError::BadContent(m) => Status::data_loss(m),
+        PullError::NoMatch(m) => Status::not_found(m),
+        PullError::Incomplete(m) => Status::failed_precondition(m),
+        PullError::Interrupted(m) => Status::aborted(m),
+        PullError::Internal(m) => Status::internal(m),
     }
 }
 
@@ -276,6 +333,30 @@ mod tests {
             let st = task_status(e);
             assert_eq!(st.code(), code);
             assert!(st.message().contains('x'), "{}", st.message());
+        }
+        let pull = [
+            (
+                PullError::Store(StoreError::NotFound("x".into())),
+                Code::NotFound,
+            ),
+            (
+                PullError::Registry(RegistryError::Unauthorized("x".into())),
+                Code::PermissionDenied,
+            ),
+            (
+                PullError::Image("x".into(), ImageError::InvalidArchive("y".into())),
+                Code::DataLoss,
+            ),
+            (PullError::BadContent("x".into()), Code::DataLoss),
+            (PullError::NoMatch("x".into()), Code::NotFound),
+            (PullError::Incomplete("x".into()), Code::FailedPrecondition),
+            (PullError::Interrupted("x".into()), Code::Aborted),
+            (PullError::Internal("x".into()), Code::Internal),
+        ];
+        for (e, code) in pull {
+            let shown = e.to_string();
+            let st = pull_status(e);
+            assert_eq!((st.code(), st.message()), (code, shown.as_str()));
         }
     }
 }

@@ -42,7 +42,7 @@ pub(super) struct Layer {
 }
 
 impl Puller {
-    pub(super) async fn layer(&self, ctx: &Ctx, job: Layer) -> Result<(), Status> {
+    pub(super) async fn layer(&self, ctx: &Ctx, job: Layer) -> Result<(), PullError> {
         let Layer {
             desc,
             diff_id,
@@ -92,7 +92,7 @@ impl Puller {
         let independent = self
             .store
             .snapshotter(&sn)
-            .map_err(to_status)?
+            .map_err(PullError::Store)?
             .independent_layers();
         // Written straight into the upper directory, as containerd's overlay applier does.
         let whiteouts = Whiteouts::Overlay;
@@ -120,8 +120,11 @@ impl Puller {
                         lease: Some(&ctx.lease),
                     },
                 )
-                .map_err(to_status)?;
-            let dir = self.store.snapshot_dir(ns, &sn, &key).map_err(to_status)?;
+                .map_err(PullError::Store)?;
+            let dir = self
+                .store
+                .snapshot_dir(ns, &sn, &key)
+                .map_err(PullError::Store)?;
             let applied = if has_content {
                 ctx.progress
                     .send("unpacking", &name, 0, desc.size, Some(&desc));
@@ -140,13 +143,19 @@ impl Puller {
                 }
                 Some(Err(e)) => {
                     let _ = self.store.remove_snapshot(ns, &sn, &key);
-                    return Err(image_status(&format!("layer {}", desc.digest), e));
+                    return Err(PullError::Image(
+                        format!("layer {}", desc.digest).to_string(),
+                        e,
+                    ));
                 }
                 // Resumed download: the stream did not start at 0; apply from the store.
                 None => {
                     ctx.progress
                         .send("unpacking", &name, 0, desc.size, Some(&desc));
-                    let dir = self.store.snapshot_dir(ns, &sn, &key).map_err(to_status)?;
+                    let dir = self
+                        .store
+                        .snapshot_dir(ns, &sn, &key)
+                        .map_err(PullError::Store)?;
                     match self.apply_from_store(ns, &desc, dir, whiteouts).await {
                         Ok(a) => {
                             check_diff_id(&desc, &a.digest, &diff_id)?;
@@ -155,7 +164,10 @@ impl Puller {
                         Err(berth_image::ImageError::NeedsLowerLayers(_)) => {}
                         Err(e) => {
                             let _ = self.store.remove_snapshot(ns, &sn, &key);
-                            return Err(image_status(&format!("layer {}", desc.digest), e));
+                            return Err(PullError::Image(
+                                format!("layer {}", desc.digest).to_string(),
+                                e,
+                            ));
                         }
                     }
                 }
@@ -175,7 +187,7 @@ impl Puller {
             if applied_ok {
                 let _ = self.store.remove_snapshot(ns, &sn, &key);
             }
-            return Err(Status::aborted(format!(
+            return Err(PullError::Interrupted(format!(
                 "layer {}: a lower layer failed",
                 desc.digest
             )));
@@ -194,7 +206,7 @@ impl Puller {
             let _ = self.store.remove_snapshot(ns, &sn, &key);
             match r {
                 Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
-                Err(e) => return Err(to_status(e)),
+                Err(e) => return Err(PullError::Store(e)),
             }
         } else {
             ctx.progress
@@ -226,7 +238,7 @@ impl Puller {
         chain: &Digest,
         parent: Option<&str>,
         key: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<(), PullError> {
         let ns = &ctx.ns;
         let mounts = self
             .store
@@ -241,16 +253,16 @@ impl Puller {
                     lease: Some(&ctx.lease),
                 },
             )
-            .map_err(to_status)?;
+            .map_err(PullError::Store)?;
         let mounts = crate::pb::mounts_pb(mounts);
         let reader = self
             .store
             .content_reader(ns, &desc.digest)
-            .map_err(to_status)?;
+            .map_err(PullError::Store)?;
         let dir = self.mounts_dir.clone();
         let applied = blocking(move || {
             let m = Mounted::new(&dir, &mounts)
-                .map_err(|e| Status::internal(format!("mounting the snapshot: {e}")))?;
+                .map_err(|e| PullError::Internal(format!("mounting the snapshot: {e}")))?;
             Ok(berth_image::apply_layer(reader, m.path()))
         })
         .await;
@@ -258,7 +270,10 @@ impl Puller {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 let _ = self.store.remove_snapshot(ns, sn, key);
-                return Err(image_status(&format!("layer {}", desc.digest), e));
+                return Err(PullError::Image(
+                    format!("layer {}", desc.digest).to_string(),
+                    e,
+                ));
             }
             Err(e) => {
                 let _ = self.store.remove_snapshot(ns, sn, key);
@@ -285,7 +300,7 @@ impl Puller {
             }
             Err(e) => {
                 let _ = self.store.remove_snapshot(ns, sn, key);
-                Err(to_status(e))
+                Err(PullError::Store(e))
             }
         }
     }
@@ -325,7 +340,7 @@ impl Puller {
         ctx: &Ctx,
         desc: &ImgDesc,
         apply: Option<(PathBuf, Whiteouts)>,
-    ) -> Result<Option<Result<berth_image::Applied, berth_image::ImageError>>, Status> {
+    ) -> Result<Option<Result<berth_image::Applied, berth_image::ImageError>>, PullError> {
         match self.download_once(ctx, desc, apply.clone()).await {
             Err(Attempt::StartOver(why)) => {
                 tracing::warn!(layer = %desc.digest, reason = %why,
@@ -337,14 +352,14 @@ impl Puller {
                 );
                 blocking(move || match store.content_abort(&ns, &r) {
                     Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
-                    Err(e) => Err(to_status(e)),
+                    Err(e) => Err(PullError::Store(e)),
                 })
                 .await?;
                 self.download_once(ctx, desc, apply)
                     .await
-                    .map_err(Attempt::into_status)
+                    .map_err(Attempt::into_error)
             }
-            other => other.map_err(Attempt::into_status),
+            other => other.map_err(Attempt::into_error),
         }
     }
 
@@ -368,7 +383,7 @@ impl Puller {
             {
                 Ok(w) => Ok(Some(w)),
                 Err(StoreError::AlreadyExists(_)) => Ok(None),
-                Err(e) => Err(to_status(e)),
+                Err(e) => Err(PullError::Store(e)),
             }
         })
         .await?;
@@ -392,14 +407,13 @@ impl Puller {
                 blocking(
                     move || match store.content_commit(writer, size, Some(digest), &labels) {
                         Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-                        Err(e) => Err(to_status(e)),
+                        Err(e) => Err(PullError::Store(e)),
                     },
                 )
                 .await;
             if let Err(e) = committed {
                 return Err(Attempt::StartOver(format!(
-                    "the complete partial download does not verify: {}",
-                    e.message()
+                    "the complete partial download does not verify: {e}"
                 )));
             }
             ctx.progress
@@ -419,7 +433,7 @@ impl Puller {
                     "resuming at byte {offset}: {e}"
                 )));
             }
-            Err(e) => return Err(registry_status(e).into()),
+            Err(e) => return Err(PullError::Registry(e).into()),
         };
         ctx.progress
             .send("downloading", &name, offset as i64, desc.size, Some(desc));
@@ -444,7 +458,7 @@ impl Puller {
         let store = self.store.clone();
         let labels = HashMap::from([ctx.source_label.clone()]);
         let (size, digest) = (desc.size, desc.digest.clone());
-        let sink = tokio::task::spawn_blocking(move || -> Result<(), Status> {
+        let sink = tokio::task::spawn_blocking(move || -> Result<(), PullError> {
             let mut pos = offset;
             let mut apply_tx = apply_tx;
             while let Some(c) = rx.blocking_recv() {
@@ -453,7 +467,7 @@ impl Puller {
                         writer
                             .inner()
                             .write_at(pos, &b)
-                            .map_err(|e| to_status(berth_store::content_error(e)))?;
+                            .map_err(|e| PullError::Store(berth_store::content_error(e)))?;
                         pos += b.len() as u64;
                         if let Some(t) = &apply_tx
                             && t.send(b).is_err()
@@ -465,16 +479,16 @@ impl Puller {
                         drop(apply_tx);
                         return match store.content_commit(writer, size, Some(digest), &labels) {
                             Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-                            Err(e) => Err(to_status(e)),
+                            Err(e) => Err(PullError::Store(e)),
                         };
                     }
                 }
             }
-            Err(Status::aborted("download interrupted"))
+            Err(PullError::Interrupted("download interrupted".into()))
         });
         let mut last = Instant::now();
-        let streamed: Result<(), Status> = async {
-            while let Some(chunk) = stream.next().await.map_err(registry_status)? {
+        let streamed: Result<(), PullError> = async {
+            while let Some(chunk) = stream.next().await.map_err(PullError::Registry)? {
                 if tx.send(Chunk::Data(chunk)).await.is_err() {
                     break;
                 }
@@ -496,21 +510,20 @@ impl Puller {
         drop(tx);
         let sunk = sink
             .await
-            .map_err(|e| Status::internal(format!("content writer task: {e}")))?;
+            .map_err(|e| PullError::Internal(format!("content writer task: {e}")))?;
         let applied = match apply_task {
             Some(t) => Some(
                 t.await
-                    .map_err(|e| Status::internal(format!("apply task: {e}")))?,
+                    .map_err(|e| PullError::Internal(format!("apply task: {e}")))?,
             ),
             None => None,
         };
         streamed?;
         match sunk {
             // The bytes kept from before did not belong to this blob after all.
-            Err(e) if offset > 0 && e.code() == tonic::Code::FailedPrecondition => {
+            Err(e @ PullError::Store(StoreError::FailedPrecondition(_))) if offset > 0 => {
                 return Err(Attempt::StartOver(format!(
-                    "the resumed download does not verify: {}",
-                    e.message()
+                    "the resumed download does not verify: {e}"
                 )));
             }
             other => other?,
@@ -527,27 +540,27 @@ enum Attempt {
     /// The partial download it resumed is no good: discard it and download from byte 0.
     StartOver(String),
     /// For good.
-    Failed(Status),
+    Failed(PullError),
 }
 
 impl Attempt {
-    fn into_status(self) -> Status {
+    fn into_error(self) -> PullError {
         match self {
-            Attempt::StartOver(why) => Status::data_loss(why),
-            Attempt::Failed(s) => s,
+            Attempt::StartOver(why) => PullError::BadContent(why),
+            Attempt::Failed(e) => e,
         }
     }
 }
 
-impl From<Status> for Attempt {
-    fn from(s: Status) -> Self {
-        Attempt::Failed(s)
+impl From<PullError> for Attempt {
+    fn from(e: PullError) -> Self {
+        Attempt::Failed(e)
     }
 }
 
-fn check_diff_id(desc: &ImgDesc, got: &Digest, want: &Digest) -> Result<(), Status> {
+fn check_diff_id(desc: &ImgDesc, got: &Digest, want: &Digest) -> Result<(), PullError> {
     if got != want {
-        return Err(Status::data_loss(format!(
+        return Err(PullError::BadContent(format!(
             "layer {}: uncompressed digest {got} does not match the config's diff id {want}",
             desc.digest
         )));

@@ -28,9 +28,8 @@ use berth_image::{Descriptor as ImgDesc, ImageRef, Whiteouts};
 use berth_store::{Digest, Image, NewSnapshot, SnapshotKind, Store, StoreError};
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tonic::Status;
 
-use crate::errors::{image_status, registry_status, to_status};
+use crate::errors::PullError;
 use crate::events::Exchange;
 use crate::gc::Collector;
 use crate::mount::Mounted;
@@ -137,11 +136,7 @@ impl Drop for Flight {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    crate::pool::blocking(f).await
-}
+use crate::pool::blocking;
 
 struct Ctx {
     ns: String,
@@ -174,8 +169,11 @@ impl Puller {
     }
 
     /// Whether `sn` is a configured snapshotter.
-    pub(crate) fn check_snapshotter(&self, sn: &str) -> Result<(), Status> {
-        self.store.snapshotter(sn).map(|_| ()).map_err(to_status)
+    pub(crate) fn check_snapshotter(&self, sn: &str) -> Result<(), PullError> {
+        self.store
+            .snapshotter(sn)
+            .map(|_| ())
+            .map_err(PullError::Store)
     }
 
     /// Removes the leases of pulls that died with a previous daemon (run at start-up).
@@ -197,7 +195,7 @@ impl Puller {
         &self,
         spec: PullSpec,
         progress: ProgressSink,
-    ) -> Result<Image, Status> {
+    ) -> Result<Image, PullError> {
         let ns = spec.ns.clone();
         let lease = format!(
             "pull-{}",
@@ -213,7 +211,7 @@ impl Puller {
                 &lease,
                 HashMap::from([(PULL_LEASE_LABEL.to_string(), spec.name.clone())]),
             )
-            .map_err(to_status)?;
+            .map_err(PullError::Store)?;
         let _guard = LeaseGuard {
             store: self.store.clone(),
             gc: self.gc.clone(),
@@ -223,9 +221,9 @@ impl Puller {
         let repo = self
             .registry
             .repository(&spec.reference, &spec.session)
-            .map_err(registry_status)?;
+            .map_err(PullError::Registry)?;
         progress.send("resolving", &spec.name, 0, 0, None);
-        let root = repo.resolve().await.map_err(registry_status)?;
+        let root = repo.resolve().await.map_err(PullError::Registry)?;
         progress.send("resolved", &spec.name, 0, 0, Some(&root));
         let ctx = Ctx {
             ns: ns.clone(),
@@ -246,9 +244,9 @@ impl Puller {
         let root_bytes = self.small_blob(&ctx, &root).await?;
         let (manifest, manifest_bytes) = if is_index(&root.media_type) {
             let m = select_manifest(&root_bytes, &spec.platform)
-                .map_err(|e| image_status("index", e))?
+                .map_err(|e| PullError::Image("index".to_string(), e))?
                 .ok_or_else(|| {
-                    Status::not_found(format!(
+                    PullError::NoMatch(format!(
                         "{}: no manifest for platform {} in the index",
                         spec.name, spec.platform
                     ))
@@ -268,12 +266,13 @@ impl Puller {
         } else {
             (root.clone(), root_bytes)
         };
-        let (config, layers) =
-            manifest_parts(&manifest_bytes).map_err(|e| image_status("manifest", e))?;
+        let (config, layers) = manifest_parts(&manifest_bytes)
+            .map_err(|e| PullError::Image("manifest".to_string(), e))?;
         let config_bytes = self.small_blob(&ctx, &config).await?;
-        let diff_ids = config_diff_ids(&config_bytes).map_err(|e| image_status("config", e))?;
+        let diff_ids = config_diff_ids(&config_bytes)
+            .map_err(|e| PullError::Image("config".to_string(), e))?;
         if diff_ids.len() != layers.len() {
-            return Err(Status::data_loss(format!(
+            return Err(PullError::BadContent(format!(
                 "{}: the config lists {} diff ids for {} layers",
                 manifest.digest,
                 diff_ids.len(),
@@ -315,7 +314,7 @@ impl Puller {
             set.spawn(async move { me.layer(&ctx, job).await });
         }
         while let Some(r) = set.join_next().await {
-            let r = r.map_err(|e| Status::internal(format!("layer task: {e}")))?;
+            let r = r.map_err(|e| PullError::Internal(format!("layer task: {e}")))?;
             if let Err(e) = r {
                 set.abort_all();
                 return Err(e);
@@ -349,12 +348,12 @@ impl Puller {
             Err(StoreError::AlreadyExists(_)) => (
                 self.store
                     .update_image(&ns, img, &["target".into(), "labels".into()])
-                    .map_err(to_status)?,
+                    .map_err(PullError::Store)?,
                 false,
             ),
-            Err(e) => return Err(to_status(e)),
+            Err(e) => return Err(PullError::Store(e)),
         };
-        self.store.flush().await.map_err(to_status)?;
+        self.store.flush().await.map_err(PullError::Store)?;
         use berth_api::containerd::services::images::v1::{ImageCreate, ImageUpdate};
         if created {
             self.events.publish(
@@ -385,17 +384,17 @@ impl Puller {
         ns: &str,
         d: &Digest,
         labels: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), PullError> {
         let labels: HashMap<String, String> = labels.into_iter().collect();
         let paths: Vec<String> = labels.keys().map(|k| format!("labels.{k}")).collect();
         self.store
             .content_update(ns, d, &labels, &paths)
-            .map_err(to_status)?;
+            .map_err(PullError::Store)?;
         Ok(())
     }
 
     /// Fetches a manifest, index or config (from the store if present), stores it, returns it.
-    async fn small_blob(&self, ctx: &Ctx, desc: &ImgDesc) -> Result<Bytes, Status> {
+    async fn small_blob(&self, ctx: &Ctx, desc: &ImgDesc) -> Result<Bytes, PullError> {
         if self.store.content_info(&ctx.ns, &desc.digest).is_ok() {
             self.hold(ctx, "content", desc.digest.as_str())?;
             let bytes = self.read_small(&ctx.ns, &desc.digest).await?;
@@ -412,7 +411,7 @@ impl Puller {
             .repo
             .fetch_manifest(desc)
             .await
-            .map_err(registry_status)?;
+            .map_err(PullError::Registry)?;
         let kind = if is_index(&desc.media_type) {
             "index"
         } else if berth_image::media::is_manifest(&desc.media_type) {
@@ -450,14 +449,14 @@ impl Puller {
                 Ok(mut w) => {
                     w.inner()
                         .write_at(0, &b)
-                        .map_err(|e| to_status(berth_store::content_error(e)))?;
+                        .map_err(|e| PullError::Store(berth_store::content_error(e)))?;
                     match store.content_commit(w, b.len() as i64, Some(d), &labels) {
                         Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-                        Err(e) => Err(to_status(e)),
+                        Err(e) => Err(PullError::Store(e)),
                     }
                 }
                 Err(StoreError::AlreadyExists(_)) => Ok(()),
-                Err(e) => Err(to_status(e)),
+                Err(e) => Err(PullError::Store(e)),
             }
         })
         .await?;
@@ -510,7 +509,7 @@ impl Puller {
     }
 
     /// Puts an existing resource under the pull's lease, so GC keeps it until the image does.
-    fn hold(&self, ctx: &Ctx, kind: &str, id: &str) -> Result<(), Status> {
+    fn hold(&self, ctx: &Ctx, kind: &str, id: &str) -> Result<(), PullError> {
         match self.store.add_lease_resource(
             &ctx.ns,
             &ctx.lease,
@@ -520,14 +519,14 @@ impl Puller {
             },
         ) {
             Ok(()) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-            Err(e) => Err(to_status(e)),
+            Err(e) => Err(PullError::Store(e)),
         }
     }
 
-    async fn read_small(&self, ns: &str, d: &Digest) -> Result<Bytes, Status> {
-        let r = self.store.content_reader(ns, d).map_err(to_status)?;
+    async fn read_small(&self, ns: &str, d: &Digest) -> Result<Bytes, PullError> {
+        let r = self.store.content_reader(ns, d).map_err(PullError::Store)?;
         if r.size() > berth_image::registry::MANIFEST_LIMIT {
-            return Err(Status::failed_precondition(format!(
+            return Err(PullError::Incomplete(format!(
                 "{d}: too large for a manifest"
             )));
         }
@@ -537,7 +536,7 @@ impl Puller {
             while off < buf.len() {
                 let n = r
                     .read_at(off as u64, &mut buf[off..])
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(|e| PullError::Internal(e.to_string()))?;
                 if n == 0 {
                     break;
                 }

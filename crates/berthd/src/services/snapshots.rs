@@ -114,7 +114,7 @@ impl Snapshots {
                 labels: new.labels,
                 lease: lease.as_deref(),
             };
-            Ok(store.prepare_snapshot(&ns, &new.snapshotter, snapshot))
+            Ok::<_, Status>(store.prepare_snapshot(&ns, &new.snapshotter, snapshot))
         });
         saved(&self.store, made.await?).await
     }
@@ -183,7 +183,8 @@ impl snapshots_server::Snapshots for Snapshots {
         self.check(&r.snapshotter)?;
         let store = self.store.clone();
         let (nsc, sn, key) = (ns.clone(), r.snapshotter.clone(), r.key.clone());
-        let removed = blocking(move || Ok(store.remove_snapshot(&nsc, &sn, &key))).await?;
+        let removed = blocking(move || Ok::<_, Status>(store.remove_snapshot(&nsc, &sn, &key)));
+        let removed = removed.await?;
         saved(&self.store, removed).await?;
         let (key, snapshotter) = (r.key, r.snapshotter);
         let event = SnapshotRemove { key, snapshotter };

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use super::namespace;
 use super::streaming::{Streams, any, from_any};
+use crate::errors::pull_status;
 use crate::pull::{ProgressSink, PullSpec, Puller};
 
 #[derive(Debug, Clone)]
@@ -189,7 +190,7 @@ impl Transfer {
         if let Some(f) = forward {
             let _ = f.await;
         }
-        result.map(|_| Response::new(()))
+        result.map(|_| Response::new(())).map_err(pull_status)
     }
 }
 
@@ -246,9 +247,9 @@ impl transfer_server::Transfer for Transfer {
             }
         });
         if let Some(sn) = &snapshotter {
-            self.puller.check_snapshotter(sn).map_err(|e| {
-                Status::invalid_argument(format!("destination.unpacks: {}", e.message()))
-            })?;
+            self.puller
+                .check_snapshotter(sn)
+                .map_err(|e| Status::invalid_argument(format!("destination.unpacks: {e}")))?;
         }
         let session = self.session(&ns, &source, "source")?;
         let mut labels: HashMap<String, String> = dest.labels.clone().into_iter().collect();
@@ -268,6 +269,6 @@ impl transfer_server::Transfer for Transfer {
         if let Some(f) = forward {
             let _ = f.await;
         }
-        result.map(|_| Response::new(()))
+        result.map(|_| Response::new(())).map_err(pull_status)
     }
 }
