@@ -9,6 +9,11 @@
 //! state lives in the records' extensions in the sled store. What those services have no
 //! in-process verb for (a pull with the caller's credentials, reading a file of a rootfs,
 //! writing a blob) the daemon provides through [`Host`].
+//!
+//! The two gRPC services are tables (`rpcs.rs`): each RPC and the CRI core's verb that answers
+//! it. The core (`state.rs`'s `Inner`) keeps its jobs in one file each: sandboxes, containers,
+//! exec and streaming URLs, stats, images, the runtime's status; `fake.rs` is an in-memory
+//! containerd its unit tests run on.
 
 #![warn(missing_docs)]
 
