@@ -142,6 +142,31 @@ pub(crate) fn open_in_root(root: &OwnedFd, rel: &Path, last: Kind) -> Result<Own
     fd.ok_or_else(|| RuntimeError::Spec("empty mount destination".into()))
 }
 
+/// procfs and sysfs go only on a real directory (or where none is yet): a symlink there could
+/// send them, and the paths masked under them, anywhere (runc refuses it with these words).
+fn ordinary_dir(root: &OwnedFd, dest: &Path, typ: &str) -> Result<()> {
+    let rel = clean_rel(dest);
+    let flags = libc::O_PATH | libc::O_NOFOLLOW;
+    let fd = match openat2(
+        root.as_raw_fd(),
+        &rel,
+        flags,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(RuntimeError::path("open", dest, e)),
+    };
+    let st = nix::sys::stat::fstat(&fd).sys(format!("stat {}", dest.display()))?;
+    if SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) != SFlag::S_IFDIR {
+        let why = format!("filesystem {typ:?} must be mounted on ordinary directory");
+        let at = dest.display().to_string();
+        let context = format!("error mounting {typ:?} to rootfs at {at:?}");
+        return Err(RuntimeError::sys(context, io::Error::other(why)));
+    }
+    Ok(())
+}
+
 pub(crate) fn do_mount(
     src: Option<&str>,
     target: &str,
@@ -293,6 +318,9 @@ impl RootfsSetup<'_> {
                 do_mount(None, &fd_path(&target), None, flags, None, dest)?;
             }
         } else {
+            if typ == "proc" || typ == "sysfs" {
+                ordinary_dir(root, dest, typ)?;
+            }
             let target = open_in_root(root, dest, Kind::Dir)?;
             let data = opts.data.join(",");
             let src = source.map(|s| s.to_string_lossy().into_owned());

@@ -7,4 +7,5 @@ mod hardening;
 mod lifecycle;
 mod limits;
 mod security;
+mod spec;
 mod util;

@@ -16,15 +16,21 @@ impl Logger {
         Logger { path, format }
     }
 
-    pub(crate) fn error(&self, msg: &str) {
-        let Some(p) = &self.path else { return };
-        let time = now();
+    /// A failed command's error, as runc reports it: the log line (logrus text or JSON, as
+    /// `--log-format` says) goes to the `--log` file and the bare message to stderr; without
+    /// `--log`, the log line goes to stderr (tools match on `level=error msg=...`).
+    pub(crate) fn fatal(&self, msg: &str) {
+        let time = berth_runtime::time::rfc3339_secs(std::time::SystemTime::now());
         let line = match self.format {
             LogFormat::Json => format!(
                 "{}\n",
                 serde_json::json!({"level": "error", "msg": msg, "time": time})
             ),
             LogFormat::Text => format!("time={time:?} level=error msg={msg:?}\n"),
+        };
+        let Some(p) = &self.path else {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            return;
         };
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
@@ -33,9 +39,6 @@ impl Logger {
         {
             let _ = f.write_all(line.as_bytes());
         }
+        eprintln!("{msg}");
     }
-}
-
-fn now() -> String {
-    berth_runtime::time::now_rfc3339()
 }

@@ -1,7 +1,8 @@
 //! `berth-runc`: runc's command line over the `berth_runtime` library.
 //!
-//! Errors go to stderr and, with `--log`, to the log file as logrus-style lines (text or
-//! `{"level","msg","time"}` JSON), because containerd's Go shim reads the last `error` line.
+//! Errors are reported as runc reports them: a logrus-style line (text or
+//! `{"level","msg","time"}` JSON) in the `--log` file, where containerd's Go shim reads the
+//! last `error` line, and the bare message on stderr; without `--log`, the line on stderr.
 
 mod cli;
 mod commands;
@@ -33,17 +34,13 @@ fn main() -> ExitCode {
         cli::Command::Create(_) | cli::Command::Run { .. } | cli::Command::Exec(_)
     ) && let Err(e) = berth_runtime::protect_self_exe()
     {
-        let msg = format!("protect runtime binary: {e}");
-        logger.error(&msg);
-        eprintln!("berth-runc: {msg}");
+        logger.fatal(&format!("protect runtime binary: {e}"));
         return ExitCode::from(1);
     }
     match commands::dispatch(&cli, command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let msg = format!("{e:#}");
-            logger.error(&msg);
-            eprintln!("berth-runc: {msg}");
+            logger.fatal(&format!("{e:#}"));
             ExitCode::from(1)
         }
     }

@@ -1,0 +1,94 @@
+//! The OCI runtime spec case by case, as runc 1.1 behaves: each test passes unchanged against
+//! Debian's runc (`BERTH_RUNC_BIN=/usr/sbin/runc`).
+
+use serde_json::json;
+
+use crate::util::{Env, unique};
+
+/// procfs or sysfs over a symlink could land, with the paths masked under it, anywhere: create
+/// fails with runc's words and mounts nothing where the link points.
+#[test]
+fn proc_or_sys_on_a_symlink_is_refused() {
+    for dir in ["proc", "sys"] {
+        let env = Env::new();
+        let b = env.sh_bundle("true");
+        let elsewhere = b.rootfs().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let at = b.rootfs().join(dir);
+        std::fs::remove_dir(&at).unwrap();
+        std::os::unix::fs::symlink("/elsewhere", &at).unwrap();
+        let id = unique("link");
+        env.track(&id);
+        let err = env.fail(&["run", "--bundle", b.dir.to_str().unwrap(), &id]);
+        let fs = if dir == "proc" { "proc" } else { "sysfs" };
+        let want = format!("filesystem \\\"{fs}\\\" must be mounted on ordinary directory");
+        assert!(err.contains(&want), "{dir}: {err}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "{dir}");
+        env.assert_no_mounts();
+    }
+}
+
+/// A failed command reports as runc does: without `--log`, a logrus line on stderr (text, or
+/// JSON with `--log-format json`); with `--log`, the line in the file and the bare message on
+/// stderr.
+#[test]
+fn errors_are_reported_as_runc_reports_them() {
+    let env = Env::new();
+    let missing = env.tmp.path().join("no-bundle");
+    let bundle = missing.to_str().unwrap();
+    let err = env.fail(&["run", "--bundle", bundle, &unique("err")]);
+    let line = err.lines().last().unwrap_or_default();
+    assert!(line.starts_with("time=\""), "{err}");
+    assert!(line.contains(" level=error msg=\""), "{err}");
+
+    let log = env.tmp.path().join("log.json");
+    let o = env.run(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "run",
+        "--bundle",
+        bundle,
+        &unique("err"),
+    ]);
+    assert!(!o.status.success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(logged.lines().last().unwrap()).unwrap();
+    assert_eq!(entry["level"], "error", "{logged}");
+    let msg = entry["msg"].as_str().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.trim_end(), msg, "stderr has the bare message");
+    let t = entry["time"].as_str().unwrap();
+    assert!(
+        t.ends_with('Z') && t.len() == 20,
+        "RFC 3339 to the second: {t}"
+    );
+
+    let err = env.fail(&[
+        "--log-format",
+        "json",
+        "run",
+        "--bundle",
+        bundle,
+        &unique("err"),
+    ]);
+    let entry: serde_json::Value = serde_json::from_str(err.trim_end()).unwrap();
+    assert_eq!(entry["level"], "error", "{err}");
+}
+
+/// Network sysctls go into the container's own network namespace before its root and
+/// /proc/sys become read-only (runc's default spec: a read-only root).
+#[test]
+fn network_sysctls_with_a_read_only_root() {
+    let env = Env::new();
+    let mut b = env.sh_bundle("cat /proc/sys/net/ipv4/ip_forward");
+    b.config["root"]["readonly"] = json!(true);
+    b.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
+    b.save();
+    let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let (code, out) = env.run_fg(&b, &unique("fwd"));
+    assert_eq!((code, out.trim()), (0, "1"));
+    let after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    assert_eq!(host, after, "the host's value is untouched");
+}
