@@ -1,5 +1,6 @@
 //! `create`: set up a container whose init waits on the exec fifo.
 
+use oci_spec::runtime::LinuxDeviceType;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
@@ -11,6 +12,7 @@ use super::namespaces::{NsPlan, join_in_parent, plan_init};
 use super::{Runtime, clone_joining};
 use crate::cgroups::{Cgroup, CgroupPaths, Layout, default_device_rules};
 use crate::error::{PathContext, Result, RuntimeError, SysContext};
+use crate::init::Jail;
 use crate::init::{ChildArgs, Role, child_main};
 use crate::state::{ContainerState, EXEC_FIFO, Status, proc_start_time, validate_id, write_atomic};
 use crate::sys::{SyncSocket, msg};
@@ -219,9 +221,16 @@ pub(crate) fn resources_with_devices(spec: &Spec) -> Option<LinuxResources> {
         extra.push(c);
     }
     for d in linux.devices().iter().flatten() {
+        // Only block and character devices have device-cgroup rules (a FIFO is just made;
+        // an unbuffered character device is a character device to the cgroup), as in runc.
+        let typ = match d.typ() {
+            LinuxDeviceType::B => LinuxDeviceType::B,
+            LinuxDeviceType::C | LinuxDeviceType::U => LinuxDeviceType::C,
+            LinuxDeviceType::P | LinuxDeviceType::A => continue,
+        };
         let mut c = oci_spec::runtime::LinuxDeviceCgroup::default();
         c.set_allow(true);
-        c.set_typ(Some(d.typ()));
+        c.set_typ(Some(typ));
         c.set_major(Some(d.major()));
         c.set_minor(Some(d.minor()));
         c.set_access(Some("rwm".into()));
@@ -341,6 +350,13 @@ impl Runtime {
             _ => None,
         };
         let plan: NsPlan = plan_init(linux.namespaces().as_deref().unwrap_or(&[]))?;
+        let hides = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+        if !plan.mountns && (hides(linux.masked_paths()) || hides(linux.readonly_paths())) {
+            // They would be set up in the caller's mount namespace.
+            return Err(RuntimeError::Spec(
+                "unable to restrict sys entries without a private MNT namespace".into(),
+            ));
+        }
 
         // From here on, failures undo what was made.
         std::fs::DirBuilder::new()
@@ -417,7 +433,11 @@ impl Runtime {
                     rootfs: &rootfs,
                     bundle: &bundle,
                     cgroup: Some(&cg_paths),
-                    no_pivot: o.no_pivot,
+                    jail: match (plan.mountns, o.no_pivot) {
+                        (false, _) => Jail::Chroot,
+                        (true, true) => Jail::Move,
+                        (true, false) => Jail::Pivot,
+                    },
                     new_keyring: !o.no_new_keyring,
                     state_dir: &state_dir,
                     fifo: &fifo,

@@ -49,6 +49,11 @@ impl Runtime {
         if let Some(cg) = st.cgroup.as_ref().map(|c| c.open()) {
             cg.destroy()?;
         }
+        if !has_mount_namespace(&st.config) {
+            // Its mounts were made in our mount namespace, on a bind of the rootfs onto itself:
+            // detaching that bind takes them all (runc leaves them behind).
+            let _ = nix::mount::umount2(&st.rootfs, nix::mount::MntFlags::MNT_DETACH);
+        }
         let poststop = st
             .config
             .hooks()
@@ -61,4 +66,11 @@ impl Runtime {
         std::fs::remove_dir_all(self.dir(id))
             .map_err(|e| RuntimeError::path("remove", self.dir(id), e))
     }
+}
+
+/// Whether a container has a mount namespace of its own (new or joined).
+fn has_mount_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    let list = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    let mut types = list.into_iter().flatten().map(|n| n.typ());
+    types.any(|t| t == oci_spec::runtime::LinuxNamespaceType::Mount)
 }

@@ -27,6 +27,9 @@ pub(crate) struct NsPlan {
     pub(crate) double_fork: bool,
     /// Unshared by the grandchild once it is in its cgroup.
     pub(crate) unshare_late: CloneFlags,
+    /// The container has a mount namespace (new or joined); without one it shares the
+    /// caller's, and its init only chroots into the rootfs, as runc does.
+    pub(crate) mountns: bool,
 }
 
 impl Default for NsPlan {
@@ -41,6 +44,7 @@ impl Default for NsPlan {
             has_uts: false,
             new_timens: false,
             double_fork: false,
+            mountns: true,
             unshare_late: CloneFlags::empty(),
         }
     }
@@ -136,9 +140,7 @@ pub(crate) fn plan_init(list: &[LinuxNamespace]) -> Result<NsPlan> {
             p.has_uts = true;
         }
     }
-    if !seen.contains(&LinuxNamespaceType::Mount) {
-        return Err(RuntimeError::Spec("a mount namespace is required".into()));
-    }
+    p.mountns = seen.contains(&LinuxNamespaceType::Mount);
     if user_joined {
         // New namespaces must belong to the joined user namespace: the child makes them after
         // setns. A new pid namespace then needs one more fork (the grandchild is its pid 1),

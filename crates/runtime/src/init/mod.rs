@@ -23,6 +23,18 @@ use crate::state::EXEC_FIFO;
 use crate::sys::{SyncSocket, msg, prctl, send_fd};
 use process::{Exec, HostFacts};
 
+/// How a container's init enters its rootfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Jail {
+    /// pivot_root, the old root detached (the default).
+    Pivot,
+    /// The rootfs moved onto `/` and chrooted into (`--no-pivot`).
+    Move,
+    /// Only chroot: the container has no mount namespace of its own, so its mounts are made in
+    /// the caller's and nothing is masked or remounted read-only (runc without `mount`).
+    Chroot,
+}
+
 /// What kind of process this is.
 #[derive(Debug)]
 pub(crate) enum Role<'a> {
@@ -33,7 +45,7 @@ pub(crate) enum Role<'a> {
         rootfs: &'a Path,
         bundle: &'a Path,
         cgroup: Option<&'a CgroupPaths>,
-        no_pivot: bool,
+        jail: Jail,
         new_keyring: bool,
         /// O_PATH fds of the state directory and of the exec fifo in it.
         state_dir: &'a OwnedFd,
@@ -158,7 +170,7 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         rootfs,
         bundle,
         cgroup,
-        no_pivot,
+        jail,
         new_keyring,
         state_dir,
         fifo,
@@ -203,10 +215,13 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
             &container_state(id, spec, bundle, "created"),
         )?;
         mounts::write_sysctls(spec, &root)?;
-        setup.mask_and_protect(&root)?;
+        if *jail != Jail::Chroot {
+            setup.mask_and_protect(&root)?;
+        }
         drop(root);
-        mounts::pivot(rootfs, *no_pivot)?;
-        if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        mounts::enter_root(rootfs, *jail)?;
+        let readonly = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
+        if readonly && *jail != Jail::Chroot {
             mounts::remount_root_ro()?;
         }
         fifo_dir = Some((*state_dir, *fifo));

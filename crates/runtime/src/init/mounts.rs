@@ -504,10 +504,13 @@ fn is_bind(m: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-/// pivot_root into `rootfs` (or MS_MOVE + chroot with `no_pivot`), leaving the old root detached.
-pub(crate) fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
+/// Enters `rootfs` as `jail` says: pivot_root leaving the old root detached, MS_MOVE + chroot,
+/// or chroot alone.
+pub(crate) fn enter_root(rootfs: &Path, jail: super::Jail) -> Result<()> {
     nix::unistd::chdir(rootfs).sys(format!("chdir {}", rootfs.display()))?;
-    if no_pivot {
+    if jail == super::Jail::Chroot {
+        nix::unistd::chroot(".").sys("chroot")?;
+    } else if jail == super::Jail::Move {
         mount(
             Some(rootfs),
             "/",

@@ -92,3 +92,56 @@ fn network_sysctls_with_a_read_only_root() {
     let after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     assert_eq!(host, after, "the host's value is untouched");
 }
+
+/// `linux.devices` of type `p` are made as FIFOs; only block and character devices get
+/// device-cgroup rules.
+#[test]
+fn fifo_devices_are_made_and_not_given_cgroup_rules() {
+    let env = Env::new();
+    let mut b = env.sh_bundle("ls -l /dev/myfifo");
+    b.config["linux"]["devices"] = json!([
+        {"path": "/dev/myfifo", "type": "p", "major": 0, "minor": 0, "fileMode": 0o640, "uid": 0, "gid": 0}
+    ]);
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("fifo"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("prw-r-----"), "{out}");
+}
+
+/// Without a mount namespace the container shares ours: its mounts are made here and its init
+/// only chroots into the rootfs. Masked or read-only paths cannot be kept to it then, so they
+/// are refused with runc's words.
+#[test]
+fn no_mount_namespace_shares_the_callers() {
+    let env = Env::new();
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let mut b = env.sh_bundle("readlink /proc/self/ns/mnt; ls /");
+    let namespaces = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|n| n["type"] != "mount");
+    b.save();
+    let id = unique("nomnt");
+    env.track(&id);
+    let o = env.run(&["run", "--bundle", b.dir.to_str().unwrap(), &id]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unable to restrict sys entries without a private MNT namespace"),
+        "{err}"
+    );
+    assert!(!o.status.success());
+
+    b.config["linux"]["maskedPaths"] = json!([]);
+    b.config["linux"]["readonlyPaths"] = json!([]);
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("nomnt"));
+    // runc leaves the container's mounts in our namespace; Berth's delete detaches them.
+    let _ = nix::mount::umount2(&b.rootfs(), nix::mount::MntFlags::MNT_DETACH);
+    assert_eq!(code, 0, "{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), ours.to_str(), "{out}");
+    let listed: Vec<&str> = lines.collect();
+    assert!(
+        listed.contains(&"bin") && listed.contains(&"proc"),
+        "the rootfs is /: {out}"
+    );
+    env.assert_no_mounts();
+}
