@@ -46,6 +46,65 @@ pub struct Parsed {
     pub propagation: libc::c_ulong,
     /// Options for the file system itself.
     pub data: Vec<String>,
+    /// `MOUNT_ATTR_*` set on the whole mounted tree by runc's recursive options (`rro`,
+    /// `rnosuid`, ...), with [`set_recursive`] after the mount.
+    pub recursive_set: u64,
+    /// `MOUNT_ATTR_*` cleared on the whole tree (`rrw`, `rsuid`, ...; an atime option clears
+    /// the other atime modes).
+    pub recursive_clear: u64,
+}
+
+/// runc's recursive mount options: the attribute and whether the option clears it.
+fn recursive_attr(o: &str) -> Option<(bool, u64)> {
+    Some(match o {
+        "rro" => (false, libc::MOUNT_ATTR_RDONLY),
+        "rrw" => (true, libc::MOUNT_ATTR_RDONLY),
+        "rnosuid" => (false, libc::MOUNT_ATTR_NOSUID),
+        "rsuid" => (true, libc::MOUNT_ATTR_NOSUID),
+        "rnodev" => (false, libc::MOUNT_ATTR_NODEV),
+        "rdev" => (true, libc::MOUNT_ATTR_NODEV),
+        "rnoexec" => (false, libc::MOUNT_ATTR_NOEXEC),
+        "rexec" => (true, libc::MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => (false, libc::MOUNT_ATTR_NODIRATIME),
+        "rdiratime" => (true, libc::MOUNT_ATTR_NODIRATIME),
+        "rrelatime" => (false, libc::MOUNT_ATTR_RELATIME),
+        "rnorelatime" => (true, libc::MOUNT_ATTR_RELATIME),
+        "rnoatime" => (false, libc::MOUNT_ATTR_NOATIME),
+        "ratime" => (true, libc::MOUNT_ATTR_NOATIME),
+        "rstrictatime" => (false, libc::MOUNT_ATTR_STRICTATIME),
+        "rnostrictatime" => (true, libc::MOUNT_ATTR_STRICTATIME),
+        "rnosymfollow" => (false, libc::MOUNT_ATTR_NOSYMFOLLOW),
+        "rsymfollow" => (true, libc::MOUNT_ATTR_NOSYMFOLLOW),
+        _ => return None,
+    })
+}
+
+/// Sets and clears mount attributes on the mount at `fd` and every mount below it
+/// (`mount_setattr(2)` with `AT_RECURSIVE`), as runc applies its recursive options.
+pub fn set_recursive(fd: std::os::fd::BorrowedFd<'_>, set: u64, clear: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let attr = libc::mount_attr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `attr` (its size given) and the empty path; fd is borrowed
+    // for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Splits containerd's option strings into flags and data, as `mount(8)` does.
@@ -78,11 +137,25 @@ pub fn parse_options(options: &[String]) -> Parsed {
             "strictatime" => (false, libc::MS_STRICTATIME),
             "suid" => (true, libc::MS_NOSUID),
             "sync" => (false, libc::MS_SYNCHRONOUS),
-            // Options runc knows that need idmapped mounts or the new mount API: not flags, and
-            // never passed to the file system as data.
-            "rro" | "rrw" | "rnosuid" | "rnodev" | "rnoexec" | "idmap" | "ridmap" | "tmpcopyup" => {
+            r if recursive_attr(r).is_some() => {
+                let (clear, attr) = recursive_attr(r).unwrap_or_default();
+                // The atime modes are one field: setting one clears the others.
+                let atime = attr & libc::MOUNT_ATTR__ATIME == attr;
+                if clear {
+                    p.recursive_set &= !attr;
+                    p.recursive_clear |= attr;
+                } else if atime {
+                    p.recursive_set = (p.recursive_set & !libc::MOUNT_ATTR__ATIME) | attr;
+                    p.recursive_clear |= libc::MOUNT_ATTR__ATIME;
+                } else {
+                    p.recursive_set |= attr;
+                    p.recursive_clear &= !attr;
+                }
                 continue;
             }
+            // Options runc knows that need idmapped mounts: not flags, and never passed to the
+            // file system as data.
+            "idmap" | "ridmap" | "tmpcopyup" => continue,
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
             | "runbindable" => {
                 let (base, rec) = match o.strip_prefix('r') {
@@ -343,6 +416,30 @@ mod tests {
         assert_eq!(p.propagation, libc::MS_PRIVATE | libc::MS_REC);
         assert_eq!(p.data, ["index=off"]);
         assert_eq!(parse_options(&opts(&["ro", "rw"])).flags, 0);
+    }
+
+    #[test]
+    fn recursive_options_become_mount_attributes() {
+        let p = parse_options(&opts(&[
+            "rbind",
+            "rro",
+            "rnosuid",
+            "rnoatime",
+            "rstrictatime",
+        ]));
+        assert_eq!(p.flags, libc::MS_BIND | libc::MS_REC);
+        assert!(p.data.is_empty());
+        let set = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_STRICTATIME;
+        assert_eq!(
+            (p.recursive_set, p.recursive_clear),
+            (set, libc::MOUNT_ATTR__ATIME)
+        );
+        let p = parse_options(&opts(&["rro", "rrw", "idmap"]));
+        assert_eq!(
+            (p.recursive_set, p.recursive_clear),
+            (0, libc::MOUNT_ATTR_RDONLY)
+        );
+        assert!(p.data.is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -23,6 +23,8 @@ pub(crate) struct MountOpts {
     pub(crate) propagation: MsFlags,
     pub(crate) data: Vec<String>,
     pub(crate) bind: bool,
+    /// Recursive attributes (`MOUNT_ATTR_*`) set and cleared on the whole mounted tree.
+    pub(crate) recursive: (u64, u64),
 }
 
 /// The spec's option strings, read by the one parser (`berth_mount`).
@@ -34,6 +36,7 @@ pub(crate) fn parse_options(options: &[String]) -> MountOpts {
         propagation: MsFlags::from_bits_truncate(p.propagation),
         data: p.data,
         bind: flags.contains(MsFlags::MS_BIND),
+        recursive: (p.recursive_set, p.recursive_clear),
     }
 }
 
@@ -358,6 +361,13 @@ impl RootfsSetup<'_> {
         if !opts.propagation.is_empty() {
             let target = open_in_root(root, dest, Kind::Dir)?;
             do_mount(None, &fd_path(&target), None, opts.propagation, None, dest)?;
+        }
+        if opts.recursive != (0, 0) {
+            // runc's recursive options (rro, rnosuid, ...) on the mount and all below it.
+            let target = open_in_root(root, dest, Kind::Dir)?;
+            let (set, clear) = opts.recursive;
+            berth_mount::set_recursive(target.as_fd(), set, clear)
+                .map_err(|e| RuntimeError::sys(format!("mount_setattr {}", dest.display()), e))?;
         }
         Ok(())
     }

@@ -145,3 +145,50 @@ fn no_mount_namespace_shares_the_callers() {
     );
     env.assert_no_mounts();
 }
+
+/// runc's recursive mount options (`rro`, `rnosuid`, `rnodev`, `rnoexec`, `rnoatime`, ...)
+/// apply to the bind and to every mount below it (mount_setattr with AT_RECURSIVE).
+#[test]
+fn recursive_mount_attributes_reach_submounts() {
+    let env = Env::new();
+    let src = env.tmp.path().join("vol");
+    let sub = src.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    struct Detach(std::path::PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _sub = Detach(sub.clone());
+    let script = "touch /vol/sub/x 2>/dev/null && echo writable; \
+                  grep ' /vol' /proc/self/mountinfo | cut -d' ' -f5,6";
+    let mut b = env.sh_bundle(script);
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({
+        "destination": "/vol", "type": "bind", "source": src,
+        "options": ["rbind", "rro", "rnosuid", "rnodev", "rnoexec", "rnoatime"]
+    }));
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("rattr"));
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("writable"), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "the bind and its submount: {out}");
+    for l in lines {
+        let (_, opts) = l.split_once(' ').unwrap();
+        let opts: Vec<&str> = opts.split(',').collect();
+        for want in ["ro", "nosuid", "nodev", "noexec", "noatime"] {
+            assert!(opts.contains(&want), "{want} missing: {l}");
+        }
+    }
+    env.assert_no_mounts_but(&sub);
+}

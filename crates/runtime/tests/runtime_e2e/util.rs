@@ -273,6 +273,18 @@ impl Env {
         let p = self.tmp.path().to_str().unwrap();
         assert!(!mi.contains(p), "mounts left behind under {p}");
     }
+
+    /// As [`Env::assert_no_mounts`], but for the test's own mount at `ours`.
+    pub(crate) fn assert_no_mounts_but(&self, ours: &Path) {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let p = self.tmp.path().to_str().unwrap();
+        let ours = ours.to_str().unwrap();
+        let left: Vec<&str> = mi
+            .lines()
+            .filter(|l| l.contains(p) && !l.contains(ours))
+            .collect();
+        assert!(left.is_empty(), "mounts left behind under {p}: {left:?}");
+    }
 }
 
 impl Drop for Env {
