@@ -57,6 +57,9 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
+    /// An operation refused as runc refuses it (runc's words).
+    #[error("{0}")]
+    Refused(String),
     /// The container's init failed before the process ran (its message).
     #[error("container init: {0}")]
     Init(String),

@@ -412,6 +412,8 @@ impl Runc {
                     pid_file: Some(pid_file.to_path_buf()),
                     preserve_fds: 0,
                     stdio: Some(stdio),
+                    ignore_paused: false,
+                    cgroup: Vec::new(),
                 },
             );
             drop(io);

@@ -117,6 +117,55 @@ pub enum CgroupPaths {
 }
 
 impl CgroupPaths {
+    /// The existing sub-cgroups that runc's `exec --cgroup` names, each `path` (in every
+    /// controller) or `controller[,controller]:path` (those v1 controllers only).
+    pub fn sub(&self, specs: &[String]) -> CgResult<CgroupPaths> {
+        let mut out = self.clone();
+        for spec in specs {
+            let (ctrls, rel) = match spec.split_once(':') {
+                Some((c, r)) => (Some(c), r),
+                None => (None, spec.as_str()),
+            };
+            let rel = Path::new(rel);
+            let bad = rel.as_os_str().is_empty()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if bad {
+                return Err(CgroupError::Invalid("exec cgroup", spec.clone()));
+            }
+            let wanted = |k: &str| ctrls.is_none_or(|c| c.split(',').any(|x| x == k));
+            let into = |dir: &mut PathBuf| -> CgResult<()> {
+                let d = dir.join(rel);
+                if !d.is_dir() {
+                    return Err(io_err("open", &d)(io::ErrorKind::NotFound.into()));
+                }
+                *dir = d;
+                Ok(())
+            };
+            match &mut out {
+                CgroupPaths::V2 { path } if ctrls.is_none_or(str::is_empty) => into(path)?,
+                CgroupPaths::V2 { .. } => {
+                    return Err(CgroupError::Invalid(
+                        "exec cgroup (v2 has no controllers)",
+                        spec.clone(),
+                    ));
+                }
+                CgroupPaths::V1 { paths } => {
+                    let mut any = false;
+                    for (_, dir) in paths.iter_mut().filter(|(k, _)| wanted(k)) {
+                        into(dir)?;
+                        any = true;
+                    }
+                    if !any {
+                        return Err(CgroupError::Invalid("exec cgroup controller", spec.clone()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Opens the cgroup these paths describe.
     pub fn open(&self) -> Box<dyn Cgroup> {
         match self {
@@ -434,6 +483,14 @@ pub(crate) fn flat_keyed(text: &str) -> BTreeMap<String, u64> {
 /// Kills every process left in a cgroup directory and waits (briefly) for it to empty, then
 /// removes it; missing directories are fine.
 pub(crate) fn remove_dir(dir: &Path) -> CgResult<()> {
+    // Sub-cgroups first (an exec's `--cgroup`, or ones a payload made), as runc removes them.
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dir(&e.path())?;
+            }
+        }
+    }
     for attempt in 0..100 {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),

@@ -26,6 +26,11 @@ pub struct ExecOptions {
     pub preserve_fds: u32,
     /// As [`super::CreateOptions::stdio`].
     pub stdio: Option<[std::os::fd::RawFd; 3]>,
+    /// Exec into a paused container too (runc's `--ignore-paused`).
+    pub ignore_paused: bool,
+    /// Existing sub-cgroups of the container's to run in (runc's `--cgroup`: `path`, or
+    /// `controller[,controller]:path` on v1).
+    pub cgroup: Vec<String>,
 }
 
 impl Runtime {
@@ -35,9 +40,10 @@ impl Runtime {
         let st = self.load(id)?;
         match st.status(&self.root) {
             Status::Running | Status::Created => {}
+            Status::Paused if o.ignore_paused => {}
             Status::Paused => {
-                return Err(RuntimeError::Init(
-                    "cannot exec in a paused container".into(),
+                return Err(RuntimeError::Refused(
+                    "cannot exec in a paused container (use --ignore-paused to override)".into(),
                 ));
             }
             _ => return Err(RuntimeError::NotRunning),
@@ -71,10 +77,14 @@ impl Runtime {
             ));
         }
         let plan = plan_exec(st.pid, linux.namespaces().as_deref().unwrap_or(&[]))?;
-        let cgroup = st.cgroup.as_ref().map(|c| c.open());
+        let paths = match &st.cgroup {
+            Some(c) if !o.cgroup.is_empty() => Some(c.sub(&o.cgroup)?),
+            other => other.clone(),
+        };
+        let cgroup = paths.as_ref().map(|c| c.open());
         join_in_parent(&plan, None)?;
         let (parent_sock, child_sock) = SyncSocket::pair()?;
-        let self_join = st.cgroup.as_ref().and_then(|c| c.self_join().ok());
+        let self_join = paths.as_ref().and_then(|c| c.self_join().ok());
         // SAFETY: single-threaded caller (see create).
         let (pid, self_join) = unsafe { clone_joining(0, self_join) }?;
         if pid == 0 {

@@ -232,6 +232,39 @@ pub(crate) fn enter_cwd(p: &Process) -> Result<()> {
 
 /// argv, envp and the executable's path, found in the container the way runc (Go's
 /// exec.LookPath) finds it.
+/// The process's environment as runc sets it: each `KEY=value` in order, a repeated key
+/// keeping its first place and its last value (an exec's `--env` overrides the spec's).
+fn environment(list: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for kv in list {
+        let Some((key, _)) = kv.split_once('=') else {
+            let msg = format!("invalid environment variable {kv:?}: missing '='");
+            return Err(RuntimeError::Spec(msg));
+        };
+        if key.is_empty() {
+            let msg = format!("invalid environment variable {kv:?}: name cannot be empty");
+            return Err(RuntimeError::Spec(msg));
+        }
+        let prefix = &kv[..=key.len()];
+        match out.iter_mut().find(|e| e.starts_with(prefix)) {
+            Some(e) => e.clone_from(kv),
+            None => out.push(kv.clone()),
+        }
+    }
+    Ok(out)
+}
+
+/// `HOME` for a process that has none: the user's home in the container's /etc/passwd, else
+/// `/` (runc's rule).
+fn home_of(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let home = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
+    });
+    home.filter(|h| !h.is_empty()).unwrap_or_else(|| "/".into())
+}
+
 #[derive(Debug)]
 pub(crate) struct Exec {
     pub(crate) path: CString,
@@ -249,13 +282,9 @@ impl Exec {
         let Some(arg0) = args.first() else {
             return Err(RuntimeError::Spec("process.args must not be empty".into()));
         };
-        let mut env: Vec<String> = p.env().clone().unwrap_or_default();
+        let mut env = environment(p.env().as_deref().unwrap_or(&[]))?;
         if !env.iter().any(|e| e.starts_with("HOME=")) {
-            env.push(if p.user().uid() == 0 {
-                "HOME=/root".into()
-            } else {
-                "HOME=/".into()
-            });
+            env.push(format!("HOME={}", home_of(p.user().uid())));
         }
         let path = if arg0.contains('/') {
             PathBuf::from(arg0)

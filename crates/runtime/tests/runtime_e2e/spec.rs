@@ -192,3 +192,101 @@ fn recursive_mount_attributes_reach_submounts() {
     }
     env.assert_no_mounts_but(&sub);
 }
+
+/// runc's exec: `--env` replaces a variable of the spec's (one entry, its place kept), HOME
+/// comes from the container's /etc/passwd or is `/`, `--cap` adds a capability to every set,
+/// a paused container is refused (exit 255, runc's words) unless `--ignore-paused`, and
+/// `--cgroup` runs the process in an existing sub-cgroup (every controller's, or the named
+/// ones'); delete removes such sub-cgroups with the container's.
+#[test]
+fn exec_options_as_runc_reads_them() {
+    let env = Env::new();
+    let mut b = env.bundle(&["sleep", "1000"]);
+    b.config["process"]["env"] = json!(["PATH=/bin", "FOO=spec", "BAR=1"]);
+    b.save();
+    let id = unique("execopt");
+    env.create(&b, &id);
+    env.ok(&["start", &id]);
+    // The environment the exec'd process was given (no shell to add to it).
+    let environ = ["cat", "/proc/self/environ"];
+    let out = env.ok(&[&["exec", "--env", "FOO=exec", &id][..], &environ].concat());
+    let vars: Vec<&str> = out.split_terminator('\0').collect();
+    assert_eq!(
+        vars,
+        ["PATH=/bin", "FOO=exec", "BAR=1", "HOME=/root"],
+        "{out}"
+    );
+    let out = env.ok(&[&["exec", "--user", "4321", &id][..], &environ].concat());
+    let home = out.split_terminator('\0').any(|l| l == "HOME=/");
+    assert!(home, "no passwd entry: HOME=/: {out:?}");
+
+    let caps = |extra: &[&str]| {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&id, "grep", "CapEff", "/proc/self/status"]);
+        let out = env.ok(&args);
+        u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    const SYS_ADMIN: u64 = 1 << 21;
+    assert_eq!(caps(&[]) & SYS_ADMIN, 0);
+    assert_ne!(caps(&["--cap", "CAP_SYS_ADMIN"]) & SYS_ADMIN, 0);
+
+    env.ok(&["pause", &id]);
+    let o = env.run(&["exec", &id, "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot exec in a paused container"), "{err}");
+    env.ok(&["resume", &id]);
+
+    // A sub-cgroup in every hierarchy of the container's, then one in pids alone.
+    let hierarchies: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join(b.cgroup.trim_start_matches('/')))
+        .filter(|p| p.is_dir())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    for h in &hierarchies {
+        std::fs::create_dir(format!("{h}/sub")).unwrap();
+        // A v1 cpuset cgroup takes no process until it has cpus and memory nodes.
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = std::fs::read_to_string(format!("{h}/{f}")) {
+                std::fs::write(format!("{h}/sub/{f}"), v).unwrap();
+            }
+        }
+    }
+    let pid_file = env.tmp.path().join("sub.pid");
+    let pf = pid_file.to_str().unwrap();
+    let member = |args: &[&str]| {
+        let mut all = vec!["exec", "-d", "--pid-file", pf];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[&id, "sleep", "100"]);
+        env.ok(&all);
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap()
+    };
+    let lines = member(&["--cgroup", "sub"]);
+    let in_sub = |l: &&str| l.ends_with(&format!("{}/sub", b.cgroup));
+    let pids = |l: &&str| l.split(':').nth(1) == Some("pids");
+    assert!(
+        lines.lines().filter(|l| pids(l)).all(|l| in_sub(&l)),
+        "{lines}"
+    );
+    assert!(
+        lines
+            .lines()
+            .filter(|l| l.contains(&b.cgroup))
+            .all(|l| in_sub(&l)),
+        "{lines}"
+    );
+    let lines = member(&["--cgroup", "pids:sub"]);
+    for l in lines.lines().filter(|l| l.contains(&b.cgroup)) {
+        assert_eq!(in_sub(&l), pids(&l), "only pids moves: {lines}");
+    }
+    env.ok(&["kill", "--all", &id, "KILL"]);
+    env.wait_status(&id, "stopped");
+    env.ok(&["delete", &id]);
+    for h in &hierarchies {
+        assert!(!std::path::Path::new(h).exists(), "{h} left behind");
+    }
+}

@@ -178,6 +178,15 @@ pub(crate) struct ExecArgs {
     pub(crate) no_new_privs: bool,
     #[arg(long = "preserve-fds", default_value_t = 0)]
     pub(crate) preserve_fds: u32,
+    /// Capabilities added to the process (bounding, effective, permitted and ambient).
+    #[arg(short = 'c', long = "cap")]
+    pub(crate) cap: Vec<String>,
+    /// Exec into a paused container too.
+    #[arg(long = "ignore-paused")]
+    pub(crate) ignore_paused: bool,
+    /// The container's sub-cgroup to run in (`path`, or `controller:path` on cgroup v1).
+    #[arg(long = "cgroup")]
+    pub(crate) cgroup: Vec<String>,
     pub(crate) id: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub(crate) args: Vec<String>,

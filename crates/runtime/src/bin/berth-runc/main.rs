@@ -39,6 +39,11 @@ fn main() -> ExitCode {
     }
     match commands::dispatch(&cli, command) {
         Ok(code) => ExitCode::from(code),
+        // runc's exec fails with 255, so that its callers tell it from the process's status.
+        Err(e) if matches!(command, cli::Command::Exec(_)) => {
+            logger.fatal(&format!("exec failed: {e:#}"));
+            ExitCode::from(255)
+        }
         Err(e) => {
             logger.fatal(&format!("{e:#}"));
             ExitCode::from(1)

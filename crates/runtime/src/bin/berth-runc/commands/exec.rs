@@ -47,6 +47,23 @@ fn process(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
     if a.no_new_privs {
         p.set_no_new_privileges(Some(true));
     }
+    if !a.cap.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        let add = |set: &Option<oci_spec::runtime::Capabilities>| -> Result<_> {
+            let mut set = set.clone().unwrap_or_default();
+            for c in &a.cap {
+                let cap = serde_json::from_value(serde_json::Value::from(c.as_str()))
+                    .map_err(|_| anyhow::anyhow!("unknown capability {c:?}"))?;
+                set.insert(cap);
+            }
+            Ok(Some(set))
+        };
+        caps.set_bounding(add(caps.bounding())?);
+        caps.set_effective(add(caps.effective())?);
+        caps.set_permitted(add(caps.permitted())?);
+        caps.set_ambient(add(caps.ambient())?);
+        p.set_capabilities(Some(caps));
+    }
     Ok(p)
 }
 
@@ -60,6 +77,8 @@ pub(crate) fn exec(rt: &Runtime, a: &ExecArgs) -> Result<u8> {
             pid_file: a.pid_file.clone(),
             preserve_fds: a.preserve_fds,
             stdio: None,
+            ignore_paused: a.ignore_paused,
+            cgroup: a.cgroup.clone(),
         },
     )?;
     if a.detach {
