@@ -10,13 +10,23 @@ use crate::error::{Result, RuntimeError};
 
 /// Runs hooks in order; the first failure stops the rest.
 pub(crate) fn run_all(hooks: Option<&Vec<Hook>>, state: &[u8]) -> Result<()> {
+    run_all_in(hooks, state, None)
+}
+
+/// As [`run_all`], a hook without an `env` of its own getting `inherit` (the container
+/// process's environment, for startContainer hooks) instead of the runtime's.
+pub(crate) fn run_all_in(
+    hooks: Option<&Vec<Hook>>,
+    state: &[u8],
+    inherit: Option<&[String]>,
+) -> Result<()> {
     for h in hooks.into_iter().flatten() {
-        run(h, state)?;
+        run(h, state, inherit)?;
     }
     Ok(())
 }
 
-fn run(h: &Hook, state: &[u8]) -> Result<()> {
+fn run(h: &Hook, state: &[u8], inherit: Option<&[String]>) -> Result<()> {
     let err = |reason: String| RuntimeError::Hook {
         path: h.path().clone(),
         reason,
@@ -26,9 +36,19 @@ fn run(h: &Hook, state: &[u8]) -> Result<()> {
     if let Some(a0) = args.first() {
         std::os::unix::process::CommandExt::arg0(&mut cmd, a0);
     }
+    // A hook without `env` inherits (runc runs it with Go's nil Env: the caller's).
+    match (h.env(), inherit) {
+        (Some(env), _) => {
+            cmd.env_clear()
+                .envs(env.iter().filter_map(|e| e.split_once('=')));
+        }
+        (None, Some(env)) => {
+            cmd.env_clear()
+                .envs(env.iter().filter_map(|e| e.split_once('=')));
+        }
+        (None, None) => {}
+    }
     cmd.args(args.iter().skip(1))
-        .env_clear()
-        .envs(h.env().iter().flatten().filter_map(|e| e.split_once('=')))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -84,6 +84,9 @@ pub(crate) struct ChildArgs<'a> {
     pub(crate) self_join: Option<&'a crate::cgroups::SelfJoin>,
 }
 
+/// Set once `start` has let the container's init go on.
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The child's entry point; never returns.
 pub(crate) fn child_main(args: ChildArgs<'_>) -> ! {
     let err = match run(&args) {
@@ -96,7 +99,12 @@ pub(crate) fn child_main(args: ChildArgs<'_>) -> ! {
         e => crate::error::chain(e),
     };
     m.extend_from_slice(text.as_bytes());
-    let _ = args.sync.send(&m);
+    if STARTED.load(std::sync::atomic::Ordering::Relaxed) {
+        // After start nobody reads the sync socket: the error goes to the process's stderr.
+        let _ = nix::unistd::write(std::io::stderr(), format!("{text}\n").as_bytes());
+    } else {
+        let _ = args.sync.send(&m);
+    }
     // SAFETY: _exit skips destructors and atexit handlers of the copied parent state.
     unsafe { libc::_exit(1) }
 }
@@ -257,14 +265,17 @@ fn run(a: &ChildArgs<'_>) -> Result<std::convert::Infallible> {
         nix::unistd::write(&fifo, b"0").sys("write exec fifo")?;
         drop(fifo);
         finalize(a, facts, agent_payload.as_deref())?;
+        // Started: the caller is gone, so an error from here on is the process's to print.
+        STARTED.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Role::Init {
             id, spec, bundle, ..
         } = &a.role
         {
             let hooks = spec.hooks().as_ref();
-            crate::hooks::run_all(
+            crate::hooks::run_all_in(
                 hooks.and_then(|h| h.start_container().as_ref()),
                 &container_state(id, spec, bundle, "running"),
+                Some(&exec.env_strings()),
             )?;
         }
     } else {

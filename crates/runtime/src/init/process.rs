@@ -277,6 +277,14 @@ fn c(s: &str) -> Result<CString> {
 }
 
 impl Exec {
+    /// The process's environment, as text.
+    pub(crate) fn env_strings(&self) -> Vec<String> {
+        self.envp
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect()
+    }
+
     pub(crate) fn prepare(p: &Process) -> Result<Exec> {
         let args = p.args().as_deref().unwrap_or(&[]);
         let Some(arg0) = args.first() else {

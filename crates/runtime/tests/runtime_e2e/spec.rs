@@ -290,3 +290,37 @@ fn exec_options_as_runc_reads_them() {
         assert!(!std::path::Path::new(h).exists(), "{h} left behind");
     }
 }
+
+/// A startContainer hook without an `env` of its own runs with the container process's
+/// environment (runc runs it from the init with Go's inherited environment); one that fails
+/// after start is reported on the process's stderr and the process does not run.
+#[test]
+fn start_container_hooks_inherit_the_process_environment() {
+    let env = Env::new();
+    let mut b = env.sh_bundle("echo ran");
+    b.config["process"]["env"] = json!(["PATH=/bin", "FOO=proc"]);
+    b.config["hooks"] = json!({"startContainer": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "env > /hook.env"]}
+    ]});
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("hookenv"));
+    assert_eq!((code, out.trim()), (0, "ran"));
+    let seen = std::fs::read_to_string(b.rootfs().join("hook.env")).unwrap();
+    let vars: Vec<&str> = seen.lines().collect();
+    for want in ["PATH=/bin", "FOO=proc", "HOME=/root"] {
+        assert!(vars.contains(&want), "{want} missing: {seen}");
+    }
+
+    b.config["root"]["readonly"] = json!(true);
+    b.save();
+    let id = unique("hookfail");
+    env.track(&id);
+    let o = env.run(&["run", "--bundle", b.dir.to_str().unwrap(), &id]);
+    assert!(!o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("ran"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Read-only file system"),
+        "the hook's error is shown: {err}"
+    );
+}
