@@ -41,7 +41,7 @@ mod sys;
 pub mod time;
 
 pub use container::kill_signal as parse_signal;
-pub use container::{CreateOptions, ExecOptions, Runtime};
+pub use container::{CreateOptions, ExecOptions, OomWatch, Runtime};
 pub use container::{load_spec, parse_spec};
 pub use error::{Result, RuntimeError};
 pub use init::process::known_capabilities;

@@ -7,6 +7,7 @@ mod kill;
 mod namespaces;
 mod pause;
 mod query;
+pub use query::OomWatch;
 mod start;
 mod update;
 

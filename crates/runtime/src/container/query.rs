@@ -60,25 +60,99 @@ impl Runtime {
     }
 }
 
+/// Tells of a container's OOM kills: cgroup v1's `memory.oom_control` eventfd, or on cgroup v2
+/// an inotify watch of `memory.events`, whose `oom_kill` count is compared with the last one.
+#[derive(Debug)]
+pub struct OomWatch {
+    fd: std::os::fd::OwnedFd,
+    /// v2: the `memory.events` file and the `oom_kill` count seen last.
+    events: Option<(std::path::PathBuf, u64)>,
+}
+
+/// `oom_kill` of a v2 `memory.events` (0 if unreadable).
+fn oom_kills(path: &std::path::Path) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let count = text.lines().find_map(|l| l.strip_prefix("oom_kill "));
+    count.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+impl OomWatch {
+    /// The descriptor to poll for readability.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// After the descriptor was readable: takes what it had and answers how many OOM kills
+    /// happened since the last call.
+    pub fn kills(&mut self) -> u64 {
+        let mut buf = [0u8; 4096];
+        let _ = nix::unistd::read(&self.fd, &mut buf);
+        match &mut self.events {
+            None => 1,
+            Some((path, last)) => {
+                let now = oom_kills(path);
+                let new = now.saturating_sub(*last);
+                *last = now;
+                new
+            }
+        }
+    }
+}
+
 impl Runtime {
-    /// An eventfd that becomes readable on each OOM kill in the container (cgroup v1's
-    /// `memory.oom_control` notification); `None` where the host offers no such notification.
-    pub fn oom_notifier(&self, id: &str) -> Result<Option<std::os::fd::OwnedFd>> {
+    /// A watch of the container's OOM kills; `None` where its cgroup offers none.
+    pub fn oom_watch(&self, id: &str) -> Result<Option<OomWatch>> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let st = self.load(id)?;
-        let Some(crate::cgroups::CgroupPaths::V1 { paths }) = &st.cgroup else {
-            return Ok(None);
-        };
-        let Some(mem) = paths.get("memory") else {
-            return Ok(None);
-        };
-        let ctl = mem.join("memory.oom_control");
-        let oom = std::fs::File::open(&ctl).map_err(|e| RuntimeError::path("open", &ctl, e))?;
-        let efd = nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
-            .map_err(|e| RuntimeError::sys("eventfd", e))?;
-        use std::os::fd::AsRawFd;
-        let reg = mem.join("cgroup.event_control");
-        std::fs::write(&reg, format!("{} {}", efd.as_raw_fd(), oom.as_raw_fd()))
-            .map_err(|e| RuntimeError::path("write", &reg, e))?;
-        Ok(Some(efd.into()))
+        match &st.cgroup {
+            Some(crate::cgroups::CgroupPaths::V2 { path }) => {
+                let events = path.join("memory.events");
+                // SAFETY: inotify_init1 takes flags and returns a new descriptor (or -1).
+                let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+                if fd < 0 {
+                    return Err(RuntimeError::sys(
+                        "inotify",
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                // SAFETY: a new descriptor nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let c = crate::sys::cstr(&events)
+                    .map_err(|e| RuntimeError::path("watch", &events, e))?;
+                // SAFETY: a live inotify descriptor and a NUL-terminated path.
+                let wd =
+                    unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_MODIFY) };
+                if wd < 0 {
+                    let e = std::io::Error::last_os_error();
+                    return Err(RuntimeError::path("watch", &events, e));
+                }
+                let last = oom_kills(&events);
+                Ok(Some(OomWatch {
+                    fd,
+                    events: Some((events, last)),
+                }))
+            }
+            Some(crate::cgroups::CgroupPaths::V1 { paths }) => {
+                let Some(mem) = paths.get("memory") else {
+                    return Ok(None);
+                };
+                let ctl = mem.join("memory.oom_control");
+                let oom =
+                    std::fs::File::open(&ctl).map_err(|e| RuntimeError::path("open", &ctl, e))?;
+                let efd = nix::sys::eventfd::EventFd::from_flags(
+                    nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+                )
+                .map_err(|e| RuntimeError::sys("eventfd", e))?;
+                let reg = mem.join("cgroup.event_control");
+                std::fs::write(&reg, format!("{} {}", efd.as_raw_fd(), oom.as_raw_fd()))
+                    .map_err(|e| RuntimeError::path("write", &reg, e))?;
+                Ok(Some(OomWatch {
+                    fd: efd.into(),
+                    events: None,
+                }))
+            }
+            None => Ok(None),
+        }
     }
 }

@@ -142,19 +142,36 @@ fn blkio_weight_zero_is_not_set() {
     let id = unique("blkio0");
     env.create(&b, &id);
     env.ok(&["start", &id]);
-    assert_eq!(
-        b.cgroup_file("blkio", "blkio.throttle.read_bps_device"),
-        format!("{major}:{minor} 1048576")
-    );
+    if crate::util::cgroup_v2() {
+        let io = b.cgroup_file("io", "io.max");
+        assert!(
+            io.starts_with(&format!("{major}:{minor} rbps=1048576 ")),
+            "{io}"
+        );
+    } else {
+        assert_eq!(
+            b.cgroup_file("blkio", "blkio.throttle.read_bps_device"),
+            format!("{major}:{minor} 1048576")
+        );
+    }
 
     let mut b = env.bundle(&["sleep", "1000"]);
     b.config["linux"]["resources"]["blockIO"] = json!({"weight": 500});
     b.save();
     let id = unique("blkio5");
-    let dir = Path::new("/sys/fs/cgroup/blkio");
-    let file = ["blkio.weight", "blkio.bfq.weight"]
-        .into_iter()
-        .find(|f| dir.join(f).exists());
+    // v1 hierarchies keep every file in their root; v2's are in each child's directory.
+    let (dir, names) = if crate::util::cgroup_v2() {
+        (
+            Path::new("/sys/fs/cgroup/init.scope"),
+            ["io.weight", "io.bfq.weight"],
+        )
+    } else {
+        (
+            Path::new("/sys/fs/cgroup/blkio"),
+            ["blkio.weight", "blkio.bfq.weight"],
+        )
+    };
+    let file = names.into_iter().find(|f| dir.join(f).exists());
     match file {
         Some(f) => {
             env.create(&b, &id);

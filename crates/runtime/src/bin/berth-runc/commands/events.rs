@@ -1,6 +1,5 @@
 //! `events`: stats as runc prints them (`{"type":"stats","id":...,"data":{...}}`).
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -43,7 +42,7 @@ pub(crate) fn events(rt: &Runtime, id: &str, stats: bool, interval: &str) -> Res
         return Ok(0);
     }
     // OOM kills are reported as they happen, stats every interval (runc's stream).
-    let oom = rt.oom_notifier(id)?;
+    let mut oom = rt.oom_watch(id)?;
     loop {
         match event(rt, id) {
             Ok(line) => super::out(&line)?,
@@ -52,16 +51,16 @@ pub(crate) fn events(rt: &Runtime, id: &str, stats: bool, interval: &str) -> Res
         }
         let deadline = std::time::Instant::now() + every;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            let Some(fd) = &oom else {
+            let Some(watch) = &mut oom else {
                 std::thread::sleep(left);
                 break;
             };
             let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(watch.fd(), PollFlags::POLLIN)];
             if matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0) {
-                let mut buf = [0u8; 8];
-                let _ = nix::unistd::read(fd, &mut buf);
-                super::out(&serde_json::json!({"type": "oom", "id": id}).to_string())?;
+                for _ in 0..watch.kills() {
+                    super::out(&serde_json::json!({"type": "oom", "id": id}).to_string())?;
+                }
             }
         }
     }
