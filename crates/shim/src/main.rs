@@ -19,6 +19,7 @@ mod serve;
 mod service;
 mod start;
 mod stats;
+mod stats_v2;
 mod stdio;
 mod sys;
 mod task;

@@ -1,6 +1,7 @@
-//! OOM notifications from a cgroup v1 memory controller: an eventfd registered through
-//! `cgroup.event_control` against `memory.oom_control` fires on every OOM in the cgroup (and once
-//! more when the cgroup is removed, which ends the watch).
+//! OOM notifications. cgroup v1: an eventfd registered through `cgroup.event_control` against
+//! `memory.oom_control` fires on every OOM in the cgroup (and once more when the cgroup is
+//! removed, which ends the watch). cgroup v2: an inotify watch of `memory.events`, whose
+//! `oom_kill` count is compared with the last one read (the watch ends with the file).
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,8 +16,15 @@ use crate::sys;
 pub(crate) struct OomWatch {
     dir: PathBuf,
     event: AsyncFd<OwnedFd>,
-    // Kept open for as long as the registration should live.
-    _control: std::fs::File,
+    // Kept open for as long as the registration should live (v1).
+    _control: Option<std::fs::File>,
+}
+
+/// `oom_kill` of a v2 `memory.events` (none once the cgroup is gone).
+fn oom_kills(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("memory.events")).ok()?;
+    let count = text.lines().find_map(|l| l.strip_prefix("oom_kill "));
+    Some(count.and_then(|n| n.trim().parse().ok()).unwrap_or(0))
 }
 
 impl OomWatch {
@@ -32,12 +40,68 @@ impl OomWatch {
         Ok(OomWatch {
             dir: dir.to_path_buf(),
             event: sys::async_fd(event)?,
-            _control: control,
+            _control: Some(control),
         })
     }
 
-    /// Calls `on_oom` for every OOM until the cgroup goes away.
+    /// Registers for OOM kills in the cgroup v2 directory `dir`.
+    pub(crate) fn register_v2(dir: &Path) -> std::io::Result<OomWatch> {
+        // SAFETY: inotify_init1 takes flags and returns a new descriptor (or -1).
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let path = sys::cstr(&dir.join("memory.events"))?;
+        // SAFETY: a live inotify descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) };
+        if wd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OomWatch {
+            dir: dir.to_path_buf(),
+            event: sys::async_fd(fd)?,
+            _control: None,
+        })
+    }
+
+    /// Calls `on_oom` for every OOM kill until the cgroup goes away.
     pub(crate) async fn run(self, on_oom: impl Fn()) {
+        if self._control.is_some() {
+            return self.run_v1(on_oom).await;
+        }
+        let mut last = oom_kills(&self.dir).unwrap_or(0);
+        loop {
+            let Ok(mut guard) = self.event.readable().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let r = guard.try_io(|fd| {
+                // SAFETY: reads inotify records into a live buffer of its length.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n)
+                }
+            });
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "reading the memory.events watch");
+                return;
+            }
+            let Some(now) = oom_kills(&self.dir) else {
+                return;
+            };
+            for _ in last..now {
+                on_oom();
+            }
+            last = now;
+        }
+    }
+
+    /// v1: calls `on_oom` for every OOM until the cgroup goes away.
+    async fn run_v1(self, on_oom: impl Fn()) {
         loop {
             let mut guard = match self.event.readable().await {
                 Ok(g) => g,

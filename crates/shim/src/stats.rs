@@ -68,14 +68,18 @@ impl Cgroups {
         self.v1.get("memory").map(PathBuf::as_path)
     }
 
-    /// True when there is no v1 controller (a cgroup v2-only host).
-    pub(crate) fn is_v2_only(&self) -> bool {
-        self.v1.is_empty()
+    /// The unified directory on a cgroup v2-only host (no v1 controller); none on v1 or
+    /// hybrid hosts.
+    pub(crate) fn v2_only(&self) -> Option<&Path> {
+        self.v2.as_deref().filter(|_| self.v1.is_empty())
     }
 
-    /// True when none of the container's v1 cgroup directories exists any more.
+    /// True when none of the container's cgroup directories exists any more.
     pub(crate) fn gone(&self) -> bool {
-        self.v1.values().all(|d| !d.exists())
+        match self.v2_only() {
+            Some(d) => !d.exists(),
+            None => self.v1.values().all(|d| !d.exists()),
+        }
     }
 
     fn file(&self, ctrl: &str, name: &str) -> Option<PathBuf> {
@@ -341,7 +345,7 @@ mod tests {
         assert_eq!(cg.v1["cpuacct"], root.path().join("cpu,cpuacct/c1"));
         assert!(!cg.v1.contains_key("name=systemd"));
         assert_eq!(cg.v2, Some(root.path().join("unified/c1")));
-        assert!(!cg.is_v2_only());
+        assert!(cg.v2_only().is_none());
     }
 
     #[test]

@@ -43,17 +43,24 @@ impl V2Cgroup {
         V2Cgroup { path }
     }
 
-    /// The mount root: the nearest ancestor without a `cgroup.type`... simpler: the first
-    /// ancestor whose parent has no `cgroup.controllers`.
+    /// Enables every controller it may in `cgroup.subtree_control` of each ancestor, from the
+    /// cgroup2 mount's root down (creating the ancestors that do not exist yet), as runc does.
     fn enable_controllers(&self) -> CgResult<()> {
+        let is_cgroup = |d: &std::path::Path| d.join("cgroup.controllers").exists();
         let mut chain = Vec::new();
         let mut cur = self.path.parent();
+        let mut found_root = false;
         while let Some(d) = cur {
-            if !d.join("cgroup.controllers").exists() {
+            chain.push(d.to_path_buf());
+            // The mount's root: a cgroup whose parent is none.
+            if is_cgroup(d) && !d.parent().is_some_and(is_cgroup) {
+                found_root = true;
                 break;
             }
-            chain.push(d.to_path_buf());
             cur = d.parent();
+        }
+        if !found_root {
+            return Ok(());
         }
         chain.reverse();
         for dir in chain {

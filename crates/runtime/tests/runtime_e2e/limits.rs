@@ -159,19 +159,25 @@ fn blkio_weight_zero_is_not_set() {
     b.config["linux"]["resources"]["blockIO"] = json!({"weight": 500});
     b.save();
     let id = unique("blkio5");
-    // v1 hierarchies keep every file in their root; v2's are in each child's directory.
-    let (dir, names) = if crate::util::cgroup_v2() {
-        (
-            Path::new("/sys/fs/cgroup/init.scope"),
-            ["io.weight", "io.bfq.weight"],
-        )
-    } else {
-        (
-            Path::new("/sys/fs/cgroup/blkio"),
-            ["blkio.weight", "blkio.bfq.weight"],
-        )
-    };
-    let file = names.into_iter().find(|f| dir.join(f).exists());
+    if crate::util::cgroup_v2() {
+        // v2: the weight goes to io.bfq.weight as is, or to io.weight converted to its
+        // 1..10000 range (1 + (w - 10) * 9999 / 990), as runc does.
+        env.create(&b, &id);
+        let dir = format!("/sys/fs/cgroup{}", b.cgroup);
+        let (file, want) = match std::fs::read_to_string(format!("{dir}/io.bfq.weight")) {
+            Ok(w) => (w, "500"),
+            Err(_) => (
+                std::fs::read_to_string(format!("{dir}/io.weight")).expect("io.weight"),
+                "4950",
+            ),
+        };
+        assert!(file.split_whitespace().any(|w| w == want), "{file}");
+        return;
+    }
+    let dir = Path::new("/sys/fs/cgroup/blkio");
+    let file = ["blkio.weight", "blkio.bfq.weight"]
+        .into_iter()
+        .find(|f| dir.join(f).exists());
     match file {
         Some(f) => {
             env.create(&b, &id);

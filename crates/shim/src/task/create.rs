@@ -300,8 +300,16 @@ impl Shim {
                 pid,
             },
         );
-        if let Some(mem) = cgroups.as_ref().and_then(|c| c.memory()) {
-            match OomWatch::register(mem) {
+        let watch = match cgroups.as_ref() {
+            Some(c) => match (c.memory(), c.v2_only()) {
+                (Some(mem), _) => Some(OomWatch::register(mem)),
+                (None, Some(dir)) => Some(OomWatch::register_v2(dir)),
+                (None, None) => None,
+            },
+            None => None,
+        };
+        if let Some(watch) = watch {
+            match watch {
                 Ok(w) => {
                     let publisher = self.publisher.clone();
                     let id = req.id.clone();

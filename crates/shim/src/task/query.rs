@@ -61,7 +61,8 @@ impl Shim {
             .collect())
     }
 
-    /// cgroup v1 metrics, packed as `io.containerd.cgroups.v1.Metrics`.
+    /// The container's metrics: `io.containerd.cgroups.v1.Metrics`, or on a cgroup v2-only
+    /// host `io.containerd.cgroups.v2.Metrics`.
     pub(crate) fn stats(&self, id: &str) -> Result<prost_types::Any, ShimError> {
         let c = self.container(id)?;
         let Some(cg) = &c.cgroups else {
@@ -69,17 +70,15 @@ impl Shim {
                 "cgroup of {id} does not exist"
             )));
         };
-        if cg.is_v2_only() {
-            return Err(ShimError::Unimplemented(
-                "stats on a cgroup v2-only host are not supported by this shim".into(),
-            ));
-        }
         if cg.gone() {
             return Err(ShimError::NotFound(format!(
                 "cgroup of {id} does not exist"
             )));
         }
-        Ok(any(&cg.metrics()))
+        match cg.v2_only() {
+            Some(dir) => Ok(any(&crate::stats_v2::metrics(dir))),
+            None => Ok(any(&cg.metrics())),
+        }
     }
 
     pub(crate) fn connect(&self, id: &str) -> ConnectResponse {

@@ -11,6 +11,7 @@ use berth_api::containerd::task::v2::{
 };
 use berth_api::containerd::v1::types::Status as TaskStatus;
 use berth_api::io::containerd::cgroups::v1::Metrics;
+use berth_api::io::containerd::cgroups::v2::Metrics as MetricsV2;
 use berth_ttrpc::Code;
 use prost::Message;
 use tokio::io::AsyncWriteExt;
@@ -174,12 +175,24 @@ async fn exec_pause_resume_stats_kill() {
         .await
         .unwrap();
     let any = stats.stats.expect("stats");
-    assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
-    let m = Metrics::decode(any.value.as_slice()).unwrap();
-    let mem = m.memory.expect("memory stats");
-    assert_eq!(mem.usage.expect("memory usage").limit, 64 * 1024 * 1024);
-    assert!(m.pids.expect("pids stats").current >= 1);
-    assert!(m.cpu.expect("cpu stats").usage.expect("cpu usage").total > 0);
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        // A cgroup v2-only host: containerd's v2 metrics.
+        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        let m = MetricsV2::decode(any.value.as_slice()).unwrap();
+        assert_eq!(
+            m.memory.expect("memory stats").usage_limit,
+            64 * 1024 * 1024
+        );
+        assert!(m.pids.expect("pids stats").current >= 1);
+        assert!(m.cpu.expect("cpu stats").usage_usec > 0);
+    } else {
+        assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+        let m = Metrics::decode(any.value.as_slice()).unwrap();
+        let mem = m.memory.expect("memory stats");
+        assert_eq!(mem.usage.expect("memory usage").limit, 64 * 1024 * 1024);
+        assert!(m.pids.expect("pids stats").current >= 1);
+        assert!(m.cpu.expect("cpu stats").usage.expect("cpu usage").total > 0);
+    }
 
     // Kill (all) ends the container; a second kill finds nothing.
     task.kill(&opts(), &w.kill_req("", 9, true)).await.unwrap();
