@@ -20,6 +20,21 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Path of a workspace binary; panics with a hint if it was not built.
+/// The host has cgroup v2 alone (a unified hierarchy at /sys/fs/cgroup).
+pub fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The memory line `ctr task metrics` prints: v1 metrics' name, or v2's on a cgroup v2-only
+/// host (the shims pack what the host has).
+pub fn memory_metric() -> &'static str {
+    if cgroup_v2() {
+        "memory.usage "
+    } else {
+        "memory.usage_in_bytes"
+    }
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the runtime's end-to-end tests (and the shim's) inside a cgroup-v2-only guest: Debian's
+# Runs the runtime's and the shim's end-to-end tests, and berthd running tasks through both
+# shims with ctr and berthctl, inside a cgroup-v2-only guest: Debian's
 # kernel booted by virtme-ng (the host's root file system, read-only with writable overlays)
 # under qemu with `cgroup_no_v1=all`. One command; prints the guest's boot time and each test
 # binary's counts. KVM is used when BERTH_VM_KVM=1 says /dev/kvm works; otherwise qemu's TCG
@@ -22,7 +23,7 @@ kernel=$(ls /boot/vmlinuz-* | sort -V | tail -1)
 # The test binaries, built on the host (the guest sees this tree read-only).
 cargo build -q --workspace --bins
 bins=()
-for t in "berth-runtime runtime_e2e" "berth-shim shim_e2e"; do
+for t in "berth-runtime runtime_e2e" "berth-shim shim_e2e" "berth-e2e e2e"; do
   set -- $t
   bins+=("$(cargo test -q -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
@@ -44,9 +45,13 @@ mount -t tmpfs -o size=2G tmpfs /tmp
 # a directory the tests' private /run does not have: /tmp, as on the host.
 unset XDG_RUNTIME_DIR
 cd $(pwd)/crates/runtime && ${bins[0]} --test-threads=2 2>&1
-cd $(pwd)/crates/shim && ${bins[1]} --test-threads=2 2>&1"
+cd $(pwd)/crates/shim && ${bins[1]} --test-threads=2 2>&1
+# berthd with ctr: tasks through Berth's shim and through containerd's Go shim.
+cd $(pwd)/tests && ${bins[2]} --test-threads=2 shim_berth::ctr_run_and_task_commands_through_the_berth_shim tasks::ctr_run_and_task_commands_through_the_go_shim tasks::berthctl_run 2>&1"
 start=$(date +%s)
 timeout 1800 vng --run "$kernel" "${kvm[@]}" --memory 4G --cpus 2 --append "cgroup_no_v1=all" \
   --exec "$script" 2>&1 | tee "$log"
 echo "hack/vm/cgroup2.sh: $(grep -c '^test result' "$log") test binaries ran in the guest; \
 $(grep -h '^test result' "$log" | tr '\n' ' '); $(( $(date +%s) - start ))s in all (log: $log)"
+# Fails unless all three test binaries ran and none failed.
+[ "$(grep -c '^test result: ok' "$log")" = 3 ] && ! grep -q '^test result: FAILED' "$log"

@@ -325,7 +325,7 @@ fn ctr_run_and_task_commands_through_the_berth_shim() {
     let ps = ok(task(&["ps", "bg"]));
     assert_eq!(ps.lines().count(), 2, "{ps}");
     let metrics = ok(task(&["metrics", "bg"]));
-    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+    assert!(metrics.contains(berth_e2e::memory_metric()), "{metrics}");
     // busybox sleep as pid 1 ignores SIGTERM; SIGKILL stops it.
     ok(task(&["kill", "-s", "KILL", "bg"]));
     wait_for("bg to stop", || ok(task(&["ls"])).contains("STOPPED"));

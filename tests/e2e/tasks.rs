@@ -89,7 +89,7 @@ fn ctr_run_and_task_commands_through_the_go_shim() {
     let ps = ok(task(&["ps", "bg"]));
     assert_eq!(ps.lines().count(), 2, "{ps}");
     let metrics = ok(task(&["metrics", "bg"]));
-    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+    assert!(metrics.contains(berth_e2e::memory_metric()), "{metrics}");
     // busybox sleep as pid 1 ignores SIGTERM; SIGKILL stops it.
     ok(task(&["kill", "-s", "KILL", "bg"]));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -358,17 +358,27 @@ fn berthctl_run() {
         "sleep",
         "1000",
     ]));
-    let limit = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory/{NS}/three/memory.limit_in_bytes"
-    ))
-    .unwrap();
-    assert_eq!(limit.trim(), "33554432");
-    let quota = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/cpu,cpuacct/{NS}/three/cpu.cfs_quota_us"
-    ))
-    .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/{NS}/three/cpu.cfs_quota_us")))
-    .unwrap();
-    assert_eq!(quota.trim(), "50000");
+    if berth_e2e::cgroup_v2() {
+        let dir = format!("/sys/fs/cgroup/{NS}/three");
+        let limit = std::fs::read_to_string(format!("{dir}/memory.max")).unwrap();
+        assert_eq!(limit.trim(), "33554432");
+        let max = std::fs::read_to_string(format!("{dir}/cpu.max")).unwrap();
+        assert_eq!(max.trim(), "50000 100000");
+    } else {
+        let limit = std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/memory/{NS}/three/memory.limit_in_bytes"
+        ))
+        .unwrap();
+        assert_eq!(limit.trim(), "33554432");
+        let quota = std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/cpu,cpuacct/{NS}/three/cpu.cfs_quota_us"
+        ))
+        .or_else(|_| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/{NS}/three/cpu.cfs_quota_us"))
+        })
+        .unwrap();
+        assert_eq!(quota.trim(), "50000");
+    }
     assert!(ok(d.ctr(&["-n", NS, "task", "ls"])).contains("three"));
     // berthctl's containers and tasks commands on it.
     let b = |args: &[&str]| {

@@ -417,14 +417,7 @@ fn containerd_runs_containers_through_our_shim() {
     let ps = c.ok(&["task", "ps", "bg"]);
     assert!(ps.lines().count() >= 2, "task ps: {ps}");
     let metrics = c.ok(&["task", "metrics", "bg"]);
-    // ctr prints what the shim packed: v1 metrics, or v2's on a cgroup v2-only host.
-    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let memory = if v2 {
-        "memory.usage "
-    } else {
-        "memory.usage_in_bytes"
-    };
-    assert!(metrics.contains(memory), "task metrics: {metrics}");
+    assert!(metrics.contains(memory_metric()), "task metrics: {metrics}");
     c.kill_and_remove("bg");
 
     // A terminal.
@@ -543,7 +536,7 @@ fn the_go_shim_runs_containers_with_berth_runc() {
     c.ok(&["task", "resume", "rc-bg"]);
     assert_eq!(task_status(&c, "rc-bg"), "RUNNING");
     let metrics = c.ok(&["task", "metrics", "rc-bg"]);
-    assert!(metrics.contains("memory.usage_in_bytes"), "{metrics}");
+    assert!(metrics.contains(memory_metric()), "{metrics}");
     c.kill_and_remove("rc-bg");
 
     let (ok, text) = c.ctr_on_a_tty(&format!(
@@ -559,4 +552,14 @@ fn the_go_shim_runs_containers_with_berth_runc() {
     }
     assert_eq!(c.ok(&["containers", "ls", "-q"]).trim(), "");
     c.assert_no_rootfs_mounts();
+}
+
+/// The memory line `ctr task metrics` prints: v1 metrics' name, or v2's on a cgroup v2-only
+/// host (the shims pack what the host has).
+fn memory_metric() -> &'static str {
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "memory.usage "
+    } else {
+        "memory.usage_in_bytes"
+    }
 }
