@@ -17,7 +17,7 @@
 //! cached it for this reason), and a copy created once would need a process to hold it.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::sys::statvfs::{FsFlags, statvfs};
@@ -115,28 +115,8 @@ pub fn readonly_clone(path: &std::path::Path) -> Result<OwnedFd> {
     }
     // SAFETY: open_tree returned a new descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr reads `attr` (its size given) and the empty path; fd is ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(RuntimeError::sys(
-            format!("mount_setattr read-only {}", path.display()),
-            nix::errno::Errno::last(),
-        ));
-    }
+    // A lone file's mount has nothing below it: "recursive" is just this mount.
+    berth_mount::set_recursive(fd.as_fd(), libc::MOUNT_ATTR_RDONLY, 0)
+        .map_err(|e| RuntimeError::sys(format!("mount_setattr read-only {}", path.display()), e))?;
     Ok(fd)
 }
