@@ -322,3 +322,24 @@ fn start_container_hooks_inherit_the_process_environment() {
         "the hook's error is shown: {err}"
     );
 }
+
+/// The device cgroup (v1's devices.allow/deny, v2's eBPF filter) refuses a device node the
+/// rules do not allow, even to a process that may create it; allowed ones open.
+#[test]
+fn the_device_cgroup_refuses_what_the_rules_do_not_allow() {
+    let env = Env::new();
+    let script = "mknod /tmp/mem c 1 1 && (head -c1 /tmp/mem >/dev/null 2>&1 || echo mem-denied); \
+                  mknod /tmp/zero c 1 5 && head -c1 /tmp/zero | wc -c";
+    let mut b = env.sh_bundle(script);
+    for set in ["bounding", "effective", "permitted"] {
+        let caps = b.config["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap();
+        caps.push(json!("CAP_MKNOD"));
+    }
+    b.save();
+    let (code, out) = env.run_fg(&b, &unique("devcg"));
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["mem-denied", "1"], "{out}");
+}
