@@ -348,25 +348,7 @@ impl Store {
         lease: Option<&str>,
         shared: Sharing,
     ) -> Result<NsWriter, StoreError> {
-        self.open_writer(
-            ns,
-            r#ref,
-            total,
-            expected,
-            lease,
-            shared == Sharing::OnCommit,
-        )
-    }
-
-    fn open_writer(
-        &self,
-        ns: &str,
-        r#ref: &str,
-        total: Option<i64>,
-        expected: Option<Digest>,
-        lease: Option<&str>,
-        share: bool,
-    ) -> Result<NsWriter, StoreError> {
+        let share = shared == Sharing::OnCommit;
         if r#ref.is_empty() {
             return Err(StoreError::InvalidArgument("ref: must not be empty".into()));
         }
