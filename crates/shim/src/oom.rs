@@ -20,13 +20,6 @@ pub(crate) struct OomWatch {
     _control: Option<std::fs::File>,
 }
 
-/// `oom_kill` of a v2 `memory.events` (none once the cgroup is gone).
-fn oom_kills(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("memory.events")).ok()?;
-    let count = text.lines().find_map(|l| l.strip_prefix("oom_kill "));
-    Some(count.and_then(|n| n.trim().parse().ok()).unwrap_or(0))
-}
-
 impl OomWatch {
     /// Registers for OOM events of the memory cgroup at `dir`.
     pub(crate) fn register(dir: &Path) -> std::io::Result<OomWatch> {
@@ -71,7 +64,7 @@ impl OomWatch {
         if self._control.is_some() {
             return self.run_v1(on_oom).await;
         }
-        let mut last = oom_kills(&self.dir).unwrap_or(0);
+        let mut last = berth_runtime::cgroups::oom_kills(&self.dir).unwrap_or(0);
         loop {
             let Ok(mut guard) = self.event.readable().await else {
                 return;
@@ -90,7 +83,7 @@ impl OomWatch {
                 tracing::warn!(error = %e, "reading the memory.events watch");
                 return;
             }
-            let Some(now) = oom_kills(&self.dir) else {
+            let Some(now) = berth_runtime::cgroups::oom_kills(&self.dir) else {
                 return;
             };
             for _ in last..now {

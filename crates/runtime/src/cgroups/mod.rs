@@ -471,6 +471,12 @@ pub(crate) fn write(dir: &Path, file: &str, value: &str) -> CgResult<()> {
 }
 
 /// Parses "key value" lines.
+/// `oom_kill` of the cgroup v2 directory `dir`'s `memory.events`; none once the cgroup is gone.
+pub fn oom_kills(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("memory.events")).ok()?;
+    Some(flat_keyed(&text).get("oom_kill").copied().unwrap_or(0))
+}
+
 pub(crate) fn flat_keyed(text: &str) -> BTreeMap<String, u64> {
     text.lines()
         .filter_map(|l| {

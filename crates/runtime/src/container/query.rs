@@ -65,15 +65,8 @@ impl Runtime {
 #[derive(Debug)]
 pub struct OomWatch {
     fd: std::os::fd::OwnedFd,
-    /// v2: the `memory.events` file and the `oom_kill` count seen last.
+    /// v2: the cgroup directory and the `oom_kill` count seen last.
     events: Option<(std::path::PathBuf, u64)>,
-}
-
-/// `oom_kill` of a v2 `memory.events` (0 if unreadable).
-fn oom_kills(path: &std::path::Path) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let count = text.lines().find_map(|l| l.strip_prefix("oom_kill "));
-    count.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
 impl OomWatch {
@@ -90,8 +83,8 @@ impl OomWatch {
         let _ = nix::unistd::read(&self.fd, &mut buf);
         match &mut self.events {
             None => 1,
-            Some((path, last)) => {
-                let now = oom_kills(path);
+            Some((dir, last)) => {
+                let now = crate::cgroups::oom_kills(dir).unwrap_or(0);
                 let new = now.saturating_sub(*last);
                 *last = now;
                 new
@@ -127,10 +120,10 @@ impl Runtime {
                     let e = std::io::Error::last_os_error();
                     return Err(RuntimeError::path("watch", &events, e));
                 }
-                let last = oom_kills(&events);
+                let last = crate::cgroups::oom_kills(path).unwrap_or(0);
                 Ok(Some(OomWatch {
                     fd,
-                    events: Some((events, last)),
+                    events: Some((path.clone(), last)),
                 }))
             }
             Some(crate::cgroups::CgroupPaths::V1 { paths }) => {
