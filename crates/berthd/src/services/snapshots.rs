@@ -83,14 +83,15 @@ struct New {
     kind: SnapshotKind,
 }
 
-/// Prepare's and View's requests have the same fields: the new snapshot either asks for.
+/// Prepare's and View's requests have the same fields: the new snapshot either asks for, moved
+/// out of request `$r`.
 macro_rules! new_snapshot {
     ($r:expr, $kind:expr) => {
         New {
-            snapshotter: $r.snapshotter.clone(),
-            key: $r.key.clone(),
-            parent: $r.parent.clone(),
-            labels: $r.labels.clone(),
+            snapshotter: $r.snapshotter,
+            key: $r.key,
+            parent: $r.parent,
+            labels: $r.labels,
             kind: $kind,
         }
     };
@@ -98,13 +99,14 @@ macro_rules! new_snapshot {
 
 impl Snapshots {
     /// A new active snapshot or view, made under the call's lease; its mounts.
-    async fn create<T>(
+    async fn create(
         &self,
-        req: &Request<T>,
+        ns: &str,
+        lease: Option<String>,
         new: New,
     ) -> Result<Vec<berth_store::Mount>, Status> {
-        let (ns, lease) = (namespace(req)?, lease(req));
         self.check(&new.snapshotter)?;
+        let ns = ns.to_string();
         let store = self.store.clone();
         let made = blocking(move || {
             let snapshot = NewSnapshot {
@@ -126,15 +128,15 @@ impl snapshots_server::Snapshots for Snapshots {
         &self,
         req: Request<PrepareSnapshotRequest>,
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
-        let new = new_snapshot!(req.get_ref(), SnapshotKind::Active);
-        let mounts = mounts_pb(self.create(&req, new).await?);
-        let (ns, r) = parts(req)?;
-        let (key, parent, snapshotter) = (r.key, r.parent, r.snapshotter);
+        let (ns, lease) = (namespace(&req)?, lease(&req));
+        let r = req.into_inner();
         let event = SnapshotPrepare {
-            key,
-            parent,
-            snapshotter,
+            key: r.key.clone(),
+            parent: r.parent.clone(),
+            snapshotter: r.snapshotter.clone(),
         };
+        let new = new_snapshot!(r, SnapshotKind::Active);
+        let mounts = mounts_pb(self.create(&ns, lease, new).await?);
         self.events.publish(&ns, "/snapshot/prepare", &event);
         Ok(Response::new(PrepareSnapshotResponse { mounts }))
     }
@@ -143,8 +145,10 @@ impl snapshots_server::Snapshots for Snapshots {
         &self,
         req: Request<ViewSnapshotRequest>,
     ) -> Result<Response<ViewSnapshotResponse>, Status> {
-        let new = new_snapshot!(req.get_ref(), SnapshotKind::View);
-        let mounts = mounts_pb(self.create(&req, new).await?);
+        let (ns, lease) = (namespace(&req)?, lease(&req));
+        let r = req.into_inner();
+        let new = new_snapshot!(r, SnapshotKind::View);
+        let mounts = mounts_pb(self.create(&ns, lease, new).await?);
         Ok(Response::new(ViewSnapshotResponse { mounts }))
     }
 
